@@ -1,0 +1,113 @@
+"""``visionsweep``: the command line.
+
+    visionsweep run JOB.yml [--output DIR]      run a job on Ray (RAY_ADDRESS, or an embedded local Ray)
+    visionsweep validate JOB.yml                check a job file and print it as it would run
+    visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15)
+    visionsweep demo [--output DIR]             the embedded default: sweep, leaderboard, predictions
+
+User errors print one clear message and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from trainers.errors import VisionsweepError
+
+_LEVELS = {"not_set": logging.WARNING, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _run(args) -> int:
+    from scheduler.controller import run_job
+    from scheduler.leaderboard import format_table
+    from scheduler.spec import load_job
+
+    job = load_job(args.job)
+    logging.getLogger().setLevel(_LEVELS[job.spec.log_verbosity])
+    result = run_job(job, args.output)
+    print(format_table(result.rows, job.primary_metric))
+    print(f"\nrun folder: {result.run_dir}")
+    if result.best_trial:
+        print(f"best trial: {result.best_trial} ({job.primary_metric} {result.best_metric:.4f}); "
+              f"model package: {result.run_dir / 'best'}")
+    print(f"time: {result.elapsed_s:.1f}s" + (" (stopped at timeout_minutes)" if result.timed_out else ""))
+    return 0
+
+
+def _validate(args) -> int:
+    import yaml
+
+    from scheduler.spec import load_job
+
+    job = load_job(args.job)
+    print(yaml.safe_dump(job.resolved(), sort_keys=False), end="")
+    return 0
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise VisionsweepError(f"{path}: cannot read the image ({e.strerror})") from None
+
+
+def _predict(args) -> int:
+    from serving.predictor import Predictor
+
+    predictor = Predictor(args.package, device=args.device)
+    out = predictor.predict_images([_read(p) for p in args.images])
+    print(json.dumps(out, indent=None if args.compact else 2))
+    return 0
+
+
+def _demo(args) -> int:
+    from scheduler.demo import run_demo
+
+    return run_demo(args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="visionsweep", description="AutoML for computer vision on your own Ray cluster.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a job YAML (the managed service's AutoML image job, unchanged)")
+    r.add_argument("job")
+    r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<time>)")
+    r.set_defaults(fn=_run)
+    v = sub.add_parser("validate", help="check a job YAML and print it as it would run")
+    v.add_argument("job")
+    v.set_defaults(fn=_validate)
+    pr = sub.add_parser("predict", help="predict images with a model package (e.g. RUN_DIR/best)")
+    pr.add_argument("package")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pr.add_argument("--compact", action="store_true", help="one-line JSON")
+    pr.set_defaults(fn=_predict)
+    d = sub.add_parser("demo", help="run the embedded default job on the bundled data, then predict")
+    d.add_argument("--output", "-o", default=None)
+    d.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except VisionsweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled; finished trials are kept in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""The job YAML: a validated model of the managed service's AutoML image job (SPEC §3, §4, §8, §14).
+
+``load_job(path)`` reads a job file written for the managed service, unchanged, and returns a
+:class:`Job`. Every problem is a :class:`~trainers.errors.SpecError` whose message starts with
+``FILE:LINE: yaml.path:`` and says what was expected, e.g.::
+
+    job.yml:7: limits.max_trials: expected an integer between 1 and 1000, but got 0
+
+Both key spellings of §14 are accepted (``lr_scheduler`` / ``learning_rate_scheduler``) and rewritten
+to the v2 name. Keys the spec defines but this version does not act on yet are parsed and validated
+here; the controller refuses to *run* them with a "not supported yet: <key>" error.
+
+Our own additions live under one top-level key, ``visionsweep:`` (:class:`Extensions`), so they never
+change the meaning of a spec key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scheduler.space import DISTRIBUTION_TYPES, Choice, Distribution, QUniform, Uniform
+from trainers import hyperparameters as hp
+from trainers.errors import SpecError
+
+_FORBID = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataInput(BaseModel):
+    """``training_data`` / ``validation_data``: an MLTable folder, an MLTable file or a JSONL file (§2.6)."""
+
+    model_config = _FORBID
+    path: str = Field(min_length=1)
+    type: Literal["mltable", "uri_file", "uri_folder"] = "mltable"
+
+
+class Limits(BaseModel):
+    """``limits`` (§3.2); ``max_concurrent_trials`` is clamped to ``max_trials`` and the value rewritten."""
+
+    model_config = _FORBID
+    timeout_minutes: int = Field(10080, ge=1, le=86400)
+    max_trials: int = Field(1, ge=1, le=1000)
+    max_concurrent_trials: int = Field(1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _clamp(self):
+        self.max_concurrent_trials = min(self.max_concurrent_trials, self.max_trials)
+        return self
+
+
+class _Policy(BaseModel):
+    model_config = _FORBID
+    evaluation_interval: int = Field(1, ge=1)
+    delay_evaluation: int = Field(0, ge=0)
+
+
+class BanditPolicy(_Policy):
+    type: Literal["bandit"]
+    slack_factor: Optional[float] = Field(None, gt=0)
+    slack_amount: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_slack(self):
+        if (self.slack_factor is None) == (self.slack_amount is None):
+            raise ValueError("bandit needs exactly one of slack_factor or slack_amount")
+        return self
+
+
+class MedianStoppingPolicy(_Policy):
+    type: Literal["median_stopping"]
+
+
+class TruncationSelectionPolicy(_Policy):
+    type: Literal["truncation_selection"]
+    truncation_percentage: int = Field(ge=1, le=99)
+    exclude_finished_jobs: bool = False
+
+
+EarlyTermination = Annotated[
+    Union[BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy], Field(discriminator="type")
+]
+POLICY_TYPES = ("bandit", "median_stopping", "truncation_selection")
+
+
+class Sweep(BaseModel):
+    """``sweep`` (§3.5)."""
+
+    model_config = _FORBID
+    sampling_algorithm: Literal["random", "grid", "bayesian"]
+    early_termination: Optional[EarlyTermination] = None
+
+    @field_validator("sampling_algorithm", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+
+class Properties(BaseModel):
+    """``properties`` (§3.6): free-form job properties; ``node_count_per_trial`` is a string-encoded int."""
+
+    model_config = ConfigDict(extra="allow")
+    node_count_per_trial: int = Field(1, ge=1)
+
+
+class AdvancedSettings(BaseModel):
+    """``training_parameters.advanced_settings`` (§3.7): a JSON object written as a string."""
+
+    model_config = _FORBID
+    apply_mosaic_for_yolo: bool = True
+    apply_automl_train_augmentations: bool = True
+    stream_image_files: bool = False
+
+
+class Extensions(BaseModel):
+    """``visionsweep:``: settings of this implementation that the managed service has no key for."""
+
+    model_config = _FORBID
+    datastores: dict[str, str] = Field(
+        default_factory=dict,
+        description="datastore name -> storage URL, used to resolve azureml://.../datastores/<name>/paths/<p> "
+                    "and AmlDatastore://<p> (datastore 'default' or 'workspaceblobstore') image URLs",
+    )
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fsspec protocol -> keyword arguments for that filesystem")
+    bad_images: Literal["error", "skip"] = Field(
+        "error", description="missing or undecodable images: 'error' lists them and stops before training; "
+                             "'skip' drops them with a warning")
+    seed: int = Field(0, ge=0, description="seed of the sampler and the train/validation split")
+    pretrained_weights: dict[str, str] = Field(
+        default_factory=dict, description="model_name -> weights file path or URI (safetensors or a state_dict)")
+    download_weights: bool = Field(False, description="fetch ImageNet weights from the model hubs (needs internet)")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: Optional[float] = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
+
+
+class JobSpec(BaseModel):
+    """The whole job file (§3.1 and the top-level keys of §14)."""
+
+    model_config = _FORBID
+    schema_: Optional[str] = Field(None, alias="$schema")
+    type: Literal["automl"] = "automl"
+    name: Optional[str] = None
+    display_name: Optional[str] = None
+    experiment_name: Optional[str] = None
+    description: Optional[str] = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+    compute: str = "local"
+    log_verbosity: Literal["not_set", "debug", "info", "warning", "error", "critical"] = "info"
+    primary_metric: Optional[str] = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+    task: Literal[hp.MULTICLASS, hp.MULTILABEL, hp.DETECTION, hp.SEGMENTATION]
+    target_column_name: str = Field(min_length=1)
+    training_data: DataInput
+    validation_data: Optional[DataInput] = None
+    validation_data_size: Optional[float] = Field(None, gt=0, lt=1)
+    limits: Limits = Field(default_factory=Limits)
+    training_parameters: dict[str, Any] = Field(default_factory=dict)
+    search_space: Optional[list[dict[str, Distribution]]] = None
+    sweep: Optional[Sweep] = None
+    properties: Properties = Field(default_factory=Properties)
+    visionsweep: Extensions = Field(default_factory=Extensions)
+
+    @field_validator("search_space")
+    @classmethod
+    def _non_empty(cls, v):
+        if v is not None and (len(v) == 0 or any(len(sub) == 0 for sub in v)):
+            raise ValueError("expected a non-empty list of non-empty sub-spaces")
+        return v
+
+
+@dataclass
+class Job:
+    """A validated job: the spec, where it came from, and the values resolved from it."""
+
+    spec: JobSpec
+    source: Path | None
+    base_dir: Path
+    text: str
+    training_parameters: dict[str, Any]  # canonical v2 names, coerced
+    search_space: list[dict[str, Any]] | None  # canonical names -> Distribution
+    advanced: AdvancedSettings = field(default_factory=AdvancedSettings)
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def primary_metric(self) -> str:
+        return hp.PRIMARY_METRIC[self.spec.task]
+
+    @property
+    def mode(self) -> str:
+        """``single``, ``manual`` or ``automode`` (§4.1)."""
+        if self.search_space is not None:
+            return "manual"
+        return "automode" if self.spec.limits.max_trials > 1 else "single"
+
+    @property
+    def validation_fraction(self) -> float:
+        if self.spec.validation_data_size is not None:
+            return self.spec.validation_data_size
+        return self.training_parameters.get("split_ratio") or 0.2
+
+    def resolved(self) -> dict[str, Any]:
+        """The job as it will run: defaults filled in, limits clamped, v2 key names."""
+        d = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        d["primary_metric"] = self.primary_metric
+        d["training_parameters"] = dict(self.training_parameters)
+        d["training_parameters"]["advanced_settings"] = self.advanced.model_dump()
+        if self.search_space is not None:
+            d["search_space"] = [{k: v.model_dump(mode="json") for k, v in sub.items()} for sub in self.search_space]
+        d["mode"] = self.mode
+        return d
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read the job file ({e.strerror})") from None
+    return parse_job(text, source=p)
+
+
+def parse_job(text: str, source: Path | None = None, base_dir: Path | None = None) -> Job:
+    name = str(source) if source else "<job>"
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark else name
+        raise SpecError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{name}: expected a mapping of job keys at the top level, but got {type(data).__name__}")
+    loc = _Locator(name, lines)
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, loc)) from None
+    if base_dir is None:
+        base_dir = source.parent.resolve() if source else Path.cwd()
+    return _check(spec, loc, source, base_dir, text)
+
+
+class _Locator:
+    def __init__(self, name: str, lines: dict[tuple, int]):
+        self.name, self.lines = name, lines
+
+    def __call__(self, path: tuple) -> str:
+        dotted = _dotted(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.lines:
+                return f"{self.name}:{self.lines[path[:n]]}: {dotted}"
+        return f"{self.name}: {dotted}"
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def _line_map(node, path: tuple = ()) -> dict[tuple, int]:
+    out: dict[tuple, int] = {}
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            out.update({p: ln for p, ln in _line_map(v, path + (key,)).items() if p != path + (key,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_line_map(v, path + (i,)))
+    return out
+
+
+_TAGS = set(DISTRIBUTION_TYPES) | set(POLICY_TYPES)
+
+
+def _format_errors(e: ValidationError, loc: _Locator) -> str:
+    msgs = []
+    for err in e.errors():
+        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+        path = tuple("$schema" if p == "schema_" else p for p in path)
+        kind, got = err["type"], err.get("input")
+        if kind == "extra_forbidden":
+            parent = path[:-1]
+            msgs.append(f"{loc(path)}: unknown key {path[-1]!r}" + (f" in {_dotted(parent)}" if parent else ""))
+        elif kind == "missing":
+            msgs.append(f"{loc(path)}: required key is missing")
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msgs.append(f"{loc(path)}: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}")
+        elif kind == "union_tag_not_found":
+            msgs.append(f"{loc(path)}: missing 'type' key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            msgs.append(f"{loc(path)}: {msg}, but got {got!r}" if not isinstance(got, dict) else f"{loc(path)}: {msg}")
+    return "invalid job file:\n  " + "\n  ".join(msgs) if len(msgs) > 1 else msgs[0]
+
+
+def _canonical_keys(d: dict[str, Any], loc: _Locator, path: tuple) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        c = hp.canonical_name(k)
+        if c in out:
+            raise SpecError(f"{loc(path + (k,))}: {k!r} and another spelling of {c!r} are both given; keep one")
+        out[c] = v
+    return out
+
+
+def _check(spec: JobSpec, loc: _Locator, source: Path | None, base_dir: Path, text: str) -> Job:
+    """Rules that span several keys or need the task (§3, §6.7, §8.2)."""
+    task = spec.task
+    if spec.primary_metric is not None and spec.primary_metric != hp.PRIMARY_METRIC[task]:
+        raise SpecError(f"{loc(('primary_metric',))}: task {task} is optimised for "
+                        f"{hp.PRIMARY_METRIC[task]!r} only, but got {spec.primary_metric!r}")
+
+    # training_parameters: canonical names, types and applicability.
+    raw_tp = _canonical_keys(spec.training_parameters, loc, ("training_parameters",))
+    advanced = _advanced(raw_tp.pop("advanced_settings", None), loc)
+    fixed_model = raw_tp.get("model_name")
+    tp: dict[str, Any] = {}
+    for k, v in raw_tp.items():
+        where = loc(("training_parameters", k))
+        tp[k] = hp.check_param(task, k, v, where, fixed_model if k != "model_name" else None)
+    if "split_ratio" in tp and spec.validation_data_size is not None:
+        raise SpecError(f"{loc(('training_parameters', 'split_ratio'))}: give either validation_data_size "
+                        "or split_ratio, not both")
+
+    space = None
+    if spec.search_space is not None:
+        if spec.sweep is None:
+            raise SpecError(f"{loc(('search_space',))}: a search_space needs sweep.sampling_algorithm "
+                            "(random, grid or bayesian)")
+        space = [_check_subspace(task, sub, i, tp, loc) for i, sub in enumerate(spec.search_space)]
+        _check_sampler(spec.sweep, space, loc)
+    elif spec.sweep is not None:
+        raise SpecError(f"{loc(('sweep',))}: sweep is given without a search_space; give a search_space, "
+                        "or drop sweep to let AutoMode choose (limits.max_trials > 1)")
+    return Job(spec=spec, source=source, base_dir=base_dir, text=text,
+               training_parameters=tp, search_space=space, advanced=advanced)
+
+
+def _advanced(value: Any, loc: _Locator) -> AdvancedSettings:
+    path = ("training_parameters", "advanced_settings")
+    if value is None:
+        return AdvancedSettings()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{loc(path)}: expected a JSON object in a string, but the JSON is invalid ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"{loc(path)}: expected a JSON object, but got {value!r}")
+    try:
+        return AdvancedSettings.model_validate(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        what = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        raise SpecError(f"{loc(path)}: {what} {key!r}; expected keys: "
+                        f"{', '.join(AdvancedSettings.model_fields)}") from None
+
+
+def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: _Locator) -> dict[str, Any]:
+    base = ("search_space", i)
+    sub = _canonical_keys(sub, loc, base)
+    models: list[str | None] = [tp.get("model_name")]
+    if "model_name" in sub:
+        d = sub["model_name"]
+        if not isinstance(d, Choice):
+            raise SpecError(f"{loc(base + ('model_name',))}: model_name must use type: choice, but got {d.type!r}")
+        models = [hp.check_model_name(task, m, loc(base + ("model_name",))) for m in d.values]
+    for name, dist in sub.items():
+        where = loc(base + (name,))
+        if name in tp:
+            raise SpecError(f"{where}: {name!r} is both fixed in training_parameters and swept in search_space; "
+                            "keep it in one place")
+        if name in hp.NON_SWEEPABLE:
+            raise SpecError(f"{where}: {name!r} cannot be swept")
+        if name == "model_name":
+            continue
+        for m in models:
+            if isinstance(dist, Choice):
+                dist.values = [hp.check_param(task, name, v, where, m) for v in dist.values]
+            elif isinstance(dist, (Uniform, QUniform)):
+                hp.check_param(task, name, dist.min_value, where + ".min_value", m)
+                hp.check_param(task, name, dist.max_value, where + ".max_value", m)
+            else:
+                hp.check_param(task, name, _probe_value(name), where, m)
+    for name in tp:  # fixed parameters must apply to every model the sub-space can choose
+        for m in models:
+            if name != "model_name":
+                hp.check_param(task, name, tp[name], loc(("training_parameters", name)), m)
+    return sub
+
+
+def _probe_value(name: str) -> Any:
+    # Only applicability is checked for non-choice distributions: their samples are validated per trial.
+    kind = hp.PARAMS[name].kind if name in hp.PARAMS else "float"
+    return {"int": 1, "float": 0.5, "bool": True, "str": "x", "grid": "1x1"}[kind] if name in hp.PARAMS else 0
+
+
+def _check_sampler(sweep: Sweep, space: list[dict[str, Any]], loc: _Locator) -> None:
+    algo = sweep.sampling_algorithm
+    for i, sub in enumerate(space):
+        for name, dist in sub.items():
+            if algo == "grid" and not isinstance(dist, Choice):
+                raise SpecError(f"{loc(('search_space', i, name))}: grid sampling takes only type: choice, "
+                                f"but got {dist.type!r}")
+            if algo == "bayesian" and dist.type not in ("choice", "uniform", "quniform"):
+                raise SpecError(f"{loc(('search_space', i, name))}: bayesian sampling takes only choice, uniform "
+                                f"and quniform, but got {dist.type!r}")
+    if algo == "bayesian":
+        if len(space) > 1:
+            raise SpecError(f"{loc(('search_space',))}: bayesian sampling takes one sub-space, "
+                            f"but got {len(space)} (conditional spaces need random or grid)")
+        if sweep.early_termination is not None:
+            raise SpecError(f"{loc(('sweep', 'early_termination'))}: bayesian sampling cannot be combined with "
+                            "an early_termination policy (§8.2); remove one of them")
+
+
+def grid_size(space: list[dict[str, Any]]) -> int:
+    return sum(math.prod(len(d.values) for d in sub.values()) for sub in space)

@@ -1,0 +1,1 @@
+"""visionsweep.serving: loading a model package and answering prediction requests."""

@@ -1,0 +1,1 @@
+"""visionsweep.trainers: datasets, transforms, models, training loops, metrics and model packages."""

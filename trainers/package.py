@@ -1,0 +1,143 @@
+"""The model package: one folder that fully describes how to load and call a trained model.
+
+Layout (everything ``predict``, serving, export and incremental training need; no pickle)::
+
+    model.safetensors     weights
+    model.json            format version, task, model_name, number of classes, input crop size
+    labels.json           class names, in output order
+    settings.json         inference settings of §9.5 (v2 names; edit before serving to change them)
+    training_config.json  the trial's resolved hyperparameters
+    metrics.json          validation metrics of the saved epoch
+
+A package path may be a local folder or any fsspec URI (it is copied to a temporary folder first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers import hyperparameters as hp
+from trainers.errors import VisionsweepError
+
+FORMAT_VERSION = 1
+FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json")
+
+
+def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
+    """The §9.5 settings of a task, taken from the training hyperparameters."""
+    if task in hp.CLASSIFICATION_TASKS:
+        return {"validation_resize_size": h["validation_resize_size"], "validation_crop_size": h["validation_crop_size"]}
+    keys = ("min_size", "max_size", "box_score_threshold", "nms_iou_threshold", "box_detections_per_image",
+            "image_size", "model_size", "tile_grid_size", "tile_overlap_ratio", "tile_predictions_nms_threshold")
+    return {k: h[k] for k in keys if k in h}
+
+
+def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list[str],
+                 hyperparameters: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "model_name": hyperparameters["model_name"],
+        "num_classes": len(classes),
+        "input_size": hyperparameters.get("training_crop_size"),
+    }
+    _write(path / "model.json", meta)
+    _write(path / "labels.json", list(classes))
+    _write(path / "settings.json", inference_settings(task, hyperparameters))
+    _write(path / "training_config.json", hyperparameters)
+    _write(path / "metrics.json", metrics)
+    return path
+
+
+def _write(p: Path, obj: Any) -> None:
+    p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class LoadedPackage:
+    model: nn.Module
+    task: str
+    model_name: str
+    classes: list[str]
+    settings: dict[str, Any]
+    meta: dict[str, Any]
+
+
+_SETTING_ALIASES = {"valid_resize_size": "validation_resize_size", "valid_crop_size": "validation_crop_size",
+                    "box_score_thresh": "box_score_threshold", "box_nms_thresh": "nms_iou_threshold",
+                    "box_iou_thresh": "nms_iou_threshold", "nms_iou_thresh": "nms_iou_threshold",
+                    "box_detections_per_img": "box_detections_per_image", "img_size": "image_size"}
+
+
+def _local_copy(uri: str) -> Path:
+    import fsspec
+
+    tmp = Path(tempfile.mkdtemp(prefix="visionsweep-pkg-"))
+    fs, root = fsspec.core.url_to_fs(uri)
+    for name in FILES:
+        try:
+            fs.get(root.rstrip("/") + "/" + name, str(tmp / name))
+        except FileNotFoundError:
+            pass
+    return tmp
+
+
+def load_package(path: str | Path, device: str = "cpu", settings_override: dict[str, Any] | None = None) -> LoadedPackage:
+    """Load a model package for inference; errors name the package and the missing/invalid file."""
+    from safetensors.torch import load_file
+
+    from trainers.models import build_model
+
+    p = str(path)
+    local = _local_copy(p) if "://" in p and not p.startswith("file://") else Path(p.removeprefix("file://"))
+    if not local.is_dir():
+        raise VisionsweepError(f"{p}: not a model package folder")
+    for name in ("model.safetensors", "model.json", "labels.json"):
+        if not (local / name).is_file():
+            raise VisionsweepError(f"{p}: not a model package ({name} is missing)")
+    try:
+        meta = json.loads((local / "model.json").read_text())
+        classes = json.loads((local / "labels.json").read_text())
+        raw = json.loads((local / "settings.json").read_text()) if (local / "settings.json").is_file() else {}
+    except json.JSONDecodeError as e:
+        raise VisionsweepError(f"{p}: invalid JSON in the package ({e})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise VisionsweepError(f"{p}: package format_version {meta.get('format_version')!r} is not "
+                               f"{FORMAT_VERSION}; re-export it with this version")
+    settings = {_SETTING_ALIASES.get(k, k): v for k, v in {**raw, **(settings_override or {})}.items()}
+    task = meta["task"]
+    if task not in hp.CLASSIFICATION_TASKS:
+        raise VisionsweepError(f"{p}: task {task} packages cannot be loaded by this version")
+    model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
+                        settings.get("validation_crop_size", 224))
+    model.load_state_dict(load_file(str(local / "model.safetensors")))
+    model.eval().to(device)
+    return LoadedPackage(model, task, meta["model_name"], classes, settings, meta)
+
+
+def copy_package(src: str | Path, dst: str | Path) -> Path:
+    """Copy a package folder (only its known files) to ``dst``."""
+    import shutil
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        s = Path(src) / name
+        if s.is_file():
+            shutil.copyfile(s, dst / name)
+    os.utime(dst)
+    return dst
