@@ -162,7 +162,8 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
         elapsed = time.time() - t0
         timed_out = elapsed >= budget_s
         callback.mark_unfinished("stopped (timeout)" if timed_out else "stopped")
-    rows = leaderboard_rows(callback.trials, primary)
+    default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[spec.task]
+    rows = leaderboard_rows(callback.trials, primary, default_model)
     write_leaderboard(run_dir / "leaderboard.csv", rows)
     best_trial, best_metric = _export_best(results, rows, primary, run_dir)
     summary = {

@@ -12,7 +12,7 @@ _METRICS = ("accuracy", "iou", "precision_macro", "recall_macro", "f1_score_macr
             "auc_macro", "validation_loss", "train_loss")
 
 
-def leaderboard_rows(trials: Mapping[str, Any], primary: str) -> list[dict[str, Any]]:
+def leaderboard_rows(trials: Mapping[str, Any], primary: str, default_model: str = "") -> list[dict[str, Any]]:
     """Rows sorted best first; a trial's score is its best evaluation (metrics of that evaluation shown)."""
     rows = []
     for rec in trials.values():
@@ -21,7 +21,7 @@ def leaderboard_rows(trials: Mapping[str, Any], primary: str) -> list[dict[str, 
         row: dict[str, Any] = {
             "trial_id": rec.trial_id,
             "status": rec.status,
-            "model_name": rec.params.get("model_name", ""),
+            "model_name": rec.params.get("model_name", default_model),
             primary: best.get(primary),
             "best_epoch": best.get("epoch"),
             "epochs_run": rec.metrics[-1].get("epoch") if rec.metrics else 0,

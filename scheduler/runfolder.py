@@ -77,8 +77,7 @@ class RunFolderCallback(Callback):
     def _end(self, trial, status: str, error: str | None = None) -> None:
         rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
         rec.status, rec.error, rec.ended = status, error, time.time()
-        status_doc = {"status": status, "error": error, "evaluations": len(rec.metrics)}
-        (self._dir(trial.trial_id) / "status.json").write_text(json.dumps(status_doc, indent=2) + "\n")
+        self._write_status(rec)
         self._progress(f"{status} {trial.trial_id}" + (f": {error[:30]}" if error else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -91,9 +90,13 @@ class RunFolderCallback(Callback):
         """Trials still running when the sweep ended (time budget, cancel): keep their results, mark them."""
         for rec in self.trials.values():
             if rec.status in ("running", "pending"):
-                rec.status = status
-                doc = {"status": status, "error": None, "evaluations": len(rec.metrics)}
-                (self._dir(rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
+                rec.status, rec.ended = status, time.time()
+                self._write_status(rec)
+
+    def _write_status(self, rec: TrialRecord) -> None:
+        doc = {"status": rec.status, "error": rec.error, "evaluations": len(rec.metrics),
+               "started": rec.started, "ended": rec.ended}
+        (self._dir(rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _short(v: Any) -> str:

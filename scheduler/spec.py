@@ -315,11 +315,12 @@ def _format_errors(e: ValidationError, loc: _Locator) -> str:
 
 def _canonical_keys(d: dict[str, Any], loc: _Locator, path: tuple) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for k, v in d.items():
         c = hp.canonical_name(k)
         if c in out:
-            raise SpecError(f"{loc(path + (k,))}: {k!r} and another spelling of {c!r} are both given; keep one")
-        out[c] = v
+            raise SpecError(f"{loc(path + (k,))}: {given[c]!r} and {k!r} are two spellings of {c!r}; keep one")
+        out[c], given[c] = v, k
     return out
 
 

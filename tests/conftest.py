@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled sample data, job-file writers and one real local Ray per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture
+def small_mltable(tmp_path) -> Path:
+    """A 60-image, 3-class copy of the sample (real images) as an MLTable folder, for fast trials."""
+    import json
+
+    keep = {"Trouser", "Bag", "Sneaker"}
+    lines = [json.loads(ln) for ln in (SAMPLE / "train" / "train_annotations.jsonl").read_text().splitlines()]
+    chosen = [ln for ln in lines if ln["label"] in keep][:60]
+    d = tmp_path / "small"
+    (d / "images").mkdir(parents=True)
+    with open(d / "train_annotations.jsonl", "w") as f:
+        for ln in chosen:
+            name = Path(ln["image_url"]).name
+            shutil.copyfile(SAMPLE / "images" / name, d / "images" / name)
+            f.write(json.dumps({**ln, "image_url": f"images/{name}"}) + "\n")
+    shutil.copyfile(SAMPLE / "train" / "MLTable", d / "MLTable")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray for every test that needs it (start-up costs seconds; share it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

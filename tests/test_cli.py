@@ -1,0 +1,53 @@
+"""The command line: user errors are one clear message and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_bad_job_prints_the_field_and_exits_2(tmp_path):
+    job = tmp_path / "job.yml"
+    job.write_text("task: image_classification\ntarget_column_name: label\ntraining_data: {path: d}\n"
+                   "limits:\n  max_trials: 5000\n")
+    r = cli("run", str(job))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: {job}:5: limits.max_trials:") and "Traceback" not in r.stderr
+
+
+def test_missing_job_file(tmp_path):
+    r = cli("validate", str(tmp_path / "nope.yml"))
+    assert r.returncode == 2 and "cannot read the job file" in r.stderr
+
+
+def test_bad_dataset_line_is_reported_with_file_and_line(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"image_url": "a.png", "label": "x"}\n{"image_url": 3}\n')
+    job = tmp_path / "job.yml"
+    job.write_text("task: image_classification\ntarget_column_name: label\ntraining_data: {path: d.jsonl}\n")
+    r = cli("run", str(job), "--output", str(tmp_path / "run"))
+    assert r.returncode == 2 and "d.jsonl:2: expected an 'image_url' string" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_not_supported_yet_names_the_key(tmp_path):
+    job = tmp_path / "job.yml"
+    job.write_text("task: image_object_detection\ntarget_column_name: label\ntraining_data: {path: d}\n")
+    r = cli("run", str(job))
+    assert r.returncode == 2 and "not supported yet: task: image_object_detection" in r.stderr
+
+
+def test_predict_with_a_non_package_and_a_non_image(tmp_path, sample):
+    r = cli("predict", str(tmp_path), str(sample / "images" / "test_0000.png"))
+    assert r.returncode == 2 and "not a model package (model.safetensors is missing)" in r.stderr
+
+
+def test_validate_prints_the_resolved_job(sample):
+    from pathlib import Path
+
+    job = Path(__file__).parent.parent / "scheduler" / "jobs" / "fashion_mnist_sweep.yml"
+    r = cli("validate", str(job))
+    assert r.returncode == 0 and "mode: manual" in r.stdout and "primary_metric: accuracy" in r.stdout
