@@ -1,6 +1,8 @@
 """``visionsweep``: the command line.
 
     visionsweep run JOB.yml [--output DIR]      run a job on Ray (RAY_ADDRESS, or an embedded local Ray)
+    visionsweep resume RUN_DIR                  continue a sweep whose controller died or was cancelled
+    visionsweep report RUN_DIR                  (re)write RUN_DIR/report.html
     visionsweep validate JOB.yml                check a job file and print it as it would run
     visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15)
     visionsweep demo [--output DIR]             the embedded default: sweep, leaderboard, predictions
@@ -26,18 +28,42 @@ _LEVELS = {"not_set": logging.WARNING, "debug": logging.DEBUG, "info": logging.I
 
 def _run(args) -> int:
     from scheduler.controller import run_job
-    from scheduler.leaderboard import format_table
     from scheduler.spec import load_job
 
     job = load_job(args.job)
     logging.getLogger().setLevel(_LEVELS[job.spec.log_verbosity])
     result = run_job(job, args.output)
-    print(format_table(result.rows, job.primary_metric))
+    _print_result(result, job.primary_metric)
+    return 0
+
+
+def _print_result(result, primary: str) -> None:
+    from scheduler.leaderboard import format_table
+
+    print(format_table(result.rows, primary))
     print(f"\nrun folder: {result.run_dir}")
     if result.best_trial:
-        print(f"best trial: {result.best_trial} ({job.primary_metric} {result.best_metric:.4f}); "
+        print(f"best trial: {result.best_trial} ({primary} {result.best_metric:.4f}); "
               f"model package: {result.run_dir / 'best'}")
+    print(f"report: {result.run_dir / 'report.html'}")
     print(f"time: {result.elapsed_s:.1f}s" + (" (stopped at timeout_minutes)" if result.timed_out else ""))
+
+
+def _resume(args) -> int:
+    from scheduler.controller import resume_run
+
+    result = resume_run(args.run_dir)
+    _print_result(result, json.loads((Path(args.run_dir) / "summary.json").read_text())["primary_metric"])
+    return 0
+
+
+def _report(args) -> int:
+    from scheduler.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "trials").is_dir():
+        raise VisionsweepError(f"{run_dir}: not a visionsweep run folder (no trials/)")
+    print(write_report(run_dir))
     return 0
 
 
@@ -80,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job")
     r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<time>)")
     r.set_defaults(fn=_run)
+    rs = sub.add_parser("resume", help="continue a sweep whose controller died or was cancelled")
+    rs.add_argument("run_dir")
+    rs.set_defaults(fn=_resume)
+    rp = sub.add_parser("report", help="(re)write RUN_DIR/report.html, the sweep report")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=_report)
     v = sub.add_parser("validate", help="check a job YAML and print it as it would run")
     v.add_argument("job")
     v.set_defaults(fn=_validate)
@@ -98,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

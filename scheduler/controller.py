@@ -2,37 +2,48 @@
 
 Run folder::
 
-    job.yml                 the job exactly as submitted
+    job.yml                 the job exactly as submitted (run.json: where it came from, for resume)
     job.resolved.yaml       the job as it runs (defaults, clamped limits, v2 names, mode)
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
     trials/<id>/            params.json, metrics.jsonl (one line per evaluation), status.json
-    ray/                    Ray Tune's experiment storage (trial checkpoints)
+    ray/                    Ray Tune's experiment storage (trial checkpoints, searcher state)
+    automode.json           AutoMode only: the models and ranges it chose, and why
     leaderboard.csv         one row per trial, best first
-    best/                   the model package of the best trial (trainers.package)
+    best/                   the model package of the best trial
+    report.html             the sweep report (``visionsweep report RUN`` rewrites it)
+    mlflow.db, tracking.json  MLflow tracking (parent run = sweep, child runs = trials)
     summary.json            mode, timings, best trial, where everything is
+
+The controller is resumable: ``resume_run`` restores the Tune experiment from ``ray/``; every
+record it writes itself is rebuilt from the per-trial files, never kept only in memory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
-from scheduler.runfolder import RunFolderCallback
-from scheduler.spec import Job
+from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+from scheduler.space import Choice
+from scheduler.spec import Job, parse_job
 from trainers import hyperparameters as hp
-from trainers.data import PreparedData, prepare_data, resolve_url
+from trainers.data import PreparedData, load_datastores, prepare_data, resolve_url
 from trainers.errors import NotSupportedYet, VisionsweepError
+from trainers.package import copy_package
 
 log = logging.getLogger(__name__)
+SWEEP = "sweep"  # Tune experiment name under RUN/ray
 
 
 @dataclass
@@ -43,6 +54,19 @@ class RunResult:
     best_metric: float | None
     elapsed_s: float
     timed_out: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What will be searched and how: Tune searcher, scheduler, number of trials, notes for the user."""
+
+    searcher: Any
+    scheduler: Any
+    total_trials: int
+    algorithm: str
+    notes: list[str] = field(default_factory=list)
+    automode: dict[str, Any] | None = None
 
 
 def check_supported(job: Job) -> None:
@@ -51,17 +75,8 @@ def check_supported(job: Job) -> None:
     if spec.task not in hp.CLASSIFICATION_TASKS:
         raise NotSupportedYet(f"task: {spec.task}", "this version trains image_classification and "
                               "image_classification_multilabel")
-    if job.mode == "automode":
-        raise NotSupportedYet("AutoMode (limits.max_trials > 1 without search_space)",
-                              "give a search_space and sweep.sampling_algorithm")
-    if spec.sweep is not None and spec.sweep.sampling_algorithm == "bayesian":
-        raise NotSupportedYet("sweep.sampling_algorithm: bayesian", "use random or grid")
-    if spec.sweep is not None and spec.sweep.early_termination is not None:
-        raise NotSupportedYet("sweep.early_termination")
     if spec.properties.node_count_per_trial > 1:
         raise NotSupportedYet("properties.node_count_per_trial > 1")
-    if job.training_parameters.get("checkpoint_run_id"):
-        raise NotSupportedYet("training_parameters.checkpoint_run_id")
     if job.training_parameters.get("distributed"):
         raise NotSupportedYet("training_parameters.distributed")
     names = [job.training_parameters.get("model_name")]
@@ -78,10 +93,10 @@ def default_run_dir(job: Job) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+# --- data ---------------------------------------------------------------------------------------
+
 def _prepare(job: Job, run_dir: Path) -> PreparedData:
     spec, ext = job.spec, job.spec.visionsweep
-    from trainers.data import load_datastores
-
     datastores = load_datastores(ext.datastores)
     base = str(job.base_dir)
     train_path = resolve_url(spec.training_data.path, base, datastores, "training_data.path")
@@ -94,104 +109,263 @@ def _prepare(job: Job, run_dir: Path) -> PreparedData:
     for name, recs in (("train", data.train), ("valid", data.valid)):
         with open(d / f"{name}.jsonl", "w") as f:
             for r in recs:
-                f.write(json.dumps({"image_url": r.image_url, "label": _label_json(r.label), "source": r.source}) + "\n")
+                label = list(r.label) if isinstance(r.label, tuple) else r.label
+                f.write(json.dumps({"image_url": r.image_url, "label": label, "source": r.source}) + "\n")
     summary = {"classes": data.classes, "train_images": len(data.train), "validation_images": len(data.valid),
                "warnings": data.warnings}
     (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return data
 
 
-def _label_json(label: Any) -> Any:
-    return list(label) if isinstance(label, tuple) else label
+# --- incremental training ------------------------------------------------------------------------
+
+def resolve_checkpoint_run(ref: str, base_dir: Path) -> Path:
+    """``checkpoint_run_id``: a model package, a run folder (its best/), or a run folder name under runs/."""
+    candidates = [Path(ref), base_dir / ref, Path("runs") / ref]
+    for c in candidates:
+        for pkg in (c, c / "best"):
+            if (pkg / "model.json").is_file():
+                return pkg.resolve()
+    raise VisionsweepError(f"training_parameters.checkpoint_run_id: {ref!r} is neither a model package nor a run "
+                           f"folder with best/ (looked in {', '.join(str(c) for c in candidates)})")
 
 
-def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], None] | None = None) -> RunResult:
+def _init_package(job: Job) -> str | None:
+    ref = job.training_parameters.get("checkpoint_run_id")
+    if not ref:
+        return None
+    pkg = resolve_checkpoint_run(ref, job.base_dir)
+    meta = json.loads((pkg / "model.json").read_text())
+    if meta["task"] != job.task:
+        raise VisionsweepError(f"training_parameters.checkpoint_run_id: {pkg} was trained for {meta['task']}, "
+                               f"not {job.task}")
+    fixed = job.training_parameters.get("model_name")
+    if fixed and fixed != meta["model_name"]:
+        raise VisionsweepError(f"training_parameters.checkpoint_run_id: {pkg} is a {meta['model_name']}, "
+                               f"but model_name is {fixed}")
+    job.training_parameters.setdefault("model_name", meta["model_name"])
+    return str(pkg)
+
+
+# --- the plan: searcher + scheduler ----------------------------------------------------------
+
+def max_epochs(job: Job) -> int:
+    """The most epochs any trial can run: the ASHA budget."""
+    fixed = job.training_parameters
+    if "number_of_epochs" in fixed:
+        return fixed["number_of_epochs"]
+    found = []
+    for sub in job.search_space or []:
+        d = sub.get("number_of_epochs")
+        if isinstance(d, Choice):
+            found += [int(v) for v in d.values]
+    models = [m for sub in job.search_space or [] if "model_name" in sub for m in sub["model_name"].values]
+    models = models or [fixed.get("model_name") or hp.DEFAULT_MODEL[job.task]]
+    found += [hp.task_model_defaults(job.task, m)["number_of_epochs"] for m in models]
+    return max(found)
+
+
+def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
+    from scheduler import automode
+    from scheduler.policies import create_scheduler
+    from scheduler.policies.ray_adapter import PolicyScheduler, RecordingASHA
+    from scheduler.searchers import SpaceSearcher
+    from scheduler.warmstart import load_prior_trials
+
+    spec, seed, primary = job.spec, job.spec.visionsweep.seed, job.primary_metric
+    limits = spec.limits
+    priors = load_prior_trials(spec.visionsweep.resume_from, primary)
+    notes = [f"warm start: {len(priors)} trial(s) from {len(spec.visionsweep.resume_from)} earlier run(s)"] \
+        if spec.visionsweep.resume_from else []
+    if job.mode == "automode":
+        p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu)
+        searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
+                                 first=[p["first_trial"]["config"]])
+        scheduler = RecordingASHA(run_dir=str(run_dir), **p["asha"])
+        notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
+                     f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor 3); see automode.json")
+        return Plan(searcher, scheduler, searcher.total_trials, "random", notes, automode.explain(p))
+    algorithm = spec.sweep.sampling_algorithm if spec.sweep else "random"
+    if algorithm == "bayesian":
+        from scheduler.bayesian import budget_warning, make_searcher
+
+        warning = budget_warning(job.search_space, limits.max_trials)
+        notes += [f"warning: {warning}"] if warning else []
+        searcher = make_searcher(job.search_space, primary, seed, limits.max_trials, priors)
+        return Plan(searcher, None, limits.max_trials, algorithm, notes)
+    searcher = SpaceSearcher(job.search_space, algorithm, limits.max_trials, seed, primary, "max")
+    policy = spec.sweep.early_termination if spec.sweep else None
+    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir))
+    if priors and isinstance(scheduler, PolicyScheduler):
+        for p in priors:
+            scheduler.policy.add_history(f"prior:{Path(p.run).name}/{p.trial_id}", p.values)
+    elif priors:
+        notes.append("warm start: histories are used by bandit, median_stopping and truncation_selection only")
+    return Plan(searcher, scheduler, searcher.total_trials, algorithm, notes)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def _echo_default(s: str) -> None:
+    print(s, file=sys.stderr, flush=True)
+
+
+def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], None] | None = None,
+            resume: bool = False) -> RunResult:
     """Run a validated job on the connected Ray cluster and write its run folder."""
     from ray import tune
 
     from cluster.connect import cluster_gpus, connect
-    from scheduler.searchers import SpaceSearcher
+    from scheduler.tracking import MlflowTracker
     from trainers.trainable import train_trial
 
-    echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+    echo = echo or _echo_default
     check_supported(job)
     t0 = time.time()
-    run_dir = Path(output) if output else default_run_dir(job)
-    run_dir = run_dir.resolve()
+    run_dir = (Path(output) if output else default_run_dir(job)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.yml").write_text(job.text)
+    if not resume:
+        (run_dir / "job.yml").write_text(job.text)
+        (run_dir / "run.json").write_text(json.dumps({
+            "source": str(job.source.resolve()) if job.source else None, "base_dir": str(job.base_dir),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+    init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
 
     data = _prepare(job, run_dir)
     echo(f"data: {len(data.train)} training / {len(data.valid)} validation images, {len(data.classes)} classes")
     for w in data.warnings:
         echo(f"warning: {w}")
-
     echo(f"ray: {connect()}")
     spec, ext = job.spec, job.spec.visionsweep
     primary = job.primary_metric
-    algorithm = spec.sweep.sampling_algorithm if spec.sweep else "random"
-    searcher = SpaceSearcher(job.search_space, algorithm, spec.limits.max_trials, ext.seed, primary, "max")
-    gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if cluster_gpus() > 0 else 0.0)
+    has_gpu = cluster_gpus() > 0
+    plan = build_plan(job, has_gpu, run_dir)
+    for n in plan.notes:
+        echo(n)
+    if plan.automode is not None:
+        (run_dir / "automode.json").write_text(json.dumps(plan.automode, indent=2) + "\n")
+    gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if has_gpu else 0.0)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, fixed=job.training_parameters,
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
-                             cpus=ext.cpus_per_trial),
+                             cpus=ext.cpus_per_trial, init_package=init_package),
         {"cpu": ext.cpus_per_trial, "gpu": gpus},
     )
-    callback = RunFolderCallback(run_dir, primary, searcher.total_trials, echo)
+    callbacks: list[Any] = [RunFolderCallback(run_dir, primary, plan.total_trials, echo)]
+    tracker = None
+    if ext.tracking.enabled:
+        tracker = MlflowTracker(run_dir, ext.tracking.uri, ext.tracking.experiment or spec.experiment_name or
+                                "visionsweep", spec.name or run_dir.name, primary)
+        callbacks.append(tracker)
     budget_s = spec.limits.timeout_minutes * 60
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=primary, mode="max", search_alg=searcher, num_samples=searcher.total_trials,
-            max_concurrent_trials=spec.limits.max_concurrent_trials, time_budget_s=budget_s,
-            trial_dirname_creator=lambda t: t.trial_id,
-        ),
-        run_config=tune.RunConfig(
-            name="sweep", storage_path=str(run_dir / "ray"), verbose=0, callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
-                                                    checkpoint_score_order="max"),
-        ),
-    )
-    echo(f"sweep: {job.mode} mode, {searcher.total_trials} trial(s), {spec.limits.max_concurrent_trials} at a time, "
-         f"primary metric {primary}, {ext.cpus_per_trial:g} CPU + {gpus:g} GPU per trial")
+    experiment = run_dir / "ray" / SWEEP
+    if resume:
+        from ray.tune import Tuner
+
+        if not (experiment / "tuner.pkl").is_file():
+            raise VisionsweepError(f"{run_dir}: nothing to resume (no Ray Tune experiment in {experiment})")
+        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        echo(f"resume: {sum(r.finished for r in read_trials(run_dir).values())} finished trial(s) kept")
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=primary, mode="max", search_alg=plan.searcher, scheduler=plan.scheduler,
+                num_samples=plan.total_trials, max_concurrent_trials=spec.limits.max_concurrent_trials,
+                time_budget_s=budget_s, trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=SWEEP, storage_path=str(run_dir / "ray"), verbose=0, callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
+                                                        checkpoint_score_order="max"),
+            ),
+        )
+    echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
+         f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, "
+         f"{ext.cpus_per_trial:g} CPU + {gpus:g} GPU per trial")
     try:
-        results = tuner.fit()
+        tuner.fit()
     finally:
         elapsed = time.time() - t0
         timed_out = elapsed >= budget_s
-        callback.mark_unfinished("stopped (timeout)" if timed_out else "stopped")
-    default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[spec.task]
-    rows = leaderboard_rows(callback.trials, primary, default_model)
+        mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
+    return finish_run(job, run_dir, t0, timed_out, tracker, plan.notes)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def finish_run(job: Job, run_dir: Path, t0: float, timed_out: bool, tracker=None,
+               notes: list[str] | None = None) -> RunResult:
+    """Leaderboard, best model package, report, tracking and summary, all from the run folder's files."""
+    primary, ext = job.primary_metric, job.spec.visionsweep
+    default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[job.task]
+    rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
     write_leaderboard(run_dir / "leaderboard.csv", rows)
-    best_trial, best_metric = _export_best(results, rows, primary, run_dir)
-    summary = {
-        "mode": job.mode, "task": spec.task, "primary_metric": primary, "trials": len(rows),
+    best_trial, best_metric = export_best(run_dir, rows, primary)
+    summary: dict[str, Any] = {
+        "mode": job.mode, "task": job.task, "primary_metric": primary, "trials": len(rows),
         "best_trial": best_trial, "best_metric": best_metric, "elapsed_s": round(time.time() - t0, 1),
         "timed_out": timed_out, "best_package": str(run_dir / "best") if best_trial else None,
+        "stopped_early": sum(r["status"].startswith("stopped (") and r["status"] != "stopped (timeout)"
+                             for r in rows),
+        "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
     }
+    if tracker is not None:
+        try:
+            summary["tracking"] = tracker.finish(best_trial, best_metric, run_dir / "best" if best_trial else None,
+                                                 ext.tracking.register_model)
+        except Exception as e:  # tracking must never lose a finished sweep
+            log.warning("MLflow tracking could not be finished: %s", e)
+            summary["tracking"] = {"error": str(e)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out)
+    try:
+        from scheduler.report import write_report
+
+        write_report(run_dir)
+    except Exception as e:  # the report is a view; never fail the run for it
+        log.warning("report not written: %s", e)
+    return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [])
 
 
-def _export_best(results, rows: list[dict[str, Any]], primary: str, run_dir: Path) -> tuple[str | None, float | None]:
+def _checkpoints(run_dir: Path, trial_id: str) -> list[Path]:
+    return sorted((run_dir / "ray" / SWEEP / trial_id).glob("checkpoint_*"))
+
+
+def export_best(run_dir: Path, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
     """Copy the best trial's best checkpoint (a model package) to ``run_dir/best``."""
     best_dir = run_dir / "best"
-    for row in rows:  # best first; take the first trial that has a checkpoint
+    for row in rows:  # best first: the first trial with a checkpoint wins
         if row.get(primary) is None:
             continue
-        for result in results:
-            if result.metrics and result.metrics.get("trial_id") == row["trial_id"] or \
-                    (result.path and Path(result.path).name == row["trial_id"]):
-                ckpts = [(m.get(primary, float("-inf")), c) for c, m in (result.best_checkpoints or [])]
-                if not ckpts:
-                    break
-                _, ckpt = max(ckpts, key=lambda x: x[0])
-                if best_dir.exists():
-                    shutil.rmtree(best_dir)
-                ckpt.to_directory(str(best_dir))
-                return row["trial_id"], row[primary]
+        scored = []
+        for ck in _checkpoints(run_dir, row["trial_id"]):
+            m = ck / "metrics.json"
+            if m.is_file():
+                scored.append((json.loads(m.read_text()).get(primary, -math.inf), ck.name, ck))
+        if not scored:
+            continue
+        _, _, ck = max(scored)
+        with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+            copy_package(ck, Path(tmp) / "best")
+            if best_dir.exists():
+                shutil.rmtree(best_dir)
+            shutil.move(str(Path(tmp) / "best"), best_dir)
+        return row["trial_id"], row[primary]
     if not any(r.get(primary) is not None for r in rows):
-        raise VisionsweepError(f"no trial reported {primary}; see trials/*/status.json and {run_dir / 'ray'}")
+        raise VisionsweepError(f"no trial reported {primary}; see {run_dir}/trials/*/status.json")
     return None, None
+
+
+def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -> RunResult:
+    """Continue a sweep whose controller died or was cancelled (§8.7 "resume child runs")."""
+    run_dir = Path(run_dir).resolve()
+    meta_f = run_dir / "run.json"
+    if not meta_f.is_file():
+        raise VisionsweepError(f"{run_dir}: not a visionsweep run folder (no run.json)")
+    meta = json.loads(meta_f.read_text())
+    job = parse_job((run_dir / "job.yml").read_text(), source=Path(meta["source"]) if meta.get("source") else None,
+                    base_dir=Path(meta["base_dir"]))
+    return run_job(job, run_dir, echo, resume=True)

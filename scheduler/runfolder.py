@@ -1,9 +1,13 @@
-"""The run folder, written live while a sweep runs, and the terminal progress lines.
+"""The run folder's per-trial files, written live while a sweep runs, and the terminal progress lines.
 
-``RunFolderCallback`` is a Ray Tune callback on the driver: for every trial it writes
-``trials/<id>/params.json`` when the trial starts and appends one line per evaluation to
-``trials/<id>/metrics.jsonl``, then ``status.json`` when it ends. So a crashed or cancelled sweep still
-leaves every finished trial's parameters and metrics on disk.
+``RunFolderCallback`` is a Ray Tune callback on the driver. For every trial it writes
+``trials/<id>/params.json`` when the trial starts, appends one line per evaluation to
+``trials/<id>/metrics.jsonl`` and keeps ``trials/<id>/status.json`` current. Everything after the
+sweep (leaderboard, best model, report, resume) reads these files, never the controller's memory,
+so a crashed, cancelled or resumed sweep keeps every finished trial's parameters and metrics.
+
+Schedulers that stop a trial early drop a ``stopped.json`` marker (``mark_stopped``) so that the
+trial's final status says which policy stopped it and at which epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ray.tune import Callback
 _RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
              "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
              "experiment_tag", "should_checkpoint"}
+FINAL = ("completed", "error")  # statuses a trial never leaves; "stopped..." ones are final too
 
 
 @dataclass
@@ -33,32 +38,103 @@ class TrialRecord:
     started: float | None = None
     ended: float | None = None
 
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL or self.status.startswith("stopped")
+
+
+def trial_dir(run_dir: Path, trial_id: str) -> Path:
+    d = Path(run_dir) / "trials" / trial_id
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _read_json(p: Path, default: Any) -> Any:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
+    """Every trial of a run folder, from its files."""
+    out: dict[str, TrialRecord] = {}
+    root = Path(run_dir) / "trials"
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        st = _read_json(d / "status.json", {})
+        metrics = []
+        if (d / "metrics.jsonl").is_file():
+            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        out[d.name] = TrialRecord(d.name, _read_json(d / "params.json", {}), metrics, st.get("status", "pending"),
+                                  st.get("error"), st.get("started"), st.get("ended"))
+    return out
+
+
+def write_status(run_dir: Path, rec: TrialRecord) -> None:
+    doc = {"status": rec.status, "error": rec.error, "evaluations": len(rec.metrics),
+           "started": rec.started, "ended": rec.ended}
+    (trial_dir(run_dir, rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def mark_stopped(run_dir: str | None, trial_id: str, policy: str, epoch: Any) -> None:
+    """Called by a scheduler when it stops a trial early."""
+    if run_dir:
+        (trial_dir(Path(run_dir), trial_id) / "stopped.json").write_text(
+            json.dumps({"by": policy, "epoch": epoch}) + "\n")
+
+
+def mark_unfinished(run_dir: Path, status: str) -> list[str]:
+    """Trials still running when the sweep ended (time budget, cancel): keep their results, mark them."""
+    marked = []
+    for rec in read_trials(run_dir).values():
+        if rec.status in ("running", "pending"):
+            rec.status, rec.ended = status, time.time()
+            write_status(run_dir, rec)
+            marked.append(rec.trial_id)
+    return marked
+
+
+def _stderr(s: str) -> None:
+    print(s, file=sys.stderr, flush=True)
+
 
 class RunFolderCallback(Callback):
-    def __init__(self, run_dir: Path, primary: str, total: int, echo: Callable[[str], None] | None = None):
-        self.run_dir, self.primary, self.total = Path(run_dir), primary, total
-        self.trials: dict[str, TrialRecord] = {}
-        self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+    def __init__(self, run_dir: Path, primary: str, total: int, echo: Callable[[str], None] = _stderr):
+        self.run_dir, self.primary, self.total, self.echo = Path(run_dir), primary, total, echo
         self.t0 = time.time()
-        self.best: tuple[float, str] | None = None
+        self._trials: dict[str, TrialRecord] | None = None  # loaded from the files on first use (resume)
 
-    def _dir(self, trial_id: str) -> Path:
-        d = self.run_dir / "trials" / trial_id
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+    @property
+    def trials(self) -> dict[str, TrialRecord]:
+        if self._trials is None:
+            self._trials = read_trials(self.run_dir)
+        return self._trials
 
     def _progress(self, event: str) -> None:
-        states = [t.status for t in self.trials.values()]
-        running, done = states.count("running"), sum(s not in ("running", "pending") for s in states)
-        best = f"best {self.primary} {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
-        self.echo(f"[{time.time() - self.t0:6.1f}s] {event:<46} | running {running}, done {done}/{self.total} | {best}")
+        recs = self.trials.values()
+        running = sum(r.status == "running" for r in recs)
+        done = sum(r.finished for r in recs)
+        scored = [(m[self.primary], r.trial_id) for r in recs for m in r.metrics if self.primary in m]
+        best = max(scored) if scored else None
+        best_s = f"best {self.primary} {best[0]:.4f} ({best[1]})" if best else "no result yet"
+        self.echo(f"[{time.time() - self.t0:6.1f}s] {event[:46]:<46} | running {running}, done {done}/{self.total} "
+                  f"| {best_s}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
-        rec.status, rec.started = "running", time.time()
-        (self._dir(trial.trial_id) / "params.json").write_text(json.dumps(rec.params, indent=2, default=str) + "\n")
+        rec = self.trials.get(trial.trial_id)
+        resumed = rec is not None and bool(rec.metrics)
+        if rec is None:
+            rec = self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config))
+        rec.status, rec.started, rec.ended = "running", rec.started or time.time(), None
+        d = trial_dir(self.run_dir, trial.trial_id)
+        (d / "params.json").write_text(json.dumps(rec.params, indent=2, default=str) + "\n")
+        write_status(self.run_dir, rec)
         desc = ", ".join(f"{k}={_short(v)}" for k, v in rec.params.items()) or "defaults"
-        self._progress(f"start {trial.trial_id} ({desc})"[:46])
+        self._progress(("resume " if resumed else "start ") + f"{trial.trial_id} ({desc})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.trials.get(trial.trial_id)
@@ -66,37 +142,34 @@ class RunFolderCallback(Callback):
             return
         row = {k: v for k, v in result.items() if k not in _RAY_KEYS}
         row["time_total_s"] = result.get("time_total_s")
+        epoch = row.get("epoch")
+        path = trial_dir(self.run_dir, trial.trial_id) / "metrics.jsonl"
+        if epoch is not None and rec.metrics and rec.metrics[-1].get("epoch", 0) >= epoch:
+            # Restored from a checkpoint: the epochs after it are trained again; keep the new values.
+            rec.metrics = [m for m in rec.metrics if m.get("epoch", 0) < epoch]
+            path.write_text("".join(json.dumps(m, default=float) + "\n" for m in rec.metrics))
         rec.metrics.append(row)
-        with open(self._dir(trial.trial_id) / "metrics.jsonl", "a") as f:
+        with open(path, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
-        v = result[self.primary]
-        if self.best is None or v > self.best[0]:
-            self.best = (v, trial.trial_id)
-        self._progress(f"{trial.trial_id} epoch {row.get('epoch')}: {self.primary} {v:.4f}")
+        self._progress(f"{trial.trial_id} epoch {epoch}: {self.primary} {result[self.primary]:.4f}")
 
     def _end(self, trial, status: str, error: str | None = None) -> None:
         rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
         rec.status, rec.error, rec.ended = status, error, time.time()
-        self._write_status(rec)
-        self._progress(f"{status} {trial.trial_id}" + (f": {error[:30]}" if error else ""))
+        write_status(self.run_dir, rec)
+        self._progress(f"{status} {trial.trial_id}" + (f": {error}" if error else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "completed")
+        marker = _read_json(trial_dir(self.run_dir, trial.trial_id) / "stopped.json", None)
+        if marker:
+            self._end(trial, f"stopped ({marker['by']})")
+        elif (trial.last_result or {}).get("done"):
+            self._end(trial, "completed")
+        else:
+            self._end(trial, "stopped")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "error", _error_summary(trial))
-
-    def mark_unfinished(self, status: str) -> None:
-        """Trials still running when the sweep ended (time budget, cancel): keep their results, mark them."""
-        for rec in self.trials.values():
-            if rec.status in ("running", "pending"):
-                rec.status, rec.ended = status, time.time()
-                self._write_status(rec)
-
-    def _write_status(self, rec: TrialRecord) -> None:
-        doc = {"status": rec.status, "error": rec.error, "evaluations": len(rec.metrics),
-               "started": rec.started, "ended": rec.ended}
-        (self._dir(rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _short(v: Any) -> str:
@@ -104,14 +177,14 @@ def _short(v: Any) -> str:
 
 
 def _error_summary(trial) -> str:
-    """The last line of the trial's error: the user-facing message, not the Ray traceback."""
+    """The user-facing message of a trial's error (its last exception line), not the Ray traceback."""
     try:
         text = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:
         text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if ln.startswith(("trainers.", "scheduler.")) or "Error:" in ln or "Error" in ln.split(":")[0]:
-            msg = ln.split(": ", 1)[1] if ": " in ln else ln
-            return msg
+        head = ln.split(": ", 1)[0]
+        if head.endswith(("Error", "Exception", "NotSupportedYet")) and ": " in ln:
+            return ln.split(": ", 1)[1]
     return lines[-1] if lines else "trial failed"

@@ -19,10 +19,13 @@ from scheduler.space import grid_configs, sample_config
 
 
 class SpaceSearcher(Searcher):
-    """Suggests configurations from a spec search space; ``None`` space = one trial of the defaults."""
+    """Suggests configurations from a spec search space; ``None`` space = one trial of the defaults.
+
+    ``first``: configurations to run before any sampled one (random only), e.g. AutoMode's baseline.
+    """
 
     def __init__(self, space: list[dict[str, Any]] | None, algorithm: str, max_trials: int, seed: int = 0,
-                 metric: Optional[str] = None, mode: Optional[str] = None):
+                 metric: Optional[str] = None, mode: Optional[str] = None, first: list[dict[str, Any]] = ()):
         super().__init__(metric=metric, mode=mode)
         if algorithm not in ("random", "grid"):
             raise ValueError(f"SpaceSearcher samples 'random' or 'grid', but got {algorithm=}")
@@ -30,6 +33,7 @@ class SpaceSearcher(Searcher):
         self._grid = grid_configs(self._space) if algorithm == "grid" else None
         self._max = max_trials if self._grid is None else min(max_trials, len(self._grid))
         self._rng = np.random.default_rng(seed)
+        self._first = [dict(c) for c in first] if self._grid is None else []
         self._n = 0
         self.suggested: dict[str, dict[str, Any]] = {}
 
@@ -45,7 +49,12 @@ class SpaceSearcher(Searcher):
     def suggest(self, trial_id: str) -> Optional[dict]:
         if self._n >= self._max:
             return Searcher.FINISHED
-        cfg = dict(self._grid[self._n]) if self._grid is not None else sample_config(self._space, self._rng)
+        if self._grid is not None:
+            cfg = dict(self._grid[self._n])
+        elif self._n < len(self._first):
+            cfg = dict(self._first[self._n])
+        else:
+            cfg = sample_config(self._space, self._rng)
         self._n += 1
         self.suggested[trial_id] = cfg
         return cfg

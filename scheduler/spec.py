@@ -82,10 +82,24 @@ class TruncationSelectionPolicy(_Policy):
     exclude_finished_jobs: bool = False
 
 
+class AshaPolicy(BaseModel):
+    """``type: asha``: asynchronous successive halving (our addition; the policy AutoMode uses).
+
+    The budget is counted in epochs: trials are compared at rungs grace_period * reduction_factor^i
+    and only the top 1/reduction_factor go on, up to ``max_epochs`` (default: the trials' epochs).
+    """
+
+    model_config = _FORBID
+    type: Literal["asha"]
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+    max_epochs: Optional[int] = Field(None, ge=1)
+
+
 EarlyTermination = Annotated[
-    Union[BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy], Field(discriminator="type")
+    Union[BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy, AshaPolicy], Field(discriminator="type")
 ]
-POLICY_TYPES = ("bandit", "median_stopping", "truncation_selection")
+POLICY_TYPES = ("bandit", "median_stopping", "truncation_selection", "asha")
 
 
 class Sweep(BaseModel):
@@ -117,6 +131,16 @@ class AdvancedSettings(BaseModel):
     stream_image_files: bool = False
 
 
+class Tracking(BaseModel):
+    """``visionsweep.tracking``: MLflow tracking of the sweep (parent run) and its trials (child runs)."""
+
+    model_config = _FORBID
+    enabled: bool = True
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; default sqlite:///RUN/mlflow.db")
+    experiment: Optional[str] = Field(None, description="default: experiment_name, else 'visionsweep'")
+    register_model: Optional[str] = Field(None, description="register the best model under this name")
+
+
 class Extensions(BaseModel):
     """``visionsweep:``: settings of this implementation that the managed service has no key for."""
 
@@ -135,6 +159,9 @@ class Extensions(BaseModel):
     pretrained_weights: dict[str, str] = Field(
         default_factory=dict, description="model_name -> weights file path or URI (safetensors or a state_dict)")
     download_weights: bool = Field(False, description="fetch ImageNet weights from the model hubs (needs internet)")
+    resume_from: list[str] = Field(default_factory=list, max_length=5,
+                                   description="up to 5 earlier run folders to warm-start from (§8.7)")
+    tracking: Tracking = Field(default_factory=Tracking)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: Optional[float] = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
 

@@ -22,12 +22,12 @@ def sample() -> Path:
 
 @pytest.fixture
 def small_mltable(tmp_path) -> Path:
-    """A 60-image, 3-class copy of the sample (real images) as an MLTable folder, for fast trials."""
+    """A 90-image, 3-class copy of the sample (30 real images per class) as an MLTable folder, for fast trials."""
     import json
 
-    keep = {"Trouser", "Bag", "Sneaker"}
+    keep = ("Trouser", "Bag", "Sneaker")
     lines = [json.loads(ln) for ln in (SAMPLE / "train" / "train_annotations.jsonl").read_text().splitlines()]
-    chosen = [ln for ln in lines if ln["label"] in keep][:60]
+    chosen = [ln for c in keep for ln in [x for x in lines if x["label"] == c][:30]]
     d = tmp_path / "small"
     (d / "images").mkdir(parents=True)
     with open(d / "train_annotations.jsonl", "w") as f:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 FAST_PARAMS = """\
 training_parameters:
   number_of_epochs: {epochs}
-  training_batch_size: 16
+  training_batch_size: {batch}
   validation_batch_size: 32
   training_crop_size: 32
   validation_resize_size: 32
@@ -28,10 +28,10 @@ training_parameters:
 """
 
 
-def make_job(data: Path, extra: str, epochs: int = 2):
+def make_job(data: Path, extra: str, epochs: int = 2, batch: int = 16):
     text = (f"$schema: https://azuremlschemas.azureedge.net/latest/autoMLJob.schema.json\ntype: automl\n"
             f"task: image_classification\ncompute: local\ntarget_column_name: label\n"
-            f"training_data:\n  path: {data}\n  type: mltable\n" + FAST_PARAMS.format(epochs=epochs) + extra)
+            f"training_data:\n  path: {data}\n  type: mltable\n" + FAST_PARAMS.format(epochs=epochs, batch=batch) + extra)
     return parse_job(text, source=data.parent / "job.yml")
 
 
@@ -129,13 +129,7 @@ sweep:
 
 
 def test_jobs_that_need_later_features_say_so(small_mltable, tmp_path):
-    with pytest.raises(NotSupportedYet, match="not supported yet: sweep.early_termination"):
-        run_job(make_job(small_mltable, """\
-search_space:
-  - learning_rate: {type: uniform, min_value: 0.001, max_value: 0.01}
-sweep:
-  sampling_algorithm: random
-  early_termination: {type: median_stopping}
-"""), tmp_path / "a")
-    with pytest.raises(NotSupportedYet, match="AutoMode"):
-        run_job(make_job(small_mltable, "limits: {max_trials: 3}\n"), tmp_path / "b")
+    with pytest.raises(NotSupportedYet, match="not supported yet: properties.node_count_per_trial"):
+        run_job(make_job(small_mltable, "properties: {node_count_per_trial: '2'}\n"), tmp_path / "a")
+    with pytest.raises(NotSupportedYet, match="huggingface"):
+        run_job(make_job(small_mltable, "  model_name: google/vit-base-patch16-224\n"), tmp_path / "b")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -123,13 +124,24 @@ def check_model_settings(h: dict[str, Any]) -> None:
                             f"validation_crop_size ({h['validation_crop_size']})")
 
 
+TRAINER_STATE = "trainer_state.pt"
+
+
 def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str | None = None,
-          download_weights: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Train one trial with resolved hyperparameters ``h``; returns a summary of the run."""
+          download_weights: bool = False, device: str | None = None, resume_from: str | None = None) -> dict[str, Any]:
+    """Train one trial with resolved hyperparameters ``h``; returns a summary of the run.
+
+    ``weights``: a weights file or a model package folder to start from (pretrained weights, or an
+    earlier run's model for incremental training); tensors whose shape differs (a new head) are
+    re-initialised. ``resume_from``: a checkpoint folder written by this loop; training goes on after
+    the epoch it was taken at, with the optimiser, schedule and early-stopping state it had.
+    """
     check_model_settings(h)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(h.get("random_seed") or 0)
     task = make_task(data.task, data.classes)
+    if weights and Path(weights).is_dir():
+        weights = str(Path(weights) / "model.safetensors")
     model = build_model(h["model_name"], len(data.classes), h["training_crop_size"], weights, download_weights)
     freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))
     model.to(dev)
@@ -144,8 +156,17 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
 
     primary = task.primary_metric
     epochs, eval_every = h["number_of_epochs"], h["evaluation_frequency"]
-    best, best_epoch, stale, n_evals = -math.inf, 0, 0, 0
-    for epoch in range(1, epochs + 1):
+    best, best_epoch, stale, n_evals, start = -math.inf, 0, 0, 0, 1
+    if resume_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(resume_from) / "model.safetensors")))
+        st = torch.load(Path(resume_from) / TRAINER_STATE, map_location=dev, weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        best, best_epoch, stale, n_evals, start = st["best"], st["best_epoch"], st["stale"], st["n_evals"], st["epoch"] + 1
+        log.info("resumed after epoch %d (best %s %.4f)", st["epoch"], primary, best)
+    for epoch in range(start, epochs + 1):
         model.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         opt.zero_grad(set_to_none=True)
@@ -174,18 +195,21 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         improved = value > best
         if improved:
             best, best_epoch = value, epoch
+        # In-trial early stopping counts evaluations after the delay (§6.1).
+        if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
+            stale = 0 if improved else stale + 1
         cf = h.get("checkpoint_frequency")
         due = (n_evals % cf == 0) if cf else improved
         saver = None
         if due:
-            snapshot = dict(m)
+            state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals}
 
-            def saver(path: str, _m=snapshot) -> None:
+            def saver(path: str, _m=dict(m), _state=state) -> None:
                 save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m)
+                torch.save({**_state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+                           Path(path) / TRAINER_STATE)
         report(m, saver)
-        # In-trial early stopping counts evaluations after the delay (§6.1).
         if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
-            stale = 0 if improved else stale + 1
             if stale >= h["early_stopping_patience"]:
                 log.info("early stopping after epoch %d (best %s %.4f at epoch %d)", epoch, primary, best, best_epoch)
                 return {"best": best, "best_epoch": best_epoch, "epochs": epoch, "early_stopped": True}

@@ -15,7 +15,8 @@ from trainers.loop import train
 
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
-                weights: dict[str, str], download_weights: bool, cpus: float) -> None:
+                weights: dict[str, str], download_weights: bool, cpus: float,
+                init_package: str | None = None) -> None:
     from ray import tune
 
     import torch
@@ -31,5 +32,11 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
             save(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    train(h, data, report, weights=weights.get(h["model_name"]), download_weights=download_weights)
+    init = init_package or weights.get(h["model_name"])
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        train(h, data, report, weights=init, download_weights=download_weights)
+        return
+    with ckpt.as_directory() as d:  # a restored trial goes on from its last checkpoint (§8.7)
+        train(h, data, report, weights=None, resume_from=d)
 

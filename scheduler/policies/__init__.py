@@ -1,0 +1,55 @@
+"""Early-termination policies, registered by name (SPEC §3.5, §8.4).
+
+``create_scheduler(spec, metric, max_epochs)`` turns a validated ``sweep.early_termination`` into a Ray
+Tune trial scheduler. Names: ``bandit``, ``median_stopping``, ``truncation_selection`` (the spec's
+rules, implemented exactly in this package) and ``asha`` (Ray Tune's asynchronous successive halving,
+the policy AutoMode uses). Unknown names are errors, and so are duplicate registrations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from scheduler.policies.bandit import BanditPolicy
+from scheduler.policies.base import Decision, Policy
+from scheduler.policies.percentile import MedianStoppingPolicy, TruncationSelectionPolicy
+
+_POLICIES: dict[str, Callable[..., Policy]] = {}
+
+
+def register_policy(name: str, factory: Callable[..., Policy]) -> None:
+    if name in _POLICIES:
+        raise ValueError(f"a policy is already registered under the name {name!r}")
+    _POLICIES[name] = factory
+
+
+register_policy("bandit", BanditPolicy)
+register_policy("median_stopping", MedianStoppingPolicy)
+register_policy("truncation_selection", TruncationSelectionPolicy)
+
+
+def list_policies() -> list[str]:
+    return sorted(_POLICIES) + ["asha"]
+
+
+def create_policy(name: str, **kwargs: Any) -> Policy:
+    if name not in _POLICIES:
+        raise ValueError(f"early_termination.type must be one of {list_policies()}, but got {name!r}.")
+    return _POLICIES[name](**kwargs)
+
+
+def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = None):
+    """A Ray Tune scheduler for a validated early_termination spec (pydantic model), or None for no policy."""
+    from scheduler.policies.ray_adapter import PolicyScheduler, RecordingASHA
+
+    if spec is None:
+        return None
+    params = spec.model_dump(exclude={"type"})
+    if spec.type == "asha":
+        return RecordingASHA(max_epochs=params.pop("max_epochs") or max_epochs, run_dir=run_dir,
+                             **params)
+    return PolicyScheduler(create_policy(spec.type, **params), metric, run_dir=run_dir)
+
+
+__all__ = ["BanditPolicy", "Decision", "MedianStoppingPolicy", "Policy", "TruncationSelectionPolicy",
+           "create_policy", "create_scheduler", "list_policies", "register_policy"]

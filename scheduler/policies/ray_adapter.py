@@ -1,0 +1,106 @@
+"""Policies as Ray Tune trial schedulers.
+
+``PolicyScheduler`` feeds a :class:`~scheduler.policies.base.Policy` with each trial's reports (k =
+Tune's ``training_iteration``, i.e. the k-th report) and returns its decision to Tune, which stops the
+trial, frees its resources and keeps its checkpoints and metrics. ``RecordingASHA`` is Ray's own
+ASHA scheduler. Both record the trials they stop in ``stopped`` (trial id -> epoch reached) and, given
+a run folder, as a ``stopped.json`` marker in the trial's folder.
+
+Resume: Tune rebuilds the scheduler from the pickle taken when the sweep started, so a restored
+``PolicyScheduler`` reloads every trial's reports from the run folder before its first decision.
+(A restored ASHA starts with empty rungs: it rebuilds them from the results that follow.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from scheduler.policies.base import Decision, Policy
+from scheduler.runfolder import mark_stopped
+
+
+class PolicyScheduler(FIFOScheduler):
+    def __init__(self, policy: Policy, metric: str, mode: str = "max", run_dir: str | None = None):
+        if mode != "max":
+            raise ValueError(f"visionsweep policies maximise the primary metric, but got {mode=}.")
+        super().__init__()
+        self.policy, self._metric, self._mode, self.run_dir = policy, metric, mode, run_dir
+        self.stopped: dict[str, Any] = {}
+        self._reload = False
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reload = True  # unpickled by Tuner.restore: catch up from the run folder
+
+    def _catch_up(self) -> None:
+        from scheduler.runfolder import read_trials
+
+        self._reload = False
+        if not self.run_dir:
+            return
+        for rec in read_trials(self.run_dir).values():
+            values = [m[self._metric] for m in rec.metrics if self._metric in m]
+            if values:
+                self.policy.add_history(rec.trial_id, values, finished=rec.finished)
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return (metric in (None, self._metric)) and (mode in (None, self._mode))
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._reload:
+            self._catch_up()
+        if self._metric not in result or "training_iteration" not in result:
+            return TrialScheduler.CONTINUE
+        decision = self.policy.on_result(trial.trial_id, int(result["training_iteration"]), result[self._metric])
+        if decision is Decision.STOP:
+            self.stopped[trial.trial_id] = result.get("epoch")
+            mark_stopped(self.run_dir, trial.trial_id, self.policy.name, result.get("epoch"))
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self.policy.on_complete(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial):
+        self.policy.on_remove(trial.trial_id)
+
+    def debug_string(self) -> str:
+        return f"visionsweep {self.policy.name} policy"
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"policy": self.policy.state_dict(), "stopped": self.stopped}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.policy.load_state_dict(state["policy"])
+        self.stopped = state["stopped"]
+
+
+class RecordingASHA(ASHAScheduler):
+    """Ray Tune's asynchronous successive halving, with the budget counted in epochs."""
+
+    name = "asha"
+
+    def __init__(self, *, max_epochs: int, grace_period: int = 1, reduction_factor: float = 3,
+                 run_dir: str | None = None):
+        # metric and mode come from the Tuner (set_search_properties), which refuses a scheduler that has them
+        super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
+                         reduction_factor=reduction_factor)
+        self.stopped: dict[str, Any] = {}
+        self.run_dir = run_dir
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        # ASHA also returns STOP when a trial reaches max_t: that is a finished trial, not a stopped one.
+        if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:
+            self.stopped[trial.trial_id] = result.get("epoch")
+            mark_stopped(self.run_dir, trial.trial_id, self.name, result.get("epoch"))
+        return decision

@@ -1,0 +1,320 @@
+"""A self-contained HTML report of a sweep, written from its run folder (SPEC §8.8).
+
+``write_report(run_dir)`` reads only the run folder's files (never Ray state), so it works on a finished
+sweep, a crashed one or one that is still running, and writes ``RUN/report.html`` with:
+
+1. a header: task, primary metric, mode, number of trials, best trial and value, elapsed time;
+2. metric curves: the primary metric per epoch, one line per trial; trials stopped early are dashed
+   and end in an "x", so a reader sees which ones a policy cut short and where;
+3. parallel coordinates: one axis per hyperparameter plus the best metric (also the colour scale),
+   to see which regions of the search space did well;
+4. a scatter of the two numeric hyperparameters with the most distinct values, coloured by the metric;
+5. the leaderboard as a table, best first, stopped trials marked.
+
+Plotly draws the figures: its parallel-coordinates plot lets the reader drag axes and brush ranges,
+and plotly.js is inlined once into the page, so the report is one file that opens offline.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from scheduler.leaderboard import leaderboard_rows
+
+_HEIGHT = 440
+_MISSING = "—"
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    params: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "pending"
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    best: float | None = None  # best primary metric over its evaluations
+
+    @property
+    def stopped(self) -> bool:
+        return self.status.startswith("stopped")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` (self-contained, works offline) and return its path."""
+    run = Path(run_dir)
+    summary = _read_json(run / "summary.json", {})
+    primary = summary.get("primary_metric") or _resolved(run).get("primary_metric") or "accuracy"
+    default_model = str((_resolved(run).get("training_parameters") or {}).get("model_name") or "")
+    trials = _load_trials(run, primary)
+
+    figures = [("metric-curves", "Metric curves", _curves(trials, primary, default_model)),
+               ("parallel-coordinates", "Parallel coordinates", _parcoords(trials, primary)),
+               ("scatter", "Hyperparameters", _scatter(trials, primary))]
+    parts, plotlyjs = [], True
+    for div_id, title, fig in figures:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if isinstance(fig, str):  # nothing to plot: a note instead
+            parts.append(f'<p class="note" id="{div_id}">{html.escape(fig)}</p>')
+            continue
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs, div_id=div_id,
+                                 default_height=f"{_HEIGHT}px", config={"displaylogo": False}))
+        plotlyjs = False
+    parts.append("<h2>Leaderboard</h2>")
+    parts.append(_table(_leaderboard(run, trials, primary, default_model)))
+
+    page = _PAGE.format(title=html.escape(f"visionsweep report: {run.resolve().name}"),
+                        header=_header(run, summary, trials, primary), body="\n".join(parts))
+    out = run / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _resolved(run: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load((run / "job.resolved.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _load_trials(run: Path, primary: str) -> list[_Trial]:
+    trials = []
+    for d in sorted(p for p in (run / "trials").glob("*") if p.is_dir()):
+        params = _read_json(d / "params.json", {})
+        t = _Trial(d.name, params if isinstance(params, dict) else {})
+        try:
+            lines = (d / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:  # a running trial may have a half-written last line
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(m, dict):
+                t.metrics.append(m)
+        st = _read_json(d / "status.json", {})
+        if isinstance(st, dict):
+            t.status = str(st.get("status") or ("running" if t.metrics else "pending"))
+            t.error, t.started, t.ended = st.get("error"), st.get("started"), st.get("ended")
+        scores = [m[primary] for m in t.metrics if _number(m.get(primary))]
+        t.best = max(scores) if scores else None
+        trials.append(t)
+    # trial index = start order (directory name where no start time was recorded)
+    trials.sort(key=lambda t: (not _number(t.started), t.started or 0.0, t.trial_id))
+    return trials
+
+
+# ----------------------------------------------------------------------------------------------- header
+
+def _header(run: Path, summary: dict, trials: list[_Trial], primary: str) -> str:
+    best_id, best = summary.get("best_trial"), summary.get("best_metric")
+    if best_id is None:
+        scored = [t for t in trials if t.best is not None]
+        if scored:
+            top = max(scored, key=lambda t: t.best)
+            best_id, best = top.trial_id, top.best
+    elapsed = summary.get("elapsed_s")
+    if not _number(elapsed):
+        starts = [t.started for t in trials if _number(t.started)]
+        ends = [t.ended for t in trials if _number(t.ended)] or ([time.time()] if starts else [])
+        elapsed = max(ends) - min(starts) if starts else None
+    stopped = sum(t.stopped for t in trials)
+    items = [("Task", summary.get("task") or _resolved(run).get("task") or "?"),
+             ("Primary metric", primary),
+             ("Mode", summary.get("mode") or "?"),
+             ("Trials", f"{len(trials)}" + (f" ({stopped} stopped early)" if stopped else "")),
+             ("Best trial", f"{best_id} ({primary} {best:.4f})" if best_id and _number(best) else "none yet"),
+             ("Elapsed", _duration(elapsed) + ("" if summary else " (still running)"))]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
+    return f'<table class="summary">{rows}</table>'
+
+
+def _duration(s: Any) -> str:
+    if not _number(s):
+        return "?"
+    m, sec = divmod(round(s), 60)
+    return f"{s:.1f} s" if m == 0 else (f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
+    fig.update_layout(**{"template": "plotly_white", "title": title, "height": _HEIGHT,
+                         "margin": dict(l=60, r=30, t=60, b=50), **kw})
+    return fig
+
+
+def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure | str:
+    fig = go.Figure()
+    for t in trials:
+        pts = [(m.get("epoch", i + 1), m[primary]) for i, m in enumerate(t.metrics) if _number(m.get(primary))]
+        if not pts:
+            continue
+        model = t.params.get("model_name", default_model)
+        name = " ".join(str(s) for s in (t.trial_id, model, "(stopped)" if t.stopped else
+                                         "(error)" if t.status == "error" else "") if s)
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, legendgroup=t.trial_id, mode="lines+markers",
+            line=dict(dash="dash" if t.stopped else "dot" if t.status == "error" else "solid"),
+            marker=dict(symbol=["circle"] * (len(pts) - 1) + ["x" if t.stopped else "circle"],
+                        size=[6] * (len(pts) - 1) + [12 if t.stopped else 6]),
+            hovertemplate=f"{html.escape(t.trial_id)}<br>epoch %{{x}}<br>{html.escape(primary)} %{{y:.4f}}"
+                          f"<br>{html.escape(t.status)}<extra></extra>"))
+    if not fig.data:
+        return "No evaluation has been recorded yet."
+    return _layout(fig, f"{primary} per epoch (dashed, ending in x: stopped early)",
+                   xaxis_title="epoch", yaxis_title=primary, legend_title="trial")
+
+
+def _axis(label: str, values: list[Any]) -> dict[str, Any]:
+    """A parcoords dimension: numeric values as they are, anything else as integer codes with tick labels."""
+    present = [v for v in values if v is not None]
+    if present and all(_number(v) for v in present):
+        lo, hi = min(present), max(present)
+        pad = (hi - lo) * 0.1 or abs(lo) * 0.1 or 1.0
+        if len(present) == len(values):
+            return dict(label=label, values=values, range=[lo, hi] if hi > lo else [lo - pad, hi + pad])
+        # some trials lack this parameter: put them on a "—" tick below the smallest value
+        ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
+        return dict(label=label, values=[lo - pad if v is None else v for v in values], range=[lo - pad, hi],
+                    tickvals=[lo - pad] + ticks, ticktext=[_MISSING] + [f"{v:.3g}" for v in ticks])
+    labels = [_MISSING if v is None else v if isinstance(v, str) else json.dumps(v, default=str) for v in values]
+    cats = sorted(set(labels), key=lambda s: (s != _MISSING, s))  # "not set" first, at the bottom
+    return dict(label=label, values=[cats.index(s) for s in labels], range=[0, max(len(cats) - 1, 1)],
+                tickvals=list(range(len(cats))), ticktext=cats)
+
+
+def _param_names(trials: list[_Trial]) -> list[str]:
+    names: list[str] = []
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    return names
+
+
+def _parcoords(trials: list[_Trial], primary: str) -> go.Figure | str:
+    names = _param_names(trials)
+    scored = [t for t in trials if t.best is not None]
+    if not names:
+        return "No hyperparameter was sampled: every trial used the defaults."
+    if not scored:
+        return "No trial has a result yet."
+    best = [t.best for t in scored]
+    dims = [_axis(n, [t.params.get(n) for t in scored]) for n in names] + [dict(label=primary, values=best)]
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=best, colorscale="Viridis", showscale=True,
+                                                               colorbar=dict(title=primary))))
+    left = len(trials) - len(scored)
+    note = f" ({left} trial(s) without a result not shown)" if left else ""
+    return _layout(fig, f"Hyperparameters vs best {primary}: drag axes, brush ranges{note}",
+                   margin=dict(l=80, r=80, t=90, b=40))
+
+
+def _scatter(trials: list[_Trial], primary: str) -> go.Figure | str:
+    scored = [t for t in trials if t.best is not None]
+    if not scored:
+        return "No trial has a result yet."
+    numeric = [n for n in _param_names(scored)
+               if all(_number(t.params[n]) for t in scored if n in t.params)
+               and any(n in t.params for t in scored)]
+    numeric.sort(key=lambda n: -len({t.params[n] for t in scored if n in t.params}))  # stable: ties keep order
+    marker = dict(size=12, colorscale="Viridis", showscale=True, colorbar=dict(title=primary))
+    if len(numeric) >= 2:
+        x, y = numeric[:2]
+        pts = [t for t in scored if x in t.params and y in t.params]
+        xs, ys, title = [t.params[x] for t in pts], [t.params[y] for t in pts], f"{x} vs {y}"
+    elif numeric:
+        (y,) = numeric
+        pts = [t for t in scored if y in t.params]
+        x, xs, ys, title = "trial index", [trials.index(t) + 1 for t in pts], [t.params[y] for t in pts], y
+    else:
+        pts, x, y = scored, "trial", f"best {primary}"
+        xs, ys, title = [t.trial_id for t in pts], [t.best for t in pts], f"best {primary} per trial"
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=[t.trial_id for t in pts],
+                               marker=dict(marker, color=[t.best for t in pts]),
+                               hovertemplate=f"%{{text}}<br>{html.escape(x)} %{{x}}<br>{html.escape(y)} %{{y}}"
+                                             f"<br>{html.escape(primary)} %{{marker.color:.4f}}<extra></extra>"))
+    for axis, name, vals in (("xaxis", x, xs), ("yaxis", y, ys)):
+        log = name in numeric and all(v > 0 for v in vals) and max(vals) / min(vals) >= 100
+        fig.update_layout({axis: dict(title=name, type="log" if log else None)})
+    return _layout(fig, f"{title}, colour = best {primary}")
+
+
+# ----------------------------------------------------------------------------------------------- leaderboard
+
+def _leaderboard(run: Path, trials: list[_Trial], primary: str, default_model: str) -> list[dict[str, Any]]:
+    try:
+        with open(run / "leaderboard.csv", newline="") as f:
+            rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    except OSError:
+        rows = []
+    if rows:
+        rows.sort(key=lambda r: int(r["rank"]) if str(r.get("rank", "")).isdigit() else math.inf)
+        return rows
+    return leaderboard_rows({t.trial_id: t for t in trials}, primary, default_model)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return '<p class="note">No trials yet.</p>'
+    cols: list[str] = ["rank"]
+    for r in rows:
+        cols += [k for k in r if k not in cols and k is not None]
+
+    def cell(v: Any) -> str:
+        return html.escape(f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for r in rows:
+        stopped = str(r.get("status", "")).startswith("stopped")
+        cls = ' class="stopped"' if stopped else ' class="error"' if r.get("status") == "error" else ""
+        mark = ' <span class="tag">stopped early</span>' if stopped else ""
+        tds = "".join(f"<td>{cell(r.get(c))}{mark if c == 'status' else ''}</td>" for c in cols)
+        body.append(f"<tr{cls}>{tds}</tr>")
+    return f'<table class="leaderboard" id="leaderboard"><thead><tr>{head}</tr></thead><tbody>' \
+           + "\n".join(body) + "</tbody></table>"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }}
+th, td {{ padding: 4px 10px; text-align: left; border-bottom: 1px solid #ddd; }}
+table.summary th {{ color: #555; font-weight: normal; }}
+table.leaderboard tr.stopped td {{ color: #777; font-style: italic; }}
+table.leaderboard tr.error td {{ color: #b00; }}
+.tag {{ font-size: 11px; background: #eee; border-radius: 3px; padding: 0 4px; font-style: normal; }}
+.note {{ color: #777; }}
+</style></head>
+<body><h1>{title}</h1>
+{header}
+{body}
+</body></html>
+"""

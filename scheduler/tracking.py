@@ -1,0 +1,126 @@
+"""MLflow tracking: the sweep is a parent run, each trial a child run (SPEC §8.8, §9.1, §9.2).
+
+Children get the trial's hyperparameters as params and every evaluation's metrics with ``step`` =
+epoch. When the sweep ends the parent gets the best trial as a tag, its metric, the best model
+package as artifacts and, when asked, a registered model version in the MLflow model registry.
+
+The store defaults to ``sqlite:///RUN/mlflow.db`` (MLflow's file store is refused by current
+releases) and can be any MLflow server: ``visionsweep.tracking.uri``. Run ids are kept in
+``RUN/tracking.json`` so that a resumed sweep writes into the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+log = logging.getLogger(__name__)
+
+_SKIP = {"epoch", "time_total_s"}
+
+
+class MlflowTracker(Callback):
+    """A Ray Tune callback; MLflow is imported and connected lazily (the callback is pickled by Tune)."""
+
+    def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str):
+        self.run_dir = Path(run_dir)
+        self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self.experiment, self.parent_name, self.primary = experiment, parent_name, primary
+        self._client = None
+        self._ids: dict[str, Any] | None = None
+
+    # --- plumbing -----------------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def ids(self) -> dict[str, Any]:
+        if self._ids is None:
+            f = self.run_dir / "tracking.json"
+            self._ids = json.loads(f.read_text()) if f.is_file() else {}
+            if not self._ids.get("parent"):
+                exp = self.client.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+                parent = self.client.create_run(exp_id, run_name=self.parent_name,
+                                                tags={"visionsweep.run_dir": str(self.run_dir)})
+                self._ids = {"uri": self.uri, "experiment_id": exp_id, "parent": parent.info.run_id, "trials": {}}
+                self._save()
+        return self._ids
+
+    def _save(self) -> None:
+        (self.run_dir / "tracking.json").write_text(json.dumps(self._ids, indent=2) + "\n")
+
+    def _child(self, trial) -> str:
+        ids = self.ids
+        rid = ids["trials"].get(trial.trial_id)
+        if rid is None:
+            run = self.client.create_run(ids["experiment_id"], run_name=trial.trial_id,
+                                         tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id})
+            rid = ids["trials"][trial.trial_id] = run.info.run_id
+            for k, v in trial.config.items():
+                self.client.log_param(rid, k, v)
+            self._save()
+        return rid
+
+    # --- Tune events --------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.primary not in result:
+            return
+        rid, step = self._child(trial), int(result.get("epoch") or result.get("training_iteration") or 0)
+        for k, v in result.items():
+            if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool) and k[0].isalpha() \
+                    and k in _METRIC_KEYS | {self.primary}:
+                self.client.log_metric(rid, k, float(v), step=step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self._child(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self._child(trial), "FAILED")
+
+    # --- end of sweep -------------------------------------------------------------------------
+    def finish(self, best_trial: str | None, best_metric: float | None, best_dir: Path | None,
+               register_as: str | None = None) -> dict[str, Any]:
+        ids, c = self.ids, self.client
+        parent = ids["parent"]
+        out: dict[str, Any] = {"uri": self.uri, "parent_run_id": parent}
+        if best_trial:
+            c.set_tag(parent, "best_trial", best_trial)
+            c.set_tag(parent, "best_trial_run_id", ids["trials"].get(best_trial, ""))
+            c.log_metric(parent, f"best_{self.primary}", float(best_metric))
+        if best_dir and best_dir.is_dir():
+            c.log_artifacts(parent, str(best_dir), artifact_path="best_model")
+            if best_trial in ids["trials"]:
+                c.set_tag(ids["trials"][best_trial], "best", "true")
+            if register_as:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    c.create_registered_model(register_as)
+                except MlflowException:
+                    pass  # already registered: add a version
+                mv = c.create_model_version(register_as, f"runs:/{parent}/best_model", run_id=parent)
+                out["registered_model"] = {"name": register_as, "version": mv.version}
+        c.set_terminated(parent, "FINISHED")
+        return out
+
+
+_METRIC_KEYS = {"accuracy", "iou", "precision_macro", "precision_weighted", "recall_macro", "recall_weighted",
+                "f1_score_macro", "f1_score_weighted", "auc_macro", "validation_loss", "train_loss", "learning_rate",
+                "train_images_per_sec", "mean_average_precision"}

@@ -1,0 +1,150 @@
+"""The HTML sweep report (scheduler/report.py): built from a fake run folder, then parsed back."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from scheduler.report import write_report
+
+
+def _trial(run: Path, tid: str, params: dict, metrics: list[dict], status: str, error: str | None = None) -> None:
+    d = run / "trials" / tid
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps(params))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (d / "status.json").write_text(json.dumps({"status": status, "error": error, "evaluations": len(metrics),
+                                               "started": None, "ended": None}))
+
+
+class _Page(HTMLParser):
+    """Collects element ids, <script> bodies and the leaderboard's body rows (as lists of cell texts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.scripts: list[str] = []
+        self.script_srcs: list[str] = []
+        self.rows: list[list[str]] = []
+        self._in_script = self._in_board = self._in_body = False
+        self._row: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+            if a.get("src"):
+                self.script_srcs.append(a["src"])
+        elif tag == "table" and a.get("id") == "leaderboard":
+            self._in_board = True
+        elif tag == "tbody" and self._in_board:
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._row = []
+        elif tag == "td" and self._row is not None:
+            self._row.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+        elif tag == "table":
+            self._in_board = self._in_body = False
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+        elif self._row:
+            self._row[-1] += data
+
+
+def _traces(page: str, div_id: str) -> list[dict]:
+    """The trace list passed to Plotly.newPlot for one div."""
+    m = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(div_id) + r'",\s*', page)
+    assert m, f"no Plotly.newPlot for #{div_id}"
+    traces, _ = json.JSONDecoder().raw_decode(page, m.end())
+    return traces
+
+
+def _parse(path: Path) -> tuple[str, _Page]:
+    page = path.read_text(encoding="utf-8")
+    parser = _Page()
+    parser.feed(page)
+    return page, parser
+
+
+def _assert_offline(page: str, parsed: _Page) -> None:
+    assert parsed.script_srcs == []  # nothing fetched from a CDN
+    assert len([s for s in parsed.scripts if len(s) > 1_000_000]) == 1  # the inlined plotly.js bundle
+    assert len(re.findall(r"\* plotly\.js v\d", page)) == 1
+
+
+def test_report_from_run_folder(tmp_path):
+    run = tmp_path / "run"
+    # still running: no summary.json and no leaderboard.csv; the primary metric comes from the resolved job
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    evals = [{"epoch": e, "accuracy": a, "validation_loss": 1.0 / e} for e, a in ((1, 0.4), (2, 0.6), (3, 0.5))]
+    _trial(run, "aaa1", {"model_name": "resnet18", "learning_rate": 0.01}, evals, "completed")  # best is epoch 2
+    _trial(run, "bbb2", {"model_name": "mobilenetv2", "learning_rate": 0.05},
+           [{"epoch": 1, "accuracy": 0.2, "validation_loss": 2.0}], "stopped (median_stopping)")
+    _trial(run, "ccc3", {"model_name": "resnet18", "learning_rate": 0.002}, [], "running")
+
+    out = write_report(run)
+    assert out == run / "report.html"
+    page, parsed = _parse(out)
+    _assert_offline(page, parsed)
+    assert {"metric-curves", "parallel-coordinates", "scatter", "leaderboard"} <= parsed.ids
+
+    # curves: one per trial with metrics; the stopped one dashed, ending in an "x", "(stopped)" in its name
+    curves = {t["legendgroup"]: t for t in _traces(page, "metric-curves")}
+    assert set(curves) == {"aaa1", "bbb2"}
+    assert all(t["name"].split()[0] == tid for tid, t in curves.items())
+    assert curves["aaa1"]["x"] == [1, 2, 3] and curves["aaa1"]["line"]["dash"] == "solid"
+    stopped = curves["bbb2"]
+    assert stopped["line"]["dash"] == "dash" and stopped["marker"]["symbol"][-1] == "x"
+    assert "mobilenetv2" in stopped["name"] and "(stopped)" in stopped["name"]
+
+    # parallel coordinates: one axis per hyperparameter, then the metric (also the colour)
+    (parcoords,) = _traces(page, "parallel-coordinates")
+    assert parcoords["type"] == "parcoords"
+    dims = {d["label"]: d for d in parcoords["dimensions"]}
+    assert list(dims) == ["model_name", "learning_rate", "accuracy"]
+    assert dims["model_name"]["ticktext"] == ["mobilenetv2", "resnet18"]
+    assert sorted(dims["accuracy"]["values"]) == [0.2, 0.6] == sorted(parcoords["line"]["color"])
+
+    # scatter: the only numeric hyperparameter against trial index, coloured by the metric
+    (scatter,) = _traces(page, "scatter")
+    assert sorted(scatter["y"]) == [0.01, 0.05] and sorted(scatter["marker"]["color"]) == [0.2, 0.6]
+
+    # leaderboard built from the trial files: 3 rows, best first, the stopped trial marked
+    assert [r[1] for r in parsed.rows] == ["aaa1", "bbb2", "ccc3"]
+    assert "stopped early" in parsed.rows[1][2]
+    assert 'class="stopped"' in page
+
+
+def test_single_trial_defaults_and_escaping(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"mode": "manual", "task": "image_classification",
+                                                  "primary_metric": "iou", "trials": 1, "best_trial": "t<1>",
+                                                  "best_metric": 0.5, "elapsed_s": 12.0}))
+    _trial(run, "t1", {}, [], "error", error="boom <script>alert(1)</script>")
+    (run / "trials" / "t1" / "metrics.jsonl").write_text('{"epoch": 1, "iou": 0.5}\n{"epoch": 2, "io')  # torn line
+
+    page, parsed = _parse(write_report(run))
+    _assert_offline(page, parsed)
+    assert [t["name"] for t in _traces(page, "metric-curves")] == ["t1 (error)"]
+    assert "parallel-coordinates" in parsed.ids  # a note: no hyperparameters were sampled
+    (scatter,) = _traces(page, "scatter")  # best metric per trial instead
+    assert scatter["x"] == ["t1"] and scatter["y"] == [0.5]
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    assert "t&lt;1&gt;" in page
+    assert len(parsed.rows) == 1

@@ -1,0 +1,196 @@
+"""Sweeps that save compute, on a real local Ray: early termination, ASHA, AutoMode, Bayesian, tracking, report.
+
+The policy sweeps use two identical "good" trials (AdamW at learning_rate 0.001; training is seeded,
+so both produce the same curve) and two "bad" ones (learning_rate 0: the weights never change), run
+two at a time in grid order good, bad, good, bad. By the time the second bad trial is judged, both trials of
+the first pair have reported, so every policy has a population to compare it with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from scheduler.controller import run_job
+from scheduler.runfolder import read_trials
+from tests.test_sweep import make_job
+
+pytestmark = pytest.mark.ray
+
+GOOD_BAD = """\
+limits:
+  max_trials: 4
+  max_concurrent_trials: 2
+search_space:
+  - model_name: {type: choice, values: [resnet18]}
+    learning_rate: {type: choice, values: [0.001, 0.0, 0.001, 0.0]}
+sweep:
+  sampling_algorithm: grid
+  early_termination: %s
+"""
+
+POLICIES = {
+    "bandit": "{type: bandit, slack_factor: 0.2, delay_evaluation: 3}",
+    "median_stopping": "{type: median_stopping, delay_evaluation: 3}",
+    "truncation_selection": "{type: truncation_selection, truncation_percentage: 50, delay_evaluation: 3}",
+    "asha": "{type: asha, grace_period: 3, reduction_factor: 2}",
+}
+TRAIN = "  optimizer: adamw\n  warmup_cosine_lr_warmup_epochs: 0\n"
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_policy_stops_the_trials_it_should(ray_session, small_mltable, tmp_path, policy):
+    job = make_job(small_mltable, TRAIN + GOOD_BAD % POLICIES[policy], epochs=5, batch=8)
+    result = run_job(job, tmp_path / "run", echo=lambda s: None)
+    trials = read_trials(tmp_path / "run")
+    by_lr = {0.001: [], 0.0: []}
+    for rec in trials.values():
+        by_lr[rec.params["learning_rate"]].append(rec)
+    # the learning trials run all their epochs
+    assert all(r.status == "completed" and len(r.metrics) == 5 for r in by_lr[0.001])
+    # the second trial that never learns is stopped by the policy, early, and marked with its name
+    stopped = [r for r in by_lr[0.0] if r.status == f"stopped ({policy})"]
+    assert stopped and all(len(r.metrics) < 5 for r in stopped)
+    # the leaderboard shows the status and the epoch each trial reached
+    rows = {r["trial_id"]: r for r in result.rows}
+    for r in stopped:
+        assert rows[r.trial_id]["status"] == f"stopped ({policy})"
+        assert rows[r.trial_id]["epochs_run"] == r.metrics[-1]["epoch"] < 5
+    # a stopped trial keeps its metrics, and the best model comes from a learning trial
+    assert result.best_trial in {r.trial_id for r in by_lr[0.001]}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_early"] == len(stopped) and summary["trial_epochs"] < 20
+
+
+def test_automode_runs_and_explains_its_choices(ray_session, small_mltable, tmp_path):
+    job = make_job(small_mltable, "limits: {max_trials: 4, max_concurrent_trials: 2}\n", epochs=4)
+    assert job.mode == "automode"
+    result = run_job(job, tmp_path / "run", echo=lambda s: None)
+    plan = json.loads((tmp_path / "run" / "automode.json").read_text())
+    # on a CPU-only cluster with 4 trials: one model, the first trial at its default hyperparameters
+    assert plan["hardware"] == "cpu" and [m["model_name"] for m in plan["models"]] == ["resnet18"]
+    assert plan["first_trial"]["config"] == {"model_name": "resnet18"} and plan["models"][0]["why"]
+    assert plan["asha"]["max_epochs"] == 4 and plan["left_out"]
+    trials = read_trials(tmp_path / "run")
+    assert len(trials) == 4 and len(result.rows) == 4
+    first = min(trials.values(), key=lambda r: r.started)
+    assert first.params == {"model_name": "resnet18"}
+    assert all(set(r.params) == {"model_name", "learning_rate", "momentum", "weight_decay"}
+               for r in trials.values() if r is not first)
+
+
+def test_bayesian_sweep_tracking_and_report(ray_session, small_mltable, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    job = make_job(small_mltable, """\
+  random_seed: 1
+limits: {max_trials: 3, max_concurrent_trials: 1}
+search_space:
+  - model_name: {type: choice, values: [resnet18]}
+    learning_rate: {type: uniform, min_value: 0.001, max_value: 0.1}
+sweep: {sampling_algorithm: bayesian}
+visionsweep:
+  tracking: {register_model: demo-classifier}
+""", epochs=2)
+    notes = []
+    result = run_job(job, tmp_path / "run", echo=notes.append)
+    assert len(result.rows) == 3 and result.best_trial
+    assert any("works best with at least 20 trials" in n for n in notes)  # 20 x 1 tuned parameter
+
+    # MLflow: a parent run for the sweep, a child run per trial with per-epoch metrics
+    tracking = json.loads((tmp_path / "run" / "tracking.json").read_text())
+    client = MlflowClient(tracking["uri"])
+    parent = client.get_run(tracking["parent"])
+    assert parent.data.tags["best_trial"] == result.best_trial
+    assert parent.data.metrics["best_accuracy"] == pytest.approx(result.best_metric)
+    children = client.search_runs([tracking["experiment_id"]],
+                                  filter_string=f"tags.mlflow.parentRunId = '{tracking['parent']}'")
+    assert len(children) == 3
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "accuracy")
+        assert [m.step for m in history] == [1, 2] and "learning_rate" in child.data.params
+    artifacts = {a.path for a in client.list_artifacts(tracking["parent"], "best_model")}
+    assert "best_model/model.safetensors" in artifacts
+    versions = client.search_model_versions("name = 'demo-classifier'")
+    assert len(versions) == 1
+
+    # the HTML report: one curve per trial
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("trial") and all(t in html for t in (r["trial_id"] for r in result.rows))
+
+
+def test_warm_start_changes_the_bayesian_searchers_first_suggestion(tmp_path):
+    from pydantic import TypeAdapter
+
+    from scheduler.bayesian import make_searcher
+    from scheduler.space import Distribution
+    from scheduler.warmstart import load_prior_trials
+
+    # an earlier run folder whose best trials all had learning_rate close to 0.09
+    old = tmp_path / "old"
+    for i, (lr, acc) in enumerate([(0.09, 0.9), (0.088, 0.88), (0.002, 0.2), (0.005, 0.25), (0.05, 0.5)]):
+        d = old / "trials" / f"t{i}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"learning_rate": lr}))
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "accuracy": acc / 2}) + "\n" +
+                                         json.dumps({"epoch": 2, "accuracy": acc}) + "\n")
+    priors = load_prior_trials([str(old)], "accuracy")
+    assert len(priors) == 5 and priors[0].best == 0.9
+    space = [{"learning_rate": TypeAdapter(Distribution).validate_python(
+        {"type": "uniform", "min_value": 0.001, "max_value": 0.1})}]
+    cold = [make_searcher(space, "accuracy", seed=3, max_trials=10).suggest(f"c{i}") for i in range(3)]
+    warm_searcher = make_searcher(space, "accuracy", seed=3, max_trials=10, priors=priors)
+    warm = [warm_searcher.suggest(f"w{i}") for i in range(3)]
+    assert warm != cold
+    # TPE pulls the first suggestions towards the good region of the earlier sweep
+    assert sum(abs(c["learning_rate"] - 0.09) for c in warm) < sum(abs(c["learning_rate"] - 0.09) for c in cold)
+
+
+def test_warm_start_histories_feed_the_policy(ray_session, small_mltable, tmp_path):
+    # A first sweep of one good trial; a second sweep of one bad trial warm-started from it: the bandit
+    # policy compares the bad trial with the earlier sweep's history and stops it.
+    first = make_job(small_mltable, TRAIN + "  model_name: resnet18\n  learning_rate: 0.001\n", epochs=3, batch=8)
+    run_job(first, tmp_path / "first", echo=lambda s: None)
+    second = make_job(small_mltable, TRAIN + f"""\
+  model_name: resnet18
+limits: {{max_trials: 1}}
+search_space:
+  - learning_rate: {{type: choice, values: [0.0]}}
+sweep:
+  sampling_algorithm: random
+  early_termination: {{type: bandit, slack_factor: 0.2, delay_evaluation: 3}}
+visionsweep:
+  resume_from: [{tmp_path / 'first'}]
+  tracking: {{enabled: false}}
+""", epochs=5, batch=8)
+    result = run_job(second, tmp_path / "second", echo=lambda s: None)
+    assert result.rows[0]["status"] == "stopped (bandit)" and result.rows[0]["epochs_run"] == 3
+
+
+def test_incremental_training_starts_from_an_earlier_package(ray_session, small_mltable, tmp_path):
+    first = make_job(small_mltable, "  learning_rate: 0.05\n  model_name: resnet18\n", epochs=3)
+    r1 = run_job(first, tmp_path / "first", echo=lambda s: None)
+    # learning_rate 0: the second run cannot learn, so its accuracy can only come from the package
+    second = make_job(small_mltable, f"  learning_rate: 0.0\n  checkpoint_run_id: {tmp_path / 'first'}\n", epochs=1)
+    r2 = run_job(second, tmp_path / "second", echo=lambda s: None)
+    assert r2.rows[0]["model_name"] == "resnet18"
+    assert r2.best_metric == pytest.approx(r1.best_metric, abs=0.05) and r1.best_metric > 0.5
+
+
+def test_report_command_rewrites_the_report(tmp_path):
+    import subprocess
+    import sys
+
+    d = tmp_path / "run" / "trials" / "t1"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text('{"learning_rate": 0.1}')
+    (d / "metrics.jsonl").write_text('{"epoch": 1, "accuracy": 0.5}\n')
+    (d / "status.json").write_text('{"status": "completed"}')
+    (tmp_path / "run" / "job.resolved.yaml").write_text("primary_metric: accuracy\n")
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "report", str(tmp_path / "run")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and Path(out.stdout.strip()).name == "report.html"
+    assert re.search(r"t1", (tmp_path / "run" / "report.html").read_text())
