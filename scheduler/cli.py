@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the sweep's state often: `visionsweep resume` can only continue from the last snapshot.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -1,8 +1,11 @@
-"""``make demo``: the embedded default job on the bundled Fashion-MNIST sample, then predictions.
+"""``make demo``: the embedded default jobs on the bundled Fashion-MNIST sample, then predictions.
 
-Runs ``scheduler/jobs/fashion_mnist_sweep.yml`` (a short random sweep on an embedded local Ray),
-prints the leaderboard and the time taken, then loads ``RUN_DIR/best`` the way ``visionsweep predict``
-does and scores it on the 100 held-out test images that no trial saw.
+1. ``scheduler/jobs/fashion_mnist_sweep.yml``: a short manual random sweep on an embedded local Ray;
+2. ``scheduler/jobs/fashion_mnist_automode.yml``: AutoMode with the same budget (models and ranges
+   chosen by visionsweep, weak trials stopped by ASHA);
+then prints each leaderboard, what AutoMode chose, the time taken, and loads the better run's
+``best/`` package the way ``visionsweep predict`` does to score it on 100 held-out test images that
+no trial saw. Each run folder has a ``report.html``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-JOB = Path(__file__).parent / "jobs" / "fashion_mnist_sweep.yml"
+JOBS = Path(__file__).parent / "jobs"
 HELD_OUT = Path(__file__).parent.parent / "trainers" / "sample_data" / "fashion_mnist" / "valid"
 
 
@@ -24,15 +27,23 @@ def run_demo(output: str | None = None) -> int:
     from trainers.data import load_records
 
     t0 = time.time()
-    job = load_job(JOB)
-    print(f"== visionsweep demo: {JOB.name} ({job.spec.limits.max_trials} trials, "
-          f"{job.spec.limits.max_concurrent_trials} at a time) ==", flush=True)
-    result = run_job(job, output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    print("\n== leaderboard ==")
-    print(format_table(result.rows, job.primary_metric))
-    print(f"\nsweep time: {result.elapsed_s:.1f}s; run folder: {result.run_dir}")
+    root = Path(output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = []
+    for name in ("fashion_mnist_sweep.yml", "fashion_mnist_automode.yml"):
+        job = load_job(JOBS / name)
+        print(f"\n== visionsweep demo: {name} ({job.mode} mode, {job.spec.limits.max_trials} trials, "
+              f"{job.spec.limits.max_concurrent_trials} at a time) ==", flush=True)
+        result = run_job(job, root / Path(name).stem)
+        print(f"\n== leaderboard: {name} ==")
+        print(format_table(result.rows, job.primary_metric))
+        if (result.run_dir / "automode.json").is_file():
+            plan = json.loads((result.run_dir / "automode.json").read_text())
+            print("AutoMode chose: " + "; ".join(f"{m['model_name']} ({m['why']})" for m in plan["models"]))
+        print(f"sweep time: {result.elapsed_s:.1f}s; report: {result.run_dir / 'report.html'}")
+        results.append(result)
+    result = max(results, key=lambda r: r.best_metric or 0.0)
 
-    print("\n== predictions of the best model on held-out images ==")
+    print(f"\n== predictions of the best model ({result.run_dir.name}/best) on held-out images ==")
     predictor = Predictor(str(result.run_dir / "best"), device="cpu")
     records = load_records(str(HELD_OUT), hp.MULTICLASS, "label")
     responses = predictor.predict_images([Path(r.image_url).read_bytes() for r in records])

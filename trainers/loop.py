@@ -157,6 +157,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
     primary = task.primary_metric
     epochs, eval_every = h["number_of_epochs"], h["evaluation_frequency"]
     best, best_epoch, stale, n_evals, start = -math.inf, 0, 0, 0, 1
+    resumed_from = None
     if resume_from:
         from safetensors.torch import load_file
 
@@ -165,6 +166,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         best, best_epoch, stale, n_evals, start = st["best"], st["best_epoch"], st["stale"], st["n_evals"], st["epoch"] + 1
+        resumed_from = st["epoch"]
         log.info("resumed after epoch %d (best %s %.4f)", st["epoch"], primary, best)
     for epoch in range(start, epochs + 1):
         model.train()
@@ -191,6 +193,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         m = evaluate(model, valid_loader, task, loss_fn, dev)
         m.update(epoch=epoch, train_loss=train_loss, learning_rate=opt.param_groups[0]["lr"],
                  train_images_per_sec=seen / elapsed if elapsed > 0 else 0.0)
+        if resumed_from is not None:
+            m["resumed_from_epoch"] = resumed_from
         value = m[primary]
         improved = value > best
         if improved:

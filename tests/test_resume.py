@@ -1,0 +1,83 @@
+"""Kill the controller mid-sweep, then ``visionsweep resume``: nothing finished is lost or re-run (§8.7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scheduler.runfolder import read_trials
+
+pytestmark = pytest.mark.ray
+
+
+def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
+    job = tmp_path / "job.yml"
+    job.write_text(f"""\
+task: image_classification
+target_column_name: label
+training_data: {{path: {small_mltable}}}
+limits: {{max_trials: 3, max_concurrent_trials: 1}}
+training_parameters:
+  model_name: resnet18
+  number_of_epochs: 6
+  optimizer: adamw
+  warmup_cosine_lr_warmup_epochs: 0
+  early_stopping: 0
+  training_batch_size: 8
+  training_crop_size: 32
+  validation_resize_size: 32
+  validation_crop_size: 32
+search_space:
+  - learning_rate: {{type: choice, values: [0.001, 0.002, 0.003]}}
+sweep: {{sampling_algorithm: grid}}
+visionsweep: {{tracking: {{enabled: false}}}}
+""")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "scheduler.cli"]
+    proc = subprocess.Popen(cmd + ["run", str(job), "--output", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # one trial finished and the next one two evaluations in
+            trials = read_trials(run)
+            done = [t for t in trials.values() if t.status == "completed"]
+            going = [t for t in trials.values() if t.status == "running" and len(t.metrics) >= 2]
+            if done and going:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep did not get far enough to be interrupted")
+        time.sleep(3)  # let Tune's state snapshot (every 2 s) see the finished trial
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the controller and the Ray it started die at once
+        proc.wait()
+
+    before = read_trials(run)
+    finished = {t.trial_id: t for t in before.values() if t.status == "completed"}
+    interrupted = [t for t in before.values() if t.status == "running"]
+    assert finished and interrupted and len(interrupted[0].metrics) < 6
+    finished_files = {tid: (run / "trials" / tid / "metrics.jsonl").read_text() for tid in finished}
+
+    out = subprocess.run(cmd + ["resume", str(run)], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = read_trials(run)
+    # exactly the three grid points, each once
+    assert sorted(t.params["learning_rate"] for t in after.values()) == [0.001, 0.002, 0.003]
+    assert all(t.status == "completed" for t in after.values())
+    # finished trials are kept as they were, not run again
+    for tid, text in finished_files.items():
+        assert (run / "trials" / tid / "metrics.jsonl").read_text() == text
+        assert after[tid].started == finished[tid].started
+    # the interrupted trial went on from its last checkpoint, not from scratch
+    resumed = after[interrupted[0].trial_id]
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4, 5, 6]
+    assert any(m.get("resumed_from_epoch", 0) >= 1 for m in resumed.metrics)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trials"] == 3 and (run / "best" / "model.safetensors").is_file()
