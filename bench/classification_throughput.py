@@ -10,11 +10,12 @@ num_workers 0), the same seed and the same SGD settings; only the loop differs:
   opt.step()``, each epoch timed the same way (from the first batch request to the end of the epoch).
 
 The first epoch of every run is a warm-up and is skipped; a run's figure is the median of its other
-epochs. Sides run alternately (A, B, A, B, ...) in one process so that drift affects both equally.
+epochs. After one untimed warm-up run of each side, sides run alternately in one process (A B, B A,
+A B ...) so that drift and order effects hit both equally.
 The result is the median over all measured epochs of visionsweep divided by that of plain.
 
-    .venv/bin/python bench/classification_throughput.py [--model resnet18] [--size 64] [--epochs 3]
-                                                        [--repeats 2] [--target 0.95]
+    .venv/bin/python bench/classification_throughput.py [--model resnet18] [--size 64] [--epochs 4]
+                                                        [--repeats 3] [--target 0.95]
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--size", type=int, default=64, help="training/validation crop and resize size")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternated")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is a warm-up")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per side, alternated (A B, B A, ...)")
     ap.add_argument("--target", type=float, default=0.95)
     args = ap.parse_args()
     if args.epochs < 2:
@@ -122,8 +123,12 @@ def main() -> int:
     sides = {"visionsweep": run_visionsweep, "plain": run_plain}
     per_repeat: dict[str, list[float]] = {s: [] for s in sides}
     pooled: dict[str, list[float]] = {s: [] for s in sides}
+    warm = hyperparameters(args.model, args.size, 2)
+    for fn in sides.values():  # untimed warm-up of both sides (allocator, kernels, page cache)
+        fn(warm, data)
     for r in range(args.repeats):
-        for side, fn in sides.items():
+        order = list(sides.items()) if r % 2 == 0 else list(reversed(sides.items()))  # A B, then B A
+        for side, fn in order:
             rates = fn(h, data)[1:]  # skip the warm-up epoch
             per_repeat[side].append(statistics.median(rates))
             pooled[side].extend(rates)

@@ -1,0 +1,190 @@
+"""Controller overhead: N short dummy trials through visionsweep's controller pieces vs. plain Ray Tune (issue 3).
+
+Both sides run the same dummy trainable (5 ``tune.report`` calls, no sleep, 1 CPU per trial), N trials,
+2 at a time, on one ``ray.init(num_cpus=2)`` in this process. Only what surrounds the trainable differs:
+
+* plain: ``tune.Tuner(trainable, param_space={"learning_rate": tune.uniform(...)}, num_samples=N,
+  max_concurrent_trials=2)`` with ``RunConfig(verbose=0, storage_path=TMP)``.
+* visionsweep: exactly what ``scheduler.controller.run_job`` adds around a trainable: ``SpaceSearcher``
+  over a spec search space (learning_rate uniform), a ``PolicyScheduler`` (median_stopping with a delay
+  so large that it never stops anything), ``RunFolderCallback`` (run folder in TMP), ``MlflowTracker``
+  (sqlite store in the run folder), ``trial_dirname_creator``, time budget and ``CheckpointConfig`` as
+  run_job sets them, ``RunConfig(verbose=0)``; then the post-run work run_job does from the files:
+  ``mark_unfinished``, ``leaderboard_rows(read_trials(run_dir))`` + ``write_leaderboard`` and the
+  tracker's ``finish`` (parent run tagged and terminated).
+
+One untimed warm-up of each side, then the sides alternate (plain, visionsweep, ...) ``--repeats`` times.
+A side's time is from building its searcher/scheduler/callbacks/Tuner to the end of its post-run work.
+The figure is the median per side; the target is median(visionsweep) / median(plain) <= 1.05.
+
+``--breakdown`` adds ablation sides to the alternation (visionsweep without MLflow, and without MLflow
+and the run folder) to show where the extra time goes.
+
+    .venv/bin/python bench/controller_overhead.py [--trials 16] [--repeats 3] [--target 1.05] [--breakdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+PRIMARY = "accuracy"
+CONCURRENT = 2
+REPORTS = 5
+LR = (0.001, 0.1)
+
+
+def dummy(config):
+    for i in range(REPORTS):
+        tune.report({"accuracy": min(1.0, config["learning_rate"] * 5 * (i + 1)), "epoch": i + 1})
+
+
+TRAINABLE = tune.with_resources(dummy, {"cpu": 1, "gpu": 0})
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import mlflow
+
+    return (f"{cpu}; {os.cpu_count()} logical cores; ray {ray.__version__}; mlflow {mlflow.__version__}; "
+            f"Python {platform.python_version()}")
+
+
+def run_plain(root: Path, n: int, seed: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    tuner = tune.Tuner(
+        TRAINABLE,
+        param_space={"learning_rate": tune.uniform(*LR)},
+        tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=CONCURRENT),
+        run_config=tune.RunConfig(storage_path=str(root), verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == n and not results.errors, results.errors
+    return {"total": time.perf_counter() - t0}
+
+
+def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolder: bool = True) -> dict[str, float]:
+    from pydantic import TypeAdapter
+
+    from scheduler.controller import SWEEP, _trial_dirname
+    from scheduler.leaderboard import leaderboard_rows, write_leaderboard
+    from scheduler.policies import create_scheduler
+    from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+    from scheduler.searchers import SpaceSearcher
+    from scheduler.space import Distribution
+    from scheduler.spec import MedianStoppingPolicy
+    from scheduler.tracking import MlflowTracker
+
+    t0 = time.perf_counter()
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True)
+    space = [{"learning_rate": TypeAdapter(Distribution).validate_python(
+        {"type": "uniform", "min_value": LR[0], "max_value": LR[1]})}]
+    searcher = SpaceSearcher(space, "random", n, seed, PRIMARY, "max")
+    policy = MedianStoppingPolicy(type="median_stopping", evaluation_interval=1, delay_evaluation=10_000)
+    scheduler = create_scheduler(policy, PRIMARY, REPORTS, str(run_dir))
+    callbacks = [RunFolderCallback(run_dir, PRIMARY, n, echo=lambda s: None)] if runfolder else []
+    tracker = MlflowTracker(run_dir, None, "bench", "controller-overhead", PRIMARY) if mlflow else None
+    callbacks += [tracker] if tracker else []
+    tuner = tune.Tuner(
+        TRAINABLE,
+        tune_config=tune.TuneConfig(
+            metric=PRIMARY, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=n,
+            max_concurrent_trials=CONCURRENT, time_budget_s=10080 * 60, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=SWEEP, storage_path=str(run_dir / "ray"), verbose=0, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=PRIMARY,
+                                                    checkpoint_score_order="max")),
+    )
+    results = tuner.fit()
+    t_fit = time.perf_counter()
+    assert len(results) == n and not results.errors, results.errors
+    if runfolder:
+        mark_unfinished(run_dir, "stopped")
+        rows = leaderboard_rows(read_trials(run_dir), PRIMARY, "resnet18")
+        write_leaderboard(run_dir / "leaderboard.csv", rows)
+        assert len(rows) == n and all(r["status"] == "completed" and r["epochs_run"] == REPORTS for r in rows), rows
+        assert not scheduler.stopped
+        if tracker is not None:
+            tracker.finish(rows[0]["trial_id"], rows[0][PRIMARY], None)
+    end = time.perf_counter()
+    return {"total": end - t0, "setup+fit": t_fit - t0, "post": end - t_fit}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, alternated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", type=float, default=1.05)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also run visionsweep without MLflow, and without MLflow and the run folder")
+    args = ap.parse_args()
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    print(f"date:    {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+    print(f"machine: {machine()}")
+    print(f"setup:   {args.trials} dummy trials x {REPORTS} reports (no sleep), 1 CPU each, {CONCURRENT} at a time, "
+          f"1 warm-up + {args.repeats} timed runs per side, alternated", flush=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    sides = {"plain": run_plain, "visionsweep": run_visionsweep}
+    if args.breakdown:
+        sides["vs no MLflow"] = lambda root, n, seed: run_visionsweep(root, n, seed, mlflow=False)
+        sides["vs no MLflow/runfolder"] = lambda root, n, seed: run_visionsweep(root, n, seed, mlflow=False,
+                                                                               runfolder=False)
+    times: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
+    tmp = Path(tempfile.mkdtemp(prefix="visionsweep-overhead-"))
+    try:
+        for r in range(args.repeats + 1):
+            for side, fn in sides.items():
+                t = fn(tmp / f"{side.replace(' ', '_').replace('/', '_')}-{r}", args.trials, args.seed)
+                label = "warm-up" if r == 0 else f"repeat {r}"
+                extra = "".join(f", {k} {v:.2f}s" for k, v in t.items() if k != "total")
+                print(f"  {label:<8} {side:<22} {t['total']:6.2f}s{extra}", flush=True)
+                if r:
+                    times[side].append(t)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    cols = "".join(f" | repeat {r + 1}" for r in range(args.repeats))
+    print(f"| {'side':<22}{cols} | median |")
+    print("|------------------------" + "|---------:" * args.repeats + "|-------:|")
+    med = {}
+    for side in sides:
+        vals = [t["total"] for t in times[side]]
+        med[side] = statistics.median(vals)
+        print(f"| {side:<22}" + "".join(f" | {v:7.2f}s" for v in vals) + f" | {med[side]:5.2f}s |")
+    for side in sides:
+        if side != "plain":
+            print(f"\nratio {side} / plain = {med[side] / med['plain']:.3f}", end="")
+    ratio = med["visionsweep"] / med["plain"]
+    verdict = "PASS" if ratio <= args.target else "FAIL"
+    print(f"\n\nratio visionsweep / plain = {ratio:.3f}  (target <= {args.target})  {verdict}")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

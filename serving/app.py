@@ -1,0 +1,228 @@
+"""One endpoint as a Ray Serve application: an ingress router and one deployment per model deployment.
+
+``ModelServer`` holds one loaded model package and answers with dynamic request batching
+(``@serve.batch``); a package that fails to load leaves the server alive but not ready.
+``EndpointRouter`` is the ingress: it checks the key, picks a deployment by traffic weight (or the one
+named by the ``azureml-model-deployment`` header), forwards, copies mirrored traffic (responses
+discarded), and serves ``/health/live`` and ``/health/ready``. Ray Serve has no weighted split between
+deployments, so the router is ours; weights, mirror and keys arrive through ``user_config``, so
+changing them reconfigures the running router without dropping in-flight requests.
+
+Routes under the endpoint's prefix ``/<endpoint>``: ``POST /score`` (also ``POST /``), ``GET /health/live``,
+``GET /health/ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import time
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serving.probes import ProbeState
+from serving.schema import BadRequest, parse_request
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, package: str, inference_settings: dict[str, Any] | None = None,
+                 batching: dict[str, Any] | None = None):
+        self.package, self.error, self.predictor, self.predicted = package, None, None, 0
+        try:
+            from serving.predictor import Predictor
+
+            self.predictor = Predictor(package, settings=inference_settings or None)
+        except Exception as e:  # a broken package: stay alive, report not ready
+            self.error = f"{type(e).__name__}: {e}"
+        self.reconfigure({"batching": batching or {}})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        b = config.get("batching") or {}
+        self._batched.set_max_batch_size(int(b.get("max_batch_size", 8)))
+        self._batched.set_batch_wait_timeout_s(float(b.get("batch_wait_timeout_s", 0.01)))
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": self.error is None, "error": self.error}
+
+    def stats(self) -> dict[str, int]:
+        """How many images this replica has predicted (for mirror checks and monitoring)."""
+        return {"predicted": self.predicted}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, images: list) -> list[dict[str, Any]]:
+        self.predicted += len(images)
+        return await asyncio.to_thread(self.predictor.predict_images, images)
+
+    async def predict(self, image: bytes) -> dict[str, Any]:
+        """One image -> its response object, or ``{"error", "status"}``."""
+        if self.error:
+            return {"error": f"deployment not ready: {self.error}", "status": 503}
+        from serving.predictor import BadImage, decode_image
+
+        try:
+            pil = decode_image(image, "image")
+        except BadImage as e:
+            return {"error": str(e), "status": 400}
+        return await self._batched(pil)
+
+    async def explain(self, image: bytes, xai: dict[str, Any]) -> dict[str, Any]:
+        if self.error:
+            return {"error": f"deployment not ready: {self.error}", "status": 503}
+        from serving.explain import explain_image
+        from serving.predictor import BadImage, decode_image
+        from trainers.errors import VisionsweepError
+
+        try:
+            return await asyncio.to_thread(explain_image, self.predictor, decode_image(image, "image"), xai)
+        except BadImage as e:
+            return {"error": str(e), "status": 400}
+        except VisionsweepError as e:
+            return {"error": str(e), "status": 400}
+
+
+@serve.deployment
+class EndpointRouter:
+    def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]]):
+        self.endpoint, self.servers = endpoint, servers
+        self.probes = {name: ProbeState(**p) for name, p in probes.items()}
+        self.traffic: dict[str, int] = {}
+        self.mirror: dict[str, int] = {}
+        self.keys: list[str] = []
+        self.auth_mode = "key"
+        self.rng = random.Random()
+        self._background: set[asyncio.Task] = set()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.traffic = {k: int(v) for k, v in (config.get("traffic") or {}).items() if k in self.servers}
+        self.mirror = {k: int(v) for k, v in (config.get("mirror") or {}).items() if k in self.servers}
+        self.keys = [k for k in config.get("keys") or [] if k]
+        self.auth_mode = config.get("auth_mode", "key")
+
+    # --- health ----------------------------------------------------------------------------------
+    async def _is_ready(self, name: str) -> bool:
+        probe = self.probes[name]
+        if probe.due():
+            t0 = time.monotonic()
+            try:
+                state = await asyncio.wait_for(self.servers[name].ready.remote(), timeout=probe.timeout)
+                probe.record(bool(state["ready"]), time.monotonic() - t0, state.get("error") or "")
+            except Exception as e:  # timeout or replica trouble count as failed checks
+                probe.record(False, time.monotonic() - t0, type(e).__name__)
+        return probe.ready
+
+    async def readiness(self) -> dict[str, Any]:
+        states = {n: {"ready": await self._is_ready(n), "reason": self.probes[n].reason} for n in self.servers}
+        serving = [n for n, w in self.traffic.items() if w > 0]
+        return {"ready": any(states[n]["ready"] for n in serving), "deployments": states, "traffic": self.traffic}
+
+    # --- requests --------------------------------------------------------------------------------
+    def _authorised(self, request: Request) -> bool:
+        if self.auth_mode == "none":
+            return True
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        return bool(token) and any(hmac.compare_digest(token, k) for k in self.keys)
+
+    async def _pick(self, request: Request) -> str:
+        """The deployment for a request: the one named in the header, else a ready one by weight."""
+        named = request.headers.get(DEPLOYMENT_HEADER)
+        if named:
+            if named not in self.servers:
+                raise BadRequest(f"no deployment named {named!r} in endpoint {self.endpoint}", 404)
+            if not await self._is_ready(named):
+                raise BadRequest(f"deployment {named} is not ready ({self.probes[named].reason})", 503)
+            return named
+        live = [(n, w) for n, w in self.traffic.items() if w > 0]
+        if not live:
+            raise BadRequest(f"no deployment of endpoint {self.endpoint} receives traffic", 503)
+        # A deployment that is not ready gets no traffic; its share goes to the ready ones.
+        ready = [(n, w) for n, w in live if await self._is_ready(n)]
+        if not ready:
+            reasons = "; ".join(f"{n}: {self.probes[n].reason}" for n, _ in live)
+            raise BadRequest(f"no deployment of endpoint {self.endpoint} is ready ({reasons})", 503)
+        names, weights = zip(*ready)
+        return self.rng.choices(names, weights=weights)[0]
+
+    def _copy_to_mirrors(self, items) -> None:
+        for name, pct in self.mirror.items():
+            if pct > 0 and self.rng.random() * 100 < pct:
+                for it in items:
+                    task = asyncio.ensure_future(self.servers[name].predict.remote(it.image))
+                    self._background.add(task)  # responses are discarded
+                    task.add_done_callback(self._background.discard)
+
+    async def __call__(self, request: Request):
+        path = request.url.path.rstrip("/")
+        try:
+            if request.method == "GET" and path.endswith("/health/live"):
+                return JSONResponse({"status": "alive"})
+            if request.method == "GET" and path.endswith("/health/ready"):
+                state = await self.readiness()
+                return JSONResponse(state, status_code=200 if state["ready"] else 503)
+            if request.method != "POST":
+                return JSONResponse({"error": "use POST /score, GET /health/live or GET /health/ready"}, 404)
+            if not self._authorised(request):
+                return JSONResponse({"error": "missing or invalid key (Authorization: Bearer <key>)"}, 401)
+            name = await self._pick(request)
+            items = parse_request(await request.body(), request.headers.get("content-type"))
+            handle = self.servers[name]
+            calls = [handle.explain.remote(it.image, it.xai.model_dump()) if it.xai else handle.predict.remote(it.image)
+                     for it in items]
+            results = await asyncio.gather(*calls)
+            self._copy_to_mirrors(items)
+            for i, r in enumerate(results):
+                if "error" in r:
+                    return JSONResponse({"error": f"input_data.data[{i}]: {r['error']}"}, r["status"],
+                                        headers={DEPLOYMENT_HEADER: name})
+            return JSONResponse(results, headers={DEPLOYMENT_HEADER: name})
+        except BadRequest as e:
+            return JSONResponse({"error": str(e)}, e.status)
+
+
+def _version(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_config: dict[str, Any]):
+    """The Serve application of an endpoint from its stored state (see ``serving.endpoints``).
+
+    Each deployment gets a version derived from what its replicas are built from (package, settings,
+    resources; for the router, the deployments and probes it routes to). Serve's Python API would
+    otherwise give every ``serve.run`` a random version and restart every replica, even when only the
+    traffic weights (``user_config``) changed; with stable versions that change is a lightweight
+    ``reconfigure`` of the running router, and unchanged model deployments keep their replicas.
+    """
+    servers, probes = {}, {}
+    for name, d in deployments.items():
+        opts: dict[str, Any] = {"name": f"{endpoint}-{name}",
+                                "ray_actor_options": {"num_cpus": d.get("cpus_per_instance", 1.0),
+                                                      "num_gpus": d.get("num_gpus", 0.0)},
+                                "health_check_period_s": d["liveness_probe"]["period"],
+                                "health_check_timeout_s": d["liveness_probe"]["timeout"],
+                                "max_ongoing_requests": d["request_settings"]["max_concurrent_requests_per_instance"] * 4,
+                                "user_config": {"batching": d["batching"]}}
+        scale = d["scale_settings"]
+        if scale["type"] == "target_utilization":
+            opts["autoscaling_config"] = {"min_replicas": scale["min_instances"], "max_replicas": scale["max_instances"],
+                                          "target_ongoing_requests": scale["target_ongoing_requests"]}
+        else:
+            opts["num_replicas"] = d["instance_count"]
+        code = {"model": d["model"], "settings": d.get("inference_settings"), "actor": opts["ray_actor_options"],
+                "probe": d["liveness_probe"]}
+        servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
+            d["model"], d.get("inference_settings") or {}, d["batching"])
+        probes[name] = dict(d["readiness_probe"])
+    router_version = _version({"deployments": sorted(deployments), "probes": probes,
+                               "servers": {n: _version(d) for n, d in deployments.items()}})
+    return EndpointRouter.options(name=f"{endpoint}-router", user_config=router_config, version=router_version,
+                                  _internal=True, ray_actor_options={"num_cpus": 0.1}).bind(endpoint, servers, probes)
+

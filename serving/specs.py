@@ -1,0 +1,150 @@
+"""Endpoint and deployment files in the managed service's YAML shape (SPEC §9.3), and traffic rules.
+
+Endpoint::
+
+    name: fridge-items-endpoint
+    auth_mode: key            # or none, by explicit choice
+
+Deployment::
+
+    name: blue
+    endpoint_name: fridge-items-endpoint
+    model: runs/my-run/best   # a model package folder or URI
+    instance_type: cpu        # cpu | gpu | a cloud SKU name (Standard_NC6 -> gpu, other -> cpu)
+    instance_count: 1         # replicas
+    liveness_probe: {failure_threshold: 30, success_threshold: 1, timeout: 2, period: 10, initial_delay: 2000}
+    readiness_probe: {failure_threshold: 10, success_threshold: 1, timeout: 10, period: 10, initial_delay: 2000}
+    request_settings: {request_timeout_ms: 90000, max_concurrent_requests_per_instance: 8}
+    scale_settings: {type: target_utilization, min_instances: 1, max_instances: 4, target_ongoing_requests: 4}
+    batching: {max_batch_size: 8, batch_wait_timeout_s: 0.01}     # visionsweep's own
+    inference_settings: {validation_crop_size: 224}              # overrides the package's settings.json
+
+Traffic: a new deployment starts at 0 %; weights are integers 0..100 whose sum is at most 100.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainers.errors import SpecError
+
+_F = ConfigDict(extra="forbid")
+_NAME = r"^[a-zA-Z][a-zA-Z0-9-]{1,31}$"
+
+
+class EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: Optional[str] = Field(None, alias="$schema")
+    name: str = Field(pattern=_NAME)
+    auth_mode: Literal["key", "none"] = "key"
+    description: Optional[str] = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+
+
+class Probe(BaseModel):
+    """A probe (§9.3); times in seconds except ``initial_delay`` (milliseconds, as in the service)."""
+
+    model_config = _F
+    failure_threshold: int = Field(30, ge=1)
+    success_threshold: int = Field(1, ge=1)
+    timeout: float = Field(2, gt=0)
+    period: float = Field(10, gt=0)
+    initial_delay: float = Field(0, ge=0)
+
+
+class RequestSettings(BaseModel):
+    model_config = _F
+    request_timeout_ms: int = Field(90000, ge=1, le=180000)
+    max_concurrent_requests_per_instance: int = Field(8, ge=1)
+
+
+class ScaleSettings(BaseModel):
+    model_config = _F
+    type: Literal["default", "target_utilization"] = "default"
+    min_instances: int = Field(1, ge=0)
+    max_instances: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+
+
+class Batching(BaseModel):
+    model_config = _F
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+
+
+class DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: Optional[str] = Field(None, alias="$schema")
+    name: str = Field(pattern=_NAME)
+    endpoint_name: str = Field(pattern=_NAME)
+    model: str = Field(min_length=1)
+    instance_type: str = "cpu"
+    instance_count: int = Field(1, ge=1, le=64)
+    liveness_probe: Probe = Field(default_factory=lambda: Probe(failure_threshold=30, timeout=2))
+    readiness_probe: Probe = Field(default_factory=lambda: Probe(failure_threshold=10, timeout=10))
+    request_settings: RequestSettings = Field(default_factory=RequestSettings)
+    scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
+    batching: Batching = Field(default_factory=Batching)
+    inference_settings: dict[str, Any] = Field(default_factory=dict)
+    cpus_per_instance: float = Field(1.0, gt=0)
+    description: Optional[str] = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> float:
+        t = self.instance_type.lower()
+        return 1.0 if t == "gpu" or re.search(r"(^|_)n[cdv]", t) else 0.0
+
+
+def _load(path: str | Path, model):
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p}: not valid YAML ({e})") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "<top>"
+        kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise SpecError(f"{p}: {where}: {kind}" + (f", but got {err.get('input')!r}"
+                                                   if err["type"] not in ("extra_forbidden", "missing") else "")) from None
+
+
+def load_endpoint(path: str | Path) -> EndpointSpec:
+    return _load(path, EndpointSpec)
+
+
+def load_deployment(path: str | Path) -> DeploymentSpec:
+    return _load(path, DeploymentSpec)
+
+
+def parse_traffic(text: str) -> dict[str, int]:
+    """``blue=90,green=10`` -> {"blue": 90, "green": 10}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*)\s*=\s*(\d+)", part)
+        if not m:
+            raise SpecError(f"traffic: expected NAME=PERCENT[,NAME=PERCENT...], but got {part!r}")
+        out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def check_traffic(traffic: dict[str, int], deployments: set[str], what: str = "traffic") -> dict[str, int]:
+    """The spec's rules: known deployments, 0..100 each, sum <= 100 (§9.3)."""
+    for name, w in traffic.items():
+        if name not in deployments:
+            raise SpecError(f"{what}: no deployment named {name!r} (deployments: {', '.join(sorted(deployments)) or 'none'})")
+        if not 0 <= w <= 100:
+            raise SpecError(f"{what}: {name}={w}: expected a percentage between 0 and 100")
+    if what == "traffic" and sum(traffic.values()) > 100:
+        raise SpecError(f"traffic: the weights sum to {sum(traffic.values())}; at most 100 is allowed")
+    return traffic
