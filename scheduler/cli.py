@@ -5,7 +5,9 @@
     visionsweep report RUN_DIR                  (re)write RUN_DIR/report.html
     visionsweep validate JOB.yml                check a job file and print it as it would run
     visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15)
-    visionsweep demo [--output DIR]             the embedded default: sweep, leaderboard, predictions
+    visionsweep serve PACKAGE                   serve a model package over HTTP until Ctrl-C
+    visionsweep endpoint ... / deployment ...   keyed endpoints with weighted deployments (serving.cli)
+    visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
 
 User errors print one clear message and exit with status 2; no traceback.
 """
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--compact", action="store_true", help="one-line JSON")
     pr.set_defaults(fn=_predict)
+    from serving.cli import add_parsers
+
+    add_parsers(sub)
     d = sub.add_parser("demo", help="run the embedded default job on the bundled data, then predict")
     d.add_argument("--output", "-o", default=None)
     d.set_defaults(fn=_demo)

@@ -5,7 +5,8 @@
    chosen by visionsweep, weak trials stopped by ASHA);
 then prints each leaderboard, what AutoMode chose, the time taken, and loads the better run's
 ``best/`` package the way ``visionsweep predict`` does to score it on 100 held-out test images that
-no trial saw. Each run folder has a ``report.html``.
+no trial saw, and finally serves it on Ray Serve behind a keyed endpoint and answers a real HTTP
+request. Each run folder has a ``report.html``.
 """
 
 from __future__ import annotations
@@ -58,5 +59,46 @@ def run_demo(output: str | None = None) -> int:
     print("response JSON (first image, probs rounded): "
           + json.dumps({"probs": [round(p, 4) for p in first["probs"]], "labels": first["labels"]}))
     print(f"held-out accuracy: {hits}/{len(records)} = {hits / len(records):.3f}")
+    _serve_and_ask(result.run_dir, Path(records[1].image_url), records[1].label)
     print(f"\ntotal demo time: {time.time() - t0:.1f}s")
     return 0
+
+
+def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
+    """Serve RUN/best on Ray Serve with a keyed endpoint and answer one real HTTP request."""
+    import base64
+    import os
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from ray import serve
+
+    from serving.cli import serve_package, start_serve
+
+    os.environ.setdefault("VISIONSWEEP_HOME", str(run_dir / "serving"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    print("\n== serving the best model over HTTP (Ray Serve) ==", flush=True)
+    t0 = time.time()
+    start_serve("127.0.0.1", port, detached=False)
+    try:
+        info = serve_package(str(run_dir / "best"), "127.0.0.1", port, "key", name="demo")
+        print(f"endpoint ready in {time.time() - t0:.1f}s at {info['url']} (key auth)")
+        body = json.dumps({"input_data": {"columns": ["image"], "data": [base64.b64encode(image.read_bytes()).decode()]}})
+        req = urllib.request.Request(info["url"], data=body.encode(), method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {info['key']}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            resp = json.loads(r.read())
+            deployment = r.headers.get("azureml-model-deployment")
+        top = max(zip(resp[0]["probs"], resp[0]["labels"]))
+        print(f"POST {image.name} (true: {label}) -> HTTP 200 from deployment {deployment}: "
+              f"{top[1]} ({top[0]:.3f})")
+        try:
+            urllib.request.urlopen(urllib.request.Request(info["url"], data=body.encode(), method="POST",
+                                                          headers={"Content-Type": "application/json"}), timeout=60)
+        except urllib.error.HTTPError as e:
+            print(f"the same request without the key -> HTTP {e.code}")
+    finally:
+        serve.shutdown()
