@@ -17,10 +17,21 @@ One untimed warm-up of each side, then the sides alternate (plain, visionsweep, 
 A side's time is from building its searcher/scheduler/callbacks/Tuner to the end of its post-run work.
 The figure is the median per side; the target is median(visionsweep) / median(plain) <= 1.05.
 
-``--breakdown`` adds ablation sides to the alternation (visionsweep without MLflow, and without MLflow
-and the run folder) to show where the extra time goes.
+Where the extra time goes:
+
+* ``--breakdown`` adds ablation sides to the alternation (visionsweep without MLflow, and without MLflow
+  and the run folder).
+* ``--hooks`` times every driver-side hook of the visionsweep side (callbacks, scheduler, searcher, and the
+  MLflow client calls and store connection inside the tracker) and prints the median per timed run. These
+  hooks run on Tune's event loop, so their time is time the loop is blocked; unlike the wall times it
+  hardly depends on how long Ray takes to start the trials' worker processes (the bulk of the wall time
+  with trials this short).
+
+Each line also shows the 1-minute load average after the run: on 2 cores, anything much above 2 means
+another process was competing for the CPU.
 
     .venv/bin/python bench/controller_overhead.py [--trials 16] [--repeats 3] [--target 1.05] [--breakdown]
+                                                  [--hooks]
 """
 
 from __future__ import annotations
@@ -131,6 +142,49 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     return {"total": end - t0, "setup+fit": t_fit - t0, "post": end - t_fit}
 
 
+def instrument() -> dict[str, list]:
+    """Wrap the visionsweep side's driver-side hooks with timers: name -> [calls, seconds]."""
+    import collections
+    import functools
+
+    from mlflow.tracking import MlflowClient
+
+    from scheduler.policies.ray_adapter import PolicyScheduler
+    from scheduler.runfolder import RunFolderCallback
+    from scheduler.searchers import SpaceSearcher
+    from scheduler.tracking import MlflowTracker
+
+    acc: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+
+    def timed(label, f):
+        @functools.wraps(f)
+        def g(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                e = acc[label]
+                e[0] += 1
+                e[1] += time.perf_counter() - t
+        return g
+
+    hooks = {RunFolderCallback: ("on_trial_start", "on_trial_result", "on_trial_complete"),
+             MlflowTracker: ("on_trial_start", "on_trial_result", "on_trial_complete", "finish"),
+             PolicyScheduler: ("on_trial_result", "on_trial_complete", "save"),
+             SpaceSearcher: ("suggest", "save"),
+             MlflowClient: ("log_metric", "log_param", "create_run", "set_terminated", "set_tag",
+                            "get_experiment_by_name", "create_experiment")}
+    for cls, names in hooks.items():
+        for n in names:
+            prefix = "  mlflow " if cls is MlflowClient else ""
+            setattr(cls, n, timed(f"{prefix}{cls.__name__}.{n}", getattr(cls, n)))
+    # The tracker connects lazily (first trial start): the store is created then (sqlite + migrations).
+    get_client, connect = MlflowTracker.client.fget, timed("  MlflowTracker: connect + create store",
+                                                             MlflowTracker.client.fget)
+    MlflowTracker.client = property(lambda self: connect(self) if self._client is None else get_client(self))
+    return acc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=16)
@@ -139,6 +193,7 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=1.05)
     ap.add_argument("--breakdown", action="store_true",
                     help="also run visionsweep without MLflow, and without MLflow and the run folder")
+    ap.add_argument("--hooks", action="store_true", help="time the visionsweep side's driver-side hooks")
     args = ap.parse_args()
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -147,6 +202,8 @@ def main() -> int:
     print(f"setup:   {args.trials} dummy trials x {REPORTS} reports (no sleep), 1 CPU each, {CONCURRENT} at a time, "
           f"1 warm-up + {args.repeats} timed runs per side, alternated", flush=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    acc = instrument() if args.hooks else None
+    hook_runs: list[dict[str, list]] = []
 
     sides = {"plain": run_plain, "visionsweep": run_visionsweep}
     if args.breakdown:
@@ -158,12 +215,17 @@ def main() -> int:
     try:
         for r in range(args.repeats + 1):
             for side, fn in sides.items():
+                if acc is not None:
+                    acc.clear()
                 t = fn(tmp / f"{side.replace(' ', '_').replace('/', '_')}-{r}", args.trials, args.seed)
                 label = "warm-up" if r == 0 else f"repeat {r}"
                 extra = "".join(f", {k} {v:.2f}s" for k, v in t.items() if k != "total")
-                print(f"  {label:<8} {side:<22} {t['total']:6.2f}s{extra}", flush=True)
+                print(f"  {label:<8} {side:<22} {t['total']:6.2f}s{extra}  (load {os.getloadavg()[0]:.2f})",
+                      flush=True)
                 if r:
                     times[side].append(t)
+                    if acc is not None and side == "visionsweep":
+                        hook_runs.append({k: list(v) for k, v in acc.items()})
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -180,6 +242,20 @@ def main() -> int:
     for side in sides:
         if side != "plain":
             print(f"\nratio {side} / plain = {med[side] / med['plain']:.3f}", end="")
+    if hook_runs:
+        print("\n\ndriver-side hooks of the visionsweep side (median over the timed runs):\n")
+        print(f"| {'hook':<48} | calls | total ms | ms/call |")
+        print("|--------------------------------------------------|------:|---------:|--------:|")
+        names = sorted({k for h in hook_runs for k in h},
+                       key=lambda k: (k.strip().split(".")[0], -statistics.median(h.get(k, [0, 0])[1]
+                                                                               for h in hook_runs)))
+        for k in names:
+            calls = statistics.median(h.get(k, [0, 0])[0] for h in hook_runs)
+            ms = 1000 * statistics.median(h.get(k, [0, 0])[1] for h in hook_runs)
+            print(f"| {k:<48} | {calls:5.0f} | {ms:8.1f} | {ms / calls if calls else 0:7.2f} |")
+        top = [k for k in names if not k.startswith("  ")]
+        total = 1000 * statistics.median(sum(h[k][1] for k in top if k in h) for h in hook_runs)
+        print(f"| {'all hooks (un-indented rows)':<48} |       | {total:8.1f} |         |")
     ratio = med["visionsweep"] / med["plain"]
     verdict = "PASS" if ratio <= args.target else "FAIL"
     print(f"\n\nratio visionsweep / plain = {ratio:.3f}  (target <= {args.target})  {verdict}")

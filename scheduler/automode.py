@@ -11,8 +11,8 @@ The plan, written to ``automode.json`` in the run folder with the reasons:
 3. The other trials sample a conditional space over the first ``m`` portfolio models, ``m`` growing
    with the budget (about one model per four trials), each with a learning-rate range around its
    default, momentum and weight decay.
-4. ASHA stops the weak trials early (grace period ~1/8 of the epochs, reduction factor 3), so the
-   budget goes to the promising ones.
+4. ASHA stops the weak trials early (grace period: the learning-rate warm-up, at least 1/8 of the
+   epochs; reduction factor 3), so the budget goes to the promising ones.
 
 Fixed ``training_parameters`` (crop sizes, epochs ...) apply to every AutoMode trial.
 """
@@ -89,7 +89,11 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool) -> di
             sub.pop("model_name")
     first = {} if "model_name" in fixed else {"model_name": chosen[0].model_name}
     epochs = fixed.get("number_of_epochs") or hp.task_model_defaults(task, chosen[0].model_name)["number_of_epochs"]
-    asha = {"grace_period": max(1, epochs // 8), "reduction_factor": 3.0, "max_epochs": epochs}
+    # Judge trials only after the learning-rate warm-up: during it every trial is still near chance.
+    warmup = fixed.get("warmup_cosine_lr_warmup_epochs", hp.PARAMS["warmup_cosine_lr_warmup_epochs"].default) \
+        if fixed.get("learning_rate_scheduler", "warmup_cosine") == "warmup_cosine" else 0
+    grace = max(1, min(epochs // 2, max(warmup, epochs // 8)))
+    asha = {"grace_period": grace, "reduction_factor": 3.0, "max_epochs": epochs}
     return {
         "hardware": "gpu" if has_gpu else "cpu",
         "max_trials": max_trials,

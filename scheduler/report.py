@@ -22,27 +22,21 @@ import html
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
+from scheduler.runfolder import TrialRecord, read_trials
 
 _HEIGHT = 440
 _MISSING = "—"
 
 
 @dataclass
-class _Trial:
-    trial_id: str
-    params: dict[str, Any]
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "pending"
-    error: str | None = None
-    started: float | None = None
-    ended: float | None = None
+class _Trial(TrialRecord):
     best: float | None = None  # best primary metric over its evaluations
 
     @property
@@ -105,27 +99,11 @@ def _number(v: Any) -> bool:
 
 def _load_trials(run: Path, primary: str) -> list[_Trial]:
     trials = []
-    for d in sorted(p for p in (run / "trials").glob("*") if p.is_dir()):
-        params = _read_json(d / "params.json", {})
-        t = _Trial(d.name, params if isinstance(params, dict) else {})
-        try:
-            lines = (d / "metrics.jsonl").read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:  # a running trial may have a half-written last line
-                m = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(m, dict):
-                t.metrics.append(m)
-        st = _read_json(d / "status.json", {})
-        if isinstance(st, dict):
-            t.status = str(st.get("status") or ("running" if t.metrics else "pending"))
-            t.error, t.started, t.ended = st.get("error"), st.get("started"), st.get("ended")
-        scores = [m[primary] for m in t.metrics if _number(m.get(primary))]
-        t.best = max(scores) if scores else None
-        trials.append(t)
+    for rec in read_trials(run).values():
+        if rec.status == "pending" and rec.metrics:
+            rec.status = "running"
+        scores = [m[primary] for m in rec.metrics if _number(m.get(primary))]
+        trials.append(_Trial(**vars(rec), best=max(scores) if scores else None))
     # trial index = start order (directory name where no start time was recorded)
     trials.sort(key=lambda t: (not _number(t.started), t.started or 0.0, t.trial_id))
     return trials

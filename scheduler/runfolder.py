@@ -56,6 +56,22 @@ def _read_json(p: Path, default: Any) -> Any:
         return default
 
 
+def _read_metrics(d: Path) -> list[dict[str, Any]]:
+    try:
+        lines = (d / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:  # a running trial may have a half-written last line
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(m, dict):
+            out.append(m)
+    return out
+
+
 def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
     """Every trial of a run folder, from its files."""
     out: dict[str, TrialRecord] = {}
@@ -66,11 +82,10 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
         if not d.is_dir():
             continue
         st = _read_json(d / "status.json", {})
-        metrics = []
-        if (d / "metrics.jsonl").is_file():
-            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        out[d.name] = TrialRecord(d.name, _read_json(d / "params.json", {}), metrics, st.get("status", "pending"),
-                                  st.get("error"), st.get("started"), st.get("ended"))
+        st = st if isinstance(st, dict) else {}
+        params = _read_json(d / "params.json", {})
+        out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, _read_metrics(d),
+                                  str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"))
     return out
 
 

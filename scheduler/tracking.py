@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,14 @@ from ray.tune import Callback
 
 log = logging.getLogger(__name__)
 
-_SKIP = {"epoch", "time_total_s"}
-
-
 class MlflowTracker(Callback):
-    """A Ray Tune callback; MLflow is imported and connected lazily (the callback is pickled by Tune)."""
+    """A Ray Tune callback that writes to MLflow from a background thread.
+
+    Tune calls callbacks on its event loop, so the store's start-up (creating the database, ~2 s) and
+    its writes (~10 ms each) would otherwise delay every trial's next step. Events are queued in order
+    and written by one worker thread, started when the callback is created; ``finish`` drains the queue.
+    The thread and the client are rebuilt after unpickling (Tune pickles its callbacks for resume).
+    """
 
     def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str):
         self.run_dir = Path(run_dir)
@@ -32,6 +38,37 @@ class MlflowTracker(Callback):
         self.experiment, self.parent_name, self.primary = experiment, parent_name, primary
         self._client = None
         self._ids: dict[str, Any] | None = None
+        self._queue: queue.Queue | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._queue = queue.Queue()
+        self._errors: list[str] = []
+        self._worker = threading.Thread(target=self._work, name="visionsweep-mlflow", daemon=True)
+        self._worker.start()
+        self._submit(lambda: self.ids)  # create the store and the parent run now, off the event loop
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception as e:  # tracking must never break a sweep
+                self._errors.append(f"{type(e).__name__}: {e}")
+                log.warning("MLflow tracking: %s", e)
+            finally:
+                self._queue.task_done()
+
+    def _submit(self, fn) -> None:
+        if self._queue is None:
+            self._start()
+        self._queue.put(fn)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._start()
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -44,7 +81,8 @@ class MlflowTracker(Callback):
         return self._client
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_queue", "_worker", "_errors")} | \
+            {"_client": None, "_queue": None}
 
     @property
     def ids(self) -> dict[str, Any]:
@@ -70,33 +108,51 @@ class MlflowTracker(Callback):
             run = self.client.create_run(ids["experiment_id"], run_name=trial.trial_id,
                                          tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id})
             rid = ids["trials"][trial.trial_id] = run.info.run_id
-            for k, v in trial.config.items():
-                self.client.log_param(rid, k, v)
+            from mlflow.entities import Param
+
+            self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in trial.config.items()])
             self._save()
         return rid
 
     # --- Tune events --------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._child(trial)
+        t = _TrialRef(trial.trial_id, dict(trial.config))
+        self._submit(lambda: self._child(t))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.primary not in result:
             return
-        rid, step = self._child(trial), int(result.get("epoch") or result.get("training_iteration") or 0)
-        for k, v in result.items():
-            if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool) and k[0].isalpha() \
-                    and k in _METRIC_KEYS | {self.primary}:
-                self.client.log_metric(rid, k, float(v), step=step)
+        t = _TrialRef(trial.trial_id, dict(trial.config))
+        step = int(result.get("epoch") or result.get("training_iteration") or 0)
+        now = int(time.time() * 1000)
+        values = {k: float(v) for k, v in result.items()
+                  if k in _METRIC_KEYS | {self.primary} and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+        def write():
+            from mlflow.entities import Metric
+
+            metrics = [Metric(k, v, now, step) for k, v in values.items()]
+            self.client.log_batch(self._child(t), metrics=metrics)  # one store transaction per evaluation
+        self._submit(write)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self._child(trial), "FINISHED")
+        t = _TrialRef(trial.trial_id, dict(trial.config))
+        self._submit(lambda: self.client.set_terminated(self._child(t), "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self._child(trial), "FAILED")
+        t = _TrialRef(trial.trial_id, dict(trial.config))
+        self._submit(lambda: self.client.set_terminated(self._child(t), "FAILED"))
+
+    def drain(self) -> list[str]:
+        """Wait until every queued write is done; returns the errors met on the way."""
+        if self._queue is not None:
+            self._queue.join()
+        return list(self._errors)
 
     # --- end of sweep -------------------------------------------------------------------------
     def finish(self, best_trial: str | None, best_metric: float | None, best_dir: Path | None,
                register_as: str | None = None) -> dict[str, Any]:
+        errors = self.drain()
         ids, c = self.ids, self.client
         parent = ids["parent"]
         out: dict[str, Any] = {"uri": self.uri, "parent_run_id": parent}
@@ -118,7 +174,16 @@ class MlflowTracker(Callback):
                 mv = c.create_model_version(register_as, f"runs:/{parent}/best_model", run_id=parent)
                 out["registered_model"] = {"name": register_as, "version": mv.version}
         c.set_terminated(parent, "FINISHED")
+        if errors:
+            out["errors"] = errors[:5]
         return out
+
+
+class _TrialRef:
+    """What the writer thread needs of a Tune trial (the trial object itself keeps changing)."""
+
+    def __init__(self, trial_id: str, config: dict[str, Any]):
+        self.trial_id, self.config = trial_id, config
 
 
 _METRIC_KEYS = {"accuracy", "iou", "precision_macro", "precision_weighted", "recall_macro", "recall_weighted",
