@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from machine_info import describe
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +47,7 @@ SEED = 0
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}; {os.cpu_count()} logical cores ({torch.get_num_threads()} torch threads); "
-            f"torch {torch.__version__}; Python {platform.python_version()}")
+    return describe("torch")
 
 
 def hyperparameters(model: str, size: int, epochs: int) -> dict:

@@ -35,12 +35,13 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import describe
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -57,20 +58,7 @@ POLICIES = {
 
 
 def machine() -> str:
-    import ray
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__} "
-            f"({'CUDA' if torch.cuda.is_available() else 'CPU only'}); ray {ray.__version__}; "
-            f"Python {platform.python_version()}")
+    return describe("torch", "ray")
 
 
 def fixed_parameters(epochs: int) -> dict:

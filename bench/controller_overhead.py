@@ -40,12 +40,13 @@ import argparse
 import datetime as dt
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import describe
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -67,18 +68,7 @@ TRAINABLE = tune.with_resources(dummy, {"cpu": 1, "gpu": 0})
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import mlflow
-
-    return (f"{cpu}; {os.cpu_count()} logical cores; ray {ray.__version__}; mlflow {mlflow.__version__}; "
-            f"Python {platform.python_version()}")
+    return describe("ray", "mlflow")
 
 
 def run_plain(root: Path, n: int, seed: int) -> dict[str, float]:

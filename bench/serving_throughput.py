@@ -20,11 +20,12 @@ import base64
 import datetime as dt
 import json
 import os
-import platform
 import socket
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import describe
 
 IMAGE = Path(__file__).resolve().parents[1] / "trainers" / "sample_data" / "fashion_mnist" / "images" / "test_0000.png"
 
@@ -106,9 +107,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vs-bench-"))
     os.environ["VISIONSWEEP_HOME"] = str(tmp / "home")
     package = make_package(tmp)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    print(f"date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu}, {os.cpu_count()} cores")
+    print(f"date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {describe('torch', 'ray')}")
     print(f"model: resnet18 224x224, 10 classes; {args.seconds:g}s per point; load generator on the same machine")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     with socket.socket() as s:
@@ -120,7 +119,8 @@ def main() -> int:
     for batching in (True, False):
         mbs = args.max_batch_size if batching else 1
         endpoints.create_deployment(DeploymentSpec(
-            name="main", endpoint_name="bench", model=str(package), cpus_per_instance=1,
+            # the replica gets the machine's cores (minus a little for the router), like the in-process side
+            name="main", endpoint_name="bench", model=str(package), cpus_per_instance=os.cpu_count() - 0.2,
             batching={"max_batch_size": mbs, "batch_wait_timeout_s": 0.005 if batching else 0.0},
             request_settings={"max_concurrent_requests_per_instance": max(args.concurrency)}),
             update=not batching)

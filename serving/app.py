@@ -35,8 +35,12 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 @serve.deployment
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None,
-                 batching: dict[str, Any] | None = None):
+                 batching: dict[str, Any] | None = None, cpus: float = 1.0):
         self.package, self.error, self.predictor, self.predicted = package, None, None, 0
+        import torch
+
+        # Ray pins an actor's thread pools to its whole CPUs (1 for 1.8): use what the deployment asked for.
+        torch.set_num_threads(max(1, round(cpus)))
         try:
             from serving.predictor import Predictor
 
@@ -219,7 +223,7 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
         code = {"model": d["model"], "settings": d.get("inference_settings"), "actor": opts["ray_actor_options"],
                 "probe": d["liveness_probe"]}
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
-            d["model"], d.get("inference_settings") or {}, d["batching"])
+            d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0))
         probes[name] = dict(d["readiness_probe"])
     router_version = _version({"deployments": sorted(deployments), "probes": probes,
                                "servers": {n: _version(d) for n, d in deployments.items()}})
