@@ -63,6 +63,17 @@ def serve_url(ray_session, tmp_path_factory):
     serve.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _free_cluster(request):
+    """Delete each test's endpoints afterwards: the 2-CPU test cluster holds only a few at a time."""
+    yield
+    if "serve_url" not in request.fixturenames:
+        return
+    for f in (endpoints.home() / "endpoints").glob("*.json"):
+        if f.stem != "ep-xai":  # shared by the parametrised explanation tests
+            endpoints.delete_endpoint(f.stem)
+
+
 def post(url, body: bytes, key: str | None = None, ctype="application/json", headers=None):
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": ctype, **(headers or {})})
     if key:
@@ -133,9 +144,7 @@ def test_traffic_split_auth_and_response_schema(serve_url, package):
     assert post(url, body(IMAGE), new)[0] == 200
     # a plain POST of image bytes works too
     assert post(url, IMAGE, new, ctype="image/png")[0] == 200
-
-
-def test_traffic_rules():
+    # traffic rules: weights sum to at most 100, deployments must exist
     with pytest.raises(SpecError, match="sum to 110"):
         endpoints.set_traffic("ep-split", {"blue": 60, "green": 50})
     with pytest.raises(SpecError, match="no deployment named 'red'"):
