@@ -29,7 +29,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
-from scheduler.runfolder import TrialRecord, read_trials
+from scheduler.runfolder import TrialRecord, read_json, read_trials
 
 _HEIGHT = 440
 _MISSING = "—"
@@ -47,7 +47,7 @@ class _Trial(TrialRecord):
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (self-contained, works offline) and return its path."""
     run = Path(run_dir)
-    summary = _read_json(run / "summary.json", {})
+    summary = read_json(run / "summary.json", {})
     primary = summary.get("primary_metric") or _resolved(run).get("primary_metric") or "accuracy"
     default_model = str((_resolved(run).get("training_parameters") or {}).get("model_name") or "")
     trials = _load_trials(run, primary)
@@ -75,13 +75,6 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-
-def _read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
 
 def _resolved(run: Path) -> dict[str, Any]:
     import yaml

@@ -49,7 +49,7 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
     return d
 
 
-def _read_json(p: Path, default: Any) -> Any:
+def read_json(p: Path, default: Any) -> Any:
     try:
         return json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
@@ -81,9 +81,9 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
     for d in sorted(root.iterdir()):
         if not d.is_dir():
             continue
-        st = _read_json(d / "status.json", {})
+        st = read_json(d / "status.json", {})
         st = st if isinstance(st, dict) else {}
-        params = _read_json(d / "params.json", {})
+        params = read_json(d / "params.json", {})
         out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, _read_metrics(d),
                                   str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"))
     return out
@@ -175,7 +175,7 @@ class RunFolderCallback(Callback):
         self._progress(f"{status} {trial.trial_id}" + (f": {error}" if error else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        marker = _read_json(trial_dir(self.run_dir, trial.trial_id) / "stopped.json", None)
+        marker = read_json(trial_dir(self.run_dir, trial.trial_id) / "stopped.json", None)
         if marker:
             self._end(trial, f"stopped ({marker['by']})")
         elif (trial.last_result or {}).get("done"):

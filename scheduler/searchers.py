@@ -35,7 +35,6 @@ class SpaceSearcher(Searcher):
         self._rng = np.random.default_rng(seed)
         self._first = [dict(c) for c in first] if self._grid is None else []
         self._n = 0
-        self.suggested: dict[str, dict[str, Any]] = {}
 
     @property
     def total_trials(self) -> int:
@@ -56,7 +55,6 @@ class SpaceSearcher(Searcher):
         else:
             cfg = sample_config(self._space, self._rng)
         self._n += 1
-        self.suggested[trial_id] = cfg
         return cfg
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:

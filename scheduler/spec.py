@@ -17,7 +17,6 @@ change the meaning of a spec key.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -462,6 +461,3 @@ def _check_sampler(sweep: Sweep, space: list[dict[str, Any]], loc: _Locator) -> 
             raise SpecError(f"{loc(('sweep', 'early_termination'))}: bayesian sampling cannot be combined with "
                             "an early_termination policy (§8.2); remove one of them")
 
-
-def grid_size(space: list[dict[str, Any]]) -> int:
-    return sum(math.prod(len(d.values) for d in sub.values()) for sub in space)

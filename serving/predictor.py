@@ -11,29 +11,19 @@ object per input image, in input order. Inference settings (§9.5) come from the
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from trainers.errors import VisionsweepError
+from trainers.data import decode_image
+from trainers.errors import DataError
 from trainers.package import load_package
 from trainers.tasks import make_task
 from trainers.transforms import eval_transform
 
 
-class BadImage(VisionsweepError):
-    """An input that is not a decodable image."""
-
-
-def decode_image(data: bytes, where: str = "image") -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BadImage(f"{where}: not a decodable image ({e})") from None
+BadImage = DataError  # an input that is not a decodable image (a 400 when served)
 
 
 class Predictor:

@@ -269,18 +269,24 @@ def label_counts(task: str, records: Sequence[Record]) -> Counter:
 
 # --- images -----------------------------------------------------------------------------------
 
+def decode_image(data: bytes, where: str = "image") -> Image.Image:
+    """Image file bytes -> RGB image; ``DataError`` naming ``where`` when they are not an image."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{where}: not a decodable image ({e})") from None
+
+
 def read_image(url: str, storage_options=None) -> Image.Image:
     """Open an image as RGB; raises ``DataError`` naming the URL."""
     try:
         with _fs_open(url, storage_options or {}) as f:
             data = f.read()
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
     except (FileNotFoundError, IsADirectoryError):
         raise DataError(f"image not found: {url}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot decode image {url}: {e}") from None
+    return decode_image(data, url)
 
 
 def _probe(rec: Record, storage_options) -> str | None:

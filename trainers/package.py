@@ -15,7 +15,6 @@ A package path may be a local folder or any fsspec URI (it is copied to a tempor
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,5 +138,4 @@ def copy_package(src: str | Path, dst: str | Path) -> Path:
         s = Path(src) / name
         if s.is_file():
             shutil.copyfile(s, dst / name)
-    os.utime(dst)
     return dst

@@ -3,8 +3,8 @@
 ``PolicyScheduler`` feeds a :class:`~scheduler.policies.base.Policy` with each trial's reports (k =
 Tune's ``training_iteration``, i.e. the k-th report) and returns its decision to Tune, which stops the
 trial, frees its resources and keeps its checkpoints and metrics. ``RecordingASHA`` is Ray's own
-ASHA scheduler. Both record the trials they stop in ``stopped`` (trial id -> epoch reached) and, given
-a run folder, as a ``stopped.json`` marker in the trial's folder.
+ASHA scheduler. Given a run folder, both record each trial they stop as a ``stopped.json`` marker
+(policy, epoch reached) in the trial's folder.
 
 Resume: Tune rebuilds the scheduler from the pickle taken when the sweep started, so a restored
 ``PolicyScheduler`` reloads every trial's reports from the run folder before its first decision.
@@ -27,7 +27,6 @@ class PolicyScheduler(FIFOScheduler):
             raise ValueError(f"visionsweep policies maximise the primary metric, but got {mode=}.")
         super().__init__()
         self.policy, self._metric, self._mode, self.run_dir = policy, metric, mode, run_dir
-        self.stopped: dict[str, Any] = {}
         self._reload = False
 
     def __setstate__(self, state):
@@ -55,7 +54,6 @@ class PolicyScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         decision = self.policy.on_result(trial.trial_id, int(result["training_iteration"]), result[self._metric])
         if decision is Decision.STOP:
-            self.stopped[trial.trial_id] = result.get("epoch")
             mark_stopped(self.run_dir, trial.trial_id, self.policy.name, result.get("epoch"))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -94,13 +92,11 @@ class RecordingASHA(ASHAScheduler):
         # metric and mode come from the Tuner (set_search_properties), which refuses a scheduler that has them
         super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                          reduction_factor=reduction_factor)
-        self.stopped: dict[str, Any] = {}
         self.run_dir = run_dir
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         # ASHA also returns STOP when a trial reaches max_t: that is a finished trial, not a stopped one.
         if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:
-            self.stopped[trial.trial_id] = result.get("epoch")
             mark_stopped(self.run_dir, trial.trial_id, self.name, result.get("epoch"))
         return decision
