@@ -96,6 +96,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=5)
     args = ap.parse_args()
 
     import ray
@@ -121,17 +122,21 @@ def main() -> int:
         endpoints.create_deployment(DeploymentSpec(
             # the replica gets the machine's cores (minus a little for the router), like the in-process side
             name="main", endpoint_name="bench", model=str(package), cpus_per_instance=os.cpu_count() - 0.2,
-            batching={"max_batch_size": mbs, "batch_wait_timeout_s": 0.005 if batching else 0.0},
+            batching={"max_batch_size": mbs, "batch_wait_timeout_s": args.batch_wait_ms / 1000 if batching else 0.0},
             request_settings={"max_concurrent_requests_per_instance": max(args.concurrency)}),
             update=not batching)
         state = endpoints.set_traffic("bench", {"main": 100})
         url, key = f"http://127.0.0.1:{port}/bench/score", state["keys"]["primary"]
         for c in args.concurrency:
+            server = serve.get_deployment_handle("bench-main", app_name="bench")
+            before = server.stats.remote().result()
             rps, lat, errors = asyncio.run(load(url, key, c, args.seconds))
+            after = server.stats.remote().result()
+            mean_batch = (after["predicted"] - before["predicted"]) / max(1, after["batches"] - before["batches"])
             base = in_process(package, min(c, mbs), args.seconds)
             rows.append((batching, c, rps, base, pct(lat, 0.5), pct(lat, 0.99), errors))
             print(f"  batching {'on ' if batching else 'off'} c={c}: {rps:.1f} req/s over HTTP, {base:.1f} img/s "
-                  f"in-process, p50 {rows[-1][4]:.0f} ms, p99 {rows[-1][5]:.0f} ms, errors {errors}", flush=True)
+                  f"in-process, p50 {rows[-1][4]:.0f} ms, p99 {rows[-1][5]:.0f} ms, errors {errors}, mean batch {mean_batch:.1f}", flush=True)
     serve.shutdown()
     ray.shutdown()
     print("\n| batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process | p50 ms | p99 ms | p99/p50 | errors |")

@@ -36,7 +36,8 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None,
                  batching: dict[str, Any] | None = None, cpus: float = 1.0):
-        self.package, self.error, self.predictor, self.predicted = package, None, None, 0
+        self.package, self.error, self.predictor = package, None, None
+        self.predicted = self.batches = 0
         import torch
 
         # Ray pins an actor's thread pools to its whole CPUs (1 for 1.8): use what the deployment asked for.
@@ -58,12 +59,13 @@ class ModelServer:
         return {"ready": self.error is None, "error": self.error}
 
     def stats(self) -> dict[str, int]:
-        """How many images this replica has predicted (for mirror checks and monitoring)."""
-        return {"predicted": self.predicted}
+        """Images predicted and batches run by this replica (mirror checks, batching monitoring)."""
+        return {"predicted": self.predicted, "batches": self.batches}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, images: list) -> list[dict[str, Any]]:
         self.predicted += len(images)
+        self.batches += 1
         return await asyncio.to_thread(self.predictor.predict_images, images)
 
     async def predict(self, image: bytes) -> dict[str, Any]:

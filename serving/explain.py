@@ -88,6 +88,9 @@ def visualize(image: np.ndarray, attributions: np.ndarray) -> str:
 
 def explain_image(predictor, image: Image.Image, p: dict[str, Any]) -> dict[str, Any]:
     """The prediction for one image plus the requested visualisations / attributions."""
+    if not predictor.classification:
+        raise VisionsweepError(f"explanations (model_explainability) are available for image classification only; "
+                               f"this deployment serves {predictor.pkg.task}")
     pred = predictor.predict_images([image])[0]
     x = predictor.transform(image).unsqueeze(0).to(predictor.device)
     probs = pred["probs"]

@@ -4,20 +4,33 @@ Classification (multi-class and multi-label alike)::
 
     [{"probs": [0.02, 0.97, 0.01], "labels": ["cat", "dog", "fox"]}]
 
-``probs`` is aligned with ``labels`` (softmax for multi-class, per-label sigmoid for multi-label), one
-object per input image, in input order. Inference settings (§9.5) come from the package's
+``probs`` is aligned with ``labels`` (softmax for multi-class, per-label sigmoid for multi-label).
+
+Object detection (coordinates normalised to [0, 1] by the image's width and height)::
+
+    [{"boxes": [{"box": {"topX": 0.22, "topY": 0.28, "bottomX": 0.40, "bottomY": 0.62}, "label": "milk_bottle",
+                 "score": 0.94}]}]
+
+Instance segmentation: the same, each box with ``"polygon": [[x1, y1, x2, y2, ...], ...]`` (normalised; one
+list per part of the instance) and, with ``export_as_image``, ``"mask"``: the instance's binary mask as a
+base64 JPG/PNG (``image_type``).
+
+One object per input image, in input order. Inference settings (§9.5) come from the package's
 ``settings.json`` and may be overridden per call site (e.g. per deployment).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
+from trainers import hyperparameters as hp
 from trainers.data import decode_image
-from trainers.errors import DataError
+from trainers.errors import DataError, VisionsweepError
 from trainers.package import load_package
 from trainers.tasks import make_task
 from trainers.transforms import eval_transform
@@ -33,8 +46,16 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.pkg = load_package(package, str(self.device), settings)
         s = self.pkg.settings
-        self.transform = eval_transform(int(s.get("validation_resize_size", 256)), int(s.get("validation_crop_size", 224)))
-        self.task = make_task(self.pkg.task, self.pkg.classes)
+        self.classification = self.pkg.task in hp.CLASSIFICATION_TASKS
+        if self.classification:
+            self.transform = eval_transform(int(s.get("validation_resize_size", 256)),
+                                            int(s.get("validation_crop_size", 224)))
+            self.task = make_task(self.pkg.task, self.pkg.classes)
+        elif s.get("tile_grid_size") not in (None, "", "None"):
+            # small-object tiling (§6.5) arrives with the detection trainer; answering without it would
+            # silently miss the small objects the model was trained for
+            raise VisionsweepError(f"{package}: inference with tile_grid_size={s['tile_grid_size']} (tiling) is not "
+                                   "supported by this version; override it with tile_grid_size: null to serve untiled")
 
     @property
     def labels(self) -> list[str]:
@@ -45,6 +66,65 @@ class Predictor:
         if not images:
             return []
         pil = [im if isinstance(im, Image.Image) else decode_image(im, f"image {i}") for i, im in enumerate(images)]
+        if not self.classification:
+            return self._detect(pil)
         x = torch.stack([self.transform(im) for im in pil]).to(self.device)
         probs = self.task.probabilities(self.pkg.model(x)).float().cpu().tolist()
         return [{"probs": p, "labels": list(self.labels)} for p in probs]
+
+    def _detect(self, pil: list[Image.Image]) -> list[dict[str, Any]]:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        # torchvision's detectors resize (min_size/max_size) and normalise inside the model, and answer in
+        # the input's pixel coordinates
+        xs = [pil_to_tensor(im.convert("RGB")).float().div_(255).to(self.device) for im in pil]
+        outputs = self.pkg.model(xs)
+        return [format_detections(out, im.width, im.height, self.labels, self.pkg.settings,
+                                  segmentation=self.pkg.task == hp.SEGMENTATION) for out, im in zip(outputs, pil)]
+
+
+def format_detections(out: dict[str, torch.Tensor], width: int, height: int, classes: Sequence[str],
+                      settings: dict[str, Any], segmentation: bool = False) -> dict[str, Any]:
+    """One image's detector output (pixel ``boxes``, ``labels`` with 0 = background, ``scores``, ``masks``)
+    -> its §15 response object, best score first."""
+    from trainers.polygons import mask_to_polygons
+
+    thr = float(settings.get("box_score_threshold", 0.3))
+    boxes = out["boxes"].float().cpu()
+    order = out["scores"].float().cpu().argsort(descending=True).tolist()
+    result = []
+    for i in order:
+        score = float(out["scores"][i])
+        label = int(out["labels"][i])
+        if score < thr or not 1 <= label <= len(classes):
+            continue
+        x0, y0, x1, y1 = boxes[i].tolist()
+        item: dict[str, Any] = {
+            "box": {"topX": _unit(x0 / width), "topY": _unit(y0 / height),
+                    "bottomX": _unit(x1 / width), "bottomY": _unit(y1 / height)},
+            "label": classes[label - 1], "score": round(score, 6)}
+        if segmentation:
+            mask = out["masks"][i, 0].float().cpu().numpy()
+            mthr = float(settings.get("mask_pixel_score_threshold", 0.5))
+            item["polygon"] = mask_to_polygons(mask, mthr, int(settings.get("max_number_of_polygon_points", 100)))
+            if _as_bool(settings.get("export_as_image", False)):
+                item["mask"] = _encode_mask(mask >= mthr, str(settings.get("image_type", "JPG")))
+        result.append(item)
+    return {"boxes": result}
+
+
+def _unit(v: float) -> float:
+    return round(min(1.0, max(0.0, v)), 6)
+
+
+def _as_bool(v: Any) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("true", "1", "yes")
+
+
+def _encode_mask(mask, image_type: str) -> str:
+    fmt = {"JPG": "JPEG", "JPEG": "JPEG", "PNG": "PNG"}.get(image_type.upper())
+    if fmt is None:
+        raise DataError(f"inference setting image_type: expected JPG or PNG, got {image_type!r}")
+    buf = io.BytesIO()
+    Image.fromarray((mask * 255).astype("uint8"), mode="L").save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()

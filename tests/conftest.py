@@ -47,3 +47,17 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def make_detection_package(root: Path, name: str, task: str, classes=("cat", "dog")) -> Path:
+    """A detector package with random weights at a small input size (64-96 px), for response-shape tests."""
+    import torch
+
+    from trainers.detection_models import build_detector
+    from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.package import save_package
+
+    torch.manual_seed(0)
+    h = resolve_hyperparameters(task, {"model_name": name, "min_size": 64, "max_size": 96}, {})
+    return save_package(root / name, model=build_detector(name, len(classes), h), task=task,
+                        classes=list(classes), hyperparameters=h, metrics={})

@@ -226,6 +226,75 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
     assert green.stats.remote().result()["predicted"] == before + 10
 
 
+def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path):
+    """§15: one object per image, in order; probs/labels for both classification tasks, normalised boxes for
+    detection, plus polygons (and mask images with ``export_as_image``) for instance segmentation."""
+    import torch
+    from PIL import Image
+
+    from tests.conftest import make_detection_package
+    from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models import build_model
+    from trainers.package import save_package
+
+    torch.manual_seed(0)
+    h = resolve_hyperparameters("image_classification_multilabel", {
+        "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
+    multilabel = save_package(tmp_path / "ml", model=build_model("resnet18", 3, 32), classes=["a", "b", "c"],
+                              task="image_classification_multilabel", hyperparameters=h, metrics={})
+    packages = {"mc": (package, {}), "ml": (multilabel, {}),
+                "od": (make_detection_package(tmp_path, "fasterrcnn_resnet18_fpn", "image_object_detection"),
+                       {"box_score_thresh": 0.0, "box_detections_per_img": 5}),
+                "is": (make_detection_package(tmp_path, "maskrcnn_resnet18_fpn", "image_instance_segmentation"),
+                       {"box_score_thresh": 0.0, "box_detections_per_img": 5, "export_as_image": True,
+                        "image_type": "PNG"})}
+    endpoints.create_endpoint(EndpointSpec(name="ep-tasks"))
+    for name, (pkg, settings) in packages.items():
+        endpoints.create_deployment(DeploymentSpec(name=name, endpoint_name="ep-tasks", model=str(pkg),
+                                                   cpus_per_instance=0.25, readiness_probe=FAST,
+                                                   inference_settings=settings))
+    key = endpoints.load_state("ep-tasks")["keys"]["primary"]
+    url = f"{serve_url}/ep-tasks/score"
+    other = (SAMPLE / "images" / "test_0001.png").read_bytes()
+    width, height = Image.open(io.BytesIO(IMAGE)).size
+
+    def score(deployment, *images):
+        status, resp, headers = post(url, body(*images), key, headers={"azureml-model-deployment": deployment})
+        assert status == 200, resp
+        assert isinstance(resp, list) and len(resp) == len(images)
+        return resp
+
+    mc = score("mc", IMAGE, other)
+    for r in mc:
+        assert set(r) == {"probs", "labels"} and len(r["probs"]) == len(r["labels"]) == 10
+        assert sum(r["probs"]) == pytest.approx(1, abs=1e-4)
+    assert mc[0] != mc[1]  # in input order, per image
+    (ml,) = score("ml", IMAGE)
+    assert set(ml) == {"probs", "labels"} and ml["labels"] == ["a", "b", "c"]
+    assert all(0 <= p <= 1 for p in ml["probs"]) and sum(ml["probs"]) != pytest.approx(1, abs=1e-3)
+
+    for name in ("od", "is"):
+        (r,) = score(name, IMAGE)
+        assert set(r) == {"boxes"} and 1 <= len(r["boxes"]) <= 5
+        for b in r["boxes"]:
+            keys = {"box", "label", "score"} | ({"polygon", "mask"} if name == "is" else set())
+            assert set(b) == keys, b
+            c = b["box"]
+            assert set(c) == {"topX", "topY", "bottomX", "bottomY"}
+            assert 0 <= c["topX"] <= c["bottomX"] <= 1 and 0 <= c["topY"] <= c["bottomY"] <= 1
+            assert b["label"] in ("cat", "dog") and 0 <= b["score"] <= 1
+            if name == "is":
+                assert all(len(part) % 2 == 0 and len(part) >= 6 and all(0 <= v <= 1 for v in part)
+                           for part in b["polygon"])
+                mask = Image.open(io.BytesIO(base64.b64decode(b["mask"])))
+                assert mask.format == "PNG" and mask.size == (width, height)
+    # explanations are a classification feature: a clear 400 from a detection deployment
+    item = json.dumps({"image_base64": base64.b64encode(IMAGE).decode(), "model_explainability": True})
+    status, resp, _ = post(url, json.dumps({"input_data": {"columns": ["image"], "data": [item]}}).encode(), key,
+                           headers={"azureml-model-deployment": "od"})
+    assert status == 400 and "classification only" in resp["error"]
+
+
 @pytest.mark.parametrize("algorithm", ["xrai", "integrated_gradients", "guided_gradcam", "guided_backprop"])
 def test_explanations_over_http(serve_url, package, algorithm):
     from PIL import Image

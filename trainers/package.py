@@ -36,7 +36,15 @@ def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
         return {"validation_resize_size": h["validation_resize_size"], "validation_crop_size": h["validation_crop_size"]}
     keys = ("min_size", "max_size", "box_score_threshold", "nms_iou_threshold", "box_detections_per_image",
             "image_size", "model_size", "tile_grid_size", "tile_overlap_ratio", "tile_predictions_nms_threshold")
-    return {k: h[k] for k in keys if k in h}
+    out = {k: h[k] for k in keys if k in h}
+    if task == hp.SEGMENTATION:
+        out.update(SEGMENTATION_SETTINGS)
+    return out
+
+
+# §9.5 settings of instance segmentation that are not training hyperparameters (defaults of the table)
+SEGMENTATION_SETTINGS = {"mask_pixel_score_threshold": 0.5, "max_number_of_polygon_points": 100,
+                         "export_as_image": False, "image_type": "JPG"}
 
 
 def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list[str],
@@ -119,11 +127,23 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
                                f"{FORMAT_VERSION}; re-export it with this version")
     settings = {_SETTING_ALIASES.get(k, k): v for k, v in {**raw, **(settings_override or {})}.items()}
     task = meta["task"]
-    if task not in hp.CLASSIFICATION_TASKS:
-        raise VisionsweepError(f"{p}: task {task} packages cannot be loaded by this version")
-    model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
-                        settings.get("validation_crop_size", 224))
-    model.load_state_dict(load_file(str(local / "model.safetensors")))
+    if task in hp.CLASSIFICATION_TASKS:
+        model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
+                            settings.get("validation_crop_size", 224))
+    elif task in hp.BOX_TASKS and hp.model_backend(meta["model_name"]) == "builtin" and meta["model_name"] != "yolov5":
+        from trainers.detection_models import build_detector
+
+        if task == hp.SEGMENTATION:
+            settings = {**SEGMENTATION_SETTINGS, **settings}
+        # the detector is built from the (possibly overridden) inference settings, then given its weights
+        model = build_detector(meta["model_name"], meta["num_classes"], settings)
+    else:
+        raise VisionsweepError(f"{p}: {task} packages of model {meta['model_name']} cannot be loaded by this version")
+    try:
+        model.load_state_dict(load_file(str(local / "model.safetensors")))
+    except RuntimeError as e:
+        raise VisionsweepError(f"{p}: model.safetensors does not match model {meta['model_name']} with "
+                               f"{meta['num_classes']} classes ({str(e).splitlines()[0]})") from None
     model.eval().to(device)
     return LoadedPackage(model, task, meta["model_name"], classes, settings, meta)
 
