@@ -35,7 +35,7 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 @serve.deployment
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None,
-                 batching: dict[str, Any] | None = None, cpus: float = 1.0):
+                 batching: dict[str, Any] | None = None, cpus: float = 1.0, registry_uri: str | None = None):
         self.package, self.error, self.predictor = package, None, None
         self.predicted = self.batches = 0
         import torch
@@ -45,7 +45,7 @@ class ModelServer:
         try:
             from serving.predictor import Predictor
 
-            self.predictor = Predictor(package, settings=inference_settings or None)
+            self.predictor = Predictor(package, settings=inference_settings or None, registry_uri=registry_uri)
         except Exception as e:  # a broken package: stay alive, report not ready
             self.error = f"{type(e).__name__}: {e}"
         self.reconfigure({"batching": batching or {}})
@@ -222,10 +222,11 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
                                           "target_ongoing_requests": scale["target_ongoing_requests"]}
         else:
             opts["num_replicas"] = d["instance_count"]
-        code = {"model": d["model"], "settings": d.get("inference_settings"), "actor": opts["ray_actor_options"],
+        code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"), "actor": opts["ray_actor_options"],
                 "probe": d["liveness_probe"]}
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
-            d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0))
+            d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0),
+            d.get("model_registry_uri"))
         probes[name] = dict(d["readiness_probe"])
     router_version = _version({"deployments": sorted(deployments), "probes": probes,
                                "servers": {n: _version(d) for n, d in deployments.items()}})

@@ -17,6 +17,7 @@ from typing import Any
 
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
+from trainers.package import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
 
 
 def home() -> Path:
@@ -109,6 +110,16 @@ def create_deployment(spec: DeploymentSpec, update: bool = False) -> dict[str, A
         raise VisionsweepError(f"no deployment named {spec.name!r} in {spec.endpoint_name}")
     d = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     d["num_gpus"] = spec.num_gpus
+    if is_registry_reference(spec.model):
+        # Resolve the reference now, where the user's environment is, so a wrong name/version or registry is
+        # an error of this command; the replicas fetch the same version from the same registry.
+        registry = spec.model_registry_uri or default_registry_uri()
+        if not registry:
+            raise VisionsweepError(f"deployment {spec.name}: model {spec.model} is a registry reference; set "
+                                   "MLFLOW_TRACKING_URI or model_registry_uri to the MLflow registry holding it")
+        d["model_registry_uri"], d["model_reference"] = registry, spec.model
+        d["model"] = pin_registered(spec.model, registry)
+        fetch_registered(d["model"], registry)
     state["deployments"][spec.name] = d
     state["traffic"].setdefault(spec.name, 0)  # a new deployment starts at 0 % (§9.3)
     apply(state)

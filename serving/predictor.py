@@ -42,9 +42,10 @@ BadImage = DataError  # an input that is not a decodable image (a 400 when serve
 class Predictor:
     """Loads a model package once and predicts batches of encoded images."""
 
-    def __init__(self, package: str, device: str | None = None, settings: dict[str, Any] | None = None):
+    def __init__(self, package: str, device: str | None = None, settings: dict[str, Any] | None = None,
+                 registry_uri: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.pkg = load_package(package, str(self.device), settings)
+        self.pkg = load_package(package, str(self.device), settings, registry_uri)
         s = self.pkg.settings
         self.classification = self.pkg.task in hp.CLASSIFICATION_TASKS
         if self.classification:

@@ -83,6 +83,9 @@ class DeploymentSpec(BaseModel):
     name: str = Field(pattern=_NAME)
     endpoint_name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1)
+    # for a registry reference (models:/..., azureml:name:version): the MLflow registry to resolve it in
+    # (default: $MLFLOW_TRACKING_URI when the deployment is created)
+    model_registry_uri: Optional[str] = None
     instance_type: str = "cpu"
     instance_count: int = Field(1, ge=1, le=64)
     liveness_probe: Probe = Field(default_factory=lambda: Probe(failure_threshold=30, timeout=2))

@@ -226,13 +226,15 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
     assert green.stats.remote().result()["predicted"] == before + 10
 
 
-def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path):
+def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path, monkeypatch):
     """§15: one object per image, in order; probs/labels for both classification tasks, normalised boxes for
-    detection, plus polygons (and mask images with ``export_as_image``) for instance segmentation."""
+    detection, plus polygons (and mask images with ``export_as_image``) for instance segmentation. The
+    multi-class deployment's model is a registry reference (``azureml:<name>@latest``), pinned at creation."""
     import torch
     from PIL import Image
 
     from tests.conftest import make_detection_package
+    from tests.test_registry import register
     from trainers.hyperparameters import resolve_hyperparameters
     from trainers.models import build_model
     from trainers.package import save_package
@@ -242,7 +244,10 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path):
         "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
     multilabel = save_package(tmp_path / "ml", model=build_model("resnet18", 3, 32), classes=["a", "b", "c"],
                               task="image_classification_multilabel", hyperparameters=h, metrics={})
-    packages = {"mc": (package, {}), "ml": (multilabel, {}),
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register(registry, package, "fashion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    packages = {"mc": ("azureml:fashion@latest", {}), "ml": (multilabel, {}),
                 "od": (make_detection_package(tmp_path, "fasterrcnn_resnet18_fpn", "image_object_detection"),
                        {"box_score_thresh": 0.0, "box_detections_per_img": 5}),
                 "is": (make_detection_package(tmp_path, "maskrcnn_resnet18_fpn", "image_instance_segmentation"),
@@ -253,7 +258,10 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path):
         endpoints.create_deployment(DeploymentSpec(name=name, endpoint_name="ep-tasks", model=str(pkg),
                                                    cpus_per_instance=0.25, readiness_probe=FAST,
                                                    inference_settings=settings))
-    key = endpoints.load_state("ep-tasks")["keys"]["primary"]
+    state = endpoints.load_state("ep-tasks")
+    assert state["deployments"]["mc"]["model"] == "models:/fashion/1"
+    assert state["deployments"]["mc"]["model_reference"] == "azureml:fashion@latest"
+    key = state["keys"]["primary"]
     url = f"{serve_url}/ep-tasks/score"
     other = (SAMPLE / "images" / "test_0001.png").read_bytes()
     width, height = Image.open(io.BytesIO(IMAGE)).size
