@@ -7,9 +7,13 @@ in flight for a fixed time and records each request's latency. The baseline call
 that concurrency (min(C, max_batch_size) with batching, 1 without). Both sides run in one command;
 the load generator shares the 2 cores with the server, which the baseline does not pay.
 
-    .venv/bin/python bench/serving_throughput.py [--seconds 8] [--concurrency 1 4 8]
+    .venv/bin/python bench/serving_throughput.py [--seconds 5] [--repeats 3] [--concurrency 1 4 8]
 
 Targets: with batching, HTTP throughput >= 0.8x in-process; p99 <= 2x p50 below saturation.
+
+A second table says where the CPU goes (the "router" column of the floor line is the no-op replica): CPU-milliseconds per served request of each process (model
+replica, router, Serve's HTTP proxy, the load generator, the rest of Ray), read from /proc, next to the
+CPU-milliseconds per image of the in-process baseline.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime as dt
 import json
 import os
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,17 +49,67 @@ def make_package(root: Path) -> Path:
                         hyperparameters=h, metrics={})
 
 
-def in_process(package: Path, batch: int, seconds: float) -> float:
+def in_process(package: Path, batch: int, seconds: float, threads: int) -> tuple[float, float]:
+    """(images/s, CPU-ms per image) of the package called in this process with ``threads`` torch threads."""
+    import torch
+
     from serving.predictor import Predictor
 
+    torch.set_num_threads(threads)
     p = Predictor(str(package), device="cpu")
     imgs = [IMAGE.read_bytes()] * batch
     p.predict_images(imgs)  # warm-up
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         p.predict_images(imgs)
         n += batch
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
+
+
+PARTS = ("model replica", "router", "HTTP proxy", "load generator", "rest of Ray")
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU time (user + system) of every process on the machine, by pid, with the part it plays (Linux /proc)."""
+    tick, me, out = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        part = ("load generator" if int(pid) == me else "HTTP proxy" if "ProxyActor" in cmd
+                else "router" if "bench-router" in cmd or "bench-floor" in cmd
+                else "model replica" if "bench-main" in cmd
+                else "rest of Ray" if "ray" in cmd else None)
+        if part:
+            out[int(pid)] = (part, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def serve_floor(port: int, seconds: float, concurrency: int = 4) -> tuple[float, dict[str, float]]:
+    """Ray Serve's own cost on this machine: the same requests to a no-op ingress (proxy + one replica hop)."""
+    from ray import serve
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(name="bench-floor", ray_actor_options={"num_cpus": 0.1})
+    class Echo:
+        async def __call__(self, request):
+            return JSONResponse([{"bytes": len(await request.body())}])
+
+    serve.run(Echo.bind(), name="floor", route_prefix="/floor")
+    cpu0 = cpu_seconds()
+    rps, lat, _ = asyncio.run(load(f"http://127.0.0.1:{port}/floor", "-", concurrency, seconds))
+    cpu = cpu_per_request(cpu0, cpu_seconds(), len(lat))
+    serve.delete("floor")
+    return rps, cpu
+
+
+def cpu_per_request(before: dict, after: dict, n: int) -> dict[str, float]:
+    per = dict.fromkeys(PARTS, 0.0)
+    for pid, (part, t) in after.items():
+        per[part] += (t - before.get(pid, (part, 0.0))[1]) / max(n, 1) * 1000
+    return per
 
 
 async def load(url: str, key: str, concurrency: int, seconds: float) -> tuple[float, list[float], int]:
@@ -93,10 +148,14 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=5)
+    ap.add_argument("--model-cores", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="cores (torch threads) for the model on both sides; the rest run the proxy, the router "
+                         "and the load generator")
     args = ap.parse_args()
 
     import ray
@@ -109,43 +168,66 @@ def main() -> int:
     os.environ["VISIONSWEEP_HOME"] = str(tmp / "home")
     package = make_package(tmp)
     print(f"date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {describe('torch', 'ray')}")
-    print(f"model: resnet18 224x224, 10 classes; {args.seconds:g}s per point; load generator on the same machine")
+    print(f"model: resnet18 224x224, 10 classes; {args.seconds:g}s per point; {args.model_cores} of "
+          f"{os.cpu_count()} cores run the model on both sides; load generator on the same machine")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    floor_rps, floor_cpu = serve_floor(port, args.seconds)
+    print(f"  Serve floor (proxy + no-op ingress replica, c=4): {floor_rps:.1f} req/s, CPU-ms per request: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in floor_cpu.items() if v), flush=True)
     endpoints.create_endpoint(EndpointSpec(name="bench"))
     rows = []
     for batching in (True, False):
         mbs = args.max_batch_size if batching else 1
         endpoints.create_deployment(DeploymentSpec(
-            # the replica gets the machine's cores (minus a little for the router), like the in-process side
-            name="main", endpoint_name="bench", model=str(package), cpus_per_instance=os.cpu_count() - 0.2,
+            # the model gets the same cores on both sides; the serving stack needs cores of its own
+            name="main", endpoint_name="bench", model=str(package), cpus_per_instance=args.model_cores,
             batching={"max_batch_size": mbs, "batch_wait_timeout_s": args.batch_wait_ms / 1000 if batching else 0.0},
             request_settings={"max_concurrent_requests_per_instance": max(args.concurrency)}),
             update=not batching)
         state = endpoints.set_traffic("bench", {"main": 100})
         url, key = f"http://127.0.0.1:{port}/bench/score", state["keys"]["primary"]
         for c in args.concurrency:
+            # HTTP and in-process alternate, ``--repeats`` times; each column is the median of its repeats
             server = serve.get_deployment_handle("bench-main", app_name="bench")
-            before = server.stats.remote().result()
-            rps, lat, errors = asyncio.run(load(url, key, c, args.seconds))
-            after = server.stats.remote().result()
-            mean_batch = (after["predicted"] - before["predicted"]) / max(1, after["batches"] - before["batches"])
-            base = in_process(package, min(c, mbs), args.seconds)
-            rows.append((batching, c, rps, base, pct(lat, 0.5), pct(lat, 0.99), errors))
-            print(f"  batching {'on ' if batching else 'off'} c={c}: {rps:.1f} req/s over HTTP, {base:.1f} img/s "
-                  f"in-process, p50 {rows[-1][4]:.0f} ms, p99 {rows[-1][5]:.0f} ms, errors {errors}, mean batch {mean_batch:.1f}", flush=True)
+            http, base, lats, errors, batch, cpus, base_cpus = [], [], [], 0, [], [], []
+            for _ in range(args.repeats):
+                before, cpu0 = server.stats.remote().result(), cpu_seconds()
+                rps, lat, err = asyncio.run(load(url, key, c, args.seconds))
+                cpus.append(cpu_per_request(cpu0, cpu_seconds(), len(lat)))
+                after = server.stats.remote().result()
+                batch.append((after["predicted"] - before["predicted"]) / max(1, after["batches"] - before["batches"]))
+                http.append(rps)
+                lats += lat
+                errors += err
+                ips, ipc = in_process(package, min(c, mbs), args.seconds, args.model_cores)
+                base.append(ips)
+                base_cpus.append(ipc)
+            cpu = {p: statistics.median(x[p] for x in cpus) for p in PARTS}
+            rows.append((batching, c, statistics.median(http), statistics.median(base), pct(lats, 0.5),
+                         pct(lats, 0.99), errors, statistics.median(batch), cpu, statistics.median(base_cpus),
+                         statistics.median(h / b for h, b in zip(http, base))))
+            print(f"  batching {'on ' if batching else 'off'} c={c}: HTTP req/s {' '.join(f'{x:.1f}' for x in http)}, "
+                  f"in-process img/s {' '.join(f'{x:.1f}' for x in base)}, p50 {rows[-1][4]:.0f} ms, "
+                  f"p99 {rows[-1][5]:.0f} ms, errors {errors}, mean batch {rows[-1][7]:.1f}", flush=True)
     serve.shutdown()
     ray.shutdown()
     print("\n| batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process | p50 ms | p99 ms | p99/p50 | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b, c, rps, base, p50, p99, err in rows:
-        print(f"| {'on' if b else 'off'} | {c} | {rps:.1f} | {base:.1f} | {rps / base:.2f} | {p50:.0f} | {p99:.0f} | "
+    for b, c, rps, base, p50, p99, err, *_, ratio in rows:
+        print(f"| {'on' if b else 'off'} | {c} | {rps:.1f} | {base:.1f} | {ratio:.2f} | {p50:.0f} | {p99:.0f} | "
               f"{p99 / p50:.2f} | {err} |")
+    # Where the CPU goes: per served request, by process, against the in-process CPU per image.
+    print("\n| batching | concurrency | mean batch | " + " | ".join(PARTS) + " | total | in-process |")
+    print("|---|---:|---:|" + "---:|" * (len(PARTS) + 2))
+    for b, c, *_, mean_batch, cpu, base_cpu, _ratio in rows:
+        print(f"| {'on' if b else 'off'} | {c} | {mean_batch:.1f} | " + " | ".join(f"{cpu[p]:.1f}" for p in PARTS)
+              + f" | {sum(cpu.values()):.1f} | {base_cpu:.1f} |")
     on = [r for r in rows if r[0]]
-    print(f"\nbest HTTP/in-process with batching: {max(r[2] / r[3] for r in on):.2f} (target >= 0.8); "
+    print(f"\nbest HTTP/in-process with batching: {max(r[-1] for r in on):.2f} (target >= 0.8); "
           f"p99/p50 at concurrency {min(r[1] for r in on)}: {on[0][5] / on[0][4]:.2f} (target <= 2)")
     return 0
 

@@ -97,8 +97,10 @@ class ModelServer:
 
 @serve.deployment
 class EndpointRouter:
-    def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]]):
+    def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]],
+                 timeouts_s: dict[str, float] | None = None):
         self.endpoint, self.servers = endpoint, servers
+        self.timeouts_s = timeouts_s or {}  # request_settings.request_timeout_ms per deployment
         self.probes = {name: ProbeState(**p) for name, p in probes.items()}
         self.traffic: dict[str, int] = {}
         self.mirror: dict[str, int] = {}
@@ -183,7 +185,13 @@ class EndpointRouter:
             handle = self.servers[name]
             calls = [handle.explain.remote(it.image, it.xai.model_dump()) if it.xai else handle.predict.remote(it.image)
                      for it in items]
-            results = await asyncio.gather(*calls)
+            timeout = self.timeouts_s.get(name, 90.0)
+            try:
+                results = await asyncio.wait_for(asyncio.gather(*calls), timeout)
+            except asyncio.TimeoutError:
+                return JSONResponse({"error": f"deployment {name} did not answer within {timeout * 1000:.0f} ms "
+                                              "(request_settings.request_timeout_ms)"}, 408,
+                                    headers={DEPLOYMENT_HEADER: name})
             self._copy_to_mirrors(items)
             for i, r in enumerate(results):
                 if "error" in r:
@@ -207,7 +215,7 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
     traffic weights (``user_config``) changed; with stable versions that change is a lightweight
     ``reconfigure`` of the running router, and unchanged model deployments keep their replicas.
     """
-    servers, probes = {}, {}
+    servers, probes, timeouts = {}, {}, {}
     for name, d in deployments.items():
         opts: dict[str, Any] = {"name": f"{endpoint}-{name}",
                                 "ray_actor_options": {"num_cpus": d.get("cpus_per_instance", 1.0),
@@ -228,8 +236,10 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
             d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0),
             d.get("model_registry_uri"))
         probes[name] = dict(d["readiness_probe"])
+        timeouts[name] = d["request_settings"]["request_timeout_ms"] / 1000.0
     router_version = _version({"deployments": sorted(deployments), "probes": probes,
                                "servers": {n: _version(d) for n, d in deployments.items()}})
     return EndpointRouter.options(name=f"{endpoint}-router", user_config=router_config, version=router_version,
-                                  _internal=True, ray_actor_options={"num_cpus": 0.1}).bind(endpoint, servers, probes)
+                                  _internal=True, ray_actor_options={"num_cpus": 0.1}).bind(endpoint, servers, probes,
+                                                                                               timeouts)
 

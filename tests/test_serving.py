@@ -296,6 +296,13 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path, monkeyp
                            for part in b["polygon"])
                 mask = Image.open(io.BytesIO(base64.b64decode(b["mask"])))
                 assert mask.format == "PNG" and mask.size == (width, height)
+    # request_settings.request_timeout_ms is the deployment's answer deadline: 408 past it, and the endpoint goes on
+    endpoints.create_deployment(DeploymentSpec(name="slow", endpoint_name="ep-tasks", model=str(multilabel),
+                                               cpus_per_instance=0.25, readiness_probe=FAST,
+                                               request_settings={"request_timeout_ms": 1}))
+    status, resp, _ = post(url, body(IMAGE), key, headers={"azureml-model-deployment": "slow"})
+    assert status == 408 and "request_timeout_ms" in resp["error"]
+    assert score("ml", IMAGE)[0] == ml
     # explanations are a classification feature: a clear 400 from a detection deployment
     item = json.dumps({"image_base64": base64.b64encode(IMAGE).decode(), "model_explainability": True})
     status, resp, _ = post(url, json.dumps({"input_data": {"columns": ["image"], "data": [item]}}).encode(), key,
