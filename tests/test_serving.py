@@ -205,12 +205,18 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
     endpoints.set_traffic("ep-load", {"blue": 50, "green": 50})
     time.sleep(2)
     endpoints.set_traffic("ep-load", {"blue": 0, "green": 100})
-    time.sleep(3)
+    time.sleep(2)
+    # adding a deployment rolls the router over (its set of deployments changed): still nothing dropped
+    endpoints.create_deployment(DeploymentSpec(name="red", endpoint_name="ep-load", model=str(package),
+                                               cpus_per_instance=0.25, readiness_probe=FAST))
+    added_at = len(results)
+    time.sleep(2)
     stop.set()
     for t in threads:
         t.join()
     failed = [(i, s, d) for i, (s, d) in enumerate(results) if s != 200]
     assert len(results) > 20 and not failed, (failed[:5], len(failed), len(results))
+    assert len(results) > added_at  # requests were answered after the new deployment came up
     assert results[-1][1] == "green" and {"blue", "green"} <= {d for _, d in results}
 
     # mirror: blue answers everything, green gets a copy of every request
