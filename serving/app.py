@@ -230,8 +230,8 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
                                           "target_ongoing_requests": scale["target_ongoing_requests"]}
         else:
             opts["num_replicas"] = d["instance_count"]
-        code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"), "actor": opts["ray_actor_options"],
-                "probe": d["liveness_probe"]}
+        code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"),
+                "actor": opts["ray_actor_options"], "probe": d["liveness_probe"]}
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
             d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0),
             d.get("model_registry_uri"))

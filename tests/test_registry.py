@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainers.errors import VisionsweepError
-from trainers.package import fetch_registered, pin_registered, registry_model_uri
+from trainers.registry import fetch_registered, pin_registered, registry_model_uri
 
 
 def register(registry: str, package: Path, name: str) -> str:
@@ -70,8 +70,10 @@ def test_references_are_pinned_fetched_and_served(tmp_path, classifier, monkeypa
 def test_a_wrong_reference_names_the_model_and_the_registry(tmp_path, classifier, monkeypatch):
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register(registry, classifier, "fashion")
-    with pytest.raises(VisionsweepError, match=r"model azureml:fashion:7: cannot fetch models:/fashion/7 .*mlflow.db"):
+    with pytest.raises(VisionsweepError, match=r"model azureml:fashion:7: not in the registry at sqlite:.*mlflow.db"):
         fetch_registered("azureml:fashion:7", registry)
+    with pytest.raises(VisionsweepError, match="model azureml:fashion:7: not in the registry"):
+        pin_registered("azureml:fashion:7", registry)
     with pytest.raises(VisionsweepError, match="model models:/shoes/latest"):
         pin_registered("models:/shoes/latest", registry)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

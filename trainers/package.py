@@ -10,10 +10,7 @@ Layout (everything ``predict``, serving, export and incremental training need; n
     metrics.json          validation metrics of the saved epoch
 
 A package path may be a local folder, any fsspec URI (copied to a temporary folder first), or a
-model-registry reference: MLflow's ``models:/<name>/<version>``, ``models:/<name>/latest``,
-``models:/<name>@<alias>``, or the managed service's ``azureml:<name>:<version>`` / ``azureml:<name>@latest``
-(the same registered model, as a migrating user writes it). References are resolved against the MLflow
-registry at ``registry_uri`` (default: ``$MLFLOW_REGISTRY_URI``, then ``$MLFLOW_TRACKING_URI``).
+model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``trainers.registry``).
 """
 
 from __future__ import annotations
@@ -107,87 +104,13 @@ def _local_copy(uri: str) -> Path:
     return tmp
 
 
-def is_registry_reference(ref: str) -> bool:
-    return ref.startswith(("models:/", "azureml:")) and not ref.startswith("azureml://")
-
-
-def registry_model_uri(ref: str) -> str:
-    """``azureml:name:version`` / ``azureml:name@latest`` -> MLflow's ``models:/`` form; ``models:/`` unchanged."""
-    import re
-
-    if ref.startswith("models:/"):
-        return ref
-    m = re.fullmatch(r"azureml:([A-Za-z0-9_.\-]+)(?::(\d+)|@([A-Za-z0-9_\-]+))", ref)
-    if not m:
-        raise VisionsweepError(f"model {ref!r}: expected azureml:<name>:<version> or azureml:<name>@latest "
-                               "(or models:/<name>/<version>)")
-    name, version, label = m.groups()
-    if version:
-        return f"models:/{name}/{version}"
-    return f"models:/{name}/latest" if label == "latest" else f"models:/{name}@{label}"
-
-
-def pin_registered(ref: str, registry_uri: str) -> str:
-    """``models:/name/<version>`` for a reference, with ``latest`` or an alias resolved to today's version, so
-    that every replica of a deployment serves the same version, also those started later."""
-    import re
-
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    uri = registry_model_uri(ref)
-    m = re.fullmatch(r"models:/([^/@]+)(?:/([^/@]+)|@([^/@]+))", uri)
-    if not m:
-        raise VisionsweepError(f"model {ref}: expected models:/<name>/<version>, models:/<name>/latest or "
-                               "models:/<name>@<alias>")
-    name, version, alias = m.groups()
-    if version and version.isdigit():
-        return uri
-    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
-    try:
-        if alias:
-            return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
-        versions = [int(v.version) for v in client.search_model_versions(f"name='{name}'")]
-    except MlflowException as e:
-        raise VisionsweepError(f"model {ref}: not in the registry at {registry_uri} "
-                               f"({str(e).strip().splitlines()[0]})") from None
-    if version != "latest" or not versions:
-        raise VisionsweepError(f"model {ref}: no version {version!r} of registered model {name!r} "
-                               f"in the registry at {registry_uri}")
-    return f"models:/{name}/{max(versions)}"
-
-
-def default_registry_uri() -> str | None:
-    import os
-
-    return os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def fetch_registered(ref: str, registry_uri: str | None = None) -> Path:
-    """Download a registered model version's package files to a temporary folder."""
-    uri, registry = registry_model_uri(ref), registry_uri or default_registry_uri()
-    if not registry:
-        raise VisionsweepError(f"model {ref}: a registry reference needs the MLflow registry's URI "
-                               "(set MLFLOW_TRACKING_URI, or model_registry_uri in the deployment)")
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(registry)
-    mlflow.set_registry_uri(registry)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
-                                                        dst_path=tempfile.mkdtemp(prefix="visionsweep-pkg-")))
-    except (MlflowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VisionsweepError(f"model {ref}: cannot fetch {uri} from the registry at {registry} ({first})") from None
-
-
 def load_package(path: str | Path, device: str = "cpu", settings_override: dict[str, Any] | None = None,
                  registry_uri: str | None = None) -> LoadedPackage:
     """Load a model package for inference; errors name the package and the missing/invalid file."""
     from safetensors.torch import load_file
 
     from trainers.models import build_model
+    from trainers.registry import fetch_registered, is_registry_reference
 
     p = str(path)
     if is_registry_reference(p):
