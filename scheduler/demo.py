@@ -65,7 +65,10 @@ def run_demo(output: str | None = None) -> int:
 
 
 def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
-    """Serve RUN/best on Ray Serve with a keyed endpoint and answer one real HTTP request."""
+    """Serve the best model on Ray Serve with a keyed endpoint and answer one real HTTP request.
+
+    The model is the version the sweep registered (``azureml:<name>:<version>`` in the run's MLflow registry),
+    else the package folder ``RUN/best``."""
     import base64
     import os
     import socket
@@ -84,7 +87,14 @@ def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
     t0 = time.time()
     start_serve("127.0.0.1", port, detached=False)
     try:
-        info = serve_package(str(run_dir / "best"), "127.0.0.1", port, "key", name="demo")
+        tracking = json.loads((run_dir / "summary.json").read_text()).get("tracking") or {}
+        registered = tracking.get("registered_model")
+        model = str(run_dir / "best")
+        if registered:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking["uri"]
+            model = f"azureml:{registered['name']}:{registered['version']}"
+        print(f"model: {model}" + (f" (MLflow registry {tracking['uri']})" if registered else ""))
+        info = serve_package(model, "127.0.0.1", port, "key", name="demo")
         print(f"endpoint ready in {time.time() - t0:.1f}s at {info['url']} (key auth)")
         body = json.dumps({"input_data": {"columns": ["image"], "data": [base64.b64encode(image.read_bytes()).decode()]}})
         req = urllib.request.Request(info["url"], data=body.encode(), method="POST", headers={

@@ -88,6 +88,7 @@ def fetch_registered(ref: str, registry_uri: str | None = None) -> Path:
     from mlflow.exceptions import MlflowException
 
     name, version = _pin(ref, registry)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a package is a handful of files
     try:
         source = MlflowClient(tracking_uri=registry, registry_uri=registry).get_model_version_download_uri(
             name, version)
