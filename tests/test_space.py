@@ -153,3 +153,14 @@ sweep: {sampling_algorithm: random}
     cfg = sample_config(j.search_space, np.random.default_rng(0))
     assert 0 <= cfg["number_of_epochs"] < 20 and isinstance(cfg["number_of_epochs"], int)
     assert set(cfg) == {"number_of_epochs", "learning_rate", "momentum", "weight_decay"}
+
+
+def test_configurations_given_first_are_suggested_before_sampled_ones():
+    """AutoMode's first trial is the leading model at its defaults: the searcher's ``first`` configuration."""
+    space = [{"model_name": dist({"type": "choice", "values": ["resnet18"]}),
+              "learning_rate": dist({"type": "uniform", "min_value": 0.001, "max_value": 0.1})}]
+    s = SpaceSearcher(space, "random", max_trials=3, seed=0, first=[{"model_name": "resnet18"}])
+    got = [s.suggest(f"t{i}") for i in range(4)]
+    assert got[0] == {"model_name": "resnet18"}
+    assert all(set(g) == {"model_name", "learning_rate"} for g in got[1:3])
+    assert got[3] == SpaceSearcher.FINISHED
