@@ -27,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from machine_info import describe
+from machine_info import describe, repeats_table
 
 import torch
 import torch.nn.functional as F
@@ -128,14 +128,8 @@ def main() -> int:
                   + ", ".join(f"{v:.1f}" for v in rates) + " img/s", flush=True)
 
     print()
-    cols = "".join(f" | repeat {r + 1}" for r in range(args.repeats))
-    print(f"| {'side':<11}{cols} | median |")
-    print("|-------------" + "|---------:" * args.repeats + "|-------:|")
-    med = {}
-    for side in sides:
-        med[side] = statistics.median(pooled[side])
-        vals = "".join(f" | {v:8.1f}" for v in per_repeat[side])
-        print(f"| {side:<11}{vals} | {med[side]:6.1f} |")
+    med = {side: statistics.median(pooled[side]) for side in sides}
+    print(repeats_table(per_repeat, med, "{:.1f}"))
     ratio = med["visionsweep"] / med["plain"]
     verdict = "PASS" if ratio >= args.target else "FAIL"
     print(f"\nratio visionsweep / plain = {ratio:.3f}  (target >= {args.target})  {verdict}")

@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_info import describe
+from machine_info import describe, repeats_table
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -221,14 +221,9 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    cols = "".join(f" | repeat {r + 1}" for r in range(args.repeats))
-    print(f"| {'side':<22}{cols} | median |")
-    print("|------------------------" + "|---------:" * args.repeats + "|-------:|")
-    med = {}
-    for side in sides:
-        vals = [t["total"] for t in times[side]]
-        med[side] = statistics.median(vals)
-        print(f"| {side:<22}" + "".join(f" | {v:7.2f}s" for v in vals) + f" | {med[side]:5.2f}s |")
+    per_repeat = {side: [t["total"] for t in times[side]] for side in sides}
+    med = {side: statistics.median(vals) for side, vals in per_repeat.items()}
+    print(repeats_table(per_repeat, med, "{:.2f}", "s"))
     for side in sides:
         if side != "plain":
             print(f"\nratio {side} / plain = {med[side] / med['plain']:.3f}", end="")

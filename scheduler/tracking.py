@@ -68,6 +68,7 @@ class MlflowTracker(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._client = None
         self._start()
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -81,8 +82,8 @@ class MlflowTracker(Callback):
         return self._client
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_queue", "_worker", "_errors")} | \
-            {"_client": None, "_queue": None}
+        # the client, the queue and the writer thread are rebuilt by __setstate__
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_queue", "_worker", "_errors")}
 
     @property
     def ids(self) -> dict[str, Any]:
@@ -116,13 +117,13 @@ class MlflowTracker(Callback):
 
     # --- Tune events --------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        t = _TrialRef(trial.trial_id, dict(trial.config))
+        t = _TrialRef(trial)
         self._submit(lambda: self._child(t))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.primary not in result:
             return
-        t = _TrialRef(trial.trial_id, dict(trial.config))
+        t = _TrialRef(trial)
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in result.items()
@@ -136,11 +137,11 @@ class MlflowTracker(Callback):
         self._submit(write)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        t = _TrialRef(trial.trial_id, dict(trial.config))
+        t = _TrialRef(trial)
         self._submit(lambda: self.client.set_terminated(self._child(t), "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        t = _TrialRef(trial.trial_id, dict(trial.config))
+        t = _TrialRef(trial)
         self._submit(lambda: self.client.set_terminated(self._child(t), "FAILED"))
 
     def drain(self) -> list[str]:
@@ -180,10 +181,10 @@ class MlflowTracker(Callback):
 
 
 class _TrialRef:
-    """What the writer thread needs of a Tune trial (the trial object itself keeps changing)."""
+    """What the writer thread needs of a Tune trial, copied now (the trial object itself keeps changing)."""
 
-    def __init__(self, trial_id: str, config: dict[str, Any]):
-        self.trial_id, self.config = trial_id, config
+    def __init__(self, trial):
+        self.trial_id, self.config = trial.trial_id, dict(trial.config)
 
 
 _METRIC_KEYS = {"accuracy", "iou", "precision_macro", "precision_weighted", "recall_macro", "recall_weighted",

@@ -28,19 +28,20 @@ from starlette.responses import JSONResponse
 
 from serving.probes import ProbeState
 from serving.schema import BadRequest, parse_request
+from serving.specs import Batching
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, package: str, inference_settings: dict[str, Any] | None = None,
-                 batching: dict[str, Any] | None = None, cpus: float = 1.0, registry_uri: str | None = None):
+    def __init__(self, package: str, inference_settings: dict[str, Any] | None = None, cpus: float = 1.0,
+                 registry_uri: str | None = None):
         self.package, self.error, self.predictor = package, None, None
         self.predicted = self.batches = 0
         import torch
 
-        # Ray pins an actor's thread pools to its whole CPUs (1 for 1.8): use what the deployment asked for.
+        # Ray starts a replica with OMP_NUM_THREADS = its whole CPUs (1 for 1.8): use what the deployment asked for.
         torch.set_num_threads(max(1, round(cpus)))
         try:
             from serving.predictor import Predictor
@@ -48,12 +49,13 @@ class ModelServer:
             self.predictor = Predictor(package, settings=inference_settings or None, registry_uri=registry_uri)
         except Exception as e:  # a broken package: stay alive, report not ready
             self.error = f"{type(e).__name__}: {e}"
-        self.reconfigure({"batching": batching or {}})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        b = config.get("batching") or {}
-        self._batched.set_max_batch_size(int(b.get("max_batch_size", 8)))
-        self._batched.set_batch_wait_timeout_s(float(b.get("batch_wait_timeout_s", 0.01)))
+        """The deployment's ``batching`` settings (its ``user_config``): Serve calls this after ``__init__``
+        and again whenever they change, without restarting the replica."""
+        b = Batching(**(config.get("batching") or {}))
+        self._batched.set_max_batch_size(b.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
 
     def ready(self) -> dict[str, Any]:
         return {"ready": self.error is None, "error": self.error}
@@ -62,7 +64,7 @@ class ModelServer:
         """Images predicted and batches run by this replica (mirror checks, batching monitoring)."""
         return {"predicted": self.predicted, "batches": self.batches}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch  # sizes set by reconfigure()
     async def _batched(self, images: list) -> list[dict[str, Any]]:
         self.predicted += len(images)
         self.batches += 1
@@ -84,23 +86,21 @@ class ModelServer:
         if self.error:
             return {"error": f"deployment not ready: {self.error}", "status": 503}
         from serving.explain import explain_image
-        from serving.predictor import BadImage, decode_image
+        from serving.predictor import decode_image
         from trainers.errors import VisionsweepError
 
         try:
             return await asyncio.to_thread(explain_image, self.predictor, decode_image(image, "image"), xai)
-        except BadImage as e:
-            return {"error": str(e), "status": 400}
-        except VisionsweepError as e:
+        except VisionsweepError as e:  # not an image, or an explanation this model cannot give
             return {"error": str(e), "status": 400}
 
 
 @serve.deployment
 class EndpointRouter:
     def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]],
-                 timeouts_s: dict[str, float] | None = None):
+                 timeouts_s: dict[str, float]):
         self.endpoint, self.servers = endpoint, servers
-        self.timeouts_s = timeouts_s or {}  # request_settings.request_timeout_ms per deployment
+        self.timeouts_s = timeouts_s  # request_settings.request_timeout_ms per deployment, in seconds
         self.probes = {name: ProbeState(**p) for name, p in probes.items()}
         self.traffic: dict[str, int] = {}
         self.mirror: dict[str, int] = {}
@@ -185,7 +185,7 @@ class EndpointRouter:
             handle = self.servers[name]
             calls = [handle.explain.remote(it.image, it.xai.model_dump()) if it.xai else handle.predict.remote(it.image)
                      for it in items]
-            timeout = self.timeouts_s.get(name, 90.0)
+            timeout = self.timeouts_s[name]
             try:
                 results = await asyncio.wait_for(asyncio.gather(*calls), timeout)
             except asyncio.TimeoutError:
@@ -222,6 +222,7 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
                                                       "num_gpus": d.get("num_gpus", 0.0)},
                                 "health_check_period_s": d["liveness_probe"]["period"],
                                 "health_check_timeout_s": d["liveness_probe"]["timeout"],
+                                # the router calls a replica once per image, and a request may carry several
                                 "max_ongoing_requests": d["request_settings"]["max_concurrent_requests_per_instance"] * 4,
                                 "user_config": {"batching": d["batching"]}}
         scale = d["scale_settings"]
@@ -233,8 +234,7 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
         code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"),
                 "actor": opts["ray_actor_options"], "probe": d["liveness_probe"]}
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
-            d["model"], d.get("inference_settings") or {}, d["batching"], d.get("cpus_per_instance", 1.0),
-            d.get("model_registry_uri"))
+            d["model"], d.get("inference_settings") or {}, d.get("cpus_per_instance", 1.0), d.get("model_registry_uri"))
         probes[name] = dict(d["readiness_probe"])
         timeouts[name] = d["request_settings"]["request_timeout_ms"] / 1000.0
     router_version = _version({"deployments": sorted(deployments), "probes": probes,

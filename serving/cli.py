@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from trainers.errors import VisionsweepError
@@ -30,10 +31,15 @@ def http_address() -> tuple[str, int]:
     return os.environ.get("VISIONSWEEP_SERVE_HOST", DEFAULT_HOST), int(os.environ.get("VISIONSWEEP_SERVE_PORT", DEFAULT_PORT))
 
 
-def start_serve(host: str, port: int, detached: bool, request_timeout_s: float = 90.0) -> None:
+def start_serve(host: str, port: int, detached: bool) -> None:
+    """Start Serve's HTTP proxy. Its own timeout is the longest a deployment may ask for: each deployment's
+    ``request_timeout_ms`` is enforced by its endpoint's router (408)."""
     from ray import serve
 
-    serve.start(detached=detached, http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
+    from serving.specs import MAX_REQUEST_TIMEOUT_MS
+
+    serve.start(detached=detached, http_options={"host": host, "port": port,
+                                                 "request_timeout_s": MAX_REQUEST_TIMEOUT_MS / 1000})
 
 
 def connect_cluster() -> None:
@@ -80,7 +86,9 @@ def cmd_serve(args) -> int:
 
     connect()
     start_serve(args.host, args.port, detached=False)
-    info = serve_package(os.path.abspath(args.package), args.host, args.port, args.auth_mode)
+    from serving.specs import local_model_path
+
+    info = serve_package(local_model_path(args.package, Path.cwd()), args.host, args.port, args.auth_mode)
     print(f"serving {args.package} at {info['url']}")
     if info["key"]:
         print(f"key: {info['key']}")

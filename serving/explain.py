@@ -40,13 +40,14 @@ def _attribute(model: nn.Module, x: torch.Tensor, target: int, p: dict[str, Any]
         import saliency.core as saliency
 
         def call_model(images, call_model_args=None, expected_keys=None):
-            t = torch.tensor(np.transpose(images, (0, 3, 1, 2)), dtype=torch.float32, requires_grad=True)
+            t = torch.tensor(np.transpose(images, (0, 3, 1, 2)), dtype=torch.float32, device=x.device,
+                             requires_grad=True)
             out = model(t)[:, call_model_args["class_idx"]]
             grads = torch.autograd.grad(out.sum(), t)[0]
-            return {saliency.base.INPUT_OUTPUT_GRADIENTS: np.transpose(grads.detach().numpy(), (0, 2, 3, 1))}
+            return {saliency.base.INPUT_OUTPUT_GRADIENTS: np.transpose(grads.detach().cpu().numpy(), (0, 2, 3, 1))}
 
         params = saliency.XRAIParameters(steps=p["n_steps"], algorithm="fast" if p["xrai_fast"] else "full")
-        img = np.transpose(x[0].detach().numpy(), (1, 2, 0))
+        img = np.transpose(x[0].detach().cpu().numpy(), (1, 2, 0))
         mask = saliency.XRAI().GetMask(img, call_model, call_model_args={"class_idx": target},
                                        extra_parameters=params, batch_size=8)
         return np.repeat(mask[None, :, :], 3, axis=0).astype(np.float32)
@@ -61,7 +62,7 @@ def _attribute(model: nn.Module, x: torch.Tensor, target: int, p: dict[str, Any]
         a = attr.GuidedBackprop(model).attribute(x, target=target)
     else:  # pragma: no cover - the request schema allows only the four names
         raise VisionsweepError(f"unknown xai_algorithm {algo!r}")
-    return a[0].detach().float().numpy()
+    return a[0].detach().float().cpu().numpy()
 
 
 def _bgyw(values: np.ndarray) -> np.ndarray:

@@ -49,10 +49,9 @@ class Predictor:
         s = self.pkg.settings
         self.classification = self.pkg.task in hp.CLASSIFICATION_TASKS
         if self.classification:
-            self.transform = eval_transform(int(s.get("validation_resize_size", 256)),
-                                            int(s.get("validation_crop_size", 224)))
+            self.transform = eval_transform(int(s["validation_resize_size"]), int(s["validation_crop_size"]))
             self.task = make_task(self.pkg.task, self.pkg.classes)
-        elif s.get("tile_grid_size") not in (None, "", "None"):
+        elif s["tile_grid_size"] not in (None, "", "None"):
             # small-object tiling (§6.5) arrives with the detection trainer; answering without it would
             # silently miss the small objects the model was trained for
             raise VisionsweepError(f"{package}: inference with tile_grid_size={s['tile_grid_size']} (tiling) is not "
@@ -87,10 +86,10 @@ class Predictor:
 def format_detections(out: dict[str, torch.Tensor], width: int, height: int, classes: Sequence[str],
                       settings: dict[str, Any], segmentation: bool = False) -> dict[str, Any]:
     """One image's detector output (pixel ``boxes``, ``labels`` with 0 = background, ``scores``, ``masks``)
-    -> its §15 response object, best score first."""
+    -> its §15 response object, best score first. ``settings`` holds every §9.5 setting of the task."""
     from trainers.polygons import mask_to_polygons
 
-    thr = float(settings.get("box_score_threshold", 0.3))
+    thr = float(settings["box_score_threshold"])
     boxes = out["boxes"].float().cpu()
     order = out["scores"].float().cpu().argsort(descending=True).tolist()
     result = []
@@ -106,10 +105,10 @@ def format_detections(out: dict[str, torch.Tensor], width: int, height: int, cla
             "label": classes[label - 1], "score": round(score, 6)}
         if segmentation:
             mask = out["masks"][i, 0].float().cpu().numpy()
-            mthr = float(settings.get("mask_pixel_score_threshold", 0.5))
-            item["polygon"] = mask_to_polygons(mask, mthr, int(settings.get("max_number_of_polygon_points", 100)))
-            if _as_bool(settings.get("export_as_image", False)):
-                item["mask"] = _encode_mask(mask >= mthr, str(settings.get("image_type", "JPG")))
+            mthr = float(settings["mask_pixel_score_threshold"])
+            item["polygon"] = mask_to_polygons(mask, mthr, int(settings["max_number_of_polygon_points"]))
+            if _as_bool(settings["export_as_image"]):
+                item["mask"] = _encode_mask(mask >= mthr, str(settings["image_type"]))
         result.append(item)
     return {"boxes": result}
 

@@ -57,9 +57,12 @@ class Probe(BaseModel):
     initial_delay: float = Field(0, ge=0)
 
 
+MAX_REQUEST_TIMEOUT_MS = 180000
+
+
 class RequestSettings(BaseModel):
     model_config = _F
-    request_timeout_ms: int = Field(90000, ge=1, le=180000)
+    request_timeout_ms: int = Field(90000, ge=1, le=MAX_REQUEST_TIMEOUT_MS)
     max_concurrent_requests_per_instance: int = Field(8, ge=1)
 
 
@@ -127,7 +130,18 @@ def load_endpoint(path: str | Path) -> EndpointSpec:
 
 
 def load_deployment(path: str | Path) -> DeploymentSpec:
-    return _load(path, DeploymentSpec)
+    """A deployment file; a relative local ``model`` path is relative to the file (replicas may run elsewhere)."""
+    spec = _load(path, DeploymentSpec)
+    return spec.model_copy(update={"model": local_model_path(spec.model, Path(path).resolve().parent)})
+
+
+def local_model_path(model: str, base: Path) -> str:
+    """``model`` as an absolute path when it is a local path; URIs and registry references unchanged."""
+    from trainers.registry import is_registry_reference
+
+    if "://" in model or is_registry_reference(model):
+        return model
+    return str((base / model).resolve())
 
 
 def parse_traffic(text: str) -> dict[str, int]:

@@ -98,3 +98,11 @@ def test_tiled_inference_is_refused_rather_than_silently_skipped(tmp_path):
     pkg = make_detection_package(tmp_path, "fasterrcnn_resnet18_fpn", "image_object_detection")
     with pytest.raises(VisionsweepError, match="tile_grid_size"):
         Predictor(str(pkg), device="cpu", settings={"tile_grid_size": "(3, 2)"})
+
+
+def test_settings_a_package_leaves_out_come_from_the_models_defaults(tmp_path):
+    pkg = make_detection_package(tmp_path, "maskrcnn_resnet18_fpn", "image_instance_segmentation")
+    (pkg / "settings.json").write_text(json.dumps({"box_score_thresh": 0.6}))  # a v1 name, nothing else
+    s = Predictor(str(pkg), device="cpu").pkg.settings
+    assert s["box_score_threshold"] == 0.6 and s["min_size"] == 600 and s["max_size"] == 1333
+    assert s["mask_pixel_score_threshold"] == 0.5 and s["max_number_of_polygon_points"] == 100

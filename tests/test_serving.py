@@ -107,6 +107,18 @@ def make_endpoint(name, package, deployments=("blue", "green"), broken=()):
     return endpoints.load_state(name)["keys"] if state else None
 
 
+def test_a_deployment_files_model_path_is_relative_to_the_file(tmp_path):
+    from serving.specs import load_deployment
+
+    (tmp_path / "deploy").mkdir()
+    for model, expected in [("../runs/best", str(tmp_path / "runs" / "best")),
+                            ("s3://bucket/best", "s3://bucket/best"),
+                            ("azureml:fashion:2", "azureml:fashion:2")]:
+        f = tmp_path / "deploy" / "blue.yml"
+        f.write_text(f"name: blue\nendpoint_name: ep\nmodel: {model}\n")
+        assert load_deployment(f).model == expected
+
+
 def test_traffic_split_auth_and_response_schema(serve_url, package):
     keys = make_endpoint("ep-split", package)
     url = f"{serve_url}/ep-split/score"

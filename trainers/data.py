@@ -286,6 +286,8 @@ def read_image(url: str, storage_options=None) -> Image.Image:
             data = f.read()
     except (FileNotFoundError, IsADirectoryError):
         raise DataError(f"image not found: {url}") from None
+    except OSError as e:  # permissions, a storage server that does not answer, ...
+        raise DataError(f"cannot read image {url}: {e}") from None
     return decode_image(data, url)
 
 

@@ -59,23 +59,22 @@ def get_detector_entry(name: str) -> DetectorEntry:
 
 def detector_kwargs(settings: dict[str, Any]) -> tuple[dict[str, int], float, float, int]:
     """(resize arguments, score threshold, NMS IoU threshold, detections per image) from §9.5 settings."""
-    kw = {"min_size": int(settings.get("min_size", 600)), "max_size": int(settings.get("max_size", 1333))}
-    score = float(settings.get("box_score_threshold", 0.3))
-    nms = float(settings.get("nms_iou_threshold", 0.5))
-    per_img = int(settings.get("box_detections_per_image", 100))
-    return kw, score, nms, per_img
+    kw = {"min_size": int(settings["min_size"]), "max_size": int(settings["max_size"])}
+    return (kw, float(settings["box_score_threshold"]), float(settings["nms_iou_threshold"]),
+            int(settings["box_detections_per_image"]))
 
 
-def build_detector(name: str, num_classes: int, settings: dict[str, Any] | None = None,
+def build_detector(name: str, num_classes: int, settings: dict[str, Any],
                    weights: str | None = None, download: bool = False, trainable_layers: int = 5) -> nn.Module:
-    """A detector for ``num_classes`` object classes (plus background) with the given inference settings."""
+    """A detector for ``num_classes`` object classes (plus background) with the given inference settings
+    (canonical names, all present: the trial's hyperparameters or a loaded package's settings)."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     import torchvision
 
     e = get_detector_entry(name)
-    kw, score, nms, per_img = detector_kwargs(settings or {})
+    kw, score, nms, per_img = detector_kwargs(settings)
     n = num_classes + 1
     if download and not weights and e.depth == 50:
         # the hub's COCO weights, then fresh class heads for our classes

@@ -85,12 +85,6 @@ class LoadedPackage:
     meta: dict[str, Any]
 
 
-_SETTING_ALIASES = {"valid_resize_size": "validation_resize_size", "valid_crop_size": "validation_crop_size",
-                    "box_score_thresh": "box_score_threshold", "box_nms_thresh": "nms_iou_threshold",
-                    "box_iou_thresh": "nms_iou_threshold", "nms_iou_thresh": "nms_iou_threshold",
-                    "box_detections_per_img": "box_detections_per_image", "img_size": "image_size"}
-
-
 def _local_copy(uri: str) -> Path:
     import fsspec
 
@@ -133,16 +127,17 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
     if meta.get("format_version") != FORMAT_VERSION:
         raise VisionsweepError(f"{p}: package format_version {meta.get('format_version')!r} is not "
                                f"{FORMAT_VERSION}; re-export it with this version")
-    settings = {_SETTING_ALIASES.get(k, k): v for k, v in {**raw, **(settings_override or {})}.items()}
     task = meta["task"]
+    # Every §9.5 setting has a value: the package's, overridden per call site, else the model's default from
+    # the one hyperparameter table (a package written by another tool may leave some out).
+    defaults = inference_settings(task, hp.task_model_defaults(task, meta["model_name"])) if task in hp.TASKS else {}
+    settings = {**defaults, **{hp.canonical_name(k): v for k, v in {**raw, **(settings_override or {})}.items()}}
     if task in hp.CLASSIFICATION_TASKS:
         model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
                             settings.get("validation_crop_size", 224))
     elif task in hp.BOX_TASKS and hp.model_backend(meta["model_name"]) == "builtin" and meta["model_name"] != "yolov5":
         from trainers.detection_models import build_detector
 
-        if task == hp.SEGMENTATION:
-            settings = {**SEGMENTATION_SETTINGS, **settings}
         # the detector is built from the (possibly overridden) inference settings, then given its weights
         model = build_detector(meta["model_name"], meta["num_classes"], settings)
     else:
