@@ -4,7 +4,7 @@ Both sides train the same model (``build_model``) on the same prepared data, wit
 ``ImageDataset`` + training transform, the same DataLoader settings (batch 32, shuffle, drop_last,
 num_workers 0), the same seed and the same SGD settings; only the loop differs:
 
-* visionsweep: ``trainers.loop.train(h, data, report)`` with ``evaluation_frequency=1``; the loop reports
+* visionsweep: ``trainers.engine.train(h, data, report)`` with ``evaluation_frequency=1``; the loop reports
   ``train_images_per_sec`` after every epoch, measured over the training part of the epoch only.
 * plain: ``for x, y in loader: opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward();
   opt.step()``, each epoch timed the same way (from the first batch request to the end of the epoch).
@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from trainers.data import prepare_data
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.loop import ImageDataset, make_optimizer, train
+from trainers.data.datasets import ImageDataset
+from trainers.engine import make_optimizer, train
 from trainers.models import build_model
 from trainers.tasks import make_task
 from trainers.transforms import train_transform
@@ -58,7 +59,7 @@ def hyperparameters(model: str, size: int, epochs: int) -> dict:
 
 
 def run_visionsweep(h: dict, data) -> list[float]:
-    """Per-epoch training images/s as reported by ``trainers.loop.train``."""
+    """Per-epoch training images/s as reported by ``trainers.engine.train``."""
     rates: dict[int, float] = {}
 
     def report(metrics, _saver):
@@ -73,7 +74,7 @@ def run_plain(h: dict, data) -> list[float]:
     torch.manual_seed(SEED)
     task = make_task(data.task, data.classes)
     model = build_model(h["model_name"], len(data.classes), h["training_crop_size"])
-    ds = ImageDataset(data.train, task, train_transform(h["training_crop_size"]), data.storage_options)
+    ds = ImageDataset(data.train, task, train_transform(h["training_crop_size"]), data.store)
     loader = DataLoader(ds, batch_size=h["training_batch_size"], shuffle=True, drop_last=True, num_workers=0,
                         generator=torch.Generator().manual_seed(SEED))
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], h)  # same SGD lr/momentum/nesterov/wd

@@ -8,8 +8,12 @@ import os
 log = logging.getLogger(__name__)
 
 
-def connect(num_cpus: int | None = None) -> str:
-    """Initialise Ray once per process; returns a description of the cluster."""
+def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
+    """Initialise Ray once per process; returns a description of the cluster.
+
+    ``dashboard``: an embedded Ray starts its dashboard too; data-parallel trials need it (Ray Train
+    frees the workers of a stopped trial through the state API it serves).
+    """
     import ray
 
     if not ray.is_initialized():
@@ -17,7 +21,7 @@ def connect(num_cpus: int | None = None) -> str:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
                      configure_logging=True, logging_level=logging.WARNING)
     res = ray.cluster_resources()
     return f"{len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
@@ -27,3 +31,10 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def gpus_per_node() -> float:
+    """GPUs of the cluster's largest GPU node (0 on a CPU-only cluster): what one node can give a trial."""
+    import ray
+
+    return float(max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0))

@@ -38,12 +38,16 @@ from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
 from scheduler.space import Choice
 from scheduler.spec import Job, parse_job
 from trainers import hyperparameters as hp
-from trainers.data import PreparedData, load_datastores, prepare_data, resolve_url
+from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
+from trainers.data.images import default_cache_dir
+from trainers.launch import Group
 from trainers.errors import NotSupportedYet, VisionsweepError
 from trainers.package import copy_package
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"  # Tune experiment name under RUN/ray
+TRAIN = "train"  # Ray Train runs of data-parallel trials under RUN/ray, one per trial id
+DRIVER_CPUS = 0.1  # what the driver of a data-parallel trial reserves: it only waits on its workers
 
 
 @dataclass
@@ -75,10 +79,6 @@ def check_supported(job: Job) -> None:
     if spec.task not in hp.CLASSIFICATION_TASKS:
         raise NotSupportedYet(f"task: {spec.task}", "this version trains image_classification and "
                               "image_classification_multilabel")
-    if spec.properties.node_count_per_trial > 1:
-        raise NotSupportedYet("properties.node_count_per_trial > 1")
-    if job.training_parameters.get("distributed"):
-        raise NotSupportedYet("training_parameters.distributed")
     names = [job.training_parameters.get("model_name")]
     for sub in job.search_space or []:
         if "model_name" in sub:
@@ -95,15 +95,29 @@ def default_run_dir(job: Job) -> Path:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def _prepare(job: Job, run_dir: Path) -> PreparedData:
+def image_store(job: Job) -> ImageStore:
+    """How trials read images: storage options, the node cache (§11.2) and whether images stream."""
+    ext = job.spec.visionsweep
+    cache_dir = ext.cache.dir or default_cache_dir()
+    if ext.cache.max_size_gb is not None:
+        max_bytes = int(ext.cache.max_size_gb * 2**30)
+    else:
+        probe = Path(cache_dir)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        max_bytes = min(100 * 2**30, int(shutil.disk_usage(probe).free * 0.8))
+    return ImageStore(dict(ext.storage_options), cache_dir, max_bytes, job.advanced.stream_image_files)
+
+
+def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None) -> PreparedData:
     spec, ext = job.spec, job.spec.visionsweep
-    datastores = load_datastores(ext.datastores)
+    datastores = load_datastores(ext.datastores, datastores_file)
     base = str(job.base_dir)
     train_path = resolve_url(spec.training_data.path, base, datastores, "training_data.path")
     valid_path = (resolve_url(spec.validation_data.path, base, datastores, "validation_data.path")
                   if spec.validation_data else None)
     data = prepare_data(spec.task, spec.target_column_name, train_path, valid_path, job.validation_fraction,
-                        ext.seed, datastores, ext.storage_options, ext.bad_images)
+                        ext.seed, datastores, bad_images=ext.bad_images, store=image_store(job))
     d = run_dir / "data"
     d.mkdir(parents=True, exist_ok=True)
     for name, recs in (("train", data.train), ("valid", data.valid)):
@@ -206,18 +220,43 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
 
 # --- running --------------------------------------------------------------------------------------
 
+def plan_group(job: Job, gpus_per_node: float, run_dir: Path) -> Group:
+    """Workers per trial (§3.6, §3.8, §11.1): nodes x workers per node; one worker runs in-process.
+
+    ``distributed`` unset or true: a trial takes every GPU of its node; false: one GPU. On a CPU-only
+    cluster a node gives one worker unless ``visionsweep.workers_per_node`` says otherwise.
+    """
+    ext, tp = job.spec.visionsweep, job.training_parameters
+    nodes = job.spec.properties.node_count_per_trial
+    if ext.workers_per_node is not None:
+        per_node = ext.workers_per_node
+    elif gpus_per_node >= 1 and tp.get("distributed") is not False:
+        per_node = int(gpus_per_node)
+    else:
+        per_node = 1
+    return Group(workers=nodes * per_node, use_gpu=gpus_per_node > 0, cpus_per_worker=ext.cpus_per_trial,
+                 spread=nodes > 1, max_failures=ext.trial_retries, amp=ext.mixed_precision,
+                 channels_last=ext.channels_last, storage_path=str(run_dir / "ray" / "train"))
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _echo_default(s: str) -> None:
     print(s, file=sys.stderr, flush=True)
 
 
 def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], None] | None = None,
-            resume: bool = False) -> RunResult:
+            resume: bool = False, datastores: str | None = None) -> RunResult:
     """Run a validated job on the connected Ray cluster and write its run folder."""
     from ray import tune
 
-    from cluster.connect import cluster_gpus, connect
+    from cluster.connect import connect, gpus_per_node
     from scheduler.tracking import MlflowTracker
-    from trainers.trainable import train_trial
+    from trainers.launch import train_trial
 
     echo = echo or _echo_default
     check_supported(job)
@@ -232,25 +271,34 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
     init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
 
-    data = _prepare(job, run_dir)
+    data = _prepare(job, run_dir, datastores)
     echo(f"data: {len(data.train)} training / {len(data.valid)} validation images, {len(data.classes)} classes")
     for w in data.warnings:
         echo(f"warning: {w}")
-    echo(f"ray: {connect()}")
     spec, ext = job.spec, job.spec.visionsweep
+    # Data-parallel trials need the dashboard: Ray Train frees a stopped trial's workers through it.
+    distributed = spec.properties.node_count_per_trial > 1 or (ext.workers_per_node or 1) > 1 or \
+        (job.training_parameters.get("distributed") is not False and _local_gpus() > 1)
+    echo(f"ray: {connect(dashboard=distributed)}")
     primary = job.primary_metric
-    has_gpu = cluster_gpus() > 0
+    node_gpus = gpus_per_node()
+    has_gpu = node_gpus > 0
+    group = plan_group(job, node_gpus, run_dir)
     plan = build_plan(job, has_gpu, run_dir)
     for n in plan.notes:
         echo(n)
     if plan.automode is not None:
         (run_dir / "automode.json").write_text(json.dumps(plan.automode, indent=2) + "\n")
-    gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if has_gpu else 0.0)
+    if group.workers > 1:  # the trial is only the group's driver; the workers reserve their own CPUs / GPUs
+        cpus, gpus = DRIVER_CPUS, 0.0
+    else:
+        cpus = ext.cpus_per_trial
+        gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if has_gpu else 0.0)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, fixed=job.training_parameters,
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
-                             cpus=ext.cpus_per_trial, init_package=init_package),
-        {"cpu": ext.cpus_per_trial, "gpu": gpus},
+                             cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary),
+        {"cpu": cpus, "gpu": gpus},
     )
     callbacks: list[Any] = [RunFolderCallback(run_dir, primary, plan.total_trials, echo)]
     tracker = None
@@ -277,13 +325,16 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
             ),
             run_config=tune.RunConfig(
                 name=SWEEP, storage_path=str(run_dir / "ray"), verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=ext.trial_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
                                                         checkpoint_score_order="max"),
             ),
         )
+    per_trial = (f"{group.workers} data-parallel workers x ({ext.cpus_per_trial:g} CPU + {int(has_gpu)} GPU) per trial"
+                 if group.workers > 1 else f"{ext.cpus_per_trial:g} CPU + {gpus:g} GPU per trial")
     echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
-         f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, "
-         f"{ext.cpus_per_trial:g} CPU + {gpus:g} GPU per trial")
+         f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {per_trial}, "
+         f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
     try:
         tuner.fit()
     finally:
@@ -331,7 +382,9 @@ def finish_run(job: Job, run_dir: Path, t0: float, timed_out: bool, tracker=None
 
 
 def _checkpoints(run_dir: Path, trial_id: str) -> list[Path]:
-    return sorted((run_dir / "ray" / SWEEP / trial_id).glob("checkpoint_*"))
+    """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
+    return sorted([*(run_dir / "ray" / SWEEP / trial_id).glob("checkpoint_*"),
+                   *(run_dir / "ray" / TRAIN / trial_id).glob("checkpoint_*")])
 
 
 def export_best(run_dir: Path, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:

@@ -140,6 +140,14 @@ class Tracking(BaseModel):
     register_model: Optional[str] = Field(None, description="register the best model under this name")
 
 
+class Cache(BaseModel):
+    """``visionsweep.cache``: the node-local image cache shared by all trials on a node (SPEC §11.2)."""
+
+    model_config = _FORBID
+    dir: Optional[str] = Field(None, description="default: $VISIONSWEEP_CACHE_DIR, else $TMPDIR/visionsweep-cache")
+    max_size_gb: Optional[float] = Field(None, gt=0, description="default: 80% of the free disk there, at most 100")
+
+
 class Extensions(BaseModel):
     """``visionsweep:``: settings of this implementation that the managed service has no key for."""
 
@@ -162,7 +170,17 @@ class Extensions(BaseModel):
                                    description="up to 5 earlier run folders to warm-start from (§8.7)")
     tracking: Tracking = Field(default_factory=Tracking)
     cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: Optional[float] = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
+    gpus_per_trial: Optional[float] = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0; "
+                                            "a data-parallel trial takes whole GPUs, one per worker")
+    workers_per_node: Optional[int] = Field(
+        None, ge=1, description="data-parallel workers of a trial on each of its nodes; default: the GPUs of a "
+                                "node (all of them unless distributed: false), 1 on CPU-only clusters")
+    trial_retries: int = Field(2, ge=0, description="restarts of a trial (from its last checkpoint) after its "
+                                                    "process or node dies; errors of the job's own settings "
+                                                    "are not retried")
+    mixed_precision: bool = Field(True, description="autocast (bf16, else fp16) on CUDA")
+    channels_last: bool = Field(True, description="NHWC memory format on CUDA")
+    cache: Cache = Field(default_factory=Cache)
 
 
 class JobSpec(BaseModel):
@@ -369,6 +387,10 @@ def _check(spec: JobSpec, loc: _Locator, source: Path | None, base_dir: Path, te
         raise SpecError(f"{loc(('training_parameters', 'split_ratio'))}: give either validation_data_size "
                         "or split_ratio, not both")
 
+    if spec.properties.node_count_per_trial > 1 and tp.get("distributed") is False:
+        raise SpecError(f"{loc(('properties', 'node_count_per_trial'))}: {spec.properties.node_count_per_trial} nodes "
+                        "per trial need data-parallel training, but training_parameters.distributed is false; "
+                        "remove one of them")
     space = None
     if spec.search_space is not None:
         if spec.sweep is None:

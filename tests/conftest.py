@@ -44,7 +44,7 @@ def ray_session():
     """One real local Ray for every test that needs it (start-up costs seconds; share it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

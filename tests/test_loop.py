@@ -11,7 +11,7 @@ from serving.predictor import BadImage, Predictor
 from trainers import hyperparameters as hp
 from trainers.data import prepare_data
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.loop import TrainingError, lr_factor, train
+from trainers.engine import TrainingError, lr_factor, train
 from trainers.metrics import multiclass_metrics, multilabel_metrics
 from trainers.tasks import make_task
 

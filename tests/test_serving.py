@@ -36,7 +36,7 @@ def package(tmp_path_factory):
     """A real model package: ResNet-18 trained one epoch on the bundled sample at 32x32."""
     from trainers.data import prepare_data
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.loop import train
+    from trainers.engine import train
 
     data = prepare_data("image_classification", "label", str(SAMPLE / "train"), None, 0.2, 0)
     data.train, data.valid = data.train[:64], data.valid[:32]

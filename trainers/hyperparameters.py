@@ -228,7 +228,8 @@ _PARAMS = [
     Param("checkpoint_frequency", "int", ALL, None, **POS),
     Param("layers_to_freeze", "int", ALL, None, low=0),
     # §14 v2-only
-    Param("distributed", "bool", ALL, False),
+    Param("distributed", "bool", ALL, None,
+          doc="None: a trial uses all GPUs of its node (§3.8); false: one GPU; true: all GPUs (or workers_per_node on CPU)"),
     Param("enable_onnx_normalization", "bool", ALL, False),
     Param("number_of_workers", "int", ALL, None, low=0),
     Param("random_seed", "int", ALL, None, low=0),

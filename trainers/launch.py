@@ -1,0 +1,134 @@
+"""One Ray Tune trial: sampled values -> resolved hyperparameters -> the training engine, in-process or data-parallel.
+
+A trial of one worker runs :func:`trainers.engine.train` in the Tune trial's own process, and each
+evaluation is one ``tune.report`` (with a model package as checkpoint when one is due).
+
+A trial of several workers (``properties.node_count_per_trial`` > 1, or several GPUs per node, SPEC
+§3.6, §3.8, §11.1) is the *driver* of a Ray Train ``TorchTrainer`` (Ray Train V2's pattern for Tune):
+the workers run the same engine under DDP (gloo on CPU, NCCL on GPU), rank 0's reports reach Tune
+through ``TuneReportCallback``, and checkpoints are written by rank 0 to
+``<run>/ray/train/<trial id>/checkpoint_*``. Because the Train run's name is the trial id, a restarted
+trial (a retry, or ``visionsweep resume``) goes on from that run's last checkpoint; a worker that dies
+is restarted from it by Train's ``FailureConfig``.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from trainers.data import PreparedData
+from trainers.engine import Workers, train
+from trainers.hyperparameters import resolve_hyperparameters
+
+
+@dataclass(frozen=True)
+class Group:
+    """How many workers train one trial and with what (decided once per job by the controller)."""
+
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    spread: bool = False  # node_count_per_trial > 1: place the workers on different nodes
+    max_failures: int = 0  # restarts of a data-parallel group after a worker dies
+    amp: bool = True
+    channels_last: bool = True
+    storage_path: str = ""  # Ray Train's storage for the group's checkpoints
+    storage_filesystem: Any = None  # pyarrow filesystem for storage_path (Azure Blob), else None
+
+    def engine_workers(self, rank: int = 0, world: int = 1) -> Workers:
+        return Workers(rank, world, self.amp, self.channels_last)
+
+
+def _threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _package_report(report_fn: Callable[..., None], checkpoint_cls) -> Callable:
+    """The engine's ``report(metrics, save)`` seam: ``save`` writes a package into a temp dir checkpoint."""
+
+    def report(metrics: dict[str, Any], save) -> None:
+        if save is None:
+            report_fn(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="visionsweep-ckpt-") as d:
+            save(d)
+            report_fn(metrics, checkpoint=checkpoint_cls.from_directory(d))
+    return report
+
+
+def _materialize(data: PreparedData) -> None:
+    """Without ``stream_image_files``, this node's cache holds every image before training starts (§11.2)."""
+    if not data.store.stream:
+        data.store.materialize([r.image_url for r in (*data.train, *data.valid)])
+
+
+def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
+                weights: dict[str, str], download_weights: bool, cpus: float,
+                init_package: str | None = None, group: Group = Group(), primary: str = "accuracy") -> None:
+    from ray import tune
+
+    h = resolve_hyperparameters(data.task, fixed, config)
+    init = init_package or weights.get(h["model_name"])
+    if group.workers > 1:
+        _run_group(h, data, init, download_weights, group, primary)
+        return
+    _threads(cpus)
+    _materialize(data)
+    report = _package_report(tune.report, tune.Checkpoint)
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        train(h, data, report, weights=init, download_weights=download_weights, workers=group.engine_workers())
+        return
+    with ckpt.as_directory() as d:  # a restored trial goes on from its last checkpoint (§8.7)
+        train(h, data, report, weights=None, resume_from=d, workers=group.engine_workers())
+
+
+def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download_weights: bool, group: Group,
+               primary: str) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    loop = functools.partial(_worker_loop, h=h, data=data, init=init, download_weights=download_weights,
+                             group=group)
+    resources = {"CPU": group.cpus_per_worker, **({"GPU": 1} if group.use_gpu else {})}
+    trainer = TorchTrainer(
+        loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=group.workers, use_gpu=group.use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy="SPREAD" if group.spread else "PACK"),
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(), storage_path=group.storage_path,
+            storage_filesystem=group.storage_filesystem, callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=group.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
+                                                         checkpoint_score_order="max"),
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData, init: str | None,
+                 download_weights: bool, group: Group) -> None:
+    """One worker of a data-parallel trial (Ray Train has set up ``torch.distributed``)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
+    _threads(group.cpus_per_worker)
+    _materialize(data)
+    device = str(ray.train.torch.get_device())
+    report = _package_report(ray.train.report, ray.train.Checkpoint)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        train(h, data, report, weights=init, download_weights=download_weights, device=device, workers=workers)
+        return
+    with ckpt.as_directory() as d:
+        train(h, data, report, weights=None, resume_from=d, device=device, workers=workers)
