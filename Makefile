@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Azurite (the Azure Blob emulator the storage tests run against) comes from npm, into an ignored folder.
+TOOLS  ?= .test-tools
+AZURITE_VERSION ?= 3.35.0
+AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
 
 .PHONY: setup demo test bench clean
 
@@ -11,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(AZURITE):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --no-save --no-audit --no-fund --prefix $(TOOLS) azurite@$(AZURITE_VERSION); \
+	else \
+	  echo "npm not found: the Azure Blob storage tests need Node.js >= 18 with npm (they skip, or fail under CI)"; \
+	fi
+
+setup: $(STAMP) $(AZURITE)
 
 demo: setup
 	$(VENV)/bin/visionsweep demo
@@ -23,4 +34,4 @@ bench: setup
 	$(PY) bench/classification_throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TOOLS) runs .pytest_cache

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.storage_servers import azurite, moto_s3  # noqa: F401  (session fixtures: real Azurite and moto S3)
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -1,0 +1,259 @@
+"""Real local storage servers for tests: Azurite (Azure Blob) and moto (S3), one of each per test session.
+
+Each server runs as a subprocess on a free port of 127.0.0.1, is polled until it answers (a bounded number
+of tries; the wait between tries ends early when the process dies) and is stopped by its PID at the end.
+A fixture yields a :class:`StorageServer`:
+
+* ``endpoint``: the server's base URL; ``pid``; ``log``: the file holding its output;
+* ``env_vars``: what a user would export so that ``az://`` / ``s3://`` URLs work with no storage_options;
+* ``env(**overrides)``: a context manager that sets ``env_vars`` (plus overrides; ``None`` unsets) in
+  ``os.environ`` and unsets the other variables of the same cloud that could interfere;
+* ``create(store)``: a container (Azurite) or bucket (moto); ``upload_tree(store, folder, prefix)``:
+  uploads a local folder tree and returns the fsspec URL of ``prefix``; ``url(store, key)``.
+
+Azurite comes from npm (``make setup`` installs it into ``.test-tools/``); moto_server from the test extra.
+moto checks request signatures: the fixture creates an IAM user with an access key and an S3 policy, then
+turns authentication on, so a wrong secret gets ``SignatureDoesNotMatch`` as from AWS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = ROOT / ".test-tools" / "node_modules" / ".bin" / "azurite-blob"
+START_TRIES = 300  # x up to 0.1 s each: a server gets about 30 s to answer
+AZURITE_ACCOUNT = "devstoreaccount1"
+# The emulator's documented public development key (not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+# Variables of each cloud that the fixtures' env() unsets before setting their own (a developer's real
+# credentials or profile must not leak into the tests, nor be sent to a local server).
+AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
+              "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET",
+              "AZURE_STORAGE_TENANT_ID", "AZURE_STORAGE_ANON")
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    """True once the server answers HTTP at all (any status: 403 from Azurite means it is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _start(name: str, cmd: list[str], probe_url: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    for _ in range(START_TRIES):
+        if _answers(probe_url):
+            return proc
+        try:
+            proc.wait(timeout=0.1)  # the pause between tries; returns at once if the server died
+        except subprocess.TimeoutExpired:
+            continue
+        break
+    _stop(proc)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{name} did not answer on {probe_url} (exit code {proc.returncode}); its output:\n{tail}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class StorageServer:
+    name: str
+    scheme: str  # the fsspec protocol of its URLs: "az" or "s3"
+    endpoint: str
+    pid: int
+    log: Path
+    env_vars: dict[str, str]
+    _cloud_vars: tuple[str, ...] = field(default=(), repr=False)
+
+    @contextlib.contextmanager
+    def env(self, **overrides: str | None) -> Iterator[dict[str, str]]:
+        """Set this server's variables (and ``overrides``; ``None`` unsets one) in ``os.environ`` for the block."""
+        wanted = {k: None for k in self._cloud_vars}
+        wanted.update(self.env_vars)
+        wanted.update(overrides)
+        saved = {k: os.environ.get(k) for k in wanted}
+        try:
+            for k, v in wanted.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            yield {k: v for k, v in wanted.items() if v is not None}
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def url(self, store: str, key: str = "") -> str:
+        return f"{self.scheme}://{store}/{key.lstrip('/')}"
+
+    def upload_tree(self, store: str, folder: str | Path, prefix: str = "") -> str:
+        """Upload every file under ``folder`` to ``store``/``prefix``/<relative path>; the URL of the prefix."""
+        folder = Path(folder)
+        prefix = prefix.strip("/")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = "/".join(filter(None, [prefix, path.relative_to(folder).as_posix()]))
+            self.put(store, key, path.read_bytes())
+        return self.url(store, prefix)
+
+    def create(self, store: str) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def put(self, store: str, key: str, data: bytes) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass
+class AzuriteServer(StorageServer):
+    account: str = AZURITE_ACCOUNT
+    account_key: str = AZURITE_KEY
+
+    @property
+    def connection_string(self) -> str:
+        return self.env_vars["AZURE_STORAGE_CONNECTION_STRING"]
+
+    def connection_string_with(self, account_key: str) -> str:
+        """The same connection string with another account key (for wrong-credential tests)."""
+        return self.connection_string.replace(self.account_key, account_key)
+
+    def _service(self):
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection_string)
+
+    def create(self, store: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):
+            self._service().create_container(store)
+
+    def put(self, store: str, key: str, data: bytes) -> None:
+        self._service().get_blob_client(store, key).upload_blob(data, overwrite=True)
+
+
+@dataclass
+class MotoS3Server(StorageServer):
+    region: str = "us-east-1"
+
+    def client(self, **kwargs):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=self.env_vars["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env_vars["AWS_SECRET_ACCESS_KEY"], **kwargs)
+
+    def create(self, store: str) -> None:
+        s3 = self.client()
+        try:
+            s3.create_bucket(Bucket=store)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def put(self, store: str, key: str, data: bytes) -> None:
+        self.client().put_object(Bucket=store, Key=key, Body=data)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory) -> Iterator[AzuriteServer]:
+    """A real Azurite blob service for this test session (``make setup`` installs it)."""
+    if not AZURITE_BIN.exists() or shutil.which("node") is None:
+        msg = f"Azurite is not installed ({AZURITE_BIN}): run `make setup`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    port = free_port()
+    work = tmp_path_factory.mktemp("azurite")
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    cmd = [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(work / "data"),
+           "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+    proc = _start("Azurite", cmd, f"{endpoint}?comp=list", work / "azurite.log")
+    conn = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={endpoint};")
+    try:
+        yield AzuriteServer(name="azurite", scheme="az", endpoint=endpoint, pid=proc.pid, log=work / "azurite.log",
+                            env_vars={"AZURE_STORAGE_CONNECTION_STRING": conn}, _cloud_vars=AZURE_VARS)
+    finally:
+        _stop(proc)
+
+
+def _enable_moto_auth(endpoint: str, region: str) -> tuple[str, str]:
+    """Create an IAM user allowed s3:* with an access key, then make moto check every request's signature."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name=region, aws_access_key_id="setup",
+                       aws_secret_access_key="setup")
+    iam.create_user(UserName="visionsweep-tests")
+    iam.put_user_policy(UserName="visionsweep-tests", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="visionsweep-tests")["AccessKey"]
+    req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+                                 headers={"Content-Type": "text/plain"})  # form-encoded would hide the body
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory) -> Iterator[MotoS3Server]:
+    """A real moto S3 server (``moto_server``) that checks signatures, for this test session."""
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        exe = shutil.which("moto_server")
+        if exe is None:
+            pytest.fail("moto_server is not installed: pip install -e '.[test]' (moto[server])")
+    port = free_port()
+    work = tmp_path_factory.mktemp("moto")
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in AWS_VARS and k != "INITIAL_NO_AUTH_ACTION_COUNT"}
+    proc = _start("moto_server", [str(exe), "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
+                  work / "moto.log", env=env)
+    try:
+        region = "us-east-1"
+        key_id, secret = _enable_moto_auth(endpoint, region)
+        yield MotoS3Server(name="moto", scheme="s3", endpoint=endpoint, pid=proc.pid, log=work / "moto.log",
+                           env_vars={"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
+                                     "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL": endpoint},
+                           _cloud_vars=AWS_VARS, region=region)
+    finally:
+        _stop(proc)
