@@ -34,7 +34,7 @@ def _run(args) -> int:
 
     job = load_job(args.job)
     logging.getLogger().setLevel(_LEVELS[job.spec.log_verbosity])
-    result = run_job(job, args.output)
+    result = run_job(job, args.output, datastores=args.datastores)
     _print_result(result, job.primary_metric)
     return 0
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a job YAML (the managed service's AutoML image job, unchanged)")
     r.add_argument("job")
     r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<time>)")
+    r.add_argument("--datastores", metavar="FILE",
+                   help="YAML map of datastore name -> storage URL for azureml://.../datastores/<name>/paths/... "
+                        "URLs (default: $VISIONSWEEP_DATASTORES)")
     r.set_defaults(fn=_run)
     rs = sub.add_parser("resume", help="continue a sweep whose controller died or was cancelled")
     rs.add_argument("run_dir")

@@ -39,6 +39,7 @@ from scheduler.space import Choice
 from scheduler.spec import Job, parse_job
 from trainers import hyperparameters as hp
 from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
+from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.launch import Group
 from trainers.errors import NotSupportedYet, VisionsweepError
@@ -267,6 +268,7 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
         (run_dir / "job.yml").write_text(job.text)
         (run_dir / "run.json").write_text(json.dumps({
             "source": str(job.source.resolve()) if job.source else None, "base_dir": str(job.base_dir),
+            "datastores": str(Path(datastores).resolve()) if datastores else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
@@ -297,7 +299,8 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, fixed=job.training_parameters,
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
-                             cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary),
+                             cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
+                             credentials=EnvCredentials.from_environ()),
         {"cpu": cpus, "gpu": gpus},
     )
     callbacks: list[Any] = [RunFolderCallback(run_dir, primary, plan.total_trials, echo)]
@@ -421,4 +424,4 @@ def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -
     meta = json.loads(meta_f.read_text())
     job = parse_job((run_dir / "job.yml").read_text(), source=Path(meta["source"]) if meta.get("source") else None,
                     base_dir=Path(meta["base_dir"]))
-    return run_job(job, run_dir, echo, resume=True)
+    return run_job(job, run_dir, echo, resume=True, datastores=meta.get("datastores"))

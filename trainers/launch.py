@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from trainers.data import PreparedData
+from trainers.data.credentials import EnvCredentials
 from trainers.engine import Workers, train
 from trainers.hyperparameters import resolve_hyperparameters
 
@@ -69,13 +70,15 @@ def _materialize(data: PreparedData) -> None:
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
                 weights: dict[str, str], download_weights: bool, cpus: float,
-                init_package: str | None = None, group: Group = Group(), primary: str = "accuracy") -> None:
+                init_package: str | None = None, group: Group = Group(), primary: str = "accuracy",
+                credentials: EnvCredentials = EnvCredentials()) -> None:
     from ray import tune
 
+    credentials.apply()
     h = resolve_hyperparameters(data.task, fixed, config)
     init = init_package or weights.get(h["model_name"])
     if group.workers > 1:
-        _run_group(h, data, init, download_weights, group, primary)
+        _run_group(h, data, init, download_weights, group, primary, credentials)
         return
     _threads(cpus)
     _materialize(data)
@@ -89,14 +92,14 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
 
 
 def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download_weights: bool, group: Group,
-               primary: str) -> None:
+               primary: str, credentials: EnvCredentials) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     loop = functools.partial(_worker_loop, h=h, data=data, init=init, download_weights=download_weights,
-                             group=group)
+                             group=group, credentials=credentials)
     resources = {"CPU": group.cpus_per_worker, **({"GPU": 1} if group.use_gpu else {})}
     trainer = TorchTrainer(
         loop,
@@ -115,11 +118,12 @@ def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download
 
 
 def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData, init: str | None,
-                 download_weights: bool, group: Group) -> None:
+                 download_weights: bool, group: Group, credentials: EnvCredentials) -> None:
     """One worker of a data-parallel trial (Ray Train has set up ``torch.distributed``)."""
     import ray.train
     import ray.train.torch
 
+    credentials.apply()
     ctx = ray.train.get_context()
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
     _threads(group.cpus_per_worker)
