@@ -1,0 +1,231 @@
+"""A real two-node Ray cluster on this machine (cluster/local.py), token auth on, and a sweep submitted to it
+with `ray job submit`, as README.md ## Cluster walks through; plus the cluster-launcher / KubeRay files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.local import MARKER_ENV, LocalCluster
+
+# the tests that start the cluster are marked `ray`; the file checks at the end are not
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
+
+
+def _client_env(cluster_env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any Ray client settings, plus the given ones."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", MARKER_ENV)}
+    env.update(cluster_env)
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _readme_block(start: str) -> str:
+    """The heredoc in README.md ## Cluster that follows the line ending with ``start`` (up to its end marker)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Cluster"):]
+    lines = section.splitlines()
+    i = next(n for n, ln in enumerate(lines) if ln.rstrip().endswith(start))
+    end = re.search(r"<<'(\w+)'", lines[i]).group(1)
+    j = next(n for n in range(i + 1, len(lines)) if lines[n].strip() == end)
+    return "\n".join(lines[i + 1:j]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module, started with the README's command; LocalCluster reads it back from its dir."""
+    d = tmp_path_factory.mktemp("cluster")
+    env = _client_env({})
+    start = _run([sys.executable, "-m", "cluster.local", "start", "--dir", str(d), "--node-timeout", "5"],
+                 env=env, timeout=300, cwd=ROOT)
+    c = LocalCluster.from_dir(d)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.ray
+def test_two_alive_nodes_with_their_own_cpus(cluster):
+    nodes = cluster.alive_nodes()
+    assert len(nodes) == 2
+    assert sorted(n["is_head_node"] for n in nodes) == [False, True]
+    assert [n["resources_total"]["CPU"] for n in nodes] == [1.0, 1.0]
+    # the memory caps reached both nodes (otherwise each would claim the machine's RAM)
+    assert {n["resources_total"]["memory"] for n in nodes} == {2 * 1024**3}
+    # the client environment is what `eval "$(python -m cluster.local env --dir ...)"` exports
+    out = _run([sys.executable, "-m", "cluster.local", "env", "--dir", str(cluster.dir)], env=_client_env({}),
+               cwd=ROOT).stdout
+    exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.splitlines())
+    assert exported == cluster.env()
+    assert exported["RAY_AUTH_MODE"] == "token" and Path(exported["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert oct(Path(exported["RAY_AUTH_TOKEN_PATH"]).stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.ray
+def test_token_auth_is_on(cluster, tmp_path):
+    # the Jobs REST API: 401 without a token, 403 with a wrong one, 200 with the cluster's
+    with pytest.raises(urllib.error.HTTPError) as e:
+        cluster.api("/api/jobs/", token="")
+    assert e.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as e:
+        cluster.api("/api/jobs/", token="0" * 64)
+    assert e.value.code == 403
+    assert isinstance(cluster.api("/api/jobs/"), list)
+
+    # the CLI: a client without RAY_AUTH_MODE=token and the token (and no ~/.ray/auth_token) is refused ...
+    home = tmp_path / "home"
+    home.mkdir()
+    refused = _run([RAY, "job", "list", "--address", cluster.dashboard_url], env={**_client_env({}), "HOME": str(home)})
+    assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr
+    # ... and so is one with token mode on but the wrong token, at the GCS too (`ray status`)
+    wrong = _client_env({**cluster.env(), "RAY_AUTH_TOKEN": "0" * 64, "HOME": str(home)})
+    refused = _run([RAY, "status"], env=wrong)
+    assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr
+    # the README's client environment gets in
+    ok = _run([RAY, "status"], env={**_client_env(cluster.env()), "HOME": str(home)})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("node_") == 2
+
+
+@pytest.mark.ray
+def test_job_submit_runs_a_sweep_to_a_complete_run_folder(cluster, tmp_path):
+    # the README's job folder: the bundled sample as data/, the README's job.yml next to it
+    work = tmp_path / "my-job"
+    work.mkdir()
+    shutil.copytree(SAMPLE, work / "data")
+    (work / "job.yml").write_text(_readme_block("cat > /tmp/my-job/job.yml <<'YML'"))
+    out = tmp_path / "runs" / "my-sweep"
+    env = _client_env(cluster.env())
+    sub_id = f"vs-test-{uuid.uuid4().hex[:8]}"
+    # as in the README (which tails the logs; here: --no-wait, then poll the Jobs API with bounded tries)
+    submit = _run([RAY, "job", "submit", "--no-wait", "--submission-id", sub_id, "--working-dir", str(work),
+                   "--", "visionsweep", "run", "job.yml", "--output", str(out)], env=env)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+
+    status, delay, deadline = None, 0.5, time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = cluster.api(f"/api/jobs/{sub_id}")["status"]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+    if status != "SUCCEEDED":
+        logs = cluster.api(f"/api/jobs/{sub_id}/logs").get("logs", "")
+        pytest.fail(f"job {sub_id} ended {status}:\n{logs[-4000:]}")
+    # the README's status command agrees
+    st = _run([RAY, "job", "status", sub_id], env=env)
+    assert st.returncode == 0 and "succeeded" in (st.stdout + st.stderr).lower()
+
+    # a complete run folder
+    for f in ("job.yml", "job.resolved.yaml", "leaderboard.csv", "summary.json", "best/model.json",
+              "best/model.safetensors", "best/labels.json"):
+        assert (out / f).is_file(), f
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2
+    for t in trials:
+        assert json.loads((t / "status.json").read_text())["status"] == "completed"
+        assert (t / "params.json").is_file() and (t / "metrics.jsonl").read_text().strip()
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    assert len(rows) == 2 and rows[0]["rank"] == "1"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == 2 and summary["best_trial"] == rows[0]["trial_id"]
+    assert {t.name for t in trials} == {r["trial_id"] for r in rows}
+
+
+@pytest.mark.ray
+def test_stop_worker_leaves_the_head_running(cluster):
+    head_before = cluster.pids("head")
+    worker = cluster.pids("worker")
+    assert worker
+    cluster.stop_worker(wait_dead=True, timeout=60)
+    assert not any(p in cluster.pids() for p in worker)
+    assert len(cluster.alive_nodes()) == 1 and cluster.alive_nodes()[0]["is_head_node"]
+    assert set(head_before) <= set(cluster.pids("head"))
+
+
+@pytest.mark.ray
+def test_stop_ends_our_processes_only(cluster):
+    ours = cluster.pids()
+    assert ours
+    temp_dir = cluster.state["temp_dir"]
+    # a sentinel that looks like a Ray process of this very cluster (name and temp dir on its command line)
+    # but was not started by it: `ray stop` would match it by name; stop() must not touch it
+    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "raylet",
+                                 f"--temp_dir={temp_dir}"], env=_client_env({}), start_new_session=True)
+    try:
+        cluster.stop()
+        assert cluster.pids() == {}
+        for pid, start in ours.items():
+            stat = Path(f"/proc/{pid}/stat")
+            # gone, a zombie waiting for its reaper, or the pid reused by a newer process
+            assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX" \
+                or int(stat.read_text().rsplit(")", 1)[1].split()[19]) != start, pid
+        assert sentinel.poll() is None, "stop() killed a process it did not start"
+        assert not Path(temp_dir).exists()
+        with pytest.raises(urllib.error.URLError):
+            cluster.api("/api/jobs/", timeout=2)
+        # the CLI agrees: nothing running
+        assert _run([sys.executable, "-m", "cluster.local", "status", "--dir", str(cluster.dir)],
+                    env=_client_env({}), cwd=ROOT).returncode == 1
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+
+
+def test_cluster_launcher_yamls_validate():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for name, provider, gpu_type in [("azure-gpu.yaml", "azure", "Standard_NC24ads_A100_v4"),
+                                     ("aws-gpu.yaml", "aws", "g5.")]:
+        text = (ROOT / "cluster" / name).read_text()
+        cfg = yaml.safe_load(text)
+        validate_config(prepare_config(cfg))    # as `ray up` does: provider defaults filled in, Ray's schema
+        assert cfg["provider"]["type"] == provider
+        assert cfg["docker"]["image"] == "rayproject/ray:2.60.0-py311-gpu"
+        assert any("RAY_AUTH_MODE=token" in o for o in cfg["docker"]["run_options"])
+        assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"   # the container's ~
+        assert gpu_type in text
+        assert any("visionsweep" in c for c in cfg["setup_commands"])
+        workers = [t for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
+        assert workers and all(t["max_workers"] > t.get("min_workers", 0) for t in workers)   # autoscaling
+        # no secrets in the file: credentials come from the job's runtime_env or the nodes' identity
+        assert not re.search(r"AccountKey=|AWS_SECRET_ACCESS_KEY\s*[:=]\s*\S|sig=", text)
+
+
+def test_kuberay_manifest():
+    docs = [d for d in yaml.safe_load_all((ROOT / "cluster" / "kuberay.yaml").read_text()) if d]
+    kinds = {d["kind"]: d for d in docs}
+    assert {"RayCluster", "RayJob"} <= set(kinds)
+    for spec in (kinds["RayCluster"]["spec"], kinds["RayJob"]["spec"]["rayClusterSpec"]):
+        assert spec["authOptions"]["mode"] == "token"
+        workers = spec["workerGroupSpecs"]
+        assert any(c["resources"]["limits"].get("nvidia.com/gpu")
+                   for w in workers for c in w["template"]["spec"]["containers"])
+    job = kinds["RayJob"]["spec"]
+    assert job["entrypoint"] == "visionsweep run job.yml --output az://runs/my-sweep"
+    envs = [e for c in job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+            for e in c.get("env", [])]
+    assert any("secretKeyRef" in e.get("valueFrom", {}) for e in envs)
+    assert not any("value" in e and "AccountKey=" in str(e["value"]) for e in envs)
