@@ -28,12 +28,22 @@ _LEVELS = {"not_set": logging.WARNING, "debug": logging.DEBUG, "info": logging.I
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
+OWN_LOGGERS = ("scheduler", "trainers", "serving", "cluster")
+
+
+def set_verbosity(level: str) -> None:
+    """``log_verbosity`` governs visionsweep's own logging; storage SDKs and other libraries stay at WARNING
+    (at ``debug`` the Azure SDK alone logs every HTTP request of every image)."""
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(_LEVELS[level])
+
+
 def _run(args) -> int:
     from scheduler.controller import run_job
     from scheduler.spec import load_job
 
     job = load_job(args.job)
-    logging.getLogger().setLevel(_LEVELS[job.spec.log_verbosity])
+    set_verbosity(job.spec.log_verbosity)
     result = run_job(job, args.output, datastores=args.datastores)
     _print_result(result, job.primary_metric)
     return 0
@@ -43,11 +53,12 @@ def _print_result(result, primary: str) -> None:
     from scheduler.leaderboard import format_table
 
     print(format_table(result.rows, primary))
-    print(f"\nrun folder: {result.run_dir}")
+    where = result.location or str(result.run_dir)
+    print(f"\nrun folder: {where}")
     if result.best_trial:
         print(f"best trial: {result.best_trial} ({primary} {result.best_metric:.4f}); "
-              f"model package: {result.run_dir / 'best'}")
-    print(f"report: {result.run_dir / 'report.html'}")
+              f"model package: {where}/best")
+    print(f"report: {where}/report.html")
     print(f"time: {result.elapsed_s:.1f}s" + (" (stopped at timeout_minutes)" if result.timed_out else ""))
 
 
@@ -55,7 +66,7 @@ def _resume(args) -> int:
     from scheduler.controller import resume_run
 
     result = resume_run(args.run_dir)
-    _print_result(result, json.loads((Path(args.run_dir) / "summary.json").read_text())["primary_metric"])
+    _print_result(result, json.loads((result.run_dir / "summary.json").read_text())["primary_metric"])
     return 0
 
 

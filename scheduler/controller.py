@@ -35,6 +35,7 @@ import yaml
 
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+from scheduler.runstore import RunStore, mirror_callback
 from scheduler.space import Choice
 from scheduler.spec import Job, parse_job
 from trainers import hyperparameters as hp
@@ -48,18 +49,20 @@ from trainers.package import copy_package
 log = logging.getLogger(__name__)
 SWEEP = "sweep"  # Tune experiment name under RUN/ray
 TRAIN = "train"  # Ray Train runs of data-parallel trials under RUN/ray, one per trial id
+STATE_SYNC_S = 2  # seconds between uploads of Tune's experiment state (TUNE_GLOBAL_CHECKPOINT_S is 2 too)
 DRIVER_CPUS = 0.1  # what the driver of a data-parallel trial reserves: it only waits on its workers
 
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path  # on this machine (the staging copy of a run folder on storage)
     rows: list[dict[str, Any]]
     best_trial: str | None
     best_metric: float | None
     elapsed_s: float
     timed_out: bool
     notes: list[str] = field(default_factory=list)
+    location: str = ""  # the run folder as the user named it: a local path or a storage URL
 
 
 @dataclass
@@ -221,7 +224,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
 
 # --- running --------------------------------------------------------------------------------------
 
-def plan_group(job: Job, gpus_per_node: float, run_dir: Path) -> Group:
+def plan_group(job: Job, gpus_per_node: float, store: RunStore) -> Group:
     """Workers per trial (§3.6, §3.8, §11.1): nodes x workers per node; one worker runs in-process.
 
     ``distributed`` unset or true: a trial takes every GPU of its node; false: one GPU. On a CPU-only
@@ -237,7 +240,8 @@ def plan_group(job: Job, gpus_per_node: float, run_dir: Path) -> Group:
         per_node = 1
     return Group(workers=nodes * per_node, use_gpu=gpus_per_node > 0, cpus_per_worker=ext.cpus_per_trial,
                  spread=nodes > 1, max_failures=ext.trial_retries, amp=ext.mixed_precision,
-                 channels_last=ext.channels_last, storage_path=str(run_dir / "ray" / "train"))
+                 channels_last=ext.channels_last, **dict(zip(("storage_path", "storage_filesystem"),
+                                                             store.ray_storage(TRAIN))))
 
 
 def _local_gpus() -> int:
@@ -250,20 +254,30 @@ def _echo_default(s: str) -> None:
     print(s, file=sys.stderr, flush=True)
 
 
-def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], None] | None = None,
+def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callable[[str], None] | None = None,
             resume: bool = False, datastores: str | None = None) -> RunResult:
-    """Run a validated job on the connected Ray cluster and write its run folder."""
+    """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL)."""
+    echo = echo or _echo_default
+    check_supported(job)
+    t0 = time.time()
+    store = output if isinstance(output, RunStore) else RunStore.at(output or default_run_dir(job))
+    run_dir = store.local
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(job, store, echo, resume, datastores, t0)
+    finally:
+        store.close()  # the run folder on storage gets every file, even when the sweep failed
+
+
+def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, datastores: str | None,
+         t0: float) -> RunResult:
     from ray import tune
 
     from cluster.connect import connect, gpus_per_node
     from scheduler.tracking import MlflowTracker
     from trainers.launch import train_trial
 
-    echo = echo or _echo_default
-    check_supported(job)
-    t0 = time.time()
-    run_dir = (Path(output) if output else default_run_dir(job)).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = store.local
     if not resume:
         (run_dir / "job.yml").write_text(job.text)
         (run_dir / "run.json").write_text(json.dumps({
@@ -273,7 +287,9 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
     init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
 
+    store.push()
     data = _prepare(job, run_dir, datastores)
+    store.push()
     echo(f"data: {len(data.train)} training / {len(data.valid)} validation images, {len(data.classes)} classes")
     for w in data.warnings:
         echo(f"warning: {w}")
@@ -285,7 +301,7 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
     primary = job.primary_metric
     node_gpus = gpus_per_node()
     has_gpu = node_gpus > 0
-    group = plan_group(job, node_gpus, run_dir)
+    group = plan_group(job, node_gpus, store)
     plan = build_plan(job, has_gpu, run_dir)
     for n in plan.notes:
         echo(n)
@@ -303,20 +319,21 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
                              credentials=EnvCredentials.from_environ()),
         {"cpu": cpus, "gpu": gpus},
     )
-    callbacks: list[Any] = [RunFolderCallback(run_dir, primary, plan.total_trials, echo)]
+    callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo), mirror_callback(store)]
     tracker = None
     if ext.tracking.enabled:
         tracker = MlflowTracker(run_dir, ext.tracking.uri, ext.tracking.experiment or spec.experiment_name or
                                 "visionsweep", spec.name or run_dir.name, primary)
         callbacks.append(tracker)
     budget_s = spec.limits.timeout_minutes * 60
-    experiment = run_dir / "ray" / SWEEP
+    storage_path, storage_fs = store.ray_storage()
     if resume:
         from ray.tune import Tuner
 
-        if not (experiment / "tuner.pkl").is_file():
-            raise VisionsweepError(f"{run_dir}: nothing to resume (no Ray Tune experiment in {experiment})")
-        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        if not store.exists(f"ray/{SWEEP}/tuner.pkl"):
+            raise VisionsweepError(f"{store.where}: nothing to resume (no Ray Tune experiment in ray/{SWEEP})")
+        tuner = Tuner.restore(f"{storage_path}/{SWEEP}", trainable, resume_unfinished=True, resume_errored=True,
+                              storage_filesystem=storage_fs)
         echo(f"resume: {sum(r.finished for r in read_trials(run_dir).values())} finished trial(s) kept")
     else:
         tuner = tune.Tuner(
@@ -327,7 +344,11 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
                 time_budget_s=budget_s, trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=SWEEP, storage_path=str(run_dir / "ray"), verbose=0, callbacks=callbacks,
+                name=SWEEP, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+                callbacks=callbacks,
+                # On storage, Tune uploads its experiment state at most every sync_period (default 5 min):
+                # resume can only go on from the last upload, so keep it as fresh as the local snapshot.
+                sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),
                 failure_config=tune.FailureConfig(max_failures=ext.trial_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
                                                         checkpoint_score_order="max"),
@@ -344,25 +365,26 @@ def run_job(job: Job, output: str | Path | None = None, echo: Callable[[str], No
         elapsed = time.time() - t0
         timed_out = elapsed >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
-    return finish_run(job, run_dir, t0, timed_out, tracker, plan.notes)
+    return finish_run(job, store, t0, timed_out, tracker, plan.notes)
 
 
 def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def finish_run(job: Job, run_dir: Path, t0: float, timed_out: bool, tracker=None,
+def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=None,
                notes: list[str] | None = None) -> RunResult:
     """Leaderboard, best model package, report, tracking and summary, all from the run folder's files."""
     primary, ext = job.primary_metric, job.spec.visionsweep
+    run_dir = store.local
     default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[job.task]
     rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
     write_leaderboard(run_dir / "leaderboard.csv", rows)
-    best_trial, best_metric = export_best(run_dir, rows, primary)
+    best_trial, best_metric = export_best(store, rows, primary)
     summary: dict[str, Any] = {
         "mode": job.mode, "task": job.task, "primary_metric": primary, "trials": len(rows),
         "best_trial": best_trial, "best_metric": best_metric, "elapsed_s": round(time.time() - t0, 1),
-        "timed_out": timed_out, "best_package": str(run_dir / "best") if best_trial else None,
+        "timed_out": timed_out, "best_package": f"{store.where}/best" if best_trial else None,
         "stopped_early": sum(r["status"].startswith("stopped (") and r["status"] != "stopped (timeout)"
                              for r in rows),
         "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
@@ -381,31 +403,34 @@ def finish_run(job: Job, run_dir: Path, t0: float, timed_out: bool, tracker=None
         write_report(run_dir)
     except Exception as e:  # the report is a view; never fail the run for it
         log.warning("report not written: %s", e)
-    return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [])
+    return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [], store.where)
 
 
-def _checkpoints(run_dir: Path, trial_id: str) -> list[Path]:
+def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
     """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
-    return sorted([*(run_dir / "ray" / SWEEP / trial_id).glob("checkpoint_*"),
-                   *(run_dir / "ray" / TRAIN / trial_id).glob("checkpoint_*")])
+    return store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*") + store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*")
 
 
-def export_best(run_dir: Path, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
-    """Copy the best trial's best checkpoint (a model package) to ``run_dir/best``."""
+def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
+    """Copy the best trial's best checkpoint (a model package) to ``<run>/best``."""
+    run_dir = store.local
     best_dir = run_dir / "best"
     for row in rows:  # best first: the first trial with a checkpoint wins
         if row.get(primary) is None:
             continue
         scored = []
-        for ck in _checkpoints(run_dir, row["trial_id"]):
-            m = ck / "metrics.json"
-            if m.is_file():
-                scored.append((json.loads(m.read_text()).get(primary, -math.inf), ck.name, ck))
+        for ck in _checkpoints(store, row["trial_id"]):
+            try:
+                value = json.loads(store.read_text(f"{ck}/metrics.json")).get(primary, -math.inf)
+            except (FileNotFoundError, ValueError):
+                continue
+            scored.append((value, ck.rsplit("/", 1)[-1], ck))
         if not scored:
             continue
         _, _, ck = max(scored)
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
-            copy_package(ck, Path(tmp) / "best")
+            store.download(ck, Path(tmp) / "ckpt")
+            copy_package(Path(tmp) / "ckpt", Path(tmp) / "best")
             if best_dir.exists():
                 shutil.rmtree(best_dir)
             shutil.move(str(Path(tmp) / "best"), best_dir)
@@ -416,12 +441,18 @@ def export_best(run_dir: Path, rows: list[dict[str, Any]], primary: str) -> tupl
 
 
 def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -> RunResult:
-    """Continue a sweep whose controller died or was cancelled (§8.7 "resume child runs")."""
-    run_dir = Path(run_dir).resolve()
+    """Continue a sweep whose controller died or was cancelled (§8.7 "resume child runs").
+
+    ``run_dir`` may be a storage URL: its files are copied to a staging folder first, so a sweep whose
+    controller's node was lost goes on from any machine.
+    """
+    store = RunStore.at(run_dir)
+    store.pull()
+    run_dir = store.local
     meta_f = run_dir / "run.json"
     if not meta_f.is_file():
-        raise VisionsweepError(f"{run_dir}: not a visionsweep run folder (no run.json)")
+        raise VisionsweepError(f"{store.where}: not a visionsweep run folder (no run.json)")
     meta = json.loads(meta_f.read_text())
     job = parse_job((run_dir / "job.yml").read_text(), source=Path(meta["source"]) if meta.get("source") else None,
                     base_dir=Path(meta["base_dir"]))
-    return run_job(job, run_dir, echo, resume=True, datastores=meta.get("datastores"))
+    return run_job(job, store, echo, resume=True, datastores=meta.get("datastores"))

@@ -118,10 +118,17 @@ def _stderr(s: str) -> None:
 
 
 class RunFolderCallback(Callback):
-    def __init__(self, run_dir: Path, primary: str, total: int, echo: Callable[[str], None] = _stderr):
-        self.run_dir, self.primary, self.total, self.echo = Path(run_dir), primary, total, echo
+    def __init__(self, run_dir: Any, primary: str, total: int, echo: Callable[[str], None] = _stderr):
+        # A path, or a RunStore: Tune pickles its callbacks with the experiment, and a sweep resumed from
+        # storage on another machine must write to that machine's staging folder, not the lost one's.
+        self._where = run_dir if hasattr(run_dir, "local") else Path(run_dir)
+        self.primary, self.total, self.echo = primary, total, echo
         self.t0 = time.time()
         self._trials: dict[str, TrialRecord] | None = None  # loaded from the files on first use (resume)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(getattr(self._where, "local", self._where))
 
     @property
     def trials(self) -> dict[str, TrialRecord]:
