@@ -11,6 +11,9 @@ A fixture yields a :class:`StorageServer`:
 * ``create(store)``: a container (Azurite) or bucket (moto); ``upload_tree(store, folder, prefix)``:
   uploads a local folder tree and returns the fsspec URL of ``prefix``; ``url(store, key)``.
 
+Scripts (``bench/``) start the same servers without pytest through the context managers
+``azurite_server(work_dir)`` and ``moto_s3_server(work_dir)``, which the fixtures use too.
+
 Azurite comes from npm (``make setup`` installs it into ``.test-tools/``); moto_server from the test extra.
 moto checks request signatures: the fixture creates an IAM user with an access key and an S3 policy, then
 turns authentication on, so a wrong secret gets ``SignatureDoesNotMatch`` as from AWS.
@@ -194,16 +197,20 @@ class MotoS3Server(StorageServer):
         self.client().put_object(Bucket=store, Key=key, Body=data)
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory) -> Iterator[AzuriteServer]:
-    """A real Azurite blob service for this test session (``make setup`` installs it)."""
-    if not AZURITE_BIN.exists() or shutil.which("node") is None:
-        msg = f"Azurite is not installed ({AZURITE_BIN}): run `make setup`"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+def azurite_installed() -> bool:
+    return AZURITE_BIN.exists() and shutil.which("node") is not None
+
+
+@contextlib.contextmanager
+def azurite_server(work: Path) -> Iterator[AzuriteServer]:
+    """Start Azurite on a free port with its data and log under ``work``; stop it (by PID) at the end.
+
+    For scripts (``bench/``) as well as the fixture; raises ``RuntimeError`` when it does not come up."""
+    if not azurite_installed():
+        raise RuntimeError(f"Azurite is not installed ({AZURITE_BIN}): run `make setup`")
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    work = tmp_path_factory.mktemp("azurite")
     endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     cmd = [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(work / "data"),
            "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
@@ -215,6 +222,18 @@ def azurite(tmp_path_factory) -> Iterator[AzuriteServer]:
                             env_vars={"AZURE_STORAGE_CONNECTION_STRING": conn}, _cloud_vars=AZURE_VARS)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory) -> Iterator[AzuriteServer]:
+    """A real Azurite blob service for this test session (``make setup`` installs it)."""
+    if not azurite_installed():
+        msg = f"Azurite is not installed ({AZURITE_BIN}): run `make setup`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with azurite_server(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
 
 
 def _enable_moto_auth(endpoint: str, region: str) -> tuple[str, str]:
@@ -234,19 +253,26 @@ def _enable_moto_auth(endpoint: str, region: str) -> tuple[str, str]:
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
-@pytest.fixture(scope="session")
-def moto_s3(tmp_path_factory) -> Iterator[MotoS3Server]:
-    """A real moto S3 server (``moto_server``) that checks signatures, for this test session."""
+def moto_server_exe() -> str | None:
     exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        exe = shutil.which("moto_server")
-        if exe is None:
-            pytest.fail("moto_server is not installed: pip install -e '.[test]' (moto[server])")
+    return str(exe) if exe.exists() else shutil.which("moto_server")
+
+
+@contextlib.contextmanager
+def moto_s3_server(work: Path) -> Iterator[MotoS3Server]:
+    """Start moto_server (signature checks on) on a free port, its log under ``work``; stop it (by PID) at the end.
+
+    For scripts (``bench/``) as well as the fixture; raises ``RuntimeError`` when it is missing or does not
+    come up."""
+    exe = moto_server_exe()
+    if exe is None:
+        raise RuntimeError("moto_server is not installed: pip install -e '.[test]' (moto[server])")
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    work = tmp_path_factory.mktemp("moto")
     endpoint = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in AWS_VARS and k != "INITIAL_NO_AUTH_ACTION_COUNT"}
-    proc = _start("moto_server", [str(exe), "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
+    proc = _start("moto_server", [exe, "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
                   work / "moto.log", env=env)
     try:
         region = "us-east-1"
@@ -257,3 +283,12 @@ def moto_s3(tmp_path_factory) -> Iterator[MotoS3Server]:
                            _cloud_vars=AWS_VARS, region=region)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory) -> Iterator[MotoS3Server]:
+    """A real moto S3 server (``moto_server``) that checks signatures, for this test session."""
+    if moto_server_exe() is None:
+        pytest.fail("moto_server is not installed: pip install -e '.[test]' (moto[server])")
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server

@@ -132,12 +132,17 @@ def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: 
     return [r for r, (p, _) in zip(records, results) if not p]
 
 
-def map_threads(fn: Callable[[Any], Any], items: Sequence[Any], threads: int = IO_THREADS) -> list[Any]:
-    """``fn`` over ``items`` on a thread pool, in order (storage reads of a batch, read ahead together)."""
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``fn`` over ``items`` on this process's I/O thread pool, in order (a batch's storage reads together)."""
+    global _POOL
     if len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
+    if _POOL is None or _POOL[0] != os.getpid():  # DataLoader workers are forked: each needs its own pool
+        _POOL = (os.getpid(), ThreadPoolExecutor(IO_THREADS, thread_name_prefix="visionsweep-io"))
+    return list(_POOL[1].map(fn, items))
 
 
 def default_cache_dir() -> str:
