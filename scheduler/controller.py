@@ -316,7 +316,9 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         tune.with_parameters(train_trial, data=data, fixed=job.training_parameters,
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
                              cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
-                             credentials=EnvCredentials.from_environ()),
+                             credentials=EnvCredentials.from_environ(),
+                             failed={t.trial_id: t.error or "failed" for t in read_trials(run_dir).values()
+                                     if t.status == "error" and not t.retry}),
         {"cpu": cpus, "gpu": gpus},
     )
     callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo), mirror_callback(store)]

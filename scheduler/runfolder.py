@@ -37,6 +37,7 @@ class TrialRecord:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
+    retry: bool = True  # False: the error came from the job's own settings or data; resume does not re-train it
 
     @property
     def finished(self) -> bool:
@@ -85,12 +86,13 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
         st = st if isinstance(st, dict) else {}
         params = read_json(d / "params.json", {})
         out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, _read_metrics(d),
-                                  str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"))
+                                  str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"),
+                                  st.get("retry", True))
     return out
 
 
 def write_status(run_dir: Path, rec: TrialRecord) -> None:
-    doc = {"status": rec.status, "error": rec.error, "evaluations": len(rec.metrics),
+    doc = {"status": rec.status, "error": rec.error, "retry": rec.retry, "evaluations": len(rec.metrics),
            "started": rec.started, "ended": rec.ended}
     (trial_dir(run_dir, rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -175,9 +177,9 @@ class RunFolderCallback(Callback):
             f.write(json.dumps(row, default=float) + "\n")
         self._progress(f"{trial.trial_id} epoch {epoch}: {self.primary} {result[self.primary]:.4f}")
 
-    def _end(self, trial, status: str, error: str | None = None) -> None:
+    def _end(self, trial, status: str, error: str | None = None, retry: bool = True) -> None:
         rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
-        rec.status, rec.error, rec.ended = status, error, time.time()
+        rec.status, rec.error, rec.ended, rec.retry = status, error, time.time(), retry
         write_status(self.run_dir, rec)
         self._progress(f"{status} {trial.trial_id}" + (f": {error}" if error else ""))
 
@@ -191,15 +193,21 @@ class RunFolderCallback(Callback):
             self._end(trial, "stopped")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "error", _error_summary(trial))
+        self._end(trial, "error", *_error_summary(trial))
 
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _error_summary(trial) -> str:
-    """The user-facing message of a trial's error (its last exception line), not the Ray traceback."""
+# Errors of the job's own settings or data (trainers.errors and subclasses): the same trial fails the same
+# way every time, so a resumed sweep does not train it again.
+SETTINGS_ERRORS = ("VisionsweepError", "SpecError", "DataError", "NotSupportedYet", "TrainingError")
+
+
+def _error_summary(trial) -> tuple[str, bool]:
+    """The user-facing message of a trial's error (its last exception line, not the Ray traceback), and
+    whether a retry could help (False for errors of the job's settings or data)."""
     try:
         text = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:
@@ -208,5 +216,5 @@ def _error_summary(trial) -> str:
     for ln in reversed(lines):
         head = ln.split(": ", 1)[0]
         if head.endswith(("Error", "Exception", "NotSupportedYet")) and ": " in ln:
-            return ln.split(": ", 1)[1]
-    return lines[-1] if lines else "trial failed"
+            return ln.split(": ", 1)[1], head.rsplit(".", 1)[-1] not in SETTINGS_ERRORS
+    return (lines[-1] if lines else "trial failed"), True

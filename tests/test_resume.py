@@ -81,3 +81,29 @@ visionsweep: {{tracking: {{enabled: false}}}}
     assert any(m.get("resumed_from_epoch", 0) >= 1 for m in resumed.metrics)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["trials"] == 3 and (run / "best" / "model.safetensors").is_file()
+
+
+def test_resume_does_not_train_a_trial_that_failed_on_its_settings_again(ray_session, small_mltable, tmp_path):
+    from scheduler.controller import resume_run, run_job
+    from tests.test_sweep import make_job
+
+    # vits16r224 needs equal training and validation crops (§6.4): that trial fails on its settings
+    job = make_job(small_mltable, """\
+limits: {max_trials: 2}
+search_space:
+  - model_name: {type: choice, values: [resnet18, vits16r224]}
+sweep: {sampling_algorithm: grid}
+visionsweep: {tracking: {enabled: false}}
+""", epochs=1)
+    job.training_parameters.update(validation_resize_size=48, validation_crop_size=48)
+    run = tmp_path / "run"
+    run_job(job, run, echo=lambda s: None)
+    first = {t.params["model_name"]: t for t in read_trials(run).values()}
+    assert first["vits16r224"].status == "error" and first["vits16r224"].retry is False
+    assert "training_crop_size == validation_crop_size" in first["vits16r224"].error
+
+    resume_run(run, echo=lambda s: None)
+    after = {t.params["model_name"]: t for t in read_trials(run).values()}
+    failed = after["vits16r224"]
+    assert failed.status == "error" and "not trained again" in failed.error and not failed.metrics
+    assert after["resnet18"].status == "completed" and after["resnet18"].started == first["resnet18"].started

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
 from trainers.engine import Workers, train
+from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
 
 
@@ -71,9 +72,14 @@ def _materialize(data: PreparedData) -> None:
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
                 weights: dict[str, str], download_weights: bool, cpus: float,
                 init_package: str | None = None, group: Group = Group(), primary: str = "accuracy",
-                credentials: EnvCredentials = EnvCredentials()) -> None:
+                credentials: EnvCredentials = EnvCredentials(), failed: dict[str, str] | None = None) -> None:
+    """The Tune trainable. ``failed``: trials of a resumed sweep that failed on the job's own settings or
+    data; they fail again at once with their first error instead of being trained again."""
     from ray import tune
 
+    previous = (failed or {}).get(tune.get_context().get_trial_id())
+    if previous is not None:
+        raise VisionsweepError(f"{previous} (failed the same way before the sweep was resumed; not trained again)")
     credentials.apply()
     h = resolve_hyperparameters(data.task, fixed, config)
     init = init_package or weights.get(h["model_name"])
