@@ -2,7 +2,7 @@
 
 Run folder::
 
-    job.yml                 the job exactly as submitted (run.json: where it came from, for resume)
+    job.yml                 the job as submitted, credentials in storage_options as *** (run.json: its source)
     job.resolved.yaml       the job as it runs (defaults, clamped limits, v2 names, mode)
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
     trials/<id>/            params.json, metrics.jsonl (one line per evaluation), status.json
@@ -279,7 +279,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
 
     run_dir = store.local
     if not resume:
-        (run_dir / "job.yml").write_text(job.text)
+        (run_dir / "job.yml").write_text(job.redacted_text())
         (run_dir / "run.json").write_text(json.dumps({
             "source": str(job.source.resolve()) if job.source else None, "base_dir": str(job.base_dir),
             "datastores": str(Path(datastores).resolve()) if datastores else None,
@@ -455,6 +455,12 @@ def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -
     if not meta_f.is_file():
         raise VisionsweepError(f"{store.where}: not a visionsweep run folder (no run.json)")
     meta = json.loads(meta_f.read_text())
-    job = parse_job((run_dir / "job.yml").read_text(), source=Path(meta["source"]) if meta.get("source") else None,
-                    base_dir=Path(meta["base_dir"]))
+    source = Path(meta["source"]) if meta.get("source") else None
+    stored = (run_dir / "job.yml").read_text()
+    job = parse_job(stored, source=source, base_dir=Path(meta["base_dir"]))
+    if job.redacted_text() != stored and source is not None and source.is_file():
+        # the run folder keeps credentials as ***: take them from the job file it was started from
+        original = parse_job(source.read_text(), source=source, base_dir=Path(meta["base_dir"]))
+        if original.redacted_text() == stored:
+            job = original
     return run_job(job, store, echo, resume=True, datastores=meta.get("datastores"))

@@ -17,6 +17,7 @@ change the meaning of a spec key.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -29,6 +30,7 @@ from trainers import hyperparameters as hp
 from trainers.errors import SpecError
 
 _FORBID = ConfigDict(extra="forbid", populate_by_name=True)
+_SECRET_KEY = re.compile(r"key|secret|token|password|sas|credential|connection_string|sig", re.IGNORECASE)
 
 
 class DataInput(BaseModel):
@@ -252,9 +254,30 @@ class Job:
             return self.spec.validation_data_size
         return self.training_parameters.get("split_ratio") or 0.2
 
+    def secrets(self) -> list[str]:
+        """Values under ``visionsweep.storage_options`` that look like credentials (keys, tokens, SAS,
+        passwords, connection strings): never written to the run folder or printed."""
+        out = []
+        for opts in self.spec.visionsweep.storage_options.values():
+            for k, v in opts.items():
+                if _SECRET_KEY.search(k) and isinstance(v, str) and v:
+                    out.append(v)
+        return out
+
+    def redacted_text(self) -> str:
+        """The job file as submitted, with credential values replaced by ``***``."""
+        text = self.text
+        for v in self.secrets():
+            text = text.replace(v, "***")
+        return text
+
     def resolved(self) -> dict[str, Any]:
-        """The job as it will run: defaults filled in, limits clamped, v2 key names."""
+        """The job as it will run: defaults filled in, limits clamped, v2 key names; credentials as ``***``."""
         d = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for opts in d.get("visionsweep", {}).get("storage_options", {}).values():
+            for k in opts:
+                if _SECRET_KEY.search(k):
+                    opts[k] = "***"
         d["primary_metric"] = self.primary_metric
         d["training_parameters"] = dict(self.training_parameters)
         d["training_parameters"]["advanced_settings"] = self.advanced.model_dump()

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scheduler.spec import load_job, parse_job
 from scheduler.space import Choice, LogUniform, QUniform
@@ -225,3 +226,27 @@ def test_choice_values_are_coerced_to_the_parameter_type():
     j = job("search_space:\n  - early_stopping: {type: choice, values: [0, 1]}\nsweep: {sampling_algorithm: grid}\n")
     assert isinstance(j.search_space[0]["early_stopping"], Choice)
     assert j.search_space[0]["early_stopping"].values == [False, True]
+
+
+def test_credentials_in_storage_options_are_never_shown(tmp_path, capsys):
+    from scheduler.cli import main
+
+    job = tmp_path / "job.yml"
+    job.write_text("""\
+task: image_classification
+target_column_name: label
+training_data: {path: data}
+visionsweep:
+  storage_options:
+    az: {account_name: acct, account_key: S3cr3tK3y==, anon: false}
+    s3: {key: AKIAEXAMPLE, secret: wJalrXUtnFEMI, client_kwargs: {region_name: eu-west-1}}
+""")
+    parsed = load_job(job)
+    resolved = yaml.safe_dump(parsed.resolved())
+    for secret in ("S3cr3tK3y==", "AKIAEXAMPLE", "wJalrXUtnFEMI"):
+        assert secret not in resolved and secret not in parsed.redacted_text()
+    assert "account_name: acct" in resolved and "region_name: eu-west-1" in resolved
+    capsys.readouterr()
+    assert main(["validate", str(job)]) == 0
+    printed = capsys.readouterr().out
+    assert "account_key: '***'" in printed and "S3cr3tK3y==" not in printed and "wJalrXUtnFEMI" not in printed
