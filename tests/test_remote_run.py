@@ -13,34 +13,16 @@ import time
 
 import pytest
 
+from tests.test_resume import sequential_grid_job
+
 pytestmark = pytest.mark.ray
 
 CLI = [sys.executable, "-m", "scheduler.cli"]
 
 
 def _job(tmp_path, data) -> str:
-    job = tmp_path / "job.yml"
-    job.write_text(f"""\
-task: image_classification
-target_column_name: label
-log_verbosity: debug
-training_data: {{path: {data}}}
-limits: {{max_trials: 3, max_concurrent_trials: 1}}
-training_parameters:
-  model_name: resnet18
-  number_of_epochs: 4
-  optimizer: adamw
-  warmup_cosine_lr_warmup_epochs: 0
-  early_stopping: 0
-  training_batch_size: 8
-  training_crop_size: 32
-  validation_resize_size: 32
-  validation_crop_size: 32
-search_space:
-  - learning_rate: {{type: choice, values: [0.001, 0.002, 0.003]}}
-sweep: {{sampling_algorithm: grid}}
-visionsweep: {{tracking: {{enabled: false}}}}
-""")
+    job = tmp_path / "job.yml"  # log_verbosity: debug must not turn on the storage SDK's request logs
+    job.write_text(sequential_grid_job(data, epochs=4, extra="log_verbosity: debug\n"))
     return str(job)
 
 

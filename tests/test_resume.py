@@ -16,16 +16,16 @@ from scheduler.runfolder import read_trials
 pytestmark = pytest.mark.ray
 
 
-def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
-    job = tmp_path / "job.yml"
-    job.write_text(f"""\
+def sequential_grid_job(data, epochs: int, extra: str = "") -> str:
+    """Three grid points, one at a time: a sweep that can be interrupted between and inside trials."""
+    return f"""\
 task: image_classification
 target_column_name: label
-training_data: {{path: {small_mltable}}}
+training_data: {{path: {data}}}
 limits: {{max_trials: 3, max_concurrent_trials: 1}}
 training_parameters:
   model_name: resnet18
-  number_of_epochs: 6
+  number_of_epochs: {epochs}
   optimizer: adamw
   warmup_cosine_lr_warmup_epochs: 0
   early_stopping: 0
@@ -37,7 +37,12 @@ search_space:
   - learning_rate: {{type: choice, values: [0.001, 0.002, 0.003]}}
 sweep: {{sampling_algorithm: grid}}
 visionsweep: {{tracking: {{enabled: false}}}}
-""")
+""" + extra
+
+
+def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
+    job = tmp_path / "job.yml"
+    job.write_text(sequential_grid_job(small_mltable, epochs=6))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "scheduler.cli"]
     proc = subprocess.Popen(cmd + ["run", str(job), "--output", str(run)], stdout=subprocess.DEVNULL,

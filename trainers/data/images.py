@@ -59,14 +59,8 @@ class ImageStore:
 
     def read(self, url: str, where: str | None = None) -> bytes:
         """The bytes of one image; ``DataError`` naming the object (and ``where``, its JSONL line)."""
-        if not is_remote(url):
-            try:
-                with open(url.removeprefix("file://"), "rb") as f:
-                    return f.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                raise DataError(f"{where + ': ' if where else ''}image not found: {url}") from None
-            except OSError as e:
-                raise DataError(f"{where + ': ' if where else ''}cannot read image {url}: {e}") from None
+        if not is_remote(url):  # local files are read directly: caching them would copy the disk to itself
+            return storage.read_bytes(url, where=where)
         fetch = lambda: storage.read_bytes(url, self.storage_options, where=where)  # noqa: E731
         cache = self.cache()
         return fetch() if cache is None else cache.get(url, fetch)
