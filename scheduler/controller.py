@@ -244,6 +244,28 @@ def plan_group(job: Job, gpus_per_node: float, store: RunStore) -> Group:
                                                              store.ray_storage(TRAIN))))
 
 
+def capacity_shortfall(group: Group) -> str | None:
+    """Why a data-parallel trial's workers cannot all be placed on the cluster as it is now, or None.
+
+    A warning, not an error: an autoscaling cluster may still add the nodes; otherwise the trial waits.
+    """
+    import ray
+
+    if group.workers <= 1:
+        return None
+    res = ray.cluster_resources()
+    need_cpu = group.workers * group.cpus_per_worker + DRIVER_CPUS
+    if need_cpu > res.get("CPU", 0) + 1e-9:
+        return (f"a data-parallel trial needs {group.workers} workers x {group.cpus_per_worker:g} CPU "
+                f"(visionsweep.cpus_per_trial) + {DRIVER_CPUS:g} CPU for its driver = {need_cpu:g} CPUs, but the "
+                f"cluster has {res.get('CPU', 0):g} now: trials wait until nodes are added (lower cpus_per_trial, "
+                "workers_per_node or node_count_per_trial to fit)")
+    if group.use_gpu and group.workers > res.get("GPU", 0):
+        return (f"a data-parallel trial needs {group.workers} GPUs (one per worker), but the cluster has "
+                f"{res.get('GPU', 0):g} now: trials wait until GPU nodes are added")
+    return None
+
+
 def _local_gpus() -> int:
     import torch
 
@@ -302,6 +324,9 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     node_gpus = gpus_per_node()
     has_gpu = node_gpus > 0
     group = plan_group(job, node_gpus, store)
+    short = capacity_shortfall(group)
+    if short:
+        echo(f"warning: {short}")
     plan = build_plan(job, has_gpu, run_dir)
     for n in plan.notes:
         echo(n)
@@ -410,7 +435,9 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
 
 def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
     """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
-    return store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*") + store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*")
+    # (Ray Train keeps a checkpoint_manager_snapshot.json next to its checkpoint folders)
+    return [*store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*", dirs_only=True),
+            *store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*", dirs_only=True)]
 
 
 def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:

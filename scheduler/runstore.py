@@ -107,8 +107,9 @@ class RunStore:
     def exists(self, rel: str) -> bool:
         return self._fs.exists(self.path(rel))
 
-    def glob(self, pattern: str) -> list[str]:
-        return sorted(self._fs.glob(self.path(pattern)))
+    def glob(self, pattern: str, dirs_only: bool = False) -> list[str]:
+        found = sorted(self._fs.glob(self.path(pattern)))
+        return [p for p in found if self._fs.isdir(p)] if dirs_only else found
 
     def read_text(self, path: str) -> str:
         return self._fs.cat_file(path).decode()
