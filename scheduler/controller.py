@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -325,6 +326,8 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     has_gpu = node_gpus > 0
     group = plan_group(job, node_gpus, store)
     short = capacity_shortfall(group)
+    if short and not os.environ.get("RAY_ADDRESS"):  # an embedded Ray never grows: the trials would wait forever
+        raise VisionsweepError(short.split(" now:")[0] + "; " + short.split("(", 1)[-1].rstrip(")"))
     if short:
         echo(f"warning: {short}")
     plan = build_plan(job, has_gpu, run_dir)

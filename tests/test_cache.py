@@ -409,3 +409,43 @@ def test_fill_skips_present_objects_and_propagates_the_first_fetch_error(tmp_pat
     c.fill(FILL_URLS, lambda u: fetched.append(u) or blob(u, 1000), threads=4)
     assert bad in fetched and FILL_URLS[0] not in fetched
     assert len(c.stats()) == 6 and c.stats()["files"] == len(FILL_URLS)
+
+
+def _streamer(root, name, a_fetching, b_started, release, q):
+    try:
+        c = NodeCache(root, 1_000_000)
+        url = "az://c/same-order.png"
+        calls = []
+
+        def fetch():
+            calls.append(url)
+            if name == "a":
+                a_fetching.set()
+                assert release.wait(JOIN_S)
+            return blob(url, 1000)
+
+        if name == "b":
+            assert a_fetching.wait(JOIN_S)
+            b_started.set()  # a is inside its fetch; b misses the same object now
+        data = c.get(url, fetch)
+        assert data == blob(url, 1000)
+        q.put((name, len(calls)))
+    except BaseException:
+        q.put((name, traceback.format_exc()))
+        raise
+
+
+def test_two_processes_missing_the_same_object_fetch_it_once(tmp_path):
+    """Streaming trials with the same seed read in the same order: the second waits for the first's fetch."""
+    root = str(tmp_path / "cache")
+    a_fetching, b_started, release, q = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_streamer, args=(root, n, a_fetching, b_started, release, q)) for n in "ab"]
+    procs[0].start()
+    procs[1].start()
+    assert b_started.wait(JOIN_S)
+    release.set()
+    results = dict(q.get(timeout=JOIN_S) for _ in procs)
+    for p in procs:
+        p.join(JOIN_S)
+    assert [p.exitcode for p in procs] == [0, 0], results
+    assert results == {"a": 1, "b": 0}

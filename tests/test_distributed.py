@@ -47,3 +47,12 @@ def test_two_workers_match_one_worker_and_cover_the_whole_validation_set(ray_ses
     # rank 0's checkpoint is the exported best package
     assert (two.run_dir / "best" / "model.safetensors").is_file()
     assert json.loads((two.run_dir / "best" / "metrics.json").read_text())["workers"] == 2
+
+
+def test_a_group_that_cannot_be_placed_is_an_error_not_a_wait(ray_session, small_mltable, tmp_path):
+    from trainers.errors import VisionsweepError
+
+    # 2 nodes x 1 CPU per worker + the driver's 0.1 CPU do not fit the 2-CPU embedded Ray, which never grows
+    job = make_job(small_mltable, "properties: {node_count_per_trial: '2'}\nvisionsweep: {tracking: {enabled: false}}\n")
+    with pytest.raises(VisionsweepError, match=r"needs 2 workers x 1 CPU .* = 2.1 CPUs, but the cluster has 2"):
+        run_job(job, tmp_path / "run", echo=lambda s: None)

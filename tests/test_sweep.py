@@ -129,7 +129,5 @@ sweep:
 
 
 def test_jobs_that_need_later_features_say_so(small_mltable, tmp_path):
-    with pytest.raises(NotSupportedYet, match="not supported yet: properties.node_count_per_trial"):
-        run_job(make_job(small_mltable, "properties: {node_count_per_trial: '2'}\n"), tmp_path / "a")
     with pytest.raises(NotSupportedYet, match="huggingface"):
         run_job(make_job(small_mltable, "  model_name: google/vit-base-patch16-224\n"), tmp_path / "b")

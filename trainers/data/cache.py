@@ -32,6 +32,9 @@ Design (one folder, no daemon, any number of processes):
 * **Cheap hits.** A hit is an ``open`` + ``read`` + ``utime`` and never takes the lock. An object
   evicted between the check and the read is just a miss; one unlinked while being read is still read
   whole (POSIX keeps open files alive).
+* **One fetch per object.** A miss holds ``root/.fetching/<first 3 hex digits of the key>`` (4096 striped
+  ``flock`` files) while it fetches and stores, so concurrent trials that miss the same object fetch it
+  once: the others wait, then read it. A hit takes no lock.
 * **One download per node.** :meth:`NodeCache.fill` (non-streaming mode) holds ``root/.fill.lock``
   while it downloads: when several trials on a node start together, the first downloads and the
   others wait, then find every object present and fetch nothing.
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 OBJECTS = "objects"
 LOCK_FILE = ".lock"
 FILL_LOCK_FILE = ".fill.lock"
+FETCH_LOCKS = ".fetching"  # root/.fetching/<first 3 hex of the key>: held by a miss while it fetches
 LEDGER_FILE = ".size"
 TMP_PREFIX = ".tmp."
 EVICT_HEADROOM = 0.05  # fraction of max_bytes freed beyond the need when evicting (amortises the listing)
@@ -122,6 +126,7 @@ class NodeCache:
         self._writable = True
         try:
             os.makedirs(self.objects, exist_ok=True)
+            os.makedirs(os.path.join(self.root, FETCH_LOCKS), exist_ok=True)
             os.close(os.open(os.path.join(self.root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666))
         except OSError as e:
             self._disable(e, "cannot create or write the cache folder")
@@ -159,10 +164,19 @@ class NodeCache:
         if data is not None:
             self._count("hits")
             return data
-        self._count("misses")
-        self._count("fetches")
-        data = fetch()
-        self._store(url, data)
+        # One fetch per object per node: trials streaming the same images in the same order (the same
+        # seed) would otherwise download each one twice. A miss holds a lock striped by key while it
+        # fetches; a second trial missing the same object waits, then reads what the first stored.
+        with self._flock(os.path.join(FETCH_LOCKS, url_key(url)[:3])) as locked:
+            if locked:
+                data = self._read(url)
+                if data is not None:
+                    self._count("hits")
+                    return data
+            self._count("misses")
+            self._count("fetches")
+            data = fetch()
+            self._store(url, data)
         return data
 
     def fill(self, urls: Sequence[str], fetch: Callable[[str], bytes], threads: int) -> None:
