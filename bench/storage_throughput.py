@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import multiprocessing as mp
 import os
 import resource
