@@ -44,27 +44,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine_info import describe  # noqa: E402
 
 from cluster.local import MARKER_ENV, LocalCluster  # noqa: E402
+from tests.conftest import small_sample  # noqa: E402
 
 SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
 nan = float("nan")
 VISIONSWEEP = str(Path(sys.executable).parent / "visionsweep")
 HEADER = ("$schema: https://azuremlschemas.azureedge.net/latest/autoMLJob.schema.json\ntype: automl\n"
           "task: image_classification\ncompute: local\ntarget_column_name: label\n")
-
-
-def small_sample(dest: Path) -> Path:
-    """90 images, 3 classes (30 per class) of the bundled sample as an MLTable folder (as tests/conftest.py)."""
-    keep = ("Trouser", "Bag", "Sneaker")
-    lines = [json.loads(ln) for ln in (SAMPLE / "train" / "train_annotations.jsonl").read_text().splitlines()]
-    chosen = [ln for c in keep for ln in [x for x in lines if x["label"] == c][:30]]
-    (dest / "images").mkdir(parents=True)
-    with open(dest / "train_annotations.jsonl", "w") as f:
-        for ln in chosen:
-            name = Path(ln["image_url"]).name
-            shutil.copyfile(SAMPLE / "images" / name, dest / "images" / name)
-            f.write(json.dumps({**ln, "image_url": f"images/{name}"}) + "\n")
-    shutil.copyfile(SAMPLE / "train" / "MLTable", dest / "MLTable")
-    return dest
 
 
 def params(epochs: int, batch: int, extra: str = "") -> str:

@@ -22,23 +22,27 @@ def sample() -> Path:
     return SAMPLE
 
 
-@pytest.fixture
-def small_mltable(tmp_path) -> Path:
-    """A 90-image, 3-class copy of the sample (30 real images per class) as an MLTable folder, for fast trials."""
+def small_sample(dest: Path) -> Path:
+    """A 90-image, 3-class copy of the sample (30 real images per class) as an MLTable folder at ``dest``."""
     import json
 
     keep = ("Trouser", "Bag", "Sneaker")
     lines = [json.loads(ln) for ln in (SAMPLE / "train" / "train_annotations.jsonl").read_text().splitlines()]
     chosen = [ln for c in keep for ln in [x for x in lines if x["label"] == c][:30]]
-    d = tmp_path / "small"
-    (d / "images").mkdir(parents=True)
-    with open(d / "train_annotations.jsonl", "w") as f:
+    (dest / "images").mkdir(parents=True)
+    with open(dest / "train_annotations.jsonl", "w") as f:
         for ln in chosen:
             name = Path(ln["image_url"]).name
-            shutil.copyfile(SAMPLE / "images" / name, d / "images" / name)
+            shutil.copyfile(SAMPLE / "images" / name, dest / "images" / name)
             f.write(json.dumps({**ln, "image_url": f"images/{name}"}) + "\n")
-    shutil.copyfile(SAMPLE / "train" / "MLTable", d / "MLTable")
-    return d
+    shutil.copyfile(SAMPLE / "train" / "MLTable", dest / "MLTable")
+    return dest
+
+
+@pytest.fixture
+def small_mltable(tmp_path) -> Path:
+    """The small sample, for fast trials."""
+    return small_sample(tmp_path / "small")
 
 
 @pytest.fixture(scope="session")
