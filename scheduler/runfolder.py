@@ -192,6 +192,10 @@ class RunFolderCallback(Callback):
         else:
             self._end(trial, "stopped")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # The trial's process or node died; Tune restarts it (visionsweep.trial_retries) from its last checkpoint.
+        self._progress(f"retry {trial.trial_id} from its last checkpoint")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "error", *_error_summary(trial))
 

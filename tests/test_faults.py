@@ -16,10 +16,11 @@ from tests.test_sweep import make_job
 pytestmark = pytest.mark.ray
 
 
-def _kill_once(title: str, trigger: str, killed: list[int]):
+def _kill_once(title: str, trigger: str, killed: list[int], lines: list[str]):
     """An ``echo`` for run_job that SIGKILLs the process titled ``title`` when a progress line has ``trigger``."""
 
     def echo(line: str) -> None:
+        lines.append(line)
         if killed or trigger not in line:
             return
         for proc in Path("/proc").iterdir():
@@ -46,7 +47,8 @@ def test_a_killed_trial_process_resumes_from_its_checkpoint(ray_session, small_m
                                   "  trial_retries: 2\n  tracking: {enabled: false}\n", epochs=5, batch=8)
     job.training_parameters.update(model_name="resnet18")
     killed: list[int] = []
-    result = run_job(job, tmp_path / "run", echo=_kill_once(title, "epoch 2:", killed))
+    lines: list[str] = []
+    result = run_job(job, tmp_path / "run", echo=_kill_once(title, "epoch 2:", killed, lines))
 
     assert killed, f"no {title} process was found to kill"
     status, metrics = _trial(result.run_dir)
@@ -57,3 +59,5 @@ def test_a_killed_trial_process_resumes_from_its_checkpoint(ray_session, small_m
     resumed = {m.get("resumed_from_epoch") for m in metrics if m["epoch"] >= 3}
     assert len(resumed) == 1 and resumed.pop() in (1, 2), [(m["epoch"], m.get("resumed_from_epoch")) for m in metrics]
     assert (result.run_dir / "best" / "model.safetensors").is_file()
+    if workers == 1:  # Tune restarted the trial (a data-parallel group restarts inside Ray Train instead)
+        assert any("retry " in ln and "last checkpoint" in ln for ln in lines)
