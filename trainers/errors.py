@@ -27,3 +27,7 @@ class NotSupportedYet(VisionsweepError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+
+class ImageNotFound(DataError):
+    """One image does not exist (a bad line, not a storage-wide problem): the pre-sweep check lists these."""

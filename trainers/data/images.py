@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from trainers.data import storage
 from trainers.data.urls import is_remote
-from trainers.errors import DataError
+from trainers.errors import DataError, ImageNotFound
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,9 @@ def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
     """``(problem or None, size in bytes)``: the image is read (filling the cache) and its header decoded."""
     try:
         data = store.read(url, where)
-    except DataError as e:
-        msg = str(e)
-        if "not found" in msg:
-            return "file not found", 0
-        raise  # storage-wide problems (credentials, endpoint) are one error, not a list of images
+    except ImageNotFound:
+        return "file not found", 0
+    # any other DataError is storage-wide (credentials, endpoint): one error, not a list of images
     try:
         img = Image.open(io.BytesIO(data))
         img.draft("RGB", (64, 64))  # JPEG: decode at reduced size, enough to prove the file decodes

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 from trainers.data.urls import is_remote, protocol
-from trainers.errors import DataError
+from trainers.errors import DataError, ImageNotFound
 
 StorageOptions = Mapping[str, Mapping[str, Any]]
 T = TypeVar("T")
@@ -213,10 +213,10 @@ def read_bytes(url: str, storage_options: StorageOptions | None = None, where: s
             with open(url.removeprefix("file://"), "rb") as f:
                 return f.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise DataError(f"{prefix}image not found: {url}") from None
+            raise ImageNotFound(f"{prefix}image not found: {url}") from None
         except OSError as e:
             raise DataError(f"{prefix}cannot read {url}: {e.strerror or e}") from None
-    return _fetch(url, storage_options, where, missing=lambda: DataError(f"{prefix}image not found: {url}"))
+    return _fetch(url, storage_options, where, missing=lambda: ImageNotFound(f"{prefix}image not found: {url}"))
 
 
 def check_access(url: str, storage_options: StorageOptions | None = None) -> None:
@@ -368,7 +368,7 @@ def _to_error(e: BaseException, url: str, fs, where: str | None, storage_options
     if kind == "store_missing":
         return DataError(prefix + _store_missing_message(url, fs, storage_options))
     if kind == "missing":
-        return DataError(f"{prefix}image not found: {url}")
+        return ImageNotFound(f"{prefix}image not found: {url}")
     host = _endpoint_host(url, fs, storage_options, chain)
     tries = f"after {attempts} {'try' if attempts == 1 else 'tries'}"
     if kind == "unreachable":
