@@ -8,6 +8,7 @@
     visionsweep serve PACKAGE                   serve a model package over HTTP until Ctrl-C
     visionsweep endpoint ... / deployment ...   keyed endpoints with weighted deployments (serving.cli)
     visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
+    visionsweep convert coco|voc|yolo SRC OUT   a COCO / Pascal VOC / YOLO dataset -> OUT/MLTable + train.jsonl
 
 User errors print one clear message and exit with status 2; no traceback.
 """
@@ -112,6 +113,17 @@ def _demo(args) -> int:
     return run_demo(args.output)
 
 
+def _convert(args) -> int:
+    from trainers.data.converters import convert
+
+    summary = convert(args.format, args.src, args.out, args.task, copy_images=args.copy_images,
+                      images=args.images, names=args.names)
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(summary.line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionsweep", description="AutoML for computer vision on your own Ray cluster.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the embedded default job on the bundled data, then predict")
     d.add_argument("--output", "-o", default=None)
     d.set_defaults(fn=_demo)
+    from trainers.hyperparameters import DETECTION, SEGMENTATION
+
+    c = sub.add_parser("convert", help="convert a COCO / Pascal VOC / YOLO dataset to an MLTable folder (JSONL)")
+    c.add_argument("format", choices=("coco", "voc", "yolo"))
+    c.add_argument("src", help="coco: the annotation JSON; voc: the VOC folder; yolo: a folder with images/, labels/")
+    c.add_argument("out", help="output folder: OUT/MLTable and OUT/train.jsonl (image_url relative to OUT)")
+    c.add_argument("--task", choices=(DETECTION, SEGMENTATION), default=DETECTION)
+    c.add_argument("--images", metavar="DIR", help="coco/voc: the image folder (default: next to the annotations)")
+    c.add_argument("--names", metavar="FILE",
+                   help="yolo: class names, one per line (default: SRC/data.yaml or SRC/classes.txt, else the ids)")
+    c.add_argument("--copy-images", action="store_true", help="copy the images into OUT/images/")
+    c.set_defaults(fn=_convert)
     return p
 
 
