@@ -39,6 +39,7 @@ from trainers.data.datasets import ImageDataset
 from trainers.engine import make_optimizer, train
 from trainers.models import build_model
 from trainers.tasks import make_task
+from trainers.tasks.classification import ClassificationSample
 from trainers.transforms import train_transform
 
 TASK = "image_classification"
@@ -74,7 +75,7 @@ def run_plain(h: dict, data) -> list[float]:
     torch.manual_seed(SEED)
     task = make_task(data.task, data.classes)
     model = build_model(h["model_name"], len(data.classes), h["training_crop_size"])
-    ds = ImageDataset(data.train, task, train_transform(h["training_crop_size"]), data.store)
+    ds = ImageDataset(data.train, ClassificationSample(task, train_transform(h["training_crop_size"])), data.store)
     loader = DataLoader(ds, batch_size=h["training_batch_size"], shuffle=True, drop_last=True, num_workers=0,
                         generator=torch.Generator().manual_seed(SEED))
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], h)  # same SGD lr/momentum/nesterov/wd

@@ -107,12 +107,13 @@ def epoch(urls: list[str], crop: int, cache_dir: str | None, seed: int) -> tuple
     from trainers.data.datasets import ImageDataset
     from trainers.data.images import ImageStore
     from trainers.tasks import make_task
+    from trainers.tasks.classification import ClassificationSample
     from trainers.transforms import train_transform
 
     store = ImageStore(cache_dir=cache_dir, cache_max_bytes=CACHE_BYTES if cache_dir else 0, stream=True)
     records = _records(urls)
     task = make_task("image_classification", sorted({r.label for r in records}))
-    ds = ImageDataset(records, task, train_transform(crop), store)
+    ds = ImageDataset(records, ClassificationSample(task, train_transform(crop)), store)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=False, num_workers=0,
                         generator=torch.Generator().manual_seed(seed))
     cache = store.cache()

@@ -5,7 +5,8 @@ The plan, written to ``automode.json`` in the run folder with the reasons:
 1. A portfolio per task and hardware, ordered by expected value for the budget: the models that give
    the best accuracy per unit of compute first. On GPUs the task default (``vitb16r224``) leads; on a
    CPU-only cluster, where a ViT-B epoch costs ~20x a ResNet-18 epoch, the light convolutional models
-   lead and the ViTs are left out.
+   lead and the ViTs are left out. Detection and segmentation have their own portfolios of torchvision
+   detectors (Faster R-CNN / RetinaNet, Mask R-CNN), light backbones first on CPU.
 2. Trial 1 is the leading model at its default hyperparameters (§6.2): the baseline the spec's
    recommended workflow starts from.
 3. The other trials sample a conditional space over the first ``m`` portfolio models, ``m`` growing
@@ -55,10 +56,45 @@ CPU_PORTFOLIO = (
 )
 
 
+# Detection (yolov5, the spec's default, arrives with its own trainer): Faster R-CNN with a ResNet-50 FPN is
+# the best-understood two-stage baseline; RetinaNet trades some accuracy on crowded scenes for one stage;
+# the deeper and lighter backbones bracket it. On CPU the light backbones lead: an R-50 FPN step costs
+# ~2.5x an R-18 FPN step at the same min_size.
+GPU_DETECTION = (
+    Candidate("fasterrcnn_resnet50_fpn", "two-stage detector, the strongest-understood baseline of the zoo"),
+    Candidate("retinanet_resnet50_fpn", "one-stage focal-loss detector; robust to many easy background boxes"),
+    Candidate("fasterrcnn_resnet101_fpn", "deeper backbone: more accurate on small or similar objects"),
+    Candidate("fasterrcnn_resnet34_fpn", "lighter backbone; explores quickly"),
+)
+CPU_DETECTION = (
+    Candidate("fasterrcnn_resnet18_fpn", "lightest two-stage detector of the zoo; best mAP per CPU-second"),
+    Candidate("fasterrcnn_resnet34_fpn", "deeper basic-block backbone at ~2x the cost of ResNet-18"),
+    Candidate("retinanet_resnet50_fpn", "one-stage detector; worth its cost with a larger budget"),
+    Candidate("fasterrcnn_resnet50_fpn", "bottleneck backbone; worth its cost only with a larger budget"),
+)
+GPU_SEGMENTATION = (
+    Candidate("maskrcnn_resnet50_fpn", "task default; the standard Mask R-CNN"),
+    Candidate("maskrcnn_resnet101_fpn", "deeper backbone: finer masks on small objects"),
+    Candidate("maskrcnn_resnet34_fpn", "lighter backbone; explores quickly"),
+)
+CPU_SEGMENTATION = (
+    Candidate("maskrcnn_resnet18_fpn", "lightest Mask R-CNN of the zoo; best mask mAP per CPU-second"),
+    Candidate("maskrcnn_resnet34_fpn", "deeper basic-block backbone at ~2x the cost of ResNet-18"),
+    Candidate("maskrcnn_resnet50_fpn", "task default; worth its cost on CPU only with a larger budget"),
+)
+PORTFOLIOS = {
+    (hp.MULTICLASS, True): GPU_PORTFOLIO, (hp.MULTICLASS, False): CPU_PORTFOLIO,
+    (hp.MULTILABEL, True): GPU_PORTFOLIO, (hp.MULTILABEL, False): CPU_PORTFOLIO,
+    (hp.DETECTION, True): GPU_DETECTION, (hp.DETECTION, False): CPU_DETECTION,
+    (hp.SEGMENTATION, True): GPU_SEGMENTATION, (hp.SEGMENTATION, False): CPU_SEGMENTATION,
+}
+
+
 def portfolio(task: str, has_gpu: bool) -> tuple[Candidate, ...]:
-    if task not in hp.CLASSIFICATION_TASKS:
-        raise ValueError(f"AutoMode plans classification tasks only, but got {task}")
-    return GPU_PORTFOLIO if has_gpu else CPU_PORTFOLIO
+    try:
+        return PORTFOLIOS[(task, has_gpu)]
+    except KeyError:
+        raise ValueError(f"AutoMode has no portfolio for task {task}") from None
 
 
 def _space_for(task: str, model_name: str, fixed: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@
     visionsweep resume RUN_DIR                  continue a sweep whose controller died or was cancelled
     visionsweep report RUN_DIR                  (re)write RUN_DIR/report.html
     visionsweep validate JOB.yml                check a job file and print it as it would run
-    visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15)
+    visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15); --format coco
+                                                for COCO results JSON, --setting NAME=VALUE overrides
     visionsweep serve PACKAGE                   serve a model package over HTTP until Ctrl-C
     visionsweep endpoint ... / deployment ...   keyed endpoints with weighted deployments (serving.cli)
     visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
@@ -16,12 +17,14 @@ User errors print one clear message and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
+
+import yaml
 
 from trainers.errors import VisionsweepError
 
@@ -101,10 +104,34 @@ def _read(path: str) -> bytes:
 def _predict(args) -> int:
     from serving.predictor import Predictor
 
-    predictor = Predictor(args.package, device=args.device)
-    out = predictor.predict_images([_read(p) for p in args.images])
-    print(json.dumps(out, indent=None if args.compact else 2))
+    predictor = Predictor(args.package, device=args.device, settings=_settings(args.setting))
+    images = [_read(p) for p in args.images]
+    out = predictor.predict_images(images)
+    if args.format == "coco":
+        from PIL import Image
+
+        from serving.coco_results import to_coco_results
+
+        sizes = [Image.open(io.BytesIO(b)).size for b in images]
+        out = to_coco_results(out, args.images, sizes, predictor.labels, gt=args.coco_gt)
+    text = json.dumps(out, indent=None if args.compact else 2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {len(out)} {'results' if args.format == 'coco' else 'responses'} to {args.output}")
+    else:
+        print(text)
     return 0
+
+
+def _settings(pairs: list[str] | None) -> dict[str, object]:
+    """``--setting name=value`` inference-setting overrides (§9.5); values are read as YAML scalars."""
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise VisionsweepError(f"--setting {pair!r}: expected NAME=VALUE, e.g. box_score_threshold=0.5")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _demo(args) -> int:
@@ -148,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--compact", action="store_true", help="one-line JSON")
+    pr.add_argument("--setting", action="append", metavar="NAME=VALUE",
+                    help="override an inference setting of the package (§9.5), e.g. tile_grid_size=3x2; repeatable")
+    pr.add_argument("--format", choices=("response", "coco"), default="response",
+                    help="response: the endpoint's JSON (§15); coco: COCO results JSON of the boxes (and masks)")
+    pr.add_argument("--coco-gt", metavar="ANNOTATIONS", help="with --format coco: take image and category ids "
+                    "from this COCO annotation file (matched by file name and class name)")
+    pr.add_argument("--output", "-o", metavar="FILE", help="write the JSON to FILE instead of stdout")
     pr.set_defaults(fn=_predict)
     from serving.cli import add_parsers
 

@@ -43,6 +43,7 @@ from trainers import hyperparameters as hp
 from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
 from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
+from trainers.labels import label_json
 from trainers.launch import Group
 from trainers.errors import NotSupportedYet, VisionsweepError
 from trainers.package import copy_package
@@ -80,17 +81,20 @@ class Plan:
 
 def check_supported(job: Job) -> None:
     """Refuse, by key, what this version parses but does not run yet."""
-    spec = job.spec
-    if spec.task not in hp.CLASSIFICATION_TASKS:
-        raise NotSupportedYet(f"task: {spec.task}", "this version trains image_classification and "
-                              "image_classification_multilabel")
     names = [job.training_parameters.get("model_name")]
     for sub in job.search_space or []:
         if "model_name" in sub:
             names += list(sub["model_name"].values)
+    if job.mode != "automode" and not any(names):
+        names = [hp.DEFAULT_MODEL[job.task]]
     for n in names:
         if n and hp.model_backend(n) != "builtin":
             raise NotSupportedYet(f"model_name: {n}", f"{hp.model_backend(n)} models")
+        if n == "yolov5":
+            unset = "" if job.training_parameters.get("model_name") or job.search_space else \
+                ", the default model of image_object_detection"
+            raise NotSupportedYet(f"model_name: yolov5{unset}", "set model_name to one of "
+                                  + ", ".join(m for m in hp.DETECTION_MODELS if m != "yolov5"))
 
 
 def default_run_dir(job: Job) -> Path:
@@ -128,7 +132,7 @@ def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None) -> Pre
     for name, recs in (("train", data.train), ("valid", data.valid)):
         with open(d / f"{name}.jsonl", "w") as f:
             for r in recs:
-                label = list(r.label) if isinstance(r.label, tuple) else r.label
+                label = label_json(r.label)
                 f.write(json.dumps({"image_url": r.image_url, "label": label, "source": r.source}) + "\n")
     summary = {"classes": data.classes, "train_images": len(data.train), "validation_images": len(data.valid),
                "warnings": data.warnings}
@@ -341,7 +345,8 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         cpus = ext.cpus_per_trial
         gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if has_gpu else 0.0)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, fixed=job.training_parameters,
+        tune.with_parameters(train_trial, data=data,
+                             fixed={**job.training_parameters, "advanced_settings": job.advanced.model_dump()},
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
                              cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
                              credentials=EnvCredentials.from_environ(),

@@ -406,6 +406,11 @@ def _check(spec: JobSpec, loc: _Locator, source: Path | None, base_dir: Path, te
     for k, v in raw_tp.items():
         where = loc(("training_parameters", k))
         tp[k] = hp.check_param(task, k, v, where, fixed_model if k != "model_name" else None)
+    hp.check_combination(task, {k: [v] for k, v in tp.items()}, loc(("training_parameters",)))
+    if tp.get("validation_metric_type") == "none" and (spec.limits.max_trials > 1 or spec.sweep is not None):
+        raise SpecError(f"{loc(('training_parameters', 'validation_metric_type'))}: 'none' computes no "
+                        f"{hp.PRIMARY_METRIC[task]}, which a sweep needs to compare trials and stop them early; "
+                        "use voc, coco or coco_voc, or run a single trial (limits.max_trials: 1)")
     if "split_ratio" in tp and spec.validation_data_size is not None:
         raise SpecError(f"{loc(('training_parameters', 'split_ratio'))}: give either validation_data_size "
                         "or split_ratio, not both")
@@ -479,6 +484,9 @@ def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: _Loca
         for m in models:
             if name != "model_name":
                 hp.check_param(task, name, tp[name], loc(("training_parameters", name)), m)
+    known = {k: [v] for k, v in tp.items()}
+    known.update({k: list(d.values) for k, d in sub.items() if isinstance(d, Choice)})
+    hp.check_combination(task, known, loc(base))
     return sub
 
 

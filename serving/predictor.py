@@ -51,11 +51,13 @@ class Predictor:
         if self.classification:
             self.transform = eval_transform(int(s["validation_resize_size"]), int(s["validation_crop_size"]))
             self.task = make_task(self.pkg.task, self.pkg.classes)
-        elif s["tile_grid_size"] not in (None, "", "None"):
-            # small-object tiling (§6.5) arrives with the detection trainer; answering without it would
-            # silently miss the small objects the model was trained for
-            raise VisionsweepError(f"{package}: inference with tile_grid_size={s['tile_grid_size']} (tiling) is not "
-                                   "supported by this version; override it with tile_grid_size: null to serve untiled")
+        else:
+            from trainers.tiling import parse_grid
+
+            try:
+                self.grid = parse_grid(s.get("tile_grid_size"))
+            except ValueError as e:
+                raise VisionsweepError(f"{package}: inference setting tile_grid_size: {e}") from None
 
     @property
     def labels(self) -> list[str]:
@@ -78,7 +80,15 @@ class Predictor:
         # torchvision's detectors resize (min_size/max_size) and normalise inside the model, and answer in
         # the input's pixel coordinates
         xs = [pil_to_tensor(im.convert("RGB")).float().div_(255).to(self.device) for im in pil]
-        outputs = self.pkg.model(xs)
+        if self.grid is None:
+            outputs = self.pkg.model(xs)
+        else:  # §6.5 small-object tiling: every tile and the whole image, merged with NMS
+            from trainers.tiling import predict_tiled
+
+            s = self.pkg.settings
+            outputs = [predict_tiled(self.pkg.model, x, self.grid, float(s["tile_overlap_ratio"]),
+                                     float(s["tile_predictions_nms_threshold"]), int(s["box_detections_per_image"]))
+                       for x in xs]
         return [format_detections(out, im.width, im.height, self.labels, self.pkg.settings,
                                   segmentation=self.pkg.task == hp.SEGMENTATION) for out, im in zip(outputs, pil)]
 

@@ -67,3 +67,43 @@ def make_detection_package(root: Path, name: str, task: str, classes=("cat", "do
     h = resolve_hyperparameters(task, {"model_name": name, "min_size": 64, "max_size": 96}, {})
     return save_package(root / name, model=build_detector(name, len(classes), h), task=task,
                         classes=list(classes), hyperparameters=h, metrics={})
+
+
+@pytest.fixture(scope="session")
+def shapes_detection(tmp_path_factory) -> tuple[Path, Path]:
+    """Synthetic detection data (tests/shapes.py): 32 training and 8 validation images, 64 x 64, one large
+    shape each (RetinaNet's smallest anchors are 32 px: these are learnt within an epoch from scratch)."""
+    from tests.shapes import write_shapes
+
+    return write_shapes(tmp_path_factory.mktemp("shapes-od"), n_train=32, n_valid=8, scale=(0.25, 0.4),
+                        per_image=(1, 1))
+
+
+@pytest.fixture(scope="session")
+def shapes_segmentation(tmp_path_factory) -> tuple[Path, Path]:
+    """Synthetic instance-segmentation data: 10 training and 4 validation images with polygons, 64 x 64."""
+    from tests.shapes import write_shapes
+
+    return write_shapes(tmp_path_factory.mktemp("shapes-is"), n_train=10, n_valid=4, seed=1, segmentation=True)
+
+
+@pytest.fixture(scope="session")
+def trained_box_packages(shapes_detection, shapes_segmentation, tmp_path_factory) -> dict[str, Path]:
+    """Packages *trained* (one epoch, in-process) on the shapes: a RetinaNet detector and a Mask R-CNN."""
+    from trainers.data import prepare_data
+    from trainers.engine import train
+    from trainers.hyperparameters import resolve_hyperparameters
+
+    out = {}
+    root = tmp_path_factory.mktemp("trained")
+    for task, model, (tr, va) in (("image_object_detection", "retinanet_resnet50_fpn", shapes_detection),
+                                  ("image_instance_segmentation", "maskrcnn_resnet18_fpn", shapes_segmentation)):
+        data = prepare_data(task, "label", str(tr), str(va), 0.2, 0)
+        h = resolve_hyperparameters(task, {"model_name": model, "min_size": 64, "max_size": 64, "number_of_epochs": 1,
+                                           "optimizer": "adamw", "learning_rate": 0.001, "random_seed": 0,
+                                           "learning_rate_scheduler": "none", "training_batch_size": 2}, {})
+        saves = []
+        train(h, data, lambda m, save: saves.append(save), device="cpu")
+        saves[-1](str(root / model))
+        out[task] = root / model
+    return out

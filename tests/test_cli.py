@@ -37,7 +37,8 @@ def test_not_supported_yet_names_the_key(tmp_path):
     job = tmp_path / "job.yml"
     job.write_text("task: image_object_detection\ntarget_column_name: label\ntraining_data: {path: d}\n")
     r = cli("run", str(job))
-    assert r.returncode == 2 and "not supported yet: task: image_object_detection" in r.stderr
+    assert r.returncode == 2
+    assert "not supported yet: model_name: yolov5, the default model of image_object_detection" in r.stderr
 
 
 def test_predict_with_a_non_package_and_a_non_image(tmp_path, sample):

@@ -94,10 +94,20 @@ def test_a_package_whose_weights_do_not_match_its_model_is_a_clear_error(tmp_pat
         Predictor(str(pkg), device="cpu")
 
 
-def test_tiled_inference_is_refused_rather_than_silently_skipped(tmp_path):
+def test_tiled_inference_looks_at_every_tile_and_the_whole_image(tmp_path):
     pkg = make_detection_package(tmp_path, "fasterrcnn_resnet18_fpn", "image_object_detection")
+    p = Predictor(str(pkg), device="cpu", settings={"tile_grid_size": "(3, 2)", "box_score_thresh": 0.0,
+                                                    "box_detections_per_img": 4})
+    seen = []
+    p.pkg.model.backbone.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    (out,) = p.predict_images([IMAGE])
+    assert sum(seen) == 1 + 3 * 2  # the whole image and the six tiles of a 3 x 2 grid
+    assert 1 <= len(out["boxes"]) <= 4
+    for b in out["boxes"]:
+        c = b["box"]
+        assert 0 <= c["topX"] <= c["bottomX"] <= 1 and 0 <= c["topY"] <= c["bottomY"] <= 1
     with pytest.raises(VisionsweepError, match="tile_grid_size"):
-        Predictor(str(pkg), device="cpu", settings={"tile_grid_size": "(3, 2)"})
+        Predictor(str(pkg), device="cpu", settings={"tile_grid_size": "three by two"})
 
 
 def test_settings_a_package_leaves_out_come_from_the_models_defaults(tmp_path):

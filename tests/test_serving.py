@@ -244,14 +244,15 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
     assert green.stats.remote().result()["predicted"] == before + 10
 
 
-def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path, monkeypatch):
+def test_response_bodies_of_all_four_tasks(serve_url, package, trained_box_packages, tmp_path, monkeypatch):
     """§15: one object per image, in order; probs/labels for both classification tasks, normalised boxes for
     detection, plus polygons (and mask images with ``export_as_image``) for instance segmentation. The
-    multi-class deployment's model is a registry reference (``azureml:<name>@latest``), pinned at creation."""
+    multi-class deployment's model is a registry reference (``azureml:<name>@latest``), pinned at creation.
+    The detection and segmentation deployments serve packages trained by the engine; the detector answers
+    with small-object tiling (``tile_grid_size``, §6.5) set as a deployment inference setting."""
     import torch
     from PIL import Image
 
-    from tests.conftest import make_detection_package
     from tests.test_registry import register
     from trainers.hyperparameters import resolve_hyperparameters
     from trainers.models import build_model
@@ -266,9 +267,9 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path, monkeyp
     register(registry, package, "fashion")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
     packages = {"mc": ("azureml:fashion@latest", {}), "ml": (multilabel, {}),
-                "od": (make_detection_package(tmp_path, "fasterrcnn_resnet18_fpn", "image_object_detection"),
-                       {"box_score_thresh": 0.0, "box_detections_per_img": 5}),
-                "is": (make_detection_package(tmp_path, "maskrcnn_resnet18_fpn", "image_instance_segmentation"),
+                "od": (trained_box_packages["image_object_detection"],
+                       {"box_score_thresh": 0.0, "box_detections_per_img": 5, "tile_grid_size": "(2, 2)"}),
+                "is": (trained_box_packages["image_instance_segmentation"],
                        {"box_score_thresh": 0.0, "box_detections_per_img": 5, "export_as_image": True,
                         "image_type": "PNG"})}
     endpoints.create_endpoint(EndpointSpec(name="ep-tasks"))
@@ -308,7 +309,7 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, tmp_path, monkeyp
             c = b["box"]
             assert set(c) == {"topX", "topY", "bottomX", "bottomY"}
             assert 0 <= c["topX"] <= c["bottomX"] <= 1 and 0 <= c["topY"] <= c["bottomY"] <= 1
-            assert b["label"] in ("cat", "dog") and 0 <= b["score"] <= 1
+            assert b["label"] in ("disc", "square") and 0 <= b["score"] <= 1
             if name == "is":
                 assert all(len(part) % 2 == 0 and len(part) >= 6 and all(0 <= v <= 1 for v in part)
                            for part in b["polygon"])

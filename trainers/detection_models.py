@@ -16,6 +16,7 @@ variants have them in torchvision).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,3 +124,16 @@ def _apply_postprocess(model: nn.Module, family: str, score: float, nms: float, 
     else:
         model.roi_heads.score_thresh, model.roi_heads.nms_thresh = score, nms
         model.roi_heads.detections_per_img = per_img
+
+
+@contextlib.contextmanager
+def score_threshold(model: nn.Module, value: float):
+    """Temporarily change a detector's box score threshold: validation ranks every detection down to a low
+    score for average precision (as COCO evaluation does), while inference keeps ``box_score_threshold``."""
+    holder = model if hasattr(model, "score_thresh") and not hasattr(model, "roi_heads") else model.roi_heads
+    old = holder.score_thresh
+    holder.score_thresh = value
+    try:
+        yield
+    finally:
+        holder.score_thresh = old

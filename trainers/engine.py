@@ -6,6 +6,9 @@ metrics to ``report`` together with a function that writes a model package when 
 at every improvement of the primary metric, or every ``checkpoint_frequency`` evaluations when set.
 In-trial early stopping (``early_stopping``, ``_patience``, ``_delay``) counts evaluations.
 
+What a model, a sample, a batch's loss and an evaluation are is the task's business (``trainers.tasks``:
+classification, detection, segmentation): the loop asks the task and never branches on it.
+
 Data parallelism (``trainers.launch`` starts the workers; :class:`Workers` says which one this is):
 each worker trains on its shard of every epoch (a ``DistributedSampler`` over one seeded permutation,
 so the union of the workers' batches is the batch a single process would take), gradients are averaged
@@ -21,21 +24,17 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainers.data import PreparedData
-from trainers.data.datasets import ImageDataset
 from trainers.errors import VisionsweepError
-from trainers.models import build_model, freeze_layers, get_entry
 from trainers.package import save_package
-from trainers.tasks import ClassificationTask, make_task
-from trainers.transforms import eval_transform, train_transform
+from trainers.tasks import Task, make_task
+from trainers.workers import SINGLE, Runtime, Workers
 
 log = logging.getLogger(__name__)
 
@@ -44,45 +43,6 @@ Report = Callable[[dict[str, Any], Optional[Callable[[str], None]]], None]
 
 class TrainingError(VisionsweepError):
     """Training cannot go on (a non-finite loss, an invalid setting for the chosen model)."""
-
-
-@dataclass(frozen=True)
-class Workers:
-    """Where this copy of the loop runs: its rank among ``world`` workers, and the CUDA speed-ups.
-
-    ``world == 1`` is a plain single-process trial; otherwise ``torch.distributed`` is initialised
-    (Ray Train does it) and the loop wraps the model in DDP.
-    """
-
-    rank: int = 0
-    world: int = 1
-    amp: bool = True  # autocast (bf16 / fp16) on CUDA
-    channels_last: bool = True  # NHWC memory format on CUDA
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            torch.distributed.all_reduce(t)
-        return t
-
-
-SINGLE = Workers()
-
-
-def _amp_dtype(dev: torch.device, workers: Workers) -> torch.dtype | None:
-    if dev.type != "cuda" or not workers.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def make_optimizer(params, h: dict[str, Any]) -> torch.optim.Optimizer:
@@ -119,15 +79,15 @@ def _workers(h: dict[str, Any]) -> int:
     return 0 if n is None else n
 
 
-def make_loaders(h: dict[str, Any], data: PreparedData, task: ClassificationTask, workers: Workers = SINGLE):
+def make_loaders(h: dict[str, Any], data: PreparedData, task: Task, workers: Workers = SINGLE):
     """Training loader over this worker's shard; validation loader over this worker's slice (rank::world)."""
     seed = h.get("random_seed") or 0
-    train_ds = ImageDataset(data.train, task, train_transform(h["training_crop_size"]), data.store)
-    valid_ds = ImageDataset(data.valid, task, eval_transform(h["validation_resize_size"], h["validation_crop_size"]),
-                            data.store)
+    train_ds = task.train_dataset(h, data)
+    valid_ds = task.valid_dataset(h, data)
     valid_ds = Subset(valid_ds, range(workers.rank, len(valid_ds), workers.world))
     nw = _workers(h)
-    common = dict(num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available(),
+                  collate_fn=task.collate)
     batch = h["training_batch_size"]
     drop_last = len(train_ds) > batch * workers.world
     sampler = DistributedSampler(train_ds, num_replicas=workers.world, rank=workers.rank, shuffle=True, seed=seed,
@@ -135,58 +95,6 @@ def make_loaders(h: dict[str, Any], data: PreparedData, task: ClassificationTask
     train = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last, **common)
     valid = DataLoader(valid_ds, batch_size=h["validation_batch_size"], shuffle=False, **common)
     return train, valid
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: ClassificationTask, loss_fn: nn.Module,
-             device: torch.device, workers: Workers = SINGLE, amp: torch.dtype | None = None,
-             memory_format=torch.contiguous_format) -> dict[str, float]:
-    """Metrics over the whole validation set: each worker predicts its slice, rank order restores the set."""
-    model.eval()
-    probs, targets, loss_sum, n = [], [], torch.zeros((), device=device), 0
-    for x, y in loader:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += loss_fn(logits, y) * len(x)
-        n += len(x)
-        probs.append(task.probabilities(logits))
-        targets.append(y)
-    mine = (torch.cat(probs).cpu() if probs else None, torch.cat(targets).cpu() if targets else None,
-            float(loss_sum), n)
-    parts = [p for p in workers.all_gather(mine) if p[3]]
-    all_probs = _interleave([p[0] for p in parts])
-    all_targets = _interleave([p[1] for p in parts])
-    out = task.metrics(task.targets_array(all_targets), all_probs.numpy())
-    out["validation_loss"] = sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
-    out["validation_images"] = sum(p[3] for p in parts)
-    return out
-
-
-def _interleave(chunks: list[torch.Tensor]) -> torch.Tensor:
-    """Undo the rank::world split: row i of the set is row i // world of chunk i % world."""
-    if len(chunks) == 1:
-        return chunks[0]
-    total = sum(len(c) for c in chunks)
-    out = chunks[0].new_empty((total, *chunks[0].shape[1:]))
-    for r, c in enumerate(chunks):
-        out[r::len(chunks)] = c
-    return out
-
-
-def _autocast(dev: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def check_model_settings(h: dict[str, Any]) -> None:
-    if get_entry(h["model_name"]).fixed_input and h["training_crop_size"] != h["validation_crop_size"]:
-        raise TrainingError(f"{h['model_name']} needs training_crop_size == validation_crop_size (§6.4), "
-                            f"but got {h['training_crop_size']} and {h['validation_crop_size']}")
-    if h["validation_resize_size"] < h["validation_crop_size"]:
-        raise TrainingError(f"validation_resize_size ({h['validation_resize_size']}) must be >= "
-                            f"validation_crop_size ({h['validation_crop_size']})")
 
 
 TRAINER_STATE = "trainer_state.pt"
@@ -204,21 +112,19 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
     ``workers``: this process's place in a data-parallel group (see the module docstring); every
     worker calls ``report`` with the same metrics, and only rank 0 gets a checkpoint writer.
     """
-    check_model_settings(h)
+    task = make_task(data.task, data.classes)
+    task.check(h)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(h.get("random_seed") or 0)
-    task = make_task(data.task, data.classes)
     if weights and Path(weights).is_dir():
         weights = str(Path(weights) / "model.safetensors")
-    model = build_model(h["model_name"], len(data.classes), h["training_crop_size"], weights, download_weights)
-    freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))
-    fmt = torch.channels_last if dev.type == "cuda" and workers.channels_last else torch.contiguous_format
-    model.to(dev, memory_format=fmt)
-    amp = _amp_dtype(dev, workers)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+    model = task.build_model(h, weights, download_weights)
+    task.freeze(model, h)
+    rt = Runtime.of(dev, workers, task.channels_last_ok)
+    model.to(dev, memory_format=rt.memory_format)
+    scaler = torch.amp.GradScaler(dev.type, enabled=rt.amp == torch.float16)
     train_loader, valid_loader = make_loaders(h, data, task, workers)
-    weights_t = task.class_weights([r.label for r in data.train], h["weighted_loss"])
-    loss_fn = task.loss_fn(None if weights_t is None else weights_t.to(dev))
+    task.prepare(h, data, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, h)
     accum = h["gradient_accumulation_step"]
@@ -252,22 +158,19 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         t0 = time.perf_counter()
         totals = torch.zeros(2, device=dev)  # loss sum, images: summed on the device, read once per epoch
         opt.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(train_loader):
-            x = x.to(dev, non_blocking=True, memory_format=fmt)
-            y = y.to(dev, non_blocking=True)
+        for i, batch in enumerate(train_loader):
             last = (i + 1) % accum == 0 or i + 1 == len(train_loader)
             sync = net.no_sync() if workers.distributed and not last else contextlib.nullcontext()
             with sync:
-                with _autocast(dev, amp):
-                    loss = loss_fn(net(x).float(), y)
+                loss, n_images = task.loss(net, batch, rt)
                 scaler.scale(loss / accum).backward()
             if last:
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-            totals[0] += loss.detach() * len(x)
-            totals[1] += len(x)
+            totals[0] += loss.detach() * n_images
+            totals[1] += n_images
         loss_sum, seen = workers.sum(totals).tolist()
         train_loss = loss_sum / max(1.0, seen)
         if not math.isfinite(train_loss):
@@ -277,15 +180,17 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         if epoch % eval_every and epoch != epochs:
             continue
         n_evals += 1
-        m = evaluate(net, valid_loader, task, loss_fn, dev, workers, amp, fmt)
+        m = task.evaluate(net, valid_loader, rt, h)
         m.update(epoch=epoch, train_loss=train_loss, learning_rate=opt.param_groups[0]["lr"],
                  train_images_per_sec=seen / elapsed if elapsed > 0 else 0.0)
         if workers.distributed:
             m["workers"] = workers.world
         if resumed_from is not None:
             m["resumed_from_epoch"] = resumed_from
-        value = m[primary]
-        improved = value > best
+        value = m.get(primary)  # absent with validation_metric_type: none: the latest evaluation counts as best
+        improved = value is None or value > best
+        if value is None:
+            value = best
         if improved:
             best, best_epoch = value, epoch
         # In-trial early stopping counts evaluations after the delay (§6.1).

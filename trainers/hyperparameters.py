@@ -316,6 +316,38 @@ def check_param(task: str, name: str, value: Any, where: str, model_name: str | 
     return p.coerce(value, where)
 
 
+# layers_to_freeze groups of the detectors' resnet_backbone family (§6.3); classifiers: trainers.models
+_BOX_FREEZE_GROUPS = 5
+
+
+def check_combination(task: str, values: Mapping[str, list[Any]], where: str) -> None:
+    """Rules across parameters, checked at job time on every value each parameter can take.
+
+    ``values`` maps a canonical name to the values it can take (one for a fixed value, all of a choice);
+    a rule is only checked when every parameter it involves is known, the rest waits for the trial.
+    """
+    for lo in values.get("min_size", []):
+        for hi in values.get("max_size", []):
+            if lo > hi:
+                raise SpecError(f"{where}: min_size ({lo}) must be <= max_size ({hi}): images are resized so "
+                                "that the short side is min_size unless the long side would pass max_size")
+    for n in values.get("layers_to_freeze", []):
+        for m in values.get("model_name", [DEFAULT_MODEL[task]]):
+            if not n or model_backend(m) != "builtin" or m == "yolov5":
+                continue
+            if task in BOX_TASKS:
+                limit = _BOX_FREEZE_GROUPS
+            else:
+                from trainers.models import get_entry
+
+                groups = get_entry(m).freeze_groups
+                if groups is None:
+                    raise SpecError(f"{where}: layers_to_freeze: model {m} has no layer groups to freeze (§6.3)")
+                limit = len(groups)
+            if n > limit:
+                raise SpecError(f"{where}: layers_to_freeze: {m} has {limit} layer groups (§6.3), but got {n}")
+
+
 def resolve_hyperparameters(task: str, fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
     """One trial's full hyperparameters: task < model defaults < ``fixed`` < ``sampled``.
 
@@ -325,6 +357,8 @@ def resolve_hyperparameters(task: str, fixed: Mapping[str, Any], sampled: Mappin
     """
     model_name = sampled.get("model_name") or fixed.get("model_name") or DEFAULT_MODEL[task]
     out = task_model_defaults(task, model_name)
+    if isinstance(fixed.get("advanced_settings"), Mapping):  # §3.7 switches the trial's augmentations read
+        out["advanced_settings"] = dict(fixed["advanced_settings"])
     for source_name, source in (("training_parameters", fixed), ("search_space", sampled)):
         for k, v in source.items():
             if k in NON_SWEEPABLE:

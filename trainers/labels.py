@@ -137,6 +137,22 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def label_json(label: Any) -> Any:
+    """A parsed label back in its JSONL form (v2 key names, numbers), e.g. for the run folder's data files."""
+    if isinstance(label, str):
+        return label
+    if not label or not isinstance(label[0], Box):
+        return list(label)
+    out = []
+    for b in label:
+        if b.polygon is not None:
+            out.append({"label": b.label, "isCrowd": b.is_crowd, "polygon": [list(p) for p in b.polygon]})
+        else:
+            out.append({"label": b.label, "topX": b.top_x, "topY": b.top_y, "bottomX": b.bottom_x,
+                        "bottomY": b.bottom_y, "isCrowd": b.is_crowd})
+    return out
+
+
 def class_names_of(task: str, label: Any) -> tuple[str, ...]:
     """The class names a parsed label mentions."""
     if task == hp.MULTICLASS:

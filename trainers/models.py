@@ -135,10 +135,17 @@ def load_pretrained(model: nn.Module, uri: str) -> None:
 
 
 def freeze_layers(model: nn.Module, name: str, n: int | None) -> int:
-    """Freeze the first ``n`` prefix groups of the model's family (§6.3); returns the parameters frozen."""
+    """Freeze the first ``n`` prefix groups of the classifier's family (§6.3); returns the parameters frozen."""
     if not n:
         return 0
-    groups = get_entry(name).freeze_groups
+    return freeze_prefix_groups(model, name, get_entry(name).freeze_groups, n)
+
+
+def freeze_prefix_groups(model: nn.Module, name: str, groups, n: int | None) -> int:
+    """Set ``requires_grad=False`` on every parameter whose name starts with a prefix of the first ``n``
+    groups (a tuple entry is one group); errors name the model and what it has."""
+    if not n:
+        return 0
     if groups is None:
         raise SpecError(f"layers_to_freeze: model {name} has no layer groups to freeze")
     if n > len(groups):
@@ -152,4 +159,3 @@ def freeze_layers(model: nn.Module, name: str, n: int | None) -> int:
     if frozen == 0:
         raise SpecError(f"layers_to_freeze: no parameter of {name} matches {prefixes}")
     return frozen
-

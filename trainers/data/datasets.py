@@ -2,36 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from trainers.data.images import ImageStore, decode_image, map_threads
 from trainers.data.tables import Record
 
+# (decoded image, its record, which view of it) -> one sample; the task decides what a sample is
+MakeItem = Callable[[Image.Image, Record, int], Any]
+
 
 class ImageDataset(Dataset):
-    """Records -> (image tensor, target).
+    """Records -> samples made by the task's ``item`` function.
+
+    ``views`` > 1 gives every image several samples (index ``i`` is view ``i % views`` of record
+    ``i // views``): small-object tiling trains on the full image and each of its tiles this way,
+    with the tile chosen once the image's size is known.
 
     ``__getitems__`` (which the DataLoader calls with a whole batch of indices) reads the batch's
     images concurrently, so a batch waits for the slowest read, not for the sum of them; with
     DataLoader workers the next batches are read ahead the same way while the model trains.
     """
 
-    def __init__(self, records: Sequence[Record], task: Any, transform, store: ImageStore | None = None):
-        self.records, self.task, self.transform = list(records), task, transform
+    def __init__(self, records: Sequence[Record], item: MakeItem, store: ImageStore | None = None, views: int = 1):
+        self.records, self.item, self.views = list(records), item, max(1, int(views))
         self.store = store or ImageStore()
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.views
 
     def _bytes(self, i: int) -> bytes:
-        r = self.records[i]
+        r = self.records[i // self.views]
         return self.store.read(r.image_url, r.source)
 
     def _item(self, i: int, data: bytes):
-        r = self.records[i]
-        return self.transform(decode_image(data, f"{r.source}: {r.image_url}")), self.task.target(r.label)
+        r = self.records[i // self.views]
+        return self.item(decode_image(data, f"{r.source}: {r.image_url}"), r, i % self.views)
 
     def __getitem__(self, i: int):
         return self._item(i, self._bytes(i))

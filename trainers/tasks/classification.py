@@ -1,6 +1,8 @@
-"""One Task class per problem type: how labels become targets, which loss, which probabilities, which metrics.
+"""Multi-class and multi-label image classification (SPEC §1, §6.4, §7.1): targets, loss, metrics.
 
-The training loop never branches on the task; it asks the Task.
+One image -> one tensor (random resized crop etc. for training, resize + center crop for validation),
+one label -> a class index (multi-class) or a multi-hot vector (multi-label). The model is a classifier
+of the zoo in ``trainers.models`` taking an NCHW batch.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from torch import nn
 
 from trainers import hyperparameters as hp
 from trainers import metrics
+from trainers.data.datasets import ImageDataset
+from trainers.models import build_model, freeze_layers, get_entry
+from trainers.tasks.base import Task
+from trainers.transforms import eval_transform, train_transform
+from trainers.workers import Runtime, interleave
 
 
-class ClassificationTask:
-    name: str
-    primary_metric: str
-
-    def __init__(self, classes: Sequence[str]):
-        self.classes = list(classes)
-        self.index = {c: i for i, c in enumerate(self.classes)}
+class ClassificationTask(Task):
+    multi: bool = False
 
     def target(self, label: Any) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -38,6 +40,78 @@ class ClassificationTask:
             w = np.sqrt(w)
         return torch.tensor(w, dtype=torch.float32)
 
+    # --- the Task interface ----------------------------------------------------------------------
+    def check(self, h: dict[str, Any]) -> None:
+        from trainers.engine import TrainingError
+
+        if get_entry(h["model_name"]).fixed_input and h["training_crop_size"] != h["validation_crop_size"]:
+            raise TrainingError(f"{h['model_name']} needs training_crop_size == validation_crop_size (§6.4), "
+                                f"but got {h['training_crop_size']} and {h['validation_crop_size']}")
+        if h["validation_resize_size"] < h["validation_crop_size"]:
+            raise TrainingError(f"validation_resize_size ({h['validation_resize_size']}) must be >= "
+                                f"validation_crop_size ({h['validation_crop_size']})")
+
+    def build_model(self, h: dict[str, Any], weights: str | None, download: bool) -> nn.Module:
+        return build_model(h["model_name"], len(self.classes), h["training_crop_size"], weights, download)
+
+    def freeze(self, model: nn.Module, h: dict[str, Any]) -> None:
+        freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))
+
+    def train_dataset(self, h, data) -> ImageDataset:
+        return ImageDataset(data.train, ClassificationSample(self, train_transform(h["training_crop_size"])), data.store)
+
+    def valid_dataset(self, h, data) -> ImageDataset:
+        t = eval_transform(h["validation_resize_size"], h["validation_crop_size"])
+        return ImageDataset(data.valid, ClassificationSample(self, t), data.store)
+
+    def prepare(self, h, data, device) -> None:
+        w = self.class_weights([r.label for r in data.train], h["weighted_loss"])
+        self.loss_fn = self.make_loss(None if w is None else w.to(device))
+
+    def loss(self, net, batch, rt: Runtime):
+        x, y = batch
+        x = x.to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+        y = y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = net(x)
+        return self.loss_fn(logits.float(), y), len(x)
+
+    @torch.no_grad()
+    def evaluate(self, net, loader, rt: Runtime, h) -> dict[str, Any]:
+        """Each worker predicts its slice; rank order restores the set before the metrics."""
+        net.eval()
+        dev = rt.device
+        probs, targets, loss_sum, n = [], [], torch.zeros((), device=dev), 0
+        for x, y in loader:
+            x = x.to(dev, non_blocking=True, memory_format=rt.memory_format)
+            y = y.to(dev, non_blocking=True)
+            with rt.autocast():
+                logits = net(x)
+            logits = logits.float()
+            loss_sum += self.loss_fn(logits, y) * len(x)
+            n += len(x)
+            probs.append(self.probabilities(logits))
+            targets.append(y)
+        mine = (torch.cat(probs).cpu() if probs else None, torch.cat(targets).cpu() if targets else None,
+                float(loss_sum), n)
+        parts = [p for p in rt.workers.all_gather(mine) if p[3]]
+        all_probs = interleave([p[0] for p in parts])
+        all_targets = interleave([p[1] for p in parts])
+        out = self.metrics(self.targets_array(all_targets), all_probs.numpy())
+        out["validation_loss"] = sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
+        out["validation_images"] = sum(p[3] for p in parts)
+        return out
+
+
+class ClassificationSample:
+    """(image, record) -> (tensor, target); a class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, task: ClassificationTask, transform):
+        self.task, self.transform = task, transform
+
+    def __call__(self, image, record, view: int):
+        return self.transform(image), self.task.target(record.label)
+
 
 class MultiClassTask(ClassificationTask):
     name = hp.MULTICLASS
@@ -47,7 +121,7 @@ class MultiClassTask(ClassificationTask):
     def target(self, label):
         return torch.tensor(self.index[label], dtype=torch.long)
 
-    def loss_fn(self, weights: torch.Tensor | None) -> nn.Module:
+    def make_loss(self, weights: torch.Tensor | None) -> nn.Module:
         return nn.CrossEntropyLoss(weight=weights)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -71,7 +145,7 @@ class MultiLabelTask(ClassificationTask):
             t[self.index[c]] = 1.0
         return t
 
-    def loss_fn(self, weights: torch.Tensor | None) -> nn.Module:
+    def make_loss(self, weights: torch.Tensor | None) -> nn.Module:
         return nn.BCEWithLogitsLoss(pos_weight=weights)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -82,10 +156,3 @@ class MultiLabelTask(ClassificationTask):
 
     def metrics(self, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         return metrics.multilabel_metrics(y_true, probs)
-
-
-TASKS = {hp.MULTICLASS: MultiClassTask, hp.MULTILABEL: MultiLabelTask}
-
-
-def make_task(task: str, classes: Sequence[str]) -> ClassificationTask:
-    return TASKS[task](classes)

@@ -1,0 +1,240 @@
+"""Object detection and instance segmentation (SPEC §1, §2.3, §6.5, §7, §9.5) on torchvision's detectors.
+
+A sample is ``(image, target)``: the image a float CHW tensor in [0, 1] at its own size (torchvision's
+detectors normalise and resize to ``min_size``/``max_size`` inside the model, as in torchvision's
+detection references), the target ``{"boxes": xyxy pixels, "labels": 1-based class ids, "iscrowd",
+["masks"]}``. The loss is the sum of the detector's own losses (RPN + box head [+ mask head], or
+RetinaNet's focal and box-regression losses).
+
+Training augmentations (§7.1, with ``torchvision.transforms.v2`` and ``tv_tensors`` so boxes and masks
+move with the image): expand (zoom out), random crop around the boxes (IoU crop) and horizontal flip;
+``advanced_settings.apply_automl_train_augmentations: false`` turns the three off (§7.2). Crowd boxes
+stay in the data and in the validation targets, where the metric ignores them as COCO does, but are not
+training targets: a crowd region is not one object to regress to.
+
+Small-object tiling (``tile_grid_size``): training sees every image whole *and* as each tile of the
+grid (``trainers.tiling``); validation and inference predict the whole image and every tile and merge
+the predictions with NMS at ``tile_predictions_nms_threshold``.
+
+Validation: ``mean_average_precision`` and per-class AP / precision / recall from
+``trainers.detection_metrics`` (COCO's evaluator) over the *whole* validation set: each worker predicts
+its slice and the predictions are gathered. Detectors do not compute losses in eval mode, so box tasks
+report no ``validation_loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers import hyperparameters as hp
+from trainers.data.datasets import ImageDataset
+from trainers.tasks.base import Task
+from trainers.workers import Runtime
+
+# layers_to_freeze for the resnet_backbone family (§6.3); the stem's batch norm goes with its conv
+RESNET_BACKBONE_GROUPS = (("backbone.body.conv1.", "backbone.body.bn1."), "backbone.body.layer1.",
+                          "backbone.body.layer2.", "backbone.body.layer3.", "backbone.body.layer4.")
+MASK_THRESHOLD = 0.5  # mask probability that counts as inside the instance, for the validation metric
+# AP ranks every detection down to this score (COCO evaluation's usual floor); precision and recall are
+# reported for the detections a user would get, at box_score_threshold
+AP_SCORE_FLOOR = 0.05
+# RandomZoomOut fills the new border with the ImageNet mean colour (masks with 0), as torchvision's references do
+_FILL = (124, 116, 104)
+
+
+def collate_lists(batch: list) -> tuple:
+    """Detectors take a list of differently sized images and a list of targets, not stacked tensors."""
+    return tuple(zip(*batch))
+
+
+class DetectionTask(Task):
+    name = hp.DETECTION
+    primary_metric = "mean_average_precision"
+    channels_last_ok = False
+    segmentation = False
+    collate = staticmethod(collate_lists)
+
+    # --- before training ---------------------------------------------------------------------------
+    def check(self, h: dict[str, Any]) -> None:
+        from trainers.engine import TrainingError
+        from trainers.detection_models import get_detector_entry
+
+        get_detector_entry(h["model_name"])
+        if h["min_size"] > h["max_size"]:
+            raise TrainingError(f"min_size ({h['min_size']}) must be <= max_size ({h['max_size']})")
+
+    def build_model(self, h, weights, download) -> nn.Module:
+        from trainers.detection_models import build_detector
+
+        return build_detector(h["model_name"], len(self.classes), h, weights, download)
+
+    def freeze(self, model, h) -> None:
+        from trainers.models import freeze_prefix_groups
+
+        freeze_prefix_groups(model, h["model_name"], RESNET_BACKBONE_GROUPS, h.get("layers_to_freeze"))
+
+    def train_dataset(self, h, data) -> ImageDataset:
+        from trainers.tiling import parse_grid
+
+        grid = parse_grid(h.get("tile_grid_size"))
+        augment = (h.get("advanced_settings") or {}).get("apply_automl_train_augmentations", True)
+        sample = DetectionSample(self, train=True, augment=augment, grid=grid, overlap=h["tile_overlap_ratio"])
+        return ImageDataset(data.train, sample, data.store, views=1 + (grid[0] * grid[1] if grid else 0))
+
+    def valid_dataset(self, h, data) -> ImageDataset:
+        return ImageDataset(data.valid, DetectionSample(self, train=False), data.store)
+
+    # --- training and evaluation -----------------------------------------------------------------
+    def loss(self, net, batch, rt: Runtime):
+        images, targets = batch
+        images = [im.to(rt.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(rt.device, non_blocking=True) for k, v in t.items() if torch.is_tensor(v)}
+                   for t in targets]
+        with rt.autocast():
+            losses = net(images, targets)
+        return sum(v.float() for v in losses.values()), len(images)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: list[torch.Tensor], h: dict[str, Any], rt: Runtime) -> list[dict]:
+        """Raw detector outputs (full-image pixel coordinates) for a list of images, tiled when configured."""
+        from trainers.tiling import parse_grid, predict_tiled
+
+        grid = parse_grid(h.get("tile_grid_size"))
+        with rt.autocast():
+            if grid is None:
+                return model(images)
+            return [predict_tiled(model, im, grid, float(h["tile_overlap_ratio"]),
+                                  float(h["tile_predictions_nms_threshold"]), int(h["box_detections_per_image"]))
+                    for im in images]
+
+    @torch.no_grad()
+    def evaluate(self, net, loader, rt: Runtime, h) -> dict[str, Any]:
+        from trainers.detection_metrics import detection_metrics, encode_masks
+
+        from trainers.detection_models import score_threshold
+
+        model = getattr(net, "module", net)  # predictions need no DDP: each worker predicts its own slice
+        model.eval()
+        preds, gts = [], []
+        floor = min(AP_SCORE_FLOOR, float(h["box_score_threshold"]))
+        for images, targets in loader:
+            with score_threshold(model, floor):
+                outs = self.predict(model, [im.to(rt.device, non_blocking=True) for im in images], h, rt)
+            for out, t in zip(outs, targets):
+                p = {"boxes": out["boxes"].float().cpu().numpy(), "labels": out["labels"].cpu().numpy(),
+                     "scores": out["scores"].float().cpu().numpy()}
+                if self.segmentation:
+                    p["masks"] = encode_masks((out["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy())
+                preds.append(p)
+                gts.append({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in t.items()})
+        parts = rt.workers.all_gather((preds, gts))
+        all_preds = [p for part in parts for p in part[0]]
+        all_gts = [g for part in parts for g in part[1]]
+        kw = dict(metric_type=h["validation_metric_type"], iou_threshold=h["validation_iou_threshold"],
+                  segmentation=self.segmentation)
+        out = detection_metrics(all_preds, all_gts, self.classes, **kw)
+        if out:  # precision and recall of what inference returns: the detections at box_score_threshold
+            kept = detection_metrics([_above(p, float(h["box_score_threshold"])) for p in all_preds], all_gts,
+                                     self.classes, **kw)
+            out["precision"], out["recall"] = kept["precision"], kept["recall"]
+            for name, per in out.get("per_label_metrics", {}).items():
+                k = kept.get("per_label_metrics", {}).get(name, {})
+                per["precision"], per["recall"] = k.get("precision", 0.0), k.get("recall", 0.0)
+        out["validation_images"] = len(all_gts)
+        return out
+
+
+def _above(pred: dict[str, Any], threshold: float) -> dict[str, Any]:
+    keep = pred["scores"] >= threshold
+    out = {k: v[keep] for k, v in pred.items() if k != "masks"}
+    if "masks" in pred:
+        out["masks"] = [m for m, k in zip(pred["masks"], keep) if k]
+    return out
+
+
+class SegmentationTask(DetectionTask):
+    name = hp.SEGMENTATION
+    segmentation = True
+
+
+class DetectionSample:
+    """(image, record, view) -> (image tensor, target). A class, not a closure, so DataLoader workers can pickle it.
+
+    ``view`` 0 is the whole image; ``view`` k > 0 is tile k - 1 of the grid (training with tiling).
+    """
+
+    def __init__(self, task: DetectionTask, train: bool, augment: bool = True,
+                 grid: tuple[int, int] | None = None, overlap: float = 0.25):
+        self.classes = task.index
+        self.segmentation = task.segmentation
+        self.train, self.augment, self.grid, self.overlap = train, augment, grid, overlap
+        self._pipelines = None
+
+    def target(self, record, width: int, height: int) -> dict[str, Any]:
+        from trainers.polygons import polygons_to_mask
+
+        boxes = [b for b in record.label if not (self.train and b.is_crowd)]
+        t: dict[str, Any] = {
+            "boxes": torch.tensor([[b.top_x * width, b.top_y * height, b.bottom_x * width, b.bottom_y * height]
+                                   for b in boxes], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([self.classes[b.label] + 1 for b in boxes], dtype=torch.int64),
+            "iscrowd": torch.tensor([b.is_crowd for b in boxes], dtype=torch.int64),
+        }
+        if self.segmentation:
+            masks = np.stack([polygons_to_mask([list(p) for p in b.polygon], height, width) for b in boxes]) \
+                if boxes else np.zeros((0, height, width), dtype=bool)
+            if self.train:
+                t["masks"] = torch.from_numpy(masks.astype(np.uint8))
+            else:
+                from trainers.detection_metrics import encode_masks
+
+                t["masks"] = encode_masks(masks)
+        if not self.train:
+            t["size"] = (height, width)
+        return t
+
+    def __call__(self, image, record, view: int):
+        from torchvision.transforms.v2 import functional as F
+
+        img = F.pil_to_tensor(image.convert("RGB"))
+        target = self.target(record, image.width, image.height)
+        if not self.train:
+            return F.to_dtype(img, torch.float32, scale=True), target
+        if view > 0:
+            from trainers.tiling import crop_target, tile_windows
+
+            x0, y0, x1, y1 = tile_windows(image.width, image.height, self.grid, self.overlap)[view - 1]
+            img = img[:, y0:y1, x0:x1]
+            target = crop_target(target, (x0, y0, x1, y1))
+        img, target = self._transform(img, target)
+        return img, target
+
+    def _transform(self, img: torch.Tensor, target: dict[str, Any]):
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        if self._pipelines is None:
+            fill = {tv_tensors.Image: _FILL, "others": 0}
+            tail = [v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True)]
+            if self.augment:
+                with_boxes = v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 2.0), p=0.5),
+                                         v2.RandomIoUCrop(), v2.RandomHorizontalFlip(), *tail])
+                # the IoU crop needs a box to crop around: negatives get the other two
+                negatives = v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 2.0), p=0.5),
+                                        v2.RandomHorizontalFlip(), *tail])
+            else:  # §7.2: normalisation and resize (inside the model) only
+                with_boxes = negatives = v2.Compose(tail)
+            self._pipelines = (with_boxes, negatives)
+        h, w = img.shape[-2:]
+        wrapped = {"boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(h, w)),
+                   "labels": target["labels"], "iscrowd": target["iscrowd"]}
+        if "masks" in target:
+            wrapped["masks"] = tv_tensors.Mask(target["masks"])
+        pipeline = self._pipelines[0] if len(target["boxes"]) else self._pipelines[1]
+        img, out = pipeline(tv_tensors.Image(img), wrapped)
+        out = {k: v.as_subclass(torch.Tensor) for k, v in out.items()}
+        return img.as_subclass(torch.Tensor), out
