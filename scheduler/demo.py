@@ -5,8 +5,10 @@
    chosen by visionsweep, weak trials stopped by ASHA);
 then prints each leaderboard, what AutoMode chose, the time taken, and loads the better run's
 ``best/`` package the way ``visionsweep predict`` does to score it on 100 held-out test images that
-no trial saw, and finally serves it on Ray Serve behind a keyed endpoint and answers a real HTTP
-request. Each run folder has a ``report.html``.
+no trial saw, and serves it on Ray Serve behind a keyed endpoint and answers a real HTTP request.
+3. ``scheduler/jobs/trees_detection.yml``: object detection, a short RetinaNet sweep on the bundled
+   aerial tree tiles, then the best detector's boxes for a validation tile.
+Each run folder has a ``report.html`` (the detection run's shows its mAP curves).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 JOBS = Path(__file__).parent / "jobs"
 HELD_OUT = Path(__file__).parent.parent / "trainers" / "sample_data" / "fashion_mnist" / "valid"
+TREES_VALID = Path(__file__).parent.parent / "trainers" / "sample_data" / "trees" / "valid"
 
 
 def run_demo(output: str | None = None) -> int:
@@ -60,8 +63,36 @@ def run_demo(output: str | None = None) -> int:
           + json.dumps({"probs": [round(p, 4) for p in first["probs"]], "labels": first["labels"]}))
     print(f"held-out accuracy: {hits}/{len(records)} = {hits / len(records):.3f}")
     _serve_and_ask(result.run_dir, Path(records[1].image_url), records[1].label)
+    _detection(root)
     print(f"\ntotal demo time: {time.time() - t0:.1f}s")
     return 0
+
+
+def _detection(root: Path) -> None:
+    """The detection sweep on the bundled tree tiles, its leaderboard, and the best detector's boxes."""
+    from scheduler.controller import run_job
+    from scheduler.leaderboard import format_table
+    from scheduler.spec import load_job
+    from serving.predictor import Predictor
+    from trainers import hyperparameters as hp
+    from trainers.data import load_records
+
+    name = "trees_detection.yml"
+    job = load_job(JOBS / name)
+    print(f"\n== visionsweep demo: {name} (object detection, {job.spec.limits.max_trials} trials of "
+          f"{job.training_parameters['model_name']}, {job.spec.limits.max_concurrent_trials} at a time) ==",
+          flush=True)
+    result = run_job(job, root / Path(name).stem)
+    print(f"\n== leaderboard: {name} ==")
+    print(format_table(result.rows, job.primary_metric))
+    print(f"sweep time: {result.elapsed_s:.1f}s; mAP curves per trial: {result.run_dir / 'report.html'}")
+    records = load_records(str(TREES_VALID), hp.DETECTION, "label")
+    predictor = Predictor(str(result.run_dir / "best"), device="cpu")
+    (resp,) = predictor.predict_images([Path(records[0].image_url).read_bytes()])
+    boxes = resp["boxes"]
+    print(f"{Path(records[0].image_url).name}: {len(records[0].label)} trees labelled, {len(boxes)} boxes predicted "
+          f"at box_score_threshold {predictor.pkg.settings['box_score_threshold']}"
+          + (f"; best: {json.dumps(boxes[0])}" if boxes else ""))
 
 
 def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:

@@ -171,3 +171,37 @@ def test_segmentation_samples_carry_masks_that_match_their_boxes(shapes_segmenta
             ys, xs = np.nonzero(mask.numpy())
             assert abs(xs.min() - box[0]) <= 2 and abs(xs.max() + 1 - box[2]) <= 2
             assert abs(ys.min() - box[1]) <= 2 and abs(ys.max() + 1 - box[3]) <= 2
+
+
+def test_a_polygon_survives_the_round_trip_through_a_mask():
+    from trainers.polygons import mask_to_polygons, polygons_to_mask
+
+    hexagon = [0.3, 0.1, 0.7, 0.1, 0.9, 0.5, 0.7, 0.9, 0.3, 0.9, 0.1, 0.5]
+    mask = polygons_to_mask([hexagon], 120, 160)
+    (back,) = mask_to_polygons(mask.astype(np.float32), threshold=0.5, max_points=100)
+    again = polygons_to_mask([back], 120, 160)
+    assert (mask & again).sum() / (mask | again).sum() > 0.95
+    # the vertices come back (within two pixels), not just the area
+    xy = np.asarray(back).reshape(-1, 2) * [160, 120]
+    for vx, vy in np.asarray(hexagon).reshape(-1, 2) * [160, 120]:
+        assert np.hypot(xy[:, 0] - vx, xy[:, 1] - vy).min() < 2.5
+
+
+@pytest.mark.parametrize("task,cpu_first,gpu_first", [
+    (hp.DETECTION, "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn"),
+    (hp.SEGMENTATION, "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"),
+])
+def test_automode_plans_detectors_for_the_hardware(task, cpu_first, gpu_first):
+    from scheduler import automode
+
+    cpu = automode.plan(task, 8, {}, has_gpu=False)
+    gpu = automode.plan(task, 8, {}, has_gpu=True)
+    assert cpu["first_trial"]["config"] == {"model_name": cpu_first}
+    assert gpu["first_trial"]["config"] == {"model_name": gpu_first}
+    for p in (cpu, gpu):
+        names = [m["model_name"] for m in p["models"]] + [m["model_name"] for m in p["left_out"]]
+        assert all(n in hp.MODELS[task] for n in names) and "yolov5" not in names
+        assert len(p["models"]) == 2 and all(m["why"] for m in p["models"])  # 8 trials: about one model per 4
+        for sub in p["space"]:  # a learning-rate range around each detector's own default (0.005)
+            lr = sub["learning_rate"]
+            assert np.exp(lr.min_value) == pytest.approx(0.005 / 4) and np.exp(lr.max_value) == pytest.approx(0.015)

@@ -56,3 +56,30 @@ def test_a_group_that_cannot_be_placed_is_an_error_not_a_wait(ray_session, small
     job = make_job(small_mltable, "properties: {node_count_per_trial: '2'}\nvisionsweep: {tracking: {enabled: false}}\n")
     with pytest.raises(VisionsweepError, match=r"needs 2 workers x 1 CPU .* = 2.1 CPUs, but the cluster has 2"):
         run_job(job, tmp_path / "run", echo=lambda s: None)
+
+
+def test_a_data_parallel_detection_trial_validates_the_whole_set(ray_session, shapes_detection, tmp_path):
+    """The same loop trains a detector under DDP; each worker predicts its slice and mAP covers all of them."""
+    from scheduler.spec import parse_job
+
+    train, valid = shapes_detection
+    job = parse_job(f"""\
+task: image_object_detection
+target_column_name: label
+training_data: {{path: {train}}}
+validation_data: {{path: {valid}}}
+training_parameters:
+  model_name: retinanet_resnet50_fpn
+  number_of_epochs: 1
+  min_size: 64
+  max_size: 64
+  training_batch_size: 2
+  optimizer: adamw
+  learning_rate: 0.001
+visionsweep: {{workers_per_node: 2, cpus_per_trial: 0.5, tracking: {{enabled: false}}}}
+""", source=tmp_path / "job.yml")
+    result = run_job(job, tmp_path / "run", echo=lambda s: None)
+    (m,) = _metrics(result.run_dir)
+    assert m["workers"] == 2 and m["validation_images"] == 8
+    assert 0.0 <= m["mean_average_precision"] <= 1.0 and "per_label_metrics" in m
+    assert (result.run_dir / "best" / "model.safetensors").is_file()
