@@ -99,6 +99,7 @@ def trained_box_packages(shapes_detection, shapes_segmentation, tmp_path_factory
     for task, model, (tr, va) in (("image_object_detection", "retinanet_resnet50_fpn", shapes_detection),
                                   ("image_instance_segmentation", "maskrcnn_resnet18_fpn", shapes_segmentation)):
         data = prepare_data(task, "label", str(tr), str(va), 0.2, 0)
+        data.train, data.valid = data.train[:8], data.valid[:2]
         h = resolve_hyperparameters(task, {"model_name": model, "min_size": 64, "max_size": 64, "number_of_epochs": 1,
                                            "optimizer": "adamw", "learning_rate": 0.001, "random_seed": 0,
                                            "learning_rate_scheduler": "none", "training_batch_size": 2}, {})
