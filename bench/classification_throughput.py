@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import statistics
 import time
 from pathlib import Path
 
-from machine_info import describe, repeats_table
+from machine_info import alternate, describe
 
 import torch
 import torch.nn.functional as F
@@ -115,27 +113,10 @@ def main() -> int:
           f"momentum {h['momentum']} nesterov {h['nesterov']} wd {h['weight_decay']}")
 
     sides = {"visionsweep": run_visionsweep, "plain": run_plain}
-    per_repeat: dict[str, list[float]] = {s: [] for s in sides}
-    pooled: dict[str, list[float]] = {s: [] for s in sides}
     warm = hyperparameters(args.model, args.size, 2)
     for fn in sides.values():  # untimed warm-up of both sides (allocator, kernels, page cache)
         fn(warm, data)
-    for r in range(args.repeats):
-        order = list(sides.items()) if r % 2 == 0 else list(reversed(sides.items()))  # A B, then B A
-        for side, fn in order:
-            rates = fn(h, data)[1:]  # skip the warm-up epoch
-            per_repeat[side].append(statistics.median(rates))
-            pooled[side].extend(rates)
-            print(f"  repeat {r + 1} {side:<12} epochs 2..{args.epochs}: "
-                  + ", ".join(f"{v:.1f}" for v in rates) + " img/s", flush=True)
-
-    print()
-    med = {side: statistics.median(pooled[side]) for side in sides}
-    print(repeats_table(per_repeat, med, "{:.1f}"))
-    ratio = med["visionsweep"] / med["plain"]
-    verdict = "PASS" if ratio >= args.target else "FAIL"
-    print(f"\nratio visionsweep / plain = {ratio:.3f}  (target >= {args.target})  {verdict}")
-    return 0 if verdict == "PASS" else 1
+    return alternate(sides, (h, data), args.repeats, args.epochs, args.target, "{:.1f}")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import statistics
 import time
 from pathlib import Path
 
-from machine_info import describe, repeats_table
+from machine_info import alternate, describe
 
 import torch
 from PIL import Image
@@ -155,30 +154,12 @@ def main() -> int:
           f"scheduler {h['learning_rate_scheduler']}, no augmentations, classes {data.classes}")
 
     sides = {"visionsweep": run_visionsweep, "plain": run_plain}
-    per_repeat: dict[str, list[float]] = {s: [] for s in sides}
-    pooled: dict[str, list[float]] = {s: [] for s in sides}
     # untimed warm-up of both sides (allocator, kernels, page cache): one epoch over a few images
     warm_data = dataclasses.replace(data, train=data.train[:min(n, 2 * BATCH)])
     warm = hyperparameters(args.model, args.size, 1)
     for fn in sides.values():
         fn(warm, warm_data)
-    for r in range(args.repeats):
-        order = list(sides.items()) if r % 2 == 0 else list(reversed(sides.items()))  # A B, then B A
-        for side, fn in order:
-            rates = fn(h, data)[1:]  # skip the warm-up epoch
-            per_repeat[side].append(statistics.median(rates))
-            pooled[side].extend(rates)
-            print(f"  repeat {r + 1} {side:<12} epochs 2..{args.epochs}: "
-                  + ", ".join(f"{v:.2f}" for v in rates) + " img/s", flush=True)
-
-    print()
-    med = {side: statistics.median(pooled[side]) for side in sides}
-    print(repeats_table(per_repeat, med, "{:.2f}"))
-    ratio = med["visionsweep"] / med["plain"]
-    verdict = "PASS" if ratio >= args.target else "FAIL"
-    print(f"\nratio visionsweep / plain = {ratio:.3f}  (target >= {args.target})  {verdict}")
-    return 0 if verdict == "PASS" else 1
-
+    return alternate(sides, (h, data), args.repeats, args.epochs, args.target, "{:.2f}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

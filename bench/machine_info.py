@@ -40,3 +40,28 @@ def repeats_table(per_repeat: dict[str, list[float]], medians: dict[str, float],
     for side, vals in per_repeat.items():
         lines.append(f"| {side:<{w}}" + "".join(f" | {cell(v, 8)}" for v in vals) + f" | {cell(medians[side], 6)} |")
     return "\n".join(lines)
+
+
+def alternate(sides: dict, args: tuple, repeats: int, epochs: int, target: float, fmt: str = "{:.1f}") -> int:
+    """Run ``sides`` (name -> fn(*args) returning per-epoch images/s, first epoch a warm-up) alternately,
+    A B, B A, A B ...; print each run, the repeats table and ``ratio visionsweep / plain`` against
+    ``target``. Returns the exit code: 0 PASS, 1 FAIL."""
+    import statistics
+
+    per_repeat: dict[str, list[float]] = {s: [] for s in sides}
+    pooled: dict[str, list[float]] = {s: [] for s in sides}
+    for r in range(repeats):
+        order = list(sides.items()) if r % 2 == 0 else list(reversed(sides.items()))  # A B, then B A
+        for side, fn in order:
+            rates = fn(*args)[1:]  # skip the warm-up epoch
+            per_repeat[side].append(statistics.median(rates))
+            pooled[side].extend(rates)
+            print(f"  repeat {r + 1} {side:<12} epochs 2..{epochs}: "
+                  + ", ".join(fmt.format(v) for v in rates) + " img/s", flush=True)
+    print()
+    med = {side: statistics.median(pooled[side]) for side in sides}
+    print(repeats_table(per_repeat, med, fmt))
+    ratio = med["visionsweep"] / med["plain"]
+    verdict = "PASS" if ratio >= target else "FAIL"
+    print(f"\nratio visionsweep / plain = {ratio:.3f}  (target >= {target})  {verdict}")
+    return 0 if verdict == "PASS" else 1
