@@ -34,6 +34,7 @@ from trainers.errors import DataError, VisionsweepError
 from trainers.package import load_package
 from trainers.tasks import make_task
 from trainers.transforms import eval_transform
+from trainers.workers import Runtime
 
 
 BadImage = DataError  # an input that is not a decodable image (a 400 when served)
@@ -48,14 +49,14 @@ class Predictor:
         self.pkg = load_package(package, str(self.device), settings, registry_uri)
         s = self.pkg.settings
         self.classification = self.pkg.task in hp.CLASSIFICATION_TASKS
+        self.task = make_task(self.pkg.task, self.pkg.classes)
         if self.classification:
             self.transform = eval_transform(int(s["validation_resize_size"]), int(s["validation_crop_size"]))
-            self.task = make_task(self.pkg.task, self.pkg.classes)
         else:
             from trainers.tiling import parse_grid
 
             try:
-                self.grid = parse_grid(s.get("tile_grid_size"))
+                parse_grid(s.get("tile_grid_size"))  # a bad override is an error now, not at the first request
             except ValueError as e:
                 raise VisionsweepError(f"{package}: inference setting tile_grid_size: {e}") from None
 
@@ -80,15 +81,8 @@ class Predictor:
         # torchvision's detectors resize (min_size/max_size) and normalise inside the model, and answer in
         # the input's pixel coordinates
         xs = [pil_to_tensor(im.convert("RGB")).float().div_(255).to(self.device) for im in pil]
-        if self.grid is None:
-            outputs = self.pkg.model(xs)
-        else:  # §6.5 small-object tiling: every tile and the whole image, merged with NMS
-            from trainers.tiling import predict_tiled
-
-            s = self.pkg.settings
-            outputs = [predict_tiled(self.pkg.model, x, self.grid, float(s["tile_overlap_ratio"]),
-                                     float(s["tile_predictions_nms_threshold"]), int(s["box_detections_per_image"]))
-                       for x in xs]
+        # the trainer's own prediction path: the whole image, or every tile and the whole image merged (§6.5)
+        outputs = self.task.predict(self.pkg.model, xs, self.pkg.settings, Runtime(self.device))
         return [format_detections(out, im.width, im.height, self.labels, self.pkg.settings,
                                   segmentation=self.pkg.task == hp.SEGMENTATION) for out, im in zip(outputs, pil)]
 

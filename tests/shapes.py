@@ -7,16 +7,15 @@ shapes are learnt in a few epochs at 64 px, so a sweep's metric moves and a poli
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from trainers.data.tables import write_table
+
 CLASSES = ("disc", "square")
-MLTABLE = "paths:\n  - file: ./{name}.jsonl\ntransformations:\n  - read_json_lines:\n      encoding: utf8\n" \
-          "      invalid_lines: error\n"
 
 
 def _shape(rng, size: int, classes=CLASSES, scale=(0.12, 0.22)):
@@ -58,10 +57,8 @@ def write_shapes(root: Path, n_train: int = 24, n_valid: int = 8, size: int = 64
                                    "bottomY": max(ys), "isCrowd": False})
             name = f"{split}_{i:03d}.png"
             im.save(root / "images" / name)
-            lines.append(json.dumps({"image_url": f"../images/{name}",
-                                     "image_details": {"format": "png", "width": size, "height": size},
-                                     "label": labels}))
-        (d / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-        (d / "MLTable").write_text(MLTABLE.format(name=split))
+            lines.append({"image_url": f"../images/{name}",
+                          "image_details": {"format": "png", "width": size, "height": size}, "label": labels})
+        write_table(d, f"{split}.jsonl", lines)
         out.append(d)
     return out[0], out[1]

@@ -28,6 +28,37 @@ class Record:
     source: str
 
 
+MLTABLE_TEMPLATE = """\
+paths:
+  - file: ./{name}
+transformations:
+  - read_json_lines:
+      encoding: utf8
+      invalid_lines: error
+      include_path_column: false
+  - convert_column_types:
+      - columns: image_url
+        column_type: stream_info
+"""
+
+
+def mltable_text(jsonl_name: str) -> str:
+    """The MLTable file (§2.5) of a folder holding one JSONL file: what converters and sample data write."""
+    return MLTABLE_TEMPLATE.format(name=jsonl_name)
+
+
+def write_table(folder, jsonl_name: str, lines) -> None:
+    """Write ``folder/jsonl_name`` (one JSON object per line) and ``folder/MLTable`` naming it."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / jsonl_name, "w", encoding="utf-8", newline="\n") as f:
+        for obj in lines:
+            f.write(json.dumps(obj) + "\n")
+    (folder / "MLTable").write_text(mltable_text(jsonl_name), encoding="utf-8")
+
+
 def table_files(path: str, storage_options=None) -> tuple[list[str], dict[str, Any]]:
     """JSONL files of a data input and its read options (MLTable folder, MLTable file or a JSONL file)."""
     storage_options = storage_options or {}

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import random
 import struct
 import zlib
 from pathlib import Path
+
+from trainers.data.tables import write_table
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 OUT_DIR = Path(__file__).resolve().parent / "fashion_mnist"
@@ -48,20 +49,6 @@ MULTILABEL = {
     "Bag": ["bag"],
     "Ankle boot": ["footwear"],
 }
-
-MLTABLE_TEMPLATE = """\
-paths:
-  - file: ./{name}
-transformations:
-  - read_json_lines:
-      encoding: utf8
-      invalid_lines: error
-      include_path_column: false
-  - convert_column_types:
-      - columns: image_url
-        column_type: stream_info
-"""
-
 
 def read_idx_images(path: Path) -> tuple[int, int, bytes]:
     with gzip.open(path, "rb") as f:
@@ -154,12 +141,6 @@ def write_split(prefix: str, images_path: Path, labels_path: Path, per_class: in
     return records
 
 
-def write_mltable(folder: Path, jsonl_name: str, lines: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / jsonl_name, "w", encoding="utf-8", newline="\n") as f:
-        for obj in lines:
-            f.write(json.dumps(obj) + "\n")
-    (folder / "MLTable").write_text(MLTABLE_TEMPLATE.format(name=jsonl_name), encoding="utf-8")
 
 
 def line(name: str, label) -> dict:
@@ -187,9 +168,9 @@ def main() -> None:
     test = write_split("test", args.source / "t10k-images-idx3-ubyte.gz",
                        args.source / "t10k-labels-idx1-ubyte.gz", TEST_PER_CLASS, rng, images_dir)
 
-    write_mltable(OUT_DIR / "train", "train_annotations.jsonl", [line(n, c) for n, c in train])
-    write_mltable(OUT_DIR / "valid", "valid_annotations.jsonl", [line(n, c) for n, c in test])
-    write_mltable(OUT_DIR / "train_multilabel", "train_annotations.jsonl",
+    write_table(OUT_DIR / "train", "train_annotations.jsonl", [line(n, c) for n, c in train])
+    write_table(OUT_DIR / "valid", "valid_annotations.jsonl", [line(n, c) for n, c in test])
+    write_table(OUT_DIR / "train_multilabel", "train_annotations.jsonl",
                   [line(n, MULTILABEL[c]) for n, c in train])
     print(f"wrote {len(train)} train + {len(test)} test images to {OUT_DIR}")
 

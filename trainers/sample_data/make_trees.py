@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
+
+from trainers.data.tables import write_table
 
 OUT_DIR = Path(__file__).resolve().parent / "trees"
 SEED = 20240601
@@ -49,20 +50,6 @@ NEGATIVE_FRACTION = 0.10
 JPEG_QUALITY = 90
 # Source images whose tiles form the validation split; everything else is train.
 VALID_SOURCES = ("2019_YELL_2_541000_4977000_image_crop", "OSBS_029")
-
-MLTABLE_TEMPLATE = """\
-paths:
-  - file: ./{name}
-transformations:
-  - read_json_lines:
-      encoding: utf8
-      invalid_lines: error
-      include_path_column: false
-  - convert_column_types:
-      - columns: image_url
-        column_type: stream_info
-"""
-
 
 class Source:
     """deepforest's data files, from a folder or straight from the wheel."""
@@ -132,12 +119,6 @@ def open_image(src: Source, stem: str, filename: str | None) -> Image.Image:
     raise SystemExit(f"no image for {stem}.xml (filename {filename!r})")
 
 
-def write_mltable(folder: Path, jsonl_name: str, lines: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / jsonl_name, "w", encoding="utf-8", newline="\n") as f:
-        for obj in lines:
-            f.write(json.dumps(obj) + "\n")
-    (folder / "MLTable").write_text(MLTABLE_TEMPLATE.format(name=jsonl_name), encoding="utf-8")
 
 
 def main() -> None:
@@ -183,7 +164,7 @@ def main() -> None:
         })
 
     for split, lines in splits.items():
-        write_mltable(OUT_DIR / split, f"{split}_annotations.jsonl", lines)
+        write_table(OUT_DIR / split, f"{split}_annotations.jsonl", lines)
         boxes = [b["label"] for line in lines for b in line["label"]]
         per_class = {c: boxes.count(c) for c in sorted(set(boxes))}
         negs = sum(1 for line in lines if not line["label"])

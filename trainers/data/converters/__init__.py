@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from trainers import hyperparameters as hp
 from trainers.data.converters import coco, voc, yolo
 from trainers.data.converters.rows import Row, Warnings
+from trainers.data.tables import mltable_text
 from trainers.errors import DataError, VisionsweepError
 
 #: format -> (reader, the tasks it can produce, the reader options it takes)
@@ -30,15 +31,6 @@ CONVERTERS: dict[str, tuple[Callable, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 JSONL = "train.jsonl"
-MLTABLE = """\
-paths:
-  - file: ./train.jsonl
-transformations:
-  - read_json_lines:
-      encoding: utf8
-      invalid_lines: error
-      include_path_column: false
-"""
 
 
 @dataclass
@@ -81,7 +73,7 @@ def write_dataset(out_dir: str | os.PathLike, rows: Iterable[Row], copy_images: 
             n_objects += len(row.label)
             classes.update(o["label"] for o in row.label)
     os.replace(tmp, jsonl)
-    (out / "MLTable").write_text(MLTABLE)
+    (out / "MLTable").write_text(mltable_text(JSONL))
     return Summary(n_images, n_objects, sorted(classes), Path(out_dir) / JSONL, list(warnings))
 
 
