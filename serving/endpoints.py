@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +120,10 @@ def create_deployment(spec: DeploymentSpec, update: bool = False) -> dict[str, A
                                    "MLFLOW_TRACKING_URI or model_registry_uri to the MLflow registry holding it")
         d["model_registry_uri"], d["model_reference"] = registry, spec.model
         d["model"] = pin_registered(spec.model, registry)
-        fetched = fetch_registered(d["model"], registry)
-        try:
-            if not (fetched / "model.json").is_file():
+        with tempfile.TemporaryDirectory(prefix="visionsweep-pkg-") as tmp:
+            if not (fetch_registered(d["model"], tmp, registry) / "model.json").is_file():
                 raise VisionsweepError(f"deployment {spec.name}: {spec.model} ({d['model']}) is registered, but its "
                                        "files are not a model package (no model.json)")
-        finally:
-            shutil.rmtree(fetched, ignore_errors=True)
     state["deployments"][spec.name] = d
     state["traffic"].setdefault(spec.name, 0)  # a new deployment starts at 0 % (§9.3)
     apply(state)

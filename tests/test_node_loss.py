@@ -120,20 +120,20 @@ def _trials_on(cluster: LocalCluster, node: str, trial_ids: set[str]) -> dict[st
 
 def test_a_lost_worker_node_s_trial_is_rescheduled_and_the_sweep_completes(cluster, driver, small_mltable,
                                                                             tmp_path):
-    job = make_job(small_mltable, f"""\
+    job = make_job(small_mltable, """\
   model_name: resnet18
   checkpoint_frequency: 1
 limits:
   max_trials: 4
   max_concurrent_trials: 2
 search_space:
-  - learning_rate: {{type: choice, values: [0.001, 0.01]}}
-    momentum: {{type: choice, values: [0.8, 0.9]}}
+  - learning_rate: {type: choice, values: [0.001, 0.01]}
+    momentum: {type: choice, values: [0.8, 0.9]}
 sweep:
   sampling_algorithm: grid
 visionsweep:
   trial_retries: 2
-  tracking: {{enabled: false}}
+  tracking: {enabled: false}
 """, epochs=EPOCHS, batch=16)
     job_file = tmp_path / "job" / "job.yml"
     job_file.parent.mkdir()

@@ -57,7 +57,7 @@ def test_references_are_pinned_fetched_and_served(tmp_path, classifier, monkeypa
     assert register(registry, classifier, "fashion") == "2"
     assert pin_registered("azureml:fashion@latest", registry) == "models:/fashion/2"
     assert pin_registered("models:/fashion/1", registry) == "models:/fashion/1"
-    files = {p.name for p in fetch_registered("azureml:fashion:1", registry).iterdir()}
+    files = {p.name for p in fetch_registered("azureml:fashion:1", tmp_path / "dl", registry).iterdir()}
     assert {"model.safetensors", "model.json", "labels.json", "settings.json"} <= files
     # the registry comes from MLFLOW_TRACKING_URI when not given
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
@@ -71,7 +71,7 @@ def test_a_wrong_reference_names_the_model_and_the_registry(tmp_path, classifier
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register(registry, classifier, "fashion")
     with pytest.raises(VisionsweepError, match=r"model azureml:fashion:7: not in the registry at sqlite:.*mlflow.db"):
-        fetch_registered("azureml:fashion:7", registry)
+        fetch_registered("azureml:fashion:7", tmp_path / "dl", registry)
     with pytest.raises(VisionsweepError, match="model azureml:fashion:7: not in the registry"):
         pin_registered("azureml:fashion:7", registry)
     with pytest.raises(VisionsweepError, match="model models:/shoes/latest"):
@@ -79,4 +79,4 @@ def test_a_wrong_reference_names_the_model_and_the_registry(tmp_path, classifier
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     with pytest.raises(VisionsweepError, match="set MLFLOW_TRACKING_URI"):
-        fetch_registered("azureml:fashion:1")
+        fetch_registered("azureml:fashion:1", tmp_path / "dl")

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from pydantic import TypeAdapter
 from scipy import stats
 

@@ -16,6 +16,7 @@ model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``tr
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,9 @@ class LoadedPackage:
     meta: dict[str, Any]
 
 
-def _local_copy(uri: str) -> Path:
+def _local_copy(uri: str, tmp: Path) -> Path:
     import fsspec
 
-    tmp = Path(tempfile.mkdtemp(prefix="visionsweep-pkg-"))
     fs, root = fsspec.core.url_to_fs(uri)
     for name in FILES:
         try:
@@ -100,18 +100,23 @@ def _local_copy(uri: str) -> Path:
 def load_package(path: str | Path, device: str = "cpu", settings_override: dict[str, Any] | None = None,
                  registry_uri: str | None = None) -> LoadedPackage:
     """Load a model package for inference; errors name the package and the missing/invalid file."""
-    from safetensors.torch import load_file
-
-    from trainers.models import build_model
     from trainers.registry import fetch_registered, is_registry_reference
 
     p = str(path)
-    if is_registry_reference(p):
-        local = fetch_registered(p, registry_uri)
-    elif "://" in p and not p.startswith("file://"):
-        local = _local_copy(p)
-    else:
-        local = Path(p.removeprefix("file://"))
+    if not is_registry_reference(p) and ("://" not in p or p.startswith("file://")):
+        return _load_local(p, Path(p.removeprefix("file://")), device, settings_override)
+    # a fetched copy is only read once: the model lives in memory afterwards, so the copy goes (every replica
+    # start or reload would otherwise leave a package's worth of disk behind in the temp folder)
+    with tempfile.TemporaryDirectory(prefix="visionsweep-pkg-") as tmp:
+        fetched = fetch_registered(p, tmp, registry_uri) if is_registry_reference(p) else _local_copy(p, Path(tmp))
+        return _load_local(p, fetched, device, settings_override)
+
+
+def _load_local(p: str, local: Path, device: str, settings_override: dict[str, Any] | None) -> LoadedPackage:
+    from safetensors.torch import load_file
+
+    from trainers.models import build_model
+
     if not local.is_dir():
         raise VisionsweepError(f"{p}: not a model package folder")
     for name in ("model.safetensors", "model.json", "labels.json"):
@@ -152,8 +157,6 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
 
 def copy_package(src: str | Path, dst: str | Path) -> Path:
     """Copy a package folder (only its known files) to ``dst``."""
-    import shutil
-
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for name in FILES:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from trainers.errors import VisionsweepError
@@ -73,8 +72,9 @@ def default_registry_uri() -> str | None:
     return os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def fetch_registered(ref: str, registry_uri: str | None = None) -> Path:
-    """Download a registered model version's package files to a temporary folder.
+def fetch_registered(ref: str, dst: str | Path, registry_uri: str | None = None) -> Path:
+    """Download a registered model version's package files under ``dst`` (the caller's folder, which it
+    removes); returns the package folder.
 
     The version's artifact location is asked of the registry named here, never of MLflow's process-wide
     default (which would be ``./mlflow.db`` in a Serve replica that did not inherit the user's environment).
@@ -93,7 +93,7 @@ def fetch_registered(ref: str, registry_uri: str | None = None) -> Path:
         source = MlflowClient(tracking_uri=registry, registry_uri=registry).get_model_version_download_uri(
             name, version)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=registry,
-                                                        dst_path=tempfile.mkdtemp(prefix="visionsweep-pkg-")))
+                                                        dst_path=str(dst)))
     except (MlflowException, OSError) as e:
         raise VisionsweepError(f"model {ref}: cannot fetch version {version} of {name} from the registry at "
                                f"{registry} ({_first_line(e)})") from None

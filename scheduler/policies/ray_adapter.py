@@ -13,7 +13,6 @@ Resume: Tune rebuilds the scheduler from the pickle taken when the sweep started
 
 from __future__ import annotations
 
-from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
