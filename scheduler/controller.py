@@ -88,7 +88,11 @@ def check_supported(job: Job) -> None:
     if job.mode != "automode" and not any(names):
         names = [hp.DEFAULT_MODEL[job.task]]
     for n in names:
-        if n and hp.model_backend(n) != "builtin":
+        if n and hp.model_backend(n) == "huggingface":
+            from trainers.hf_models import require_transformers
+
+            require_transformers()  # before any trial: the error carries the install command
+        elif n and hp.model_backend(n) != "builtin":
             raise NotSupportedYet(f"model_name: {n}", f"{hp.model_backend(n)} models")
         if n == "yolov5":
             unset = "" if job.training_parameters.get("model_name") or job.search_space else \

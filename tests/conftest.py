@@ -108,3 +108,21 @@ def trained_box_packages(shapes_detection, shapes_segmentation, tmp_path_factory
         saves[-1](str(root / model))
         out[task] = root / model
     return out
+
+
+def save_tiny_hf_classifier(dest: Path) -> Path:
+    """A tiny transformers ViT (32 px, 2 layers) and its image processor, written with ``save_pretrained``:
+    the local-folder form of a Hugging Face model name (§5.3), with no hub involved."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, num_labels=5)
+    ViTForImageClassification(cfg).save_pretrained(dest)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5],
+                      image_std=[0.5, 0.5, 0.5]).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_classifier(tmp_path_factory) -> Path:
+    return save_tiny_hf_classifier(tmp_path_factory.mktemp("hf") / "tiny-vit")

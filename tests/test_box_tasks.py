@@ -147,6 +147,8 @@ def test_the_yolov5_default_is_refused_by_name_until_its_trainer_lands():
     with pytest.raises(NotSupportedYet, match="yolov5, the default model of image_object_detection"):
         check_supported(box_job(""))
     check_supported(box_job("training_parameters: {model_name: retinanet_resnet50_fpn}"))
+    with pytest.raises(NotSupportedYet, match="model_name: atss_r50_fpn_1x_coco"):
+        check_supported(box_job("training_parameters: {model_name: atss_r50_fpn_1x_coco}"))
 
 
 def test_a_malformed_box_names_the_file_and_line(tmp_path):

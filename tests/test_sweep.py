@@ -12,7 +12,6 @@ import pytest
 
 from scheduler.controller import run_job
 from scheduler.spec import parse_job
-from trainers.errors import NotSupportedYet
 
 pytestmark = pytest.mark.ray
 
@@ -35,16 +34,17 @@ def make_job(data: Path, extra: str, epochs: int = 2, batch: int = 16):
     return parse_job(text, source=data.parent / "job.yml")
 
 
-def test_grid_sweep_of_four_trials_two_at_a_time(ray_session, small_mltable, tmp_path):
-    job = make_job(small_mltable, """\
+def test_grid_sweep_of_four_trials_two_at_a_time(ray_session, small_mltable, tiny_hf_classifier, tmp_path):
+    # a built-in model and a Hugging Face classifier (a save_pretrained folder) in one search space (§4.3)
+    job = make_job(small_mltable, f"""\
 limits:
   max_trials: 4
   max_concurrent_trials: 2
 search_space:
-  - model_name: {type: choice, values: [resnet18]}
-    learning_rate: {type: choice, values: [0.001, 0.05]}
-  - model_name: {type: choice, values: [mobilenetv2]}
-    learning_rate: {type: choice, values: [0.001, 0.05]}
+  - model_name: {{type: choice, values: [resnet18]}}
+    learning_rate: {{type: choice, values: [0.001, 0.05]}}
+  - model_name: {{type: choice, values: ["{tiny_hf_classifier}"]}}
+    learning_rate: {{type: choice, values: [0.001, 0.05]}}
 sweep:
   sampling_algorithm: grid
 """)
@@ -65,8 +65,8 @@ sweep:
         assert status["status"] == "completed" and [m["epoch"] for m in metrics] == [1, 2]
         best_per_trial[t.name] = (max(m["accuracy"] for m in metrics), params)
     # every grid point ran exactly once
-    assert sorted((p["model_name"], p["learning_rate"]) for _, p in best_per_trial.values()) == [
-        ("mobilenetv2", 0.001), ("mobilenetv2", 0.05), ("resnet18", 0.001), ("resnet18", 0.05)]
+    assert sorted((p["model_name"], p["learning_rate"]) for _, p in best_per_trial.values()) == sorted([
+        ("resnet18", 0.001), ("resnet18", 0.05), (str(tiny_hf_classifier), 0.001), (str(tiny_hf_classifier), 0.05)])
 
     # never more than 2 trials at once, and the two slots were used together
     spans = [(json.loads((t / "status.json").read_text())["started"],
@@ -126,8 +126,3 @@ sweep:
     # the stopped trials' evaluations are kept, and the best of them became best/
     assert all(r["epochs_run"] >= 1 for r in result.rows)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
-
-
-def test_jobs_that_need_later_features_say_so(small_mltable, tmp_path):
-    with pytest.raises(NotSupportedYet, match="huggingface"):
-        run_job(make_job(small_mltable, "  model_name: google/vit-base-patch16-224\n"), tmp_path / "b")

@@ -67,7 +67,9 @@ _MMDET_PREFIX = "mmd-3x-"
 
 def model_backend(model_name: str) -> str:
     """Which trainer family a model name belongs to: ``builtin``, ``huggingface`` or ``mmdetection`` (§4.3)."""
-    if "/" in model_name:
+    from trainers.hf_models import is_hf_name
+
+    if is_hf_name(model_name):  # a hub id, a local folder, or a curated registry name (§5.3)
         return "huggingface"
     if model_name.startswith(_MMDET_PREFIX) or re.search(r"_coco$", model_name):
         return "mmdetection"
@@ -283,6 +285,12 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
         out["learning_rate"] = _ML_VIT_LR.get(model_name, 0.035)
     if task in CLS:
         out["training_batch_size"] = out["validation_batch_size"] = _VIT_BATCH.get(model_name, 78)
+        if model_backend(model_name) == "huggingface":  # the model's own input size, where its config is here
+            from trainers.hf_models import default_input_size
+
+            size = default_input_size(model_name)
+            if size:
+                out.update(training_crop_size=size, validation_crop_size=size, validation_resize_size=size)
     elif model_name == "yolov5":
         out.update(number_of_epochs=30, training_batch_size=16, validation_batch_size=16,
                    learning_rate=0.01, box_score_threshold=0.1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -78,6 +79,10 @@ def get_entry(name: str) -> ModelEntry:
 def build_model(name: str, num_classes: int, crop_size: int, weights: str | None = None,
                 download: bool = False) -> nn.Module:
     """A classifier with ``num_classes`` outputs for ``crop_size`` inputs."""
+    from trainers import hf_models
+
+    if hf_models.is_hf_name(name):
+        return hf_models.build(name, num_classes, weights)
     e = get_entry(name)
     if e.source == "torchvision":
         import torchvision
@@ -138,7 +143,17 @@ def freeze_layers(model: nn.Module, name: str, n: int | None) -> int:
     """Freeze the first ``n`` prefix groups of the classifier's family (§6.3); returns the parameters frozen."""
     if not n:
         return 0
-    return freeze_prefix_groups(model, name, get_entry(name).freeze_groups, n)
+    from trainers import hf_models
+
+    groups = hf_models.freeze_groups(model) if hf_models.is_hf_name(name) else get_entry(name).freeze_groups
+    return freeze_prefix_groups(model, name, groups, n)
+
+
+def fixed_input(name: str) -> bool:
+    """Whether training and validation crops must be equal (timm's ViTs; transformers models interpolate)."""
+    from trainers import hf_models
+
+    return not hf_models.is_hf_name(name) and get_entry(name).fixed_input
 
 
 def freeze_prefix_groups(model: nn.Module, name: str, groups, n: int | None) -> int:

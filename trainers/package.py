@@ -28,7 +28,8 @@ from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
 
 FORMAT_VERSION = 1
-FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json")
+FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json",
+         "hf_config.json")
 
 
 def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +65,9 @@ def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list
         "input_size": hyperparameters.get("training_crop_size"),
     }
     _write(path / "model.json", meta)
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "config_dict"):  # a transformers classifier: its architecture, so it loads offline
+        _write(path / "hf_config.json", inner.config_dict())
     _write(path / "labels.json", list(classes))
     _write(path / "settings.json", inference_settings(task, hyperparameters))
     _write(path / "training_config.json", hyperparameters)
@@ -136,7 +140,13 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
     # the one hyperparameter table (a package written by another tool may leave some out).
     defaults = inference_settings(task, hp.task_model_defaults(task, meta["model_name"])) if task in hp.TASKS else {}
     settings = {**defaults, **{hp.canonical_name(k): v for k, v in {**raw, **(settings_override or {})}.items()}}
-    if task in hp.CLASSIFICATION_TASKS:
+    if task in hp.CLASSIFICATION_TASKS and hp.model_backend(meta["model_name"]) == "huggingface":
+        from trainers.hf_models import CONFIG_FILE, from_package_config
+
+        if not (local / CONFIG_FILE).is_file():
+            raise VisionsweepError(f"{p}: not a model package of {meta['model_name']} ({CONFIG_FILE} is missing)")
+        model = from_package_config(json.loads((local / CONFIG_FILE).read_text()), meta["num_classes"])
+    elif task in hp.CLASSIFICATION_TASKS:
         model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
                             settings.get("validation_crop_size", 224))
     elif task in hp.BOX_TASKS and hp.model_backend(meta["model_name"]) == "builtin" and meta["model_name"] != "yolov5":

@@ -16,7 +16,7 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers import metrics
 from trainers.data.datasets import ImageDataset
-from trainers.models import build_model, freeze_layers, get_entry
+from trainers.models import build_model, fixed_input, freeze_layers
 from trainers.tasks.base import Task
 from trainers.transforms import eval_transform, train_transform
 from trainers.workers import Runtime, interleave
@@ -44,7 +44,7 @@ class ClassificationTask(Task):
     def check(self, h: dict[str, Any]) -> None:
         from trainers.engine import TrainingError
 
-        if get_entry(h["model_name"]).fixed_input and h["training_crop_size"] != h["validation_crop_size"]:
+        if fixed_input(h["model_name"]) and h["training_crop_size"] != h["validation_crop_size"]:
             raise TrainingError(f"{h['model_name']} needs training_crop_size == validation_crop_size (§6.4), "
                                 f"but got {h['training_crop_size']} and {h['validation_crop_size']}")
         if h["validation_resize_size"] < h["validation_crop_size"]:
