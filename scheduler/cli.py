@@ -151,6 +151,18 @@ def _convert(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from trainers.onnx_export import export_onnx
+
+    norm = None if args.onnx_normalization is None else args.onnx_normalization == "true"
+    r = export_onnx(args.package, args.output, batch_size=args.batch_size, normalization=norm,
+                    image_size=args.image_size, check=not args.no_check, settings=_settings(args.setting))
+    check = "" if r.max_abs_diff is None else f"; onnxruntime vs PyTorch: max |diff| {r.max_abs_diff:.2e}"
+    print(f"wrote {r.path} and {r.path}.json ({r.metadata['task']}, {r.metadata['model_name']}, "
+          f"input {r.metadata['input']['name']} {r.metadata['input']['shape']}{check})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionsweep", description="AutoML for computer vision on your own Ray cluster.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "from this COCO annotation file (matched by file name and class name)")
     pr.add_argument("--output", "-o", metavar="FILE", help="write the JSON to FILE instead of stdout")
     pr.set_defaults(fn=_predict)
+    ex = sub.add_parser("export", help="export a model package to ONNX (the service's input/output conventions)")
+    ex.add_argument("package")
+    ex.add_argument("--format", choices=("onnx",), default="onnx")
+    ex.add_argument("--output", "-o", metavar="FILE", help="default: PACKAGE/model.onnx (plus FILE.json)")
+    ex.add_argument("--batch-size", type=int, default=1,
+                    help="classification: the traced batch (the batch axis stays dynamic); detection: images per call")
+    ex.add_argument("--image-size", metavar="HxW", help="detection input size (default 600x800)")
+    ex.add_argument("--onnx-normalization", choices=("true", "false"),
+                    help="classification: normalise inside the graph (default: the package's "
+                         "enable_onnx_normalization)")
+    ex.add_argument("--setting", action="append", metavar="NAME=VALUE",
+                    help="override an inference setting baked into the graph (§9.5), e.g. box_score_threshold=0.2")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the package")
+    ex.set_defaults(fn=_export)
     from serving.cli import add_parsers
 
     add_parsers(sub)
