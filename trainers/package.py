@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ from torch import nn
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
+from trainers.package_mlflow import FILES as MLFLOW_FILES
+from trainers.package_mlflow import write_mlflow_files
 
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json",
-         "hf_config.json")
+         "hf_config.json", *MLFLOW_FILES)
 
 
 def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +75,8 @@ def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list
     _write(path / "settings.json", inference_settings(task, hyperparameters))
     _write(path / "training_config.json", hyperparameters)
     _write(path / "metrics.json", metrics)
+    # the folder is also an MLflow model (pyfunc): `mlflow models predict/serve -m PACKAGE`
+    write_mlflow_files(path, hyperparameters["model_name"], time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
     return path
 
 

@@ -1,0 +1,67 @@
+"""Every model package is an MLflow model (pyfunc): MLflow's own loader and CLI answer the §15 bodies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serving.predictor import Predictor
+from tests.test_registry import register
+from trainers.errors import DataError
+
+
+@pytest.fixture
+def package(tmp_path) -> Path:
+    from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models import build_model
+    from trainers.package import save_package
+
+    h = resolve_hyperparameters("image_classification", {
+        "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
+    return save_package(tmp_path / "pkg", model=build_model("resnet18", 3, 32), task="image_classification",
+                        classes=["a", "b", "c"], hyperparameters=h, metrics={})
+
+
+def _images(sample, n=2) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((sample / "images").glob("*.png"))[:n]]
+
+
+def test_mlflow_loads_a_package_and_predicts_what_the_endpoint_would(package, sample, tmp_path, monkeypatch):
+    import mlflow.pyfunc
+
+    images = _images(sample)
+    expected = Predictor(str(package), device="cpu").predict_images(images)
+    model = mlflow.pyfunc.load_model(str(package))
+    frame = pd.DataFrame({"image": [base64.b64encode(b).decode() for b in images]})
+    got = model.predict(frame)
+    assert [g["labels"] for g in got] == [e["labels"] for e in expected] == [["a", "b", "c"]] * 2
+    assert sum((g["probs"] for g in got), []) == pytest.approx(sum((e["probs"] for e in expected), []), abs=1e-6)
+    with pytest.raises(DataError, match="image 0: not base64"):
+        model.predict(pd.DataFrame({"image": ["%%%"]}))
+
+    # a registered version is that MLflow model too
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = register(registry, package, "fashion")
+    mlflow.set_tracking_uri(registry)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    registered = mlflow.pyfunc.load_model(f"models:/fashion/{version}")
+    assert registered.predict(frame)[0]["probs"] == pytest.approx(expected[0]["probs"], abs=1e-6)
+
+
+def test_mlflow_models_predict_on_a_package(package, sample, tmp_path):
+    images = _images(sample)
+    body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in images]}}
+    (tmp_path / "in.json").write_text(json.dumps(body))
+    subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", str(package), "-i",
+                    str(tmp_path / "in.json"), "-t", "json", "-o", str(tmp_path / "out.json"),
+                    "--env-manager", "local"], check=True, capture_output=True, text=True)
+    out = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    expected = Predictor(str(package), device="cpu").predict_images(images)
+    assert [o["labels"] for o in out] == [["a", "b", "c"]] * 2
+    assert sum((o["probs"] for o in out), []) == pytest.approx(sum((e["probs"] for e in expected), []), abs=1e-5)
