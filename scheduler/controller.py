@@ -45,7 +45,7 @@ from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.labels import label_json
 from trainers.launch import Group
-from trainers.errors import NotSupportedYet, VisionsweepError
+from trainers.errors import VisionsweepError
 from trainers.package import copy_package
 
 log = logging.getLogger(__name__)
@@ -80,25 +80,36 @@ class Plan:
 
 
 def check_supported(job: Job) -> None:
-    """Refuse, by key, what this version parses but does not run yet."""
+    """Before any trial: every model the job can pick is buildable here (its optional extra installed,
+    an MMDetection config name known), or the job stops with what to install or change."""
     names = [job.training_parameters.get("model_name")]
     for sub in job.search_space or []:
         if "model_name" in sub:
             names += list(sub["model_name"].values)
-    if job.mode != "automode" and not any(names):
+    default = job.mode != "automode" and not any(names)
+    if default:
         names = [hp.DEFAULT_MODEL[job.task]]
     for n in names:
-        if n and hp.model_backend(n) == "huggingface":
+        if not n:
+            continue
+        if hp.model_backend(n) == "huggingface":
             from trainers.hf_models import require_transformers
 
-            require_transformers()  # before any trial: the error carries the install command
-        elif n and hp.model_backend(n) != "builtin":
-            raise NotSupportedYet(f"model_name: {n}", f"{hp.model_backend(n)} models")
-        if n == "yolov5":
-            unset = "" if job.training_parameters.get("model_name") or job.search_space else \
-                ", the default model of image_object_detection"
-            raise NotSupportedYet(f"model_name: yolov5{unset}", "set model_name to one of "
-                                  + ", ".join(m for m in hp.DETECTION_MODELS if m != "yolov5"))
+            require_transformers()  # the error carries the install command
+        elif hp.model_backend(n) == "mmdetection":
+            from trainers.mm_detectors import config_path
+
+            config_path(n)  # the extra is installed and the zoo has that config
+        elif n == "yolov5":
+            from trainers.mm_detectors import require
+
+            try:
+                require(yolo=True)
+            except VisionsweepError as e:
+                why = ", the default model of image_object_detection," if default else ""
+                others = ", ".join(m for m in hp.DETECTION_MODELS if m != "yolov5")
+                raise VisionsweepError(f"model_name: yolov5{why} cannot run here: {e} (or set model_name to "
+                                       f"one of {others})") from None
 
 
 def default_run_dir(job: Job) -> Path:

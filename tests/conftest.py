@@ -22,13 +22,14 @@ def sample() -> Path:
     return SAMPLE
 
 
-def small_sample(dest: Path) -> Path:
-    """A 90-image, 3-class copy of the sample (30 real images per class) as an MLTable folder at ``dest``."""
+def small_sample(dest: Path, per_class: int = 30) -> Path:
+    """A 3-class copy of the sample (``per_class`` real images per class, 90 by default) as an MLTable
+    folder at ``dest``."""
     import json
 
     keep = ("Trouser", "Bag", "Sneaker")
     lines = [json.loads(ln) for ln in (SAMPLE / "train" / "train_annotations.jsonl").read_text().splitlines()]
-    chosen = [ln for c in keep for ln in [x for x in lines if x["label"] == c][:30]]
+    chosen = [ln for c in keep for ln in [x for x in lines if x["label"] == c][:per_class]]
     (dest / "images").mkdir(parents=True)
     with open(dest / "train_annotations.jsonl", "w") as f:
         for ln in chosen:

@@ -3,6 +3,7 @@ augmentations, tiling in training, job-time checks, and a malformed label named 
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from scheduler.controller import check_supported
 from scheduler.spec import parse_job
 from trainers import hyperparameters as hp
 from trainers.data import prepare_data
-from trainers.errors import DataError, NotSupportedYet, SpecError
+from trainers.errors import DataError, SpecError, VisionsweepError
 from trainers.tasks import make_task
 
 
@@ -143,12 +144,15 @@ def test_both_spellings_of_the_box_settings_resolve_to_the_same_job():
     assert v2.training_parameters["tile_grid_size"] == "3x2"
 
 
-def test_the_yolov5_default_is_refused_by_name_until_its_trainer_lands():
-    with pytest.raises(NotSupportedYet, match="yolov5, the default model of image_object_detection"):
+def test_openmmlab_models_stop_the_job_before_any_trial_without_the_extra(monkeypatch):
+    for mod in ("mmengine", "mmcv.ops", "mmdet", "mmyolo"):
+        monkeypatch.setitem(sys.modules, mod, None)  # as if the extra were not installed
+    with pytest.raises(VisionsweepError, match=r"model_name: yolov5, the default model of image_object_detection, "
+                                               r"cannot run here: .*make openmmlab.*or set model_name to one of"):
         check_supported(box_job(""))
-    check_supported(box_job("training_parameters: {model_name: retinanet_resnet50_fpn}"))
-    with pytest.raises(NotSupportedYet, match="model_name: atss_r50_fpn_1x_coco"):
+    with pytest.raises(VisionsweepError, match=r"MMDetection models need the OpenMMLab extra.*make openmmlab"):
         check_supported(box_job("training_parameters: {model_name: atss_r50_fpn_1x_coco}"))
+    check_supported(box_job("training_parameters: {model_name: retinanet_resnet50_fpn}"))
 
 
 def test_a_malformed_box_names_the_file_and_line(tmp_path):

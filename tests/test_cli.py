@@ -33,12 +33,15 @@ def test_bad_dataset_line_is_reported_with_file_and_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_not_supported_yet_names_the_key(tmp_path):
+def test_a_model_that_cannot_run_here_names_the_key_before_any_trial(tmp_path):
     job = tmp_path / "job.yml"
-    job.write_text("task: image_object_detection\ntarget_column_name: label\ntraining_data: {path: d}\n")
+    job.write_text("task: image_object_detection\ntarget_column_name: label\ntraining_data: {path: d}\n"
+                   "training_parameters: {model_name: nosuchnet_r50_fpn_1x_coco}\n")
     r = cli("run", str(job))
-    assert r.returncode == 2
-    assert "not supported yet: model_name: yolov5, the default model of image_object_detection" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    # with the OpenMMLab extra: not in the zoo; without it: the install command
+    assert "model_name nosuchnet_r50_fpn_1x_coco: no MMDetection config of that name" in r.stderr \
+        or "make openmmlab" in r.stderr
 
 
 def test_predict_with_a_non_package_and_a_non_image(tmp_path, sample):

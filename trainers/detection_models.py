@@ -66,9 +66,17 @@ def detector_kwargs(settings: dict[str, Any]) -> tuple[dict[str, int], float, fl
 
 
 def build_detector(name: str, num_classes: int, settings: dict[str, Any],
-                   weights: str | None = None, download: bool = False, trainable_layers: int = 5) -> nn.Module:
+                   weights: str | None = None, download: bool = False, trainable_layers: int = 5,
+                   segmentation: bool = False) -> nn.Module:
     """A detector for ``num_classes`` object classes (plus background) with the given inference settings
-    (canonical names, all present: the trial's hyperparameters or a loaded package's settings)."""
+    (canonical names, all present: the trial's hyperparameters or a loaded package's settings).
+    YOLOv5 and MMDetection models come from ``trainers.mm_detectors`` with the same interface."""
+    from trainers import hyperparameters as hp
+
+    if name == "yolov5" or hp.model_backend(name) == "mmdetection":
+        from trainers.mm_detectors import build_mm_detector
+
+        return build_mm_detector(name, num_classes, settings, segmentation, weights, download)
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7

@@ -260,7 +260,7 @@ _PARAMS = [
           models="non_yolo", **UNIT),
     Param("image_size", "int", (DETECTION,), 640, aliases=("img_size",), models="yolov5", **POS),
     Param("model_size", "str", (DETECTION,), "medium", models="yolov5",
-          choices=("small", "medium", "large", "extra_large")),
+          choices=("small", "medium", "large", "xlarge", "extra_large")),
     Param("multi_scale", "bool", (DETECTION,), False, models="yolov5"),
 ]
 
@@ -326,6 +326,7 @@ def check_param(task: str, name: str, value: Any, where: str, model_name: str | 
 
 # layers_to_freeze groups of the detectors' resnet_backbone family (§6.3); classifiers: trainers.models
 _BOX_FREEZE_GROUPS = 5
+_YOLO_FREEZE_GROUPS = 10  # yolov5_backbone: model.0. ... model.9. (§6.3)
 
 
 def check_combination(task: str, values: Mapping[str, list[Any]], where: str) -> None:
@@ -341,9 +342,11 @@ def check_combination(task: str, values: Mapping[str, list[Any]], where: str) ->
                                 "that the short side is min_size unless the long side would pass max_size")
     for n in values.get("layers_to_freeze", []):
         for m in values.get("model_name", [DEFAULT_MODEL[task]]):
-            if not n or model_backend(m) != "builtin" or m == "yolov5":
+            if not n or model_backend(m) != "builtin":
                 continue
-            if task in BOX_TASKS:
+            if m == "yolov5":
+                limit = _YOLO_FREEZE_GROUPS
+            elif task in BOX_TASKS:
                 limit = _BOX_FREEZE_GROUPS
             else:
                 from trainers.models import get_entry

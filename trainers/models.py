@@ -110,8 +110,10 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
 
 
-def load_pretrained(model: nn.Module, uri: str) -> None:
-    """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head)."""
+def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "") -> None:
+    """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head).
+    ``add_prefix``: put in front of every key of a state dict that has none of the model's own prefixes
+    (a model zoo checkpoint loaded into a wrapper)."""
     import fsspec
 
     try:
@@ -124,9 +126,15 @@ def load_pretrained(model: nn.Module, uri: str) -> None:
 
         state = load(blob)
     else:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickles with Python objects beside the tensors
+            raise VisionsweepError(f"pretrained weights {uri}: not a plain state_dict ({str(e).splitlines()[0][:200]}); "
+                                   "save its tensors with torch.save(ckpt['state_dict']) or as safetensors") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
+    if add_prefix and not any(k.startswith(add_prefix) for k in state):
+        state = {add_prefix + k: v for k, v in state.items()}
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
         from timm.layers import resample_abs_pos_embed
 

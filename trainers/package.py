@@ -154,11 +154,12 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
     elif task in hp.CLASSIFICATION_TASKS:
         model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
                             settings.get("validation_crop_size", 224))
-    elif task in hp.BOX_TASKS and hp.model_backend(meta["model_name"]) == "builtin" and meta["model_name"] != "yolov5":
+    elif task in hp.BOX_TASKS:
         from trainers.detection_models import build_detector
 
         # the detector is built from the (possibly overridden) inference settings, then given its weights
-        model = build_detector(meta["model_name"], meta["num_classes"], settings)
+        model = build_detector(meta["model_name"], meta["num_classes"], settings,
+                               segmentation=task == hp.SEGMENTATION)
     else:
         raise VisionsweepError(f"{p}: {task} packages of model {meta['model_name']} cannot be loaded by this version")
     try:

@@ -51,6 +51,11 @@ def collate_lists(batch: list) -> tuple:
     return tuple(zip(*batch))
 
 
+def is_openmmlab(model_name: str) -> bool:
+    """YOLOv5 (mmyolo) and MMDetection models train through ``trainers.mm_detectors``."""
+    return model_name == "yolov5" or hp.model_backend(model_name) == "mmdetection"
+
+
 class DetectionTask(Task):
     name = hp.DETECTION
     primary_metric = "mean_average_precision"
@@ -63,25 +68,46 @@ class DetectionTask(Task):
         from trainers.engine import TrainingError
         from trainers.detection_models import get_detector_entry
 
-        get_detector_entry(h["model_name"])
+        if is_openmmlab(h["model_name"]):
+            from trainers.mm_detectors import input_size_ok, require
+
+            require(yolo=h["model_name"] == "yolov5")
+            input_size_ok(h)
+            if h["model_name"] == "yolov5":
+                return
+        else:
+            get_detector_entry(h["model_name"])
         if h["min_size"] > h["max_size"]:
             raise TrainingError(f"min_size ({h['min_size']}) must be <= max_size ({h['max_size']})")
 
     def build_model(self, h, weights, download) -> nn.Module:
         from trainers.detection_models import build_detector
 
-        return build_detector(h["model_name"], len(self.classes), h, weights, download)
+        return build_detector(h["model_name"], len(self.classes), h, weights, download,
+                              segmentation=self.segmentation)
 
     def freeze(self, model, h) -> None:
         from trainers.models import freeze_prefix_groups
 
-        freeze_prefix_groups(model, h["model_name"], RESNET_BACKBONE_GROUPS, h.get("layers_to_freeze"))
+        groups = RESNET_BACKBONE_GROUPS
+        if is_openmmlab(h["model_name"]):
+            from trainers.mm_detectors import freeze_groups
 
-    def train_dataset(self, h, data) -> ImageDataset:
+            groups = freeze_groups(model, h["model_name"])
+        freeze_prefix_groups(model, h["model_name"], groups, h.get("layers_to_freeze"))
+
+    def train_dataset(self, h, data):
         from trainers.tiling import parse_grid
 
+        advanced = h.get("advanced_settings") or {}
+        augment = hp._as_bool(advanced.get("apply_automl_train_augmentations", True))
+        if h["model_name"] == "yolov5":  # §7.1: mosaic, random affine, flip; letterboxed to image_size
+            from trainers.tasks.yolo_augment import YoloTrainSet
+
+            base = ImageDataset(data.train, DetectionSample(self, train=True, augment=False), data.store)
+            return YoloTrainSet(base, h["image_size"], mosaic=hp._as_bool(advanced.get("apply_mosaic_for_yolo", True)),
+                                augment=augment)
         grid = parse_grid(h.get("tile_grid_size"))
-        augment = (h.get("advanced_settings") or {}).get("apply_automl_train_augmentations", True)
         sample = DetectionSample(self, train=True, augment=augment, grid=grid, overlap=h["tile_overlap_ratio"])
         return ImageDataset(data.train, sample, data.store, views=1 + (grid[0] * grid[1] if grid else 0))
 

@@ -1,0 +1,335 @@
+"""MMDetection 3.x models (§5.3) and YOLOv5 (§5.2, §6.6, through OpenMMLab's mmyolo) behind the interface of
+torchvision's detectors, so the detection task, tiling, metrics, packages and serving run them unchanged.
+
+The interface (``MMDetector``): in training mode ``model(images, targets) -> {loss name: tensor}``; in eval
+mode ``model(images) -> [{"boxes", "labels", "scores"[, "masks"]}]`` per image, in the input's pixels,
+labels 1-based (0 is background, torchvision's layout), masks as ``(n, 1, H, W)`` probabilities. Images are
+float CHW tensors in [0, 1] at their own size. The adapter does what OpenMMLab's dataset pipelines would:
+
+* resize: keep-ratio to ``min_size``/``max_size`` (MMDetection models, like the torchvision detectors), or
+  letterbox to ``image_size`` (YOLOv5, §7.1: resize the long side, pad to a square of grey 114);
+* build ``DetDataSample`` s (or mmyolo's packed ``bboxes_labels`` for YOLOv5's loss) and run the model's
+  own data preprocessor (normalisation, padding to its size divisor), fed RGB;
+* YOLOv5 ``multi_scale``: each training batch at a random size in [0.5, 1.5] x ``image_size`` (multiple of 32).
+
+Models are named by the model zoo's config name (``atss_r50_fpn_1x_coco``), the metafile name or the curated
+``mmd-3x-`` spelling; the configs ship inside the mmdet and mmyolo wheels. ``num_classes`` is set throughout
+the model config, SyncBN becomes BN (one process per worker here), ``Pretrained`` initialisation (hub
+downloads) is dropped unless ``download_weights``, and the test-time config follows the §9.5 settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.errors import VisionsweepError
+
+log = logging.getLogger(__name__)
+
+INSTALL = "make openmmlab (or: python -m cluster.install_openmmlab), which builds mmcv once per machine"
+MMDET_PREFIX = "mmd-3x-"
+YOLO = "yolov5"
+# §5.2 model_size -> mmyolo's YOLOv5 v6.1 configs (deepen/widen 0.33/0.5, 0.67/0.75, 1/1, 1.33/1.25)
+YOLO_CONFIGS = {
+    "small": "yolov5_s-v61_syncbn_fast_8xb16-300e_coco",
+    "medium": "yolov5_m-v61_syncbn_fast_8xb16-300e_coco",
+    "large": "yolov5_l-v61_syncbn_fast_8xb16-300e_coco",
+    "xlarge": "yolov5_x-v61_syncbn_fast_8xb16-300e_coco",
+}
+YOLO_PAD = 114.0  # letterbox grey, as YOLOv5 pads
+TEST_SCORE_FLOOR = 0.001  # the model keeps candidates down to this; the adapter applies score_thresh
+
+
+def require(yolo: bool = False) -> None:
+    """Fail before any trial, with the install command, when the OpenMMLab extra is missing."""
+    missing = []
+    for mod in ("mmengine", "mmcv.ops", "mmdet") + (("mmyolo",) if yolo else ()):
+        try:
+            __import__(mod)
+        except ImportError as e:
+            missing.append(f"{mod} ({str(e).splitlines()[0][:120]})")
+    if missing:
+        what = "yolov5 (mmyolo, GPL-3.0)" if yolo else "MMDetection models"
+        raise VisionsweepError(f"{what} need the OpenMMLab extra, which is not installed here: "
+                               f"missing {', '.join(missing)}. Install it with: {INSTALL}")
+
+
+def _normal(s: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", re.sub(r"(\d)x(\d)", r"\1xb\2", s.lower()))
+
+
+@functools.lru_cache(maxsize=2)
+def _config_index(package: str) -> dict[str, Path]:
+    """Config file of every model of a zoo: by file stem, by metafile ``Name`` and by a spelling-free key."""
+    import importlib
+
+    import yaml
+
+    root = Path(importlib.import_module(package).__file__).parent / ".mim" / "configs"
+    index: dict[str, Path] = {}
+    for p in root.rglob("*.py"):
+        if "_base_" not in p.parts:
+            index.setdefault(p.stem, p)
+    for meta in root.rglob("metafile.yml"):
+        try:
+            doc = yaml.safe_load(meta.read_text())
+        except yaml.YAMLError:
+            continue
+        models = doc.get("Models") or [] if isinstance(doc, dict) else doc if isinstance(doc, list) else []
+        for m in models:
+            if not isinstance(m, dict):
+                continue
+            cfg = root.parent / m.get("Config", "")
+            if m.get("Name") and cfg.is_file():
+                index.setdefault(m["Name"], cfg)
+    for key, p in list(index.items()):
+        index.setdefault(_normal(key), p)
+    return index
+
+
+def config_path(name: str) -> Path:
+    """The config file of a model zoo name (``mmd-3x-`` prefix optional); the error lists close names."""
+    require()
+    bare = name.removeprefix(MMDET_PREFIX)
+    index = _config_index("mmdet")
+    found = index.get(bare) or index.get(_normal(bare))
+    if found is None:
+        import difflib
+
+        close = difflib.get_close_matches(bare, [k for k in index if "_" in k or "-" in k], n=3, cutoff=0.6)
+        raise VisionsweepError(f"model_name {name}: no MMDetection config of that name in mmdet "
+                               f"{__import__('mmdet').__version__}'s model zoo"
+                               + (f"; close names: {', '.join(close)}" if close else ""))
+    return found
+
+
+def yolo_config_path(size: str) -> Path:
+    require(yolo=True)
+    size = {"extra_large": "xlarge"}.get(size, size)
+    return _config_index("mmyolo")[YOLO_CONFIGS[size]]
+
+
+def _walk(node: Any, fn) -> Any:
+    """Apply ``fn`` to every dict of a config tree (post-order), returning the rewritten tree."""
+    if isinstance(node, dict):
+        node = {k: _walk(v, fn) for k, v in node.items()}
+        return fn(node)
+    if isinstance(node, (list, tuple)):
+        return type(node)(_walk(v, fn) for v in node)
+    return node
+
+
+def model_config(name: str, num_classes: int, settings: dict[str, Any], download: bool = False) -> dict[str, Any]:
+    """The model part of a zoo config, rewritten for ``num_classes`` and the §9.5 settings."""
+    from mmengine.config import Config, ConfigDict
+
+    path = yolo_config_path(str(settings.get("model_size", "medium"))) if name == YOLO else config_path(name)
+    cfg = Config.fromfile(str(path)).to_dict()["model"]
+
+    def fix(d: dict) -> dict:
+        if "num_classes" in d:
+            d["num_classes"] = num_classes
+        if d.get("type") in ("SyncBN", "MMSyncBN"):
+            d["type"] = "BN"
+        init = d.get("init_cfg")
+        if not download and isinstance(init, dict) and init.get("type") == "Pretrained":
+            d["init_cfg"] = None  # no hub here: random initialisation (weights come from pretrained_weights)
+        return d
+
+    cfg = _walk(cfg, fix)
+    pre = cfg.setdefault("data_preprocessor", {})
+    pre["bgr_to_rgb"] = False  # the adapter feeds RGB (the configs' mean/std are in RGB order)
+    pre.pop("batch_augments", None)  # multi-scale batch resizing is ours (multi_scale)
+    _set_test_cfg(cfg, settings)
+    return ConfigDict(cfg)  # the heads read their train/test configs by attribute
+
+
+def _set_test_cfg(cfg: dict, settings: dict[str, Any]) -> None:
+    test = cfg.get("test_cfg")
+    if not isinstance(test, dict):
+        return
+    target = test.get("rcnn") if isinstance(test.get("rcnn"), dict) else test
+    if "score_thr" in target:
+        target["score_thr"] = TEST_SCORE_FLOOR
+    if "max_per_img" in target and "box_detections_per_image" in settings:
+        target["max_per_img"] = int(settings["box_detections_per_image"])
+    nms = target.get("nms")
+    if isinstance(nms, dict) and "iou_threshold" in nms:
+        nms["iou_threshold"] = float(settings["nms_iou_threshold"])
+
+
+class MMDetector(nn.Module):
+    """An OpenMMLab detector with torchvision's detector interface (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, name: str, settings: dict[str, Any], segmentation: bool = False):
+        super().__init__()
+        self.model = model
+        self.name, self.yolo, self.segmentation = name, name == YOLO, segmentation
+        self.score_thresh = float(settings["box_score_threshold"])
+        self.detections_per_img = int(settings.get("box_detections_per_image", 300))
+        if self.yolo:
+            self.image_size = int(settings.get("image_size", 640))
+            self.multi_scale = bool(int(settings.get("multi_scale", 0) or 0))
+        else:
+            self.min_size, self.max_size = int(settings["min_size"]), int(settings["max_size"])
+            self.multi_scale = False
+
+    # --- resizing --------------------------------------------------------------------------------
+    def _scale(self, h: int, w: int) -> float:
+        if self.yolo:
+            return self.image_size / max(h, w)
+        return min(self.min_size / min(h, w), self.max_size / max(h, w))
+
+    def _resize(self, im: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        h, w = im.shape[-2:]
+        s = self._scale(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        x = F.interpolate(im[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0] * 255.0
+        return x, nw / w, nh / h
+
+    def _samples(self, images, targets=None):
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+
+        inputs, samples = [], []
+        for i, im in enumerate(images):
+            x, sx, sy = self._resize(im)
+            meta = {"img_shape": tuple(x.shape[-2:]), "ori_shape": tuple(im.shape[-2:]), "scale_factor": (sx, sy)}
+            if self.yolo:  # letterbox: the resized image top-left in a square of grey
+                pad = x.new_full((3, self.image_size, self.image_size), YOLO_PAD)
+                pad[:, : x.shape[1], : x.shape[2]] = x
+                x = pad
+                meta["pad_param"] = [0.0, 0.0, 0.0, 0.0]
+            ds = DetDataSample(metainfo=meta)
+            if targets is not None:
+                t = targets[i]
+                gi = InstanceData()
+                gi.bboxes = t["boxes"].float() * t["boxes"].new_tensor([sx, sy, sx, sy])
+                gi.labels = t["labels"].long() - 1
+                if self.segmentation and "masks" in t:
+                    from mmdet.structures.mask import BitmapMasks
+
+                    m = t["masks"].float()[None] if t["masks"].dim() == 2 else t["masks"].float()
+                    m = F.interpolate(m[None], size=meta["img_shape"], mode="nearest")[0] if len(m) else \
+                        m.new_zeros((0, *meta["img_shape"]))
+                    gi.masks = BitmapMasks(m.bool().cpu().numpy(), *meta["img_shape"])
+                ds.gt_instances = gi
+            inputs.append(x)
+            samples.append(ds)
+        return inputs, samples
+
+    # --- the torchvision interface ---------------------------------------------------------------
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training mode")
+            losses = self._yolo_loss(images, targets) if self.yolo else self._loss(images, targets)
+            out = {}
+            for k, v in losses.items():  # only losses count (mmengine's parse_losses rule), lists summed
+                if "loss" in k:
+                    out[k] = (sum(x.sum() for x in v) if isinstance(v, (list, tuple)) else v.sum())  # scalars
+            return out
+        return self._predict(images)
+
+    def _loss(self, images, targets):
+        inputs, samples = self._samples(images, targets)
+        data = self.model.data_preprocessor({"inputs": inputs, "data_samples": samples}, True)
+        return self.model.loss(data["inputs"], data["data_samples"])
+
+    def _yolo_loss(self, images, targets):
+        inputs, samples = self._samples(images, targets)
+        x = torch.stack(inputs)
+        rows = []
+        for i, ds in enumerate(samples):
+            gi = ds.gt_instances
+            rows.append(torch.cat([gi.bboxes.new_full((len(gi.labels), 1), i), gi.labels[:, None].float(),
+                                   gi.bboxes], 1))
+        bl = torch.cat(rows) if rows else x.new_zeros((0, 6))
+        if self.multi_scale:  # §6.6: ±50 % image size per batch, a multiple of the 32-pixel stride
+            size = max(32, int(random.uniform(0.5, 1.5) * self.image_size) // 32 * 32)
+            if size != x.shape[-1]:
+                f = size / x.shape[-1]
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                bl = torch.cat([bl[:, :2], bl[:, 2:] * f], 1)
+        data = self.model.data_preprocessor({"inputs": x, "data_samples": {"bboxes_labels": bl}}, True)
+        return self.model.loss(data["inputs"], data["data_samples"])
+
+    def _predict(self, images):
+        inputs, samples = self._samples(images)
+        data = self.model.data_preprocessor({"inputs": inputs, "data_samples": samples}, False)
+        results = self.model.predict(data["inputs"], data["data_samples"], rescale=True)
+        outs = []
+        for im, r in zip(images, results):
+            p = r.pred_instances
+            keep = p.scores >= self.score_thresh
+            order = p.scores[keep].argsort(descending=True)[: self.detections_per_img]
+            out = {"boxes": p.bboxes[keep][order].float(), "scores": p.scores[keep][order].float(),
+                   "labels": p.labels[keep][order].long() + 1}
+            if self.segmentation:
+                h, w = im.shape[-2:]
+                masks = p.masks[keep][order] if "masks" in p else torch.zeros((len(order), h, w), device=im.device)
+                masks = torch.as_tensor(masks, device=im.device).float()
+                out["masks"] = masks[:, None, :h, :w]
+            outs.append(out)
+        return outs
+
+
+def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], segmentation: bool = False,
+                      weights: str | None = None, download: bool = False) -> MMDetector:
+    require(yolo=name == YOLO)
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
+
+    register_all_modules(init_default_scope=False)
+    cfg = model_config(name, num_classes, settings, download)
+    if name == YOLO:
+        from mmyolo.registry import MODELS
+        from mmyolo.utils import register_all_modules as register_yolo
+
+        register_yolo(init_default_scope=False)  # YOLOv5's detector, backbone, neck, head, preprocessor
+        scope = "mmyolo"
+    else:
+        from mmdet.registry import MODELS
+
+        scope = "mmdet"
+    # config types name the zoo's own registry ("DetDataPreprocessor"): build inside its scope
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg)
+        model.init_weights()
+    det = MMDetector(model, name, settings, segmentation)
+    if weights:
+        from trainers.models import load_pretrained
+
+        # a visionsweep package's weights carry the adapter's "model." prefix; a zoo checkpoint does not
+        load_pretrained(det, weights, add_prefix="model.")
+    return det
+
+
+def freeze_groups(model: nn.Module, name: str) -> list[tuple[str, ...]]:
+    """``layers_to_freeze`` groups. YOLOv5: the ten backbone modules of ``yolov5_backbone`` (§6.3's
+    ``model.0.`` ... ``model.9.``), in mmyolo's naming the stem, then each stage's conv and C3 block, and
+    SPPF last. An MMDetection ResNet: its stem and four layers (other backbones have none)."""
+    names = [n for n, _ in model.named_parameters()]
+    if name == YOLO:
+        cand = [("model.backbone.stem.",)] + [(f"model.backbone.stage{i}.{j}.",) for i in range(1, 5) for j in
+                                              range(3 if i == 4 else 2)]
+    else:
+        cand = [("model.backbone.conv1.", "model.backbone.bn1.", "model.backbone.stem.")] + \
+               [(f"model.backbone.layer{i}.",) for i in range(1, 5)]
+    return [g for g in cand if any(n.startswith(g) for n in names)]
+
+
+def input_size_ok(h: dict[str, Any]) -> None:
+    if h["model_name"] == YOLO and int(h.get("image_size", 640)) % 32:
+        raise VisionsweepError(f"image_size: YOLOv5 needs a multiple of 32, but got {h['image_size']}")
+
+
