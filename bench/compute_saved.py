@@ -115,7 +115,7 @@ def main() -> int:
           f"{args.epochs} epochs, crops 32, batch 32, early_stopping 0, seed {args.seed}, tracking off", flush=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
              logging_level=logging.WARNING)
-    print(f"search space of (a)-(c) (AutoMode's CPU plan space):\n"
+    print("search space of (a)-(c) (AutoMode's CPU plan space):\n"
           + "\n".join("  " + ln for ln in job_text("a", args.trials, args.concurrent, args.epochs, args.seed)
                       .split("search_space:\n")[1].split("sweep:")[0].splitlines()), flush=True)
 
