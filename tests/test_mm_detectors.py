@@ -39,6 +39,25 @@ def test_zoo_names_in_every_spelling_find_their_config():
         assert config_path(name).is_file(), name
     with pytest.raises(VisionsweepError, match="no MMDetection config of that name.*close names: atss_r50_fpn_1x_coco"):
         config_path("atss_r50_fpn_1x_cocoa")
+    # where there is internet, download_weights fetches the zoo's COCO checkpoint named in the metafile
+    from trainers.mm_detectors import checkpoint_url
+
+    assert checkpoint_url("atss_r50_fpn_1x_coco", {}).startswith("https://download.openmmlab.com/mmdetection/")
+    assert "yolov5_s-v61" in checkpoint_url("yolov5", {"model_size": "small"})
+
+
+def test_a_zoo_style_checkpoint_loads_from_pretrained_weights(tmp_path):
+    from trainers.detection_models import build_detector
+
+    h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
+    torch.manual_seed(1)
+    source = build_detector("yolov5", 2, h)
+    # OpenMMLab's layout: {"state_dict": ..., "meta": ...}, keys without the adapter's "model." prefix
+    torch.save({"state_dict": source.model.state_dict(), "meta": {"epoch": 300}}, tmp_path / "zoo.pth")
+    torch.manual_seed(2)
+    loaded = build_detector("yolov5", 2, h, weights=str(tmp_path / "zoo.pth"))
+    key = "model.backbone.stem.conv.weight"
+    assert torch.equal(dict(loaded.named_parameters())[key], dict(source.named_parameters())[key])
 
 
 def _data(task, shapes):

@@ -70,12 +70,19 @@ def _normal(s: str) -> str:
 @functools.lru_cache(maxsize=2)
 def _config_index(package: str) -> dict[str, Path]:
     """Config file of every model of a zoo: by file stem, by metafile ``Name`` and by a spelling-free key."""
+    return _zoo(package)[0]
+
+
+@functools.lru_cache(maxsize=2)
+def _zoo(package: str) -> tuple[dict[str, Path], dict[Path, str]]:
+    """(name -> config file, config file -> its COCO checkpoint URL) from the zoo's configs and metafiles."""
     import importlib
 
     import yaml
 
     root = Path(importlib.import_module(package).__file__).parent / ".mim" / "configs"
     index: dict[str, Path] = {}
+    weights: dict[Path, str] = {}
     for p in root.rglob("*.py"):
         if "_base_" not in p.parts:
             index.setdefault(p.stem, p)
@@ -91,9 +98,18 @@ def _config_index(package: str) -> dict[str, Path]:
             cfg = root.parent / m.get("Config", "")
             if m.get("Name") and cfg.is_file():
                 index.setdefault(m["Name"], cfg)
+                if isinstance(m.get("Weights"), str):
+                    weights.setdefault(cfg, m["Weights"])
     for key, p in list(index.items()):
         index.setdefault(_normal(key), p)
-    return index
+    return index, weights
+
+
+def checkpoint_url(name: str, settings: dict[str, Any]) -> str | None:
+    """The zoo's COCO checkpoint of a model (its metafile's ``Weights``), fetched with ``download_weights``."""
+    if name == YOLO:
+        return _zoo("mmyolo")[1].get(yolo_config_path(str(settings.get("model_size", "medium"))))
+    return _zoo("mmdet")[1].get(config_path(name))
 
 
 def config_path(name: str) -> Path:
@@ -306,6 +322,8 @@ def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], seg
         model = MODELS.build(cfg)
         model.init_weights()
     det = MMDetector(model, name, settings, segmentation)
+    if download and not weights:  # where there is internet: the zoo's COCO weights, class heads re-initialised
+        weights = checkpoint_url(name, settings)
     if weights:
         from trainers.models import load_pretrained
 
