@@ -202,3 +202,38 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     (ref,) = pred.task.predict(pred.pkg.model, [x[0]], pred.pkg.settings, Runtime(torch.device("cpu")))
     rows = torch.cat([ref["boxes"], ref["scores"][:, None], ref["labels"][:, None].float() - 1], 1)
     assert torch.cdist(torch.from_numpy(outs[0]), rows, p=float("inf")).min(1).values.max() < 1e-2
+
+
+CURATED_MMDET = ["mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
+                 "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
+                 "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
+                 "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
+                 "mmd-3x-yolof_r50_c5_8x8_1x_coco", "mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CURATED_MMDET)
+def test_each_curated_mmdetection_model_takes_a_training_step_and_predicts(name):
+    """§5.3's curated models (R-50/R-101/X-101/Swin: about 10-40 s each on CPU, hence `-m slow`)."""
+    from trainers.detection_models import build_detector
+
+    seg = "mask-rcnn" in name
+    task = hp.SEGMENTATION if seg else hp.DETECTION
+    h = resolve_hyperparameters(task, {"model_name": name, "min_size": 128, "max_size": 128,
+                                       "box_score_threshold": 0.0}, {})
+    torch.manual_seed(0)
+    model = build_detector(name, 2, h, segmentation=seg)
+    image = torch.rand(3, 128, 128)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
+    if seg:
+        target["masks"] = torch.zeros(1, 128, 128, dtype=torch.uint8)
+        target["masks"][0, 10:70, 10:60] = 1
+    model.train()
+    loss = sum(model([image], [target]).values())
+    loss.backward()
+    assert math.isfinite(float(loss)) and any(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([image])
+    assert out["boxes"].shape[1] == 4 and len(out["labels"]) == len(out["scores"]) == len(out["boxes"])
+    assert ("masks" in out) == seg
