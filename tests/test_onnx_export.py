@@ -35,8 +35,7 @@ def _classifier(root: Path, name: str) -> Path:
                         classes=["a", "b", "c"], hyperparameters=h, metrics={})
 
 
-@pytest.mark.parametrize("normalization", [False, True])
-@pytest.mark.parametrize("family", ["resnet18", "huggingface"])
+@pytest.mark.parametrize("family,normalization", [("resnet18", False), ("resnet18", True), ("huggingface", True)])
 def test_a_classifier_exports_with_the_services_names_and_agrees_with_the_package(
         family, normalization, tmp_path, sample, tiny_hf_classifier):
     pkg = _classifier(tmp_path, str(tiny_hf_classifier) if family == "huggingface" else family)

@@ -137,8 +137,9 @@ def build(name: str, num_classes: int, weights: str | None = None) -> HFImageCla
     folder = _folder_of(weights) or (ident if Path(ident).is_dir() else None)
     source = folder or ident
     try:
+        # HF_HUB_OFFLINE read now (huggingface_hub reads it once, at import): no hub round trips when set
         inner = AutoModelForImageClassification.from_pretrained(
-            source, num_labels=num_classes, id2label={i: str(i) for i in range(num_classes)},
+            source, local_files_only=_offline() or folder is not None, num_labels=num_classes, id2label={i: str(i) for i in range(num_classes)},
             label2id={str(i): i for i in range(num_classes)}, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         looked = [f"visionsweep.pretrained_weights ({weights})"] if weights else []
