@@ -127,3 +127,16 @@ def save_tiny_hf_classifier(dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hf_classifier(tmp_path_factory) -> Path:
     return save_tiny_hf_classifier(tmp_path_factory.mktemp("hf") / "tiny-vit")
+
+
+@pytest.fixture
+def classifier(tmp_path) -> Path:
+    """A resnet18 classification package (3 classes, 32 px, random weights) for package-level tests."""
+    from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models import build_model
+    from trainers.package import save_package
+
+    h = resolve_hyperparameters("image_classification", {
+        "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
+    return save_package(tmp_path / "pkg", model=build_model("resnet18", 3, 32), task="image_classification",
+                        classes=["a", "b", "c"], hyperparameters=h, metrics={})

@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,24 +15,14 @@ from tests.test_registry import register
 from trainers.errors import DataError
 
 
-@pytest.fixture
-def package(tmp_path) -> Path:
-    from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
-    from trainers.package import save_package
-
-    h = resolve_hyperparameters("image_classification", {
-        "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
-    return save_package(tmp_path / "pkg", model=build_model("resnet18", 3, 32), task="image_classification",
-                        classes=["a", "b", "c"], hyperparameters=h, metrics={})
-
-
 def _images(sample, n=2) -> list[bytes]:
     return [p.read_bytes() for p in sorted((sample / "images").glob("*.png"))[:n]]
 
 
-def test_mlflow_loads_a_package_and_predicts_what_the_endpoint_would(package, sample, tmp_path, monkeypatch):
+def test_mlflow_loads_a_package_and_predicts_what_the_endpoint_would(classifier, sample, tmp_path, monkeypatch):
     import mlflow.pyfunc
+
+    package = classifier
 
     images = _images(sample)
     expected = Predictor(str(package), device="cpu").predict_images(images)
@@ -54,7 +43,8 @@ def test_mlflow_loads_a_package_and_predicts_what_the_endpoint_would(package, sa
     assert registered.predict(frame)[0]["probs"] == pytest.approx(expected[0]["probs"], abs=1e-6)
 
 
-def test_mlflow_models_predict_on_a_package(package, sample, tmp_path):
+def test_mlflow_models_predict_on_a_package(classifier, sample, tmp_path):
+    package = classifier
     images = _images(sample)
     body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in images]}}
     (tmp_path / "in.json").write_text(json.dumps(body))

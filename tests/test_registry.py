@@ -28,18 +28,6 @@ def register(registry: str, package: Path, name: str) -> str:
     return str(client.create_model_version(name, f"runs:/{run}/best_model", run_id=run).version)
 
 
-@pytest.fixture
-def classifier(tmp_path) -> Path:
-    from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
-    from trainers.package import save_package
-
-    h = resolve_hyperparameters("image_classification", {
-        "model_name": "resnet18", "validation_resize_size": 32, "validation_crop_size": 32}, {})
-    return save_package(tmp_path / "pkg", model=build_model("resnet18", 3, 32), task="image_classification",
-                        classes=["a", "b", "c"], hyperparameters=h, metrics={})
-
-
 def test_the_managed_services_reference_forms_map_to_mlflow_uris():
     assert registry_model_uri("azureml:fashion:3") == "models:/fashion/3"
     assert registry_model_uri("azureml:fashion@latest") == "models:/fashion/latest"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class Exported:
     path: Path
     metadata: dict[str, Any]
     max_abs_diff: float | None = None  # onnxruntime vs the PyTorch package on the check inputs
-    notes: list[str] = field(default_factory=list)
 
 
 class _Normalised(nn.Module):
