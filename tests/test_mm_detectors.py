@@ -28,14 +28,17 @@ from trainers.hyperparameters import resolve_hyperparameters  # noqa: E402
 from trainers.mm_detectors import config_path  # noqa: E402
 
 
+CURATED_MMDET = ["mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
+                 "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
+                 "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
+                 "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
+                 "mmd-3x-yolof_r50_c5_8x8_1x_coco", "mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco"]
+
+
 def test_zoo_names_in_every_spelling_find_their_config():
     assert config_path("atss_r50_fpn_1x_coco").name == "atss_r50_fpn_1x_coco.py"
     # the curated registry names of §5.3 (metafile names, some spelt differently from the files)
-    for name in ("mmd-3x-yolof_r50_c5_8x8_1x_coco", "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
-                 "mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
-                 "mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco"):
+    for name in CURATED_MMDET:
         assert config_path(name).is_file(), name
     with pytest.raises(VisionsweepError, match="no MMDetection config of that name.*close names: atss_r50_fpn_1x_coco"):
         config_path("atss_r50_fpn_1x_cocoa")
@@ -202,13 +205,6 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     (ref,) = pred.task.predict(pred.pkg.model, [x[0]], pred.pkg.settings, Runtime(torch.device("cpu")))
     rows = torch.cat([ref["boxes"], ref["scores"][:, None], ref["labels"][:, None].float() - 1], 1)
     assert torch.cdist(torch.from_numpy(outs[0]), rows, p=float("inf")).min(1).values.max() < 1e-2
-
-
-CURATED_MMDET = ["mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
-                 "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
-                 "mmd-3x-yolof_r50_c5_8x8_1x_coco", "mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco"]
 
 
 @pytest.mark.slow

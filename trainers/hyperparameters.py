@@ -62,7 +62,7 @@ DEFAULT_MODEL = {
     SEGMENTATION: "maskrcnn_resnet50_fpn",
 }
 
-_MMDET_PREFIX = "mmd-3x-"
+MMDET_PREFIX = "mmd-3x-"
 
 
 def model_backend(model_name: str) -> str:
@@ -71,7 +71,7 @@ def model_backend(model_name: str) -> str:
 
     if is_hf_name(model_name):  # a hub id, a local folder, or a curated registry name (§5.3)
         return "huggingface"
-    if model_name.startswith(_MMDET_PREFIX) or re.search(r"_coco$", model_name):
+    if model_name.startswith(MMDET_PREFIX) or re.search(r"_coco$", model_name):
         return "mmdetection"
     return "builtin"
 
@@ -99,7 +99,7 @@ _TRUE = {"true", "1", "yes", "enable", "enabled"}
 _FALSE = {"false", "0", "no", "disable", "disabled"}
 
 
-def _as_bool(v: Any) -> bool:
+def as_bool(v: Any) -> bool:
     # Booleans MUST be accepted as YAML booleans and as 0/1 (§3.3).
     if isinstance(v, bool):
         return v
@@ -158,7 +158,7 @@ def _as_grid(v: Any) -> str:
 
 
 _KINDS: dict[str, Callable[[Any], Any]] = {
-    "bool": _as_bool, "int": _as_int, "float": _as_float, "str": _as_str, "grid": _as_grid,
+    "bool": as_bool, "int": _as_int, "float": _as_float, "str": _as_str, "grid": _as_grid,
 }
 
 

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.errors import VisionsweepError
+from trainers.hyperparameters import MMDET_PREFIX
 
 log = logging.getLogger(__name__)
 
 INSTALL = "make openmmlab (or: python -m cluster.install_openmmlab), which builds mmcv once per machine"
-MMDET_PREFIX = "mmd-3x-"
 YOLO = "yolov5"
 # §5.2 model_size -> mmyolo's YOLOv5 v6.1 configs (deepen/widen 0.33/0.5, 0.67/0.75, 1/1, 1.33/1.25)
 YOLO_CONFIGS = {
@@ -65,12 +65,6 @@ def require(yolo: bool = False) -> None:
 
 def _normal(s: str) -> str:
     return re.sub(r"[^a-z0-9]", "", re.sub(r"(\d)x(\d)", r"\1xb\2", s.lower()))
-
-
-@functools.lru_cache(maxsize=2)
-def _config_index(package: str) -> dict[str, Path]:
-    """Config file of every model of a zoo: by file stem, by metafile ``Name`` and by a spelling-free key."""
-    return _zoo(package)[0]
 
 
 @functools.lru_cache(maxsize=2)
@@ -116,7 +110,7 @@ def config_path(name: str) -> Path:
     """The config file of a model zoo name (``mmd-3x-`` prefix optional); the error lists close names."""
     require()
     bare = name.removeprefix(MMDET_PREFIX)
-    index = _config_index("mmdet")
+    index = _zoo("mmdet")[0]
     found = index.get(bare) or index.get(_normal(bare))
     if found is None:
         import difflib
@@ -131,7 +125,7 @@ def config_path(name: str) -> Path:
 def yolo_config_path(size: str) -> Path:
     require(yolo=True)
     size = {"extra_large": "xlarge"}.get(size, size)
-    return _config_index("mmyolo")[YOLO_CONFIGS[size]]
+    return _zoo("mmyolo")[0][YOLO_CONFIGS[size]]
 
 
 def _walk(node: Any, fn) -> Any:

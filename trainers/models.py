@@ -112,8 +112,8 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "") -> None:
     """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head).
-    ``add_prefix``: put in front of every key of a state dict that has none of the model's own prefixes
-    (a model zoo checkpoint loaded into a wrapper)."""
+    ``add_prefix``: put in front of every key when no key has it (a model zoo checkpoint loaded into a wrapper
+    whose own keys all start with it)."""
     import fsspec
 
     try:

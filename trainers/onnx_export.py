@@ -154,9 +154,8 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
     if "://" in str(out):
         raise VisionsweepError(f"--output: a local file path is expected, but got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = _training_config(package)
-    if normalization is None:
-        normalization = hp._as_bool(config.get("enable_onnx_normalization", False)) if config else False
+    if normalization is None:  # §14: the trial's enable_onnx_normalization
+        normalization = hp.as_bool(pkg.training_config.get("enable_onnx_normalization", False))
     if task in hp.CLASSIFICATION_TASKS:
         crop = int(pkg.settings["validation_crop_size"])
         module: nn.Module = _Normalised(pkg.model) if normalization else pkg.model
@@ -223,11 +222,6 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
     if check:
         result.max_abs_diff = _check(module, out, check_images or [example], task)
     return result
-
-
-def _training_config(package: str) -> dict[str, Any]:
-    p = Path(str(package).removeprefix("file://")) / "training_config.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def _check(module: nn.Module, path: Path, batches: list[torch.Tensor], task: str) -> float:

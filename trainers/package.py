@@ -92,6 +92,7 @@ class LoadedPackage:
     classes: list[str]
     settings: dict[str, Any]
     meta: dict[str, Any]
+    training_config: dict[str, Any]  # the trial's hyperparameters ({} for a package without them)
 
 
 def _local_copy(uri: str, tmp: Path) -> Path:
@@ -135,6 +136,8 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
         meta = json.loads((local / "model.json").read_text())
         classes = json.loads((local / "labels.json").read_text())
         raw = json.loads((local / "settings.json").read_text()) if (local / "settings.json").is_file() else {}
+        trained = json.loads((local / "training_config.json").read_text()) \
+            if (local / "training_config.json").is_file() else {}
     except json.JSONDecodeError as e:
         raise VisionsweepError(f"{p}: invalid JSON in the package ({e})") from None
     if meta.get("format_version") != FORMAT_VERSION:
@@ -168,7 +171,7 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
         raise VisionsweepError(f"{p}: model.safetensors does not match model {meta['model_name']} with "
                                f"{meta['num_classes']} classes ({str(e).splitlines()[0]})") from None
     model.eval().to(device)
-    return LoadedPackage(model, task, meta["model_name"], classes, settings, meta)
+    return LoadedPackage(model, task, meta["model_name"], classes, settings, meta, trained)
 
 
 def copy_package(src: str | Path, dst: str | Path) -> Path:

@@ -100,12 +100,12 @@ class DetectionTask(Task):
         from trainers.tiling import parse_grid
 
         advanced = h.get("advanced_settings") or {}
-        augment = hp._as_bool(advanced.get("apply_automl_train_augmentations", True))
+        augment = hp.as_bool(advanced.get("apply_automl_train_augmentations", True))
         if h["model_name"] == "yolov5":  # §7.1: mosaic, random affine, flip; letterboxed to image_size
             from trainers.tasks.yolo_augment import YoloTrainSet
 
             base = ImageDataset(data.train, DetectionSample(self, train=True, augment=False), data.store)
-            return YoloTrainSet(base, h["image_size"], mosaic=hp._as_bool(advanced.get("apply_mosaic_for_yolo", True)),
+            return YoloTrainSet(base, h["image_size"], mosaic=hp.as_bool(advanced.get("apply_mosaic_for_yolo", True)),
                                 augment=augment)
         grid = parse_grid(h.get("tile_grid_size"))
         sample = DetectionSample(self, train=True, augment=augment, grid=grid, overlap=h["tile_overlap_ratio"])
