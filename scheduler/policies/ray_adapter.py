@@ -6,9 +6,10 @@ trial, frees its resources and keeps its checkpoints and metrics. ``RecordingASH
 ASHA scheduler. Given a run folder, both record each trial they stop as a ``stopped.json`` marker
 (policy, epoch reached) in the trial's folder.
 
-Resume: Tune rebuilds the scheduler from the pickle taken when the sweep started, so a restored
-``PolicyScheduler`` reloads every trial's reports from the run folder before its first decision.
-(A restored ASHA starts with empty rungs: it rebuilds them from the results that follow.)
+Resume: Tune rebuilds a scheduler from the pickle taken when the sweep started (it never saves a
+scheduler's state), so both rebuild theirs from the run folder before their first decision after a
+restore: ``PolicyScheduler`` the policy's per-trial history, ``RecordingASHA`` the values recorded at
+each rung. Decisions after a resume are then the ones an uninterrupted sweep would have made.
 """
 
 from __future__ import annotations
@@ -66,20 +67,6 @@ class PolicyScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         return f"visionsweep {self.policy.name} policy"
 
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"policy": self.policy.state_dict(), "stopped": self.stopped}, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.policy.load_state_dict(state["policy"])
-        self.stopped = state["stopped"]
-
 
 class RecordingASHA(ASHAScheduler):
     """Ray Tune's asynchronous successive halving, with the budget counted in epochs."""
@@ -92,8 +79,32 @@ class RecordingASHA(ASHAScheduler):
         super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                          reduction_factor=reduction_factor)
         self.run_dir = run_dir
+        self._reload = False
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reload = True  # unpickled by Tuner.restore: its rungs are the empty ones of the sweep's start
+
+    def _catch_up(self) -> None:
+        """Replay every recorded evaluation into the rungs: a rung keeps a trial's first value at or past
+        its milestone, so replaying each trial's reports in epoch order rebuilds exactly what it held."""
+        from types import SimpleNamespace
+
+        from scheduler.runfolder import read_trials
+
+        self._reload = False
+        if not self.run_dir or not self._metric:
+            return
+        for rec in read_trials(self.run_dir).values():
+            bracket = self._trial_info.get(rec.trial_id, self._brackets[0])
+            ghost = SimpleNamespace(trial_id=rec.trial_id)
+            for m in sorted((m for m in rec.metrics if self._metric in m and self._time_attr in m),
+                            key=lambda m: m[self._time_attr]):
+                bracket.on_result(ghost, m[self._time_attr], self._metric_op * m[self._metric])
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._reload:
+            self._catch_up()
         decision = super().on_trial_result(tune_controller, trial, result)
         # ASHA also returns STOP when a trial reaches max_t: that is a finished trial, not a stopped one.
         if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:

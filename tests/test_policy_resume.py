@@ -1,0 +1,78 @@
+"""A resumed sweep's early-termination decisions are the ones the uninterrupted sweep would make.
+
+Tune never saves a scheduler's state: ``Tuner.restore`` unpickles the scheduler taken when the sweep
+started. Both visionsweep schedulers rebuild their state from the run folder's per-trial metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from types import SimpleNamespace
+
+from ray.tune.schedulers import TrialScheduler
+
+from scheduler.policies import create_policy
+from scheduler.policies.ray_adapter import PolicyScheduler, RecordingASHA
+
+METRIC = "accuracy"
+
+
+def record(run_dir, trial_id: str, values: list[float]) -> None:
+    """What RunFolderCallback leaves for a trial: one metrics line per evaluation (epoch = k)."""
+    d = run_dir / "trials" / trial_id
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": k, METRIC: v}) + "\n"
+                                             for k, v in enumerate(values, 1)))
+    (d / "status.json").write_text(json.dumps({"status": "running"}))
+
+
+def result(epoch: int, value: float) -> dict:
+    return {"epoch": epoch, "training_iteration": epoch, METRIC: value}
+
+
+def asha(run_dir) -> RecordingASHA:
+    s = RecordingASHA(max_epochs=9, grace_period=1, reduction_factor=3, run_dir=str(run_dir))
+    s.set_search_properties(METRIC, "max")
+    return s
+
+
+def test_a_restored_asha_rebuilds_its_rungs_from_the_run_folder(tmp_path):
+    history = {"a": [0.9, 0.91], "b": [0.8], "c": [0.7]}
+    started = pickle.dumps(asha(tmp_path))  # what Tuner.restore unpickles: taken before any result
+
+    # the sweep that never stopped
+    live = asha(tmp_path / "live")
+    for tid, values in history.items():
+        live.on_trial_add(None, SimpleNamespace(trial_id=tid))
+        for k, v in enumerate(values, 1):
+            live.on_trial_result(None, SimpleNamespace(trial_id=tid), result(k, v))
+
+    # the sweep resumed after its controller died with the same history on disk
+    for tid, values in history.items():
+        record(tmp_path, tid, values)
+    restored = pickle.loads(started)
+    for s in (live, restored):
+        s.on_trial_add(None, SimpleNamespace(trial_id="d"))
+    low = result(1, 0.1)
+    assert live.on_trial_result(None, SimpleNamespace(trial_id="d"), low) == TrialScheduler.STOP
+    assert restored.on_trial_result(None, SimpleNamespace(trial_id="d"), low) == TrialScheduler.STOP
+    assert json.loads((tmp_path / "trials" / "d" / "stopped.json").read_text())["by"] == "asha"
+    # rung by rung, the same values as the uninterrupted scheduler
+    assert [r for _, r in restored._brackets[0]._rungs] == [r for _, r in live._brackets[0]._rungs]
+
+
+def test_a_restored_policy_scheduler_rebuilds_the_policy_history(tmp_path):
+    def scheduler():
+        s = PolicyScheduler(create_policy("median_stopping", evaluation_interval=1, delay_evaluation=2),
+                            METRIC, run_dir=str(tmp_path))
+        return s
+
+    started = pickle.dumps(scheduler())
+    for tid, values in {"a": [0.8, 0.85, 0.9], "b": [0.7, 0.8, 0.85]}.items():
+        record(tmp_path, tid, values)
+    restored = pickle.loads(started)
+    trial = SimpleNamespace(trial_id="c")
+    assert restored.on_trial_result(None, trial, result(1, 0.1)) == TrialScheduler.CONTINUE  # before the delay
+    assert restored.on_trial_result(None, trial, result(2, 0.1)) == TrialScheduler.STOP  # below the median
+    assert restored.policy.state_dict()["history"]["a"] == [0.8, 0.85, 0.9]
