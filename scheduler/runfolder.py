@@ -37,7 +37,8 @@ class TrialRecord:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
-    retry: bool = True  # False: the error came from the job's own settings or data; resume does not re-train it
+    retry: bool = True  # False: resume does not train it again (see RunFolderCallback.on_trial_error)
+    errors: int = 0  # sweeps (the first and each resume) in which the trial ended in an error
 
     @property
     def finished(self) -> bool:
@@ -87,12 +88,13 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
         params = read_json(d / "params.json", {})
         out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, _read_metrics(d),
                                   str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"),
-                                  st.get("retry", True))
+                                  st.get("retry", True), int(st.get("errors") or 0))
     return out
 
 
 def write_status(run_dir: Path, rec: TrialRecord) -> None:
-    doc = {"status": rec.status, "error": rec.error, "retry": rec.retry, "evaluations": len(rec.metrics),
+    doc = {"status": rec.status, "error": rec.error, "retry": rec.retry, "errors": rec.errors,
+           "evaluations": len(rec.metrics),
            "started": rec.started, "ended": rec.ended}
     (trial_dir(run_dir, rec.trial_id) / "status.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -197,12 +199,20 @@ class RunFolderCallback(Callback):
         self._progress(f"retry {trial.trial_id} from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "error", *_error_summary(trial))
+        # A resume trains an errored trial again once (the node or process may have been at fault); an
+        # error of the job's own settings or data, or a second error, is final: the same trial would fail
+        # the same way at every resume.
+        message, transient = _error_summary(trial)
+        rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
+        rec.errors += 1
+        self._end(trial, "error", message, transient and rec.errors < MAX_ERRORED_SWEEPS)
 
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
+
+MAX_ERRORED_SWEEPS = 2  # an errored trial is trained again by one resume, not by every one
 
 # Errors of the job's own settings or data (trainers.errors and subclasses): the same trial fails the same
 # way every time, so a resumed sweep does not train it again.

@@ -73,13 +73,14 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
                 weights: dict[str, str], download_weights: bool, cpus: float,
                 init_package: str | None = None, group: Group = Group(), primary: str = "accuracy",
                 credentials: EnvCredentials = EnvCredentials(), failed: dict[str, str] | None = None) -> None:
-    """The Tune trainable. ``failed``: trials of a resumed sweep that failed on the job's own settings or
-    data; they fail again at once with their first error instead of being trained again."""
+    """The Tune trainable. ``failed``: trials of a resumed sweep whose error was final (the job's own
+    settings or data, or a second error); they fail again at once with their error instead of training."""
     from ray import tune
 
     previous = (failed or {}).get(tune.get_context().get_trial_id())
     if previous is not None:
-        raise VisionsweepError(f"{previous} (failed the same way before the sweep was resumed; not trained again)")
+        suffix = " (failed before the sweep was resumed; not trained again)"
+        raise VisionsweepError(previous if previous.endswith(suffix) else previous + suffix)
     credentials.apply()
     h = resolve_hyperparameters(data.task, fixed, config)
     init = init_package or weights.get(h["model_name"])
