@@ -53,6 +53,7 @@ SWEEP = "sweep"  # Tune experiment name under RUN/ray
 TRAIN = "train"  # Ray Train runs of data-parallel trials under RUN/ray, one per trial id
 STATE_SYNC_S = 2  # seconds between uploads of Tune's experiment state (TUNE_GLOBAL_CHECKPOINT_S is 2 too)
 DRIVER_CPUS = 0.1  # what the driver of a data-parallel trial reserves: it only waits on its workers
+clock = time.time  # the job's clock for limits.timeout_minutes (a test moves it past data preparation)
 
 
 @dataclass
@@ -300,8 +301,8 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
             resume: bool = False, datastores: str | None = None) -> RunResult:
     """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL)."""
     echo = echo or _echo_default
+    t0 = clock()  # limits.timeout_minutes covers the whole job: checks, data preparation, Ray start, trials
     check_supported(job)
-    t0 = time.time()
     store = output if isinstance(output, RunStore) else RunStore.at(output or default_run_dir(job))
     run_dir = store.local
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -376,6 +377,12 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                                 "visionsweep", spec.name or run_dir.name, primary)
         callbacks.append(tracker)
     budget_s = spec.limits.timeout_minutes * 60
+    left_s = budget_s - (clock() - t0)  # what data preparation and the cluster's start left to the trials
+    if left_s <= 0 and not resume:
+        raise VisionsweepError(
+            f"limits.timeout_minutes ({spec.limits.timeout_minutes}) ran out before the first trial: data "
+            f"preparation and the cluster's start took {clock() - t0:.0f}s; the prepared data is in "
+            f"{store.where}/data. Raise limits.timeout_minutes.")
     storage_path, storage_fs = store.ray_storage()
     if resume:
         from ray.tune import Tuner
@@ -391,7 +398,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
             tune_config=tune.TuneConfig(
                 metric=primary, mode="max", search_alg=plan.searcher, scheduler=plan.scheduler,
                 num_samples=plan.total_trials, max_concurrent_trials=spec.limits.max_concurrent_trials,
-                time_budget_s=budget_s, trial_dirname_creator=_trial_dirname,
+                time_budget_s=left_s, trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=SWEEP, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
@@ -412,8 +419,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     try:
         tuner.fit()
     finally:
-        elapsed = time.time() - t0
-        timed_out = elapsed >= budget_s
+        timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
     return finish_run(job, store, t0, timed_out, tracker, plan.notes)
 

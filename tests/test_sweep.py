@@ -6,12 +6,14 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from scheduler.controller import run_job
 from scheduler.spec import parse_job
+from trainers.errors import VisionsweepError
 
 pytestmark = pytest.mark.ray
 
@@ -121,8 +123,28 @@ sweep:
   sampling_algorithm: grid
 """, epochs=1000)
     result = run_job(job, tmp_path / "run", echo=lambda s: None)
-    assert result.timed_out and 60 <= result.elapsed_s < 100
+    assert result.timed_out
     assert {r["status"] for r in result.rows} == {"stopped (timeout)"}
     # the stopped trials' evaluations are kept, and the best of them became best/
     assert all(r["epochs_run"] >= 1 for r in result.rows)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_timeout_covers_data_preparation(ray_session, small_mltable, tmp_path, monkeypatch):
+    """limits.timeout_minutes is the whole job's: when preparing the data takes it all, no trial starts."""
+    from scheduler import controller
+
+    job = make_job(small_mltable, "limits:\n  timeout_minutes: 1\n", epochs=1)
+    real_prepare, offset = controller._prepare, []
+
+    def slow_prepare(*args, **kwargs):  # the job's clock, moved as if preparation had taken 61 s
+        out = real_prepare(*args, **kwargs)
+        offset.append(61.0)
+        return out
+
+    monkeypatch.setattr(controller, "_prepare", slow_prepare)
+    monkeypatch.setattr(controller, "clock", lambda: time.time() + sum(offset))
+    with pytest.raises(VisionsweepError, match=r"timeout_minutes \(1\) ran out before the first trial"):
+        run_job(job, tmp_path / "run", echo=lambda s: None)
+    assert (tmp_path / "run" / "data" / "summary.json").is_file()  # the prepared data is kept
+    assert not (tmp_path / "run" / "trials").exists()
