@@ -110,6 +110,18 @@ def test_single_trial_uses_the_fixed_model_and_defaults(ray_session, small_mltab
     assert cfg["model_name"] == "mobilenetv2" and cfg["optimizer"] == "sgd" and cfg["number_of_epochs"] == 1
 
 
+def test_with_checkpoint_frequency_best_is_the_evaluation_the_leaderboard_reports(ray_session, small_mltable,
+                                                                                   tmp_path):
+    # checkpoint_frequency 5 with 2 evaluations: no periodic checkpoint falls due, the best one still does
+    job = make_job(small_mltable, "  checkpoint_frequency: 5\n", epochs=2)
+    result = run_job(job, tmp_path / "run", echo=lambda s: None)
+    exported = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert exported["accuracy"] == result.best_metric == result.rows[0]["accuracy"]
+    evals = [json.loads(ln) for ln in (tmp_path / "run" / "trials" / result.best_trial / "metrics.jsonl")
+             .read_text().splitlines()]
+    assert exported["epoch"] == max(evals, key=lambda m: m["accuracy"])["epoch"]
+
+
 def test_timeout_stops_running_trials_and_keeps_their_results(ray_session, small_mltable, tmp_path):
     job = make_job(small_mltable, """\
 limits:

@@ -3,7 +3,8 @@
 ``train`` builds the model and loaders from resolved hyperparameters, trains for ``number_of_epochs``,
 evaluates every ``evaluation_frequency`` epochs (and after the last one), and hands each evaluation's
 metrics to ``report`` together with a function that writes a model package when a checkpoint is due:
-at every improvement of the primary metric, or every ``checkpoint_frequency`` evaluations when set.
+at every improvement of the primary metric (so ``best/`` is the evaluation the leaderboard reports), and
+also every ``checkpoint_frequency`` evaluations when that is set.
 In-trial early stopping (``early_stopping``, ``_patience``, ``_delay``) counts evaluations.
 
 What a model, a sample, a batch's loss and an evaluation are is the task's business (``trainers.tasks``:
@@ -196,8 +197,10 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         # In-trial early stopping counts evaluations after the delay (§6.1).
         if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
             stale = 0 if improved else stale + 1
+        # A checkpoint at every improvement, so that the exported best/ package is the evaluation the
+        # leaderboard reports; checkpoint_frequency adds periodic ones (a resume goes on from the latest).
         cf = h.get("checkpoint_frequency")
-        due = (n_evals % cf == 0) if cf else improved
+        due = improved or bool(cf and n_evals % cf == 0)
         saver = None
         if due and workers.rank == 0:
             state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals}
