@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from scheduler.space import Distribution
+from scheduler.spec import AshaPolicy
 from trainers import hyperparameters as hp
 
 _dist = TypeAdapter(Distribution).validate_python
@@ -129,7 +130,8 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool) -> di
     warmup = fixed.get("warmup_cosine_lr_warmup_epochs", hp.PARAMS["warmup_cosine_lr_warmup_epochs"].default) \
         if fixed.get("learning_rate_scheduler", "warmup_cosine") == "warmup_cosine" else 0
     grace = max(1, min(epochs // 2, max(warmup, epochs // 8)))
-    asha = {"grace_period": grace, "reduction_factor": 3.0, "max_epochs": epochs}
+    # the policy's other settings (reduction_factor) are the job file's defaults: one table, in scheduler.spec
+    asha = AshaPolicy(type="asha", grace_period=grace, max_epochs=epochs).model_dump(exclude={"type"})
     return {
         "hardware": "gpu" if has_gpu else "cpu",
         "max_trials": max_trials,
@@ -139,7 +141,8 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool) -> di
                      for c in cands[m:]],
         "space": space,
         "asha": asha,
-        "why_asha": "stops trials that trail at epochs grace_period * 3^i, so more trials fit the same compute",
+        "why_asha": f"stops trials that trail at epochs grace_period * {asha['reduction_factor']:g}^i, so more "
+                    "trials fit the same compute",
     }
 
 

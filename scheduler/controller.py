@@ -207,7 +207,8 @@ def max_epochs(job: Job) -> int:
 def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
     from scheduler import automode
     from scheduler.policies import create_scheduler
-    from scheduler.policies.ray_adapter import PolicyScheduler, RecordingASHA
+    from scheduler.policies.ray_adapter import PolicyScheduler
+    from scheduler.spec import AshaPolicy
     from scheduler.searchers import SpaceSearcher
     from scheduler.warmstart import load_prior_trials
 
@@ -220,9 +221,11 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
         p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu)
         searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
-        scheduler = RecordingASHA(run_dir=str(run_dir), **p["asha"])
+        scheduler = create_scheduler(AshaPolicy(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
+                                     str(run_dir))
         notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
-                     f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor 3); see automode.json")
+                     f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "
+                     f"{p['asha']['reduction_factor']:g}); see automode.json")
         return Plan(searcher, scheduler, searcher.total_trials, "random", notes, automode.explain(p))
     algorithm = spec.sweep.sampling_algorithm if spec.sweep else "random"
     if algorithm == "bayesian":

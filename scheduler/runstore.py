@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +209,3 @@ def mirror_callback(store: RunStore):
             store.changed()
 
     return _Mirror()
-
-
-def is_run_url(s: str | os.PathLike) -> bool:
-    return is_remote(str(s))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -101,7 +102,7 @@ def _normalisation(source: str | None) -> tuple[tuple[float, ...], tuple[float, 
 
 def _folder_of(weights: str | None) -> str | None:
     """A ``save_pretrained`` folder named by ``weights`` (the folder, or a file inside it)."""
-    if not weights or "://" in weights:
+    if not weights or is_url(weights):
         return None
     p = Path(weights)
     for folder in (p, p.parent):
@@ -112,7 +113,7 @@ def _folder_of(weights: str | None) -> str | None:
 
 def _package_of(weights: str | None) -> Path | None:
     """A visionsweep package (``checkpoint_run_id``) named by ``weights``: its folder."""
-    if not weights or "://" in weights:
+    if not weights or is_url(weights):
         return None
     p = Path(weights)
     for folder in (p, p.parent):

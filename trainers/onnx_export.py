@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from trainers import hyperparameters as hp
+from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -151,7 +152,7 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
     pkg = load_package(package, "cpu", settings)
     task, name = pkg.task, pkg.model_name
     out = Path(output) if output else Path(str(package).removeprefix("file://")) / "model.onnx"
-    if "://" in str(out):
+    if is_url(str(out)):
         raise VisionsweepError(f"--output: a local file path is expected, but got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if normalization is None:  # §14: the trial's enable_onnx_normalization

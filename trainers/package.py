@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from trainers import hyperparameters as hp
+from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
 from trainers.package_mlflow import FILES as MLFLOW_FILES
 from trainers.package_mlflow import write_mlflow_files
@@ -113,7 +114,7 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
     from trainers.registry import fetch_registered, is_registry_reference
 
     p = str(path)
-    if not is_registry_reference(p) and ("://" not in p or p.startswith("file://")):
+    if not is_registry_reference(p) and not is_remote(p):
         return _load_local(p, Path(p.removeprefix("file://")), device, settings_override)
     # a fetched copy is only read once: the model lives in memory afterwards, so the copy goes (every replica
     # start or reload would otherwise leave a package's worth of disk behind in the temp folder)

@@ -73,8 +73,8 @@ class RecordingASHA(ASHAScheduler):
 
     name = "asha"
 
-    def __init__(self, *, max_epochs: int, grace_period: int = 1, reduction_factor: float = 3,
-                 run_dir: str | None = None):
+    def __init__(self, *, max_epochs: int, grace_period: int, reduction_factor: float, run_dir: str | None = None):
+        # (the settings' defaults are the job file's: scheduler.spec.AshaPolicy)
         # metric and mode come from the Tuner (set_search_properties), which refuses a scheduler that has them
         super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                          reduction_factor=reduction_factor)
