@@ -129,6 +129,7 @@ class RunFolderCallback(Callback):
         self.primary, self.total, self.echo = primary, total, echo
         self.t0 = time.time()
         self._trials: dict[str, TrialRecord] | None = None  # loaded from the files on first use (resume)
+        self._seq: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -168,6 +169,12 @@ class RunFolderCallback(Callback):
             return
         row = {k: v for k, v in result.items() if k not in _RAY_KEYS}
         row["time_total_s"] = result.get("time_total_s")
+        # The sweep-wide order of reports: Tune hands each result to the scheduler and then to the callbacks,
+        # in one thread, so this is the order the early-termination policy saw (its decisions can be replayed).
+        if self._seq is None:
+            self._seq = max((m.get("report_seq", 0) for r in self.trials.values() for m in r.metrics), default=0)
+        self._seq += 1
+        row["report_seq"] = self._seq
         epoch = row.get("epoch")
         path = trial_dir(self.run_dir, trial.trial_id) / "metrics.jsonl"
         if epoch is not None and rec.metrics and rec.metrics[-1].get("epoch", 0) >= epoch:
