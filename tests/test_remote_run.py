@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_resume import sequential_grid_job
+from tests.test_resume import sequential_grid_job, snapshot_shows
 
 pytestmark = pytest.mark.ray
 
@@ -36,6 +36,12 @@ def _remote_trials(fs, root):
     return out
 
 
+def _interruptible(trials) -> tuple[str, str] | None:
+    done = [t for t, (st, _) in trials.items() if st == "completed"]
+    going = [t for t, (st, m) in trials.items() if st == "running" and len(m) >= 2]
+    return (done[0], going[0]) if done and going else None
+
+
 def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_mltable, tmp_path):
     import adlfs
 
@@ -48,30 +54,15 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
         proc = subprocess.Popen(CLI + ["run", job, "--output", url], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            for _ in range(2000):  # one trial finished and the next two evaluations in, as seen on the blob store
-                trials = _remote_trials(fs, root)
-                done = [t for t, (st, _) in trials.items() if st == "completed"]
-                going = [t for t, (st, m) in trials.items() if st == "running" and len(m) >= 2]
-                if done and going:
-                    break
+            # one trial finished and the next two evaluations in, as seen on the blob store, and the snapshot
+            # of Tune's state there (what a resume restores) has caught up with both
+            while not (progress := _interruptible(_remote_trials(fs, root))) or not snapshot_shows(
+                    [fs.cat_file(f).decode() for f in fs.glob(f"{root}/ray/sweep/experiment_state-*.json")],
+                    *progress):
                 assert proc.poll() is None, "the sweep ended before it could be interrupted"
                 fs.invalidate_cache()
                 try:
-                    proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                pytest.fail("the sweep did not get far enough to be interrupted")
-            # Tune snapshots its state every 2 s: wait until the snapshot on the blob store is newer than
-            # the finished trial's end
-            ended = json.loads(fs.cat_file(f"{root}/trials/{done[0]}/status.json"))["ended"]
-            for _ in range(200):
-                fs.invalidate_cache()
-                states = fs.glob(f"{root}/ray/sweep/experiment_state-*.json")
-                if states and fs.info(states[-1])["last_modified"].timestamp() > ended + 0.5:
-                    break
-                try:
-                    proc.wait(timeout=0.1)
+                    proc.wait(timeout=0.2)  # returns at once if the sweep ends
                 except subprocess.TimeoutExpired:
                     pass
         finally:

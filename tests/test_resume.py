@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -40,6 +39,28 @@ visionsweep: {{tracking: {{enabled: false}}}}
 """ + extra
 
 
+def interruptible(trials) -> tuple[str, str] | None:
+    """(a completed trial, a running trial two evaluations in), when the sweep has got that far."""
+    done = [t.trial_id for t in trials.values() if t.status == "completed"]
+    going = [t.trial_id for t in trials.values() if t.status == "running" and len(t.metrics) >= 2]
+    return (done[0], going[0]) if done and going else None
+
+
+def snapshot_shows(states: list[str], done: str, running: str) -> bool:
+    """Whether one of Tune's experiment-state snapshots has ``done`` finished and a checkpoint of ``running``
+    (Tune writes one every couple of seconds; a resume restores the newest)."""
+    for text in states:
+        try:
+            trials = [(json.loads(entry[0]), entry[1]) for entry in json.loads(text)["trial_data"]]
+        except (ValueError, KeyError, TypeError, IndexError):  # a snapshot being written
+            continue
+        status = {t["trial_id"]: t["status"] for t, _ in trials}
+        checkpointed = {t["trial_id"] for t, meta in trials if "checkpoint_0" in meta}
+        if status.get(done) == "TERMINATED" and running in checkpointed:
+            return True
+    return False
+
+
 def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
     job = tmp_path / "job.yml"
     job.write_text(sequential_grid_job(small_mltable, epochs=6))
@@ -48,18 +69,15 @@ def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
     proc = subprocess.Popen(cmd + ["run", str(job), "--output", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:  # one trial finished and the next one two evaluations in
-            trials = read_trials(run)
-            done = [t for t in trials.values() if t.status == "completed"]
-            going = [t for t in trials.values() if t.status == "running" and len(t.metrics) >= 2]
-            if done and going:
-                break
+        # one trial finished and the next two evaluations in, and Tune's state snapshot (what a resume
+        # restores) has caught up with both
+        while not (progress := interruptible(read_trials(run))) or not snapshot_shows(
+                [f.read_text() for f in (run / "ray" / "sweep").glob("experiment_state-*.json")], *progress):
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.5)
-        else:
-            pytest.fail("the sweep did not get far enough to be interrupted")
-        time.sleep(3)  # let Tune's state snapshot (every 2 s) see the finished trial
+            try:
+                proc.wait(timeout=0.5)  # returns at once if the sweep ends
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the controller and the Ray it started die at once
         proc.wait()
