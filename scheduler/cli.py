@@ -11,7 +11,8 @@
     visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
     visionsweep convert coco|voc|yolo SRC OUT   a COCO / Pascal VOC / YOLO dataset -> OUT/MLTable + train.jsonl
 
-User errors print one clear message and exit with status 2; no traceback.
+User errors print one clear message and exit with status 2; no traceback. What the CLI prints and
+logs shows credentials as ``***`` (:func:`scheduler.spec.redact`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,53 @@ OWN_LOGGERS = ("scheduler", "trainers", "serving", "cluster")
 
 def set_verbosity(level: str) -> None:
     """``log_verbosity`` governs visionsweep's own logging; storage SDKs and other libraries stay at WARNING
-    (at ``debug`` the Azure SDK alone logs every HTTP request of every image)."""
+    (at ``debug`` the Azure SDK alone logs every HTTP request of every image). The root logger is never
+    changed here: only ``main`` sets it, once, to WARNING."""
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(_LEVELS[level])
+
+
+class RedactingFilter(logging.Filter):
+    """Log records with credentials as ``***``: those of the jobs seen (:meth:`add`) and any inside URLs."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secrets) -> None:
+        self.secrets.update(secrets)
+
+    def redact(self, text: str) -> str:
+        from scheduler.spec import redact
+
+        return redact(text, self.secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+REDACTION = RedactingFilter()
+
+
+def apply_job_logging(job) -> None:
+    """A job's ``log_verbosity`` and credentials, for every path that runs it (run, resume, demo)."""
+    set_verbosity(job.spec.log_verbosity)
+    REDACTION.add(job.secrets())
+
+
+def _echo(s: str) -> None:
+    print(REDACTION.redact(s), file=sys.stderr, flush=True)
+
+
+def _print_notes(job, prefix: str = "", file=None) -> None:
+    for note in job.notes():
+        print(f"{prefix}note: {note}", file=file)
+    for warning in job.warnings():
+        print(f"{prefix}warning: {warning}", file=file)
 
 
 def _run(args) -> int:
@@ -47,8 +92,9 @@ def _run(args) -> int:
     from scheduler.spec import load_job
 
     job = load_job(args.job)
-    set_verbosity(job.spec.log_verbosity)
-    result = run_job(job, args.output, datastores=args.datastores)
+    apply_job_logging(job)
+    _print_notes(job, file=sys.stderr)
+    result = run_job(job, args.output, echo=_echo, datastores=args.datastores)
     _print_result(result, job.primary_metric)
     return 0
 
@@ -57,7 +103,7 @@ def _print_result(result, primary: str) -> None:
     from scheduler.leaderboard import format_table
 
     print(format_table(result.rows, primary))
-    where = result.location or str(result.run_dir)
+    where = REDACTION.redact(result.location or str(result.run_dir))
     print(f"\nrun folder: {where}")
     if result.best_trial:
         print(f"best trial: {result.best_trial} ({primary} {result.best_metric:.4f}); "
@@ -69,7 +115,7 @@ def _print_result(result, primary: str) -> None:
 def _resume(args) -> int:
     from scheduler.controller import resume_run
 
-    result = resume_run(args.run_dir)
+    result = resume_run(args.run_dir, echo=_echo)
     _print_result(result, json.loads((result.run_dir / "summary.json").read_text())["primary_metric"])
     return 0
 
@@ -90,6 +136,8 @@ def _validate(args) -> int:
     from scheduler.spec import load_job
 
     job = load_job(args.job)
+    REDACTION.add(job.secrets())
+    _print_notes(job, prefix="# ")  # as YAML comments: the output stays a YAML document
     print(yaml.safe_dump(job.resolved(), sort_keys=False), end="")
     return 0
 
@@ -232,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if REDACTION not in handler.filters:
+            handler.addFilter(REDACTION)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot the sweep's state often: `visionsweep resume` can only continue from the last snapshot.
@@ -240,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except VisionsweepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {REDACTION.redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cancelled; finished trials are kept in the run folder", file=sys.stderr)

@@ -5,7 +5,9 @@ follow the spec's formulas exactly, which differ from Ray Tune's and numpy's own
 places worth knowing:
 
 * ``loguniform`` / ``qloguniform`` take **natural-log bounds** (exponents): ``exp(uniform(lo, hi))``.
-* quantised forms are ``round(x / q) * q`` with no clipping to the bounds.
+* quantised forms are ``round(x / q) * q`` with no clipping to the bounds: ``quniform(1, 10, q=4)``
+  yields 0, 4 or 8 (:meth:`QUniform.indices` says which multiples of q; the Bayesian sampler
+  draws from exactly these, so one YAML means one set of values whichever sampler runs it).
 
 ``randint`` (v2 schema) takes ``upper`` only and yields an integer in ``[0, upper)``.
 
@@ -33,11 +35,35 @@ class _Dist(BaseModel):
     def is_choice(self) -> bool:
         return False
 
+    @property
+    def integral(self) -> bool:
+        """Every value it produces is an integer (what an integer hyperparameter needs): the quantised
+        forms with an integral q, and randint."""
+        q = getattr(self, "q", None)
+        return q is not None and float(q).is_integer()
 
-def _q(x: float, q: float) -> float:
-    v = float(np.round(x / q) * q)
+    def extremes(self) -> tuple[tuple[float, str], tuple[float, str]] | None:
+        """The smallest and largest values it produces, each with the formula that gives it (for errors);
+        None when it is unbounded (the normal family) or not numeric (choice)."""
+        return None
+
+
+def _q_value(k: float, q: float) -> float:
+    """The k-th multiple of q, as both samplers produce it."""
+    v = float(k * q)
     # An integral quantum on an integral value gives an int (batch sizes, epochs ...).
     return int(round(v)) if float(q).is_integer() and float(v).is_integer() else v
+
+
+def _q(x: float, q: float) -> float:
+    return _q_value(np.round(x / q), q)
+
+
+def _q_indices(lo: float, hi: float, q: float) -> tuple[int, int]:
+    """The k whose multiple k*q is ``round(x / q) * q`` for some x in [lo, hi) with positive probability:
+    x/q must fall in (k - 0.5, k + 0.5). Ratios are snapped to 1e-9 so 0.25 / 0.1 counts as 2.5."""
+    a, b = round(lo / q, 9), round(hi / q, 9)
+    return math.floor(a - 0.5) + 1, math.ceil(b + 0.5) - 1
 
 
 class Choice(_Dist):
@@ -74,12 +100,28 @@ class Uniform(_Bounded):
     def sample(self, rng):
         return float(rng.uniform(self.min_value, self.max_value))
 
+    def extremes(self):
+        return (self.min_value, "min_value"), (self.max_value, "max_value")
+
 
 class QUniform(_Bounded, _Quantised):
+    """``round(uniform(min_value, max_value) / q) * q``: the multiples k*q for k in :meth:`indices`."""
+
     type: Literal["quniform"]
 
     def sample(self, rng):
         return _q(rng.uniform(self.min_value, self.max_value), self.q)
+
+    def indices(self) -> tuple[int, int]:
+        """The first and last k of the values k*q it produces (both inclusive)."""
+        return _q_indices(self.min_value, self.max_value, self.q)
+
+    def value(self, k: int) -> float:
+        return _q_value(k, self.q)
+
+    def extremes(self):
+        lo, hi = self.indices()
+        return (self.value(lo), "round(min_value / q) * q"), (self.value(hi), "round(max_value / q) * q")
 
 
 class LogUniform(_Bounded):
@@ -88,12 +130,20 @@ class LogUniform(_Bounded):
     def sample(self, rng):
         return float(math.exp(rng.uniform(self.min_value, self.max_value)))
 
+    def extremes(self):
+        return (math.exp(self.min_value), "exp(min_value)"), (math.exp(self.max_value), "exp(max_value)")
+
 
 class QLogUniform(_Bounded, _Quantised):
     type: Literal["qloguniform"]
 
     def sample(self, rng):
         return _q(math.exp(rng.uniform(self.min_value, self.max_value)), self.q)
+
+    def extremes(self):
+        lo, hi = _q_indices(math.exp(self.min_value), math.exp(self.max_value), self.q)
+        return ((_q_value(lo, self.q), "round(exp(min_value) / q) * q"),
+                (_q_value(hi, self.q), "round(exp(max_value) / q) * q"))
 
 
 class _Gaussian(_Dist):
@@ -135,6 +185,13 @@ class RandInt(_Dist):
 
     def sample(self, rng):
         return int(rng.integers(0, self.upper))
+
+    @property
+    def integral(self) -> bool:
+        return True
+
+    def extremes(self):
+        return (0, "0"), (self.upper - 1, "upper - 1")
 
 
 Distribution = Annotated[

@@ -7,17 +7,32 @@
     job.yml:7: limits.max_trials: expected an integer between 1 and 1000, but got 0
 
 Both key spellings of §14 are accepted (``lr_scheduler`` / ``learning_rate_scheduler``) and rewritten
-to the v2 name. Keys the spec defines but this version does not act on yet are parsed and validated
-here; the controller refuses to *run* them with a "not supported yet: <key>" error.
+to the v2 name.
+
+Nothing is accepted and then ignored. A key the spec defines either acts, or is refused here with
+``not supported yet: <key>`` (``augmentations``; ``log_validation_loss: true`` for box tasks), or does
+not apply to the job and is refused as such (``advanced_settings`` flags of §7.2 outside their task or
+model). ``compute`` names the service's compute target: it is kept in the resolved job, and the trials
+run on the Ray cluster instead (:meth:`Job.notes`). Whatever some trial could not train with (a crop,
+a layer count, a distribution's extreme value) fails the job here, before any trial.
 
 Our own additions live under one top-level key, ``visionsweep:`` (:class:`Extensions`), so they never
-change the meaning of a spec key.
+change the meaning of a spec key. One exception keeps its place because a policy is chosen by its
+``type``: ``sweep.early_termination.type: asha`` (:class:`AshaPolicy`), which ``validate`` and the README
+mark as a visionsweep extension.
+
+Credentials (``visionsweep.storage_options`` values under key-, token-, password-, SAS- or
+connection-string-like names, and secrets inside URLs: SAS ``sig=``, presigned-URL signatures,
+``AccountKey=``, ``user:password@``) are shown as ``***`` in everything derived from the job: the stored
+job file, the resolved job, ``validate``'s output (:func:`redact`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -25,12 +40,59 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scheduler.space import DISTRIBUTION_TYPES, Choice, Distribution, QUniform, Uniform
+from scheduler.space import DISTRIBUTION_TYPES, Choice, Distribution
 from trainers import hyperparameters as hp
 from trainers.errors import SpecError
 
 _FORBID = ConfigDict(extra="forbid", populate_by_name=True)
-_SECRET_KEY = re.compile(r"key|secret|token|password|sas|credential|connection_string|sig", re.IGNORECASE)
+# storage_options keys whose values are credentials: account_key, sas_token, connection_string, client_secret,
+# aws_secret_access_key, aws_session_token, password, credential, token, key ...
+_SECRET_KEY = re.compile(r"key|secret|token|passw|pwd|sas|credential|connection_string|sig", re.IGNORECASE)
+# Credentials inside a string: a SAS signature (sig=), presigned S3 / GCS URLs, connection-string keys,
+# password or token query parameters, and the password of user:password@host.
+_INLINE_SECRET = re.compile(
+    r"((?<![\w-])(?:sig|signature|x-(?:amz|goog)-(?:signature|credential|security-token)|accountkey|sharedaccesskey"
+    r"|password|pwd|(?:access_|session_|sas_)?token|client_secret|api_?key)=)([^&;\s'\"#]+)"
+    r"|(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:)([^@/\s'\"]+)@",
+    re.IGNORECASE)
+MASK = "***"
+
+
+_MIN_SECRET = 4  # shorter values are masked where they are job values, but not searched for in free text
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with credentials as ``***``: the given secret values wherever they occur, and secrets
+    embedded in URLs and connection strings (only the signature, key or password: the rest of a URL
+    stays readable)."""
+    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET and s != MASK}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return _INLINE_SECRET.sub(lambda m: f"{m.group(1)}{MASK}" if m.group(1) else f"{m.group(3)}{MASK}@", text)
+
+
+def _secret_values(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _secret_values(v)]
+    if isinstance(node, (list, tuple)):
+        return [s for v in node for s in _secret_values(v)]
+    return [node] if isinstance(node, str) and node else []
+
+
+def _mask_secret_keys(node: Any) -> Any:
+    """A storage_options tree with every value under a credential-like key (at any depth) as ``***``."""
+    if isinstance(node, dict):
+        return {k: MASK if _SECRET_KEY.search(str(k)) else _mask_secret_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_secret_keys(v) for v in node]
+    return node
+
+
+def _redact_strings(node: Any, secrets: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _redact_strings(v, secrets) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact_strings(v, secrets) for v in node]
+    return redact(node, secrets) if isinstance(node, str) else node
 
 
 class DataInput(BaseModel):
@@ -256,35 +318,97 @@ class Job:
 
     def secrets(self) -> list[str]:
         """Values under ``visionsweep.storage_options`` that look like credentials (keys, tokens, SAS,
-        passwords, connection strings): never written to the run folder or printed."""
+        passwords, connection strings; nested ones too): never written to the run folder or printed."""
         out = []
         for opts in self.spec.visionsweep.storage_options.values():
-            for k, v in opts.items():
-                if _SECRET_KEY.search(k) and isinstance(v, str) and v:
-                    out.append(v)
-        return out
+            for k, v in _walk_items(opts):
+                if _SECRET_KEY.search(str(k)) and isinstance(v, (str, list)):
+                    out += _secret_values(v)
+        return [s for s in out if s != MASK]
 
     def redacted_text(self) -> str:
-        """The job file as submitted, with credential values replaced by ``***``."""
+        """The job file as submitted, with credentials as ``***``: still valid YAML (a masked value is the
+        quoted scalar ``'***'``), so a run folder's ``job.yml`` parses again."""
         text = self.text
-        for v in self.secrets():
-            text = text.replace(v, "***")
-        return text
+        spans = _secret_spans(yaml.compose(text), ())
+        for start, end in sorted(spans, reverse=True):
+            while end > start and text[end - 1] in " \t\r\n":
+                end -= 1
+            text = text[:start] + f"'{MASK}'" + text[end:]
+        return redact(text, self.secrets())
 
     def resolved(self) -> dict[str, Any]:
         """The job as it will run: defaults filled in, limits clamped, v2 key names; credentials as ``***``."""
         d = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        for opts in d.get("visionsweep", {}).get("storage_options", {}).values():
-            for k in opts:
-                if _SECRET_KEY.search(k):
-                    opts[k] = "***"
+        ext = d.get("visionsweep", {})
+        if "storage_options" in ext:
+            ext["storage_options"] = _mask_secret_keys(ext["storage_options"])
         d["primary_metric"] = self.primary_metric
         d["training_parameters"] = dict(self.training_parameters)
         d["training_parameters"]["advanced_settings"] = self.advanced.model_dump()
         if self.search_space is not None:
             d["search_space"] = [{k: v.model_dump(mode="json") for k, v in sub.items()} for sub in self.search_space]
         d["mode"] = self.mode
-        return d
+        return _redact_strings(d, self.secrets())
+
+    def notes(self) -> list[str]:
+        """What the user should know about how visionsweep reads this job (``validate`` and ``run`` print them)."""
+        out = []
+        if "compute" in self.spec.model_fields_set and self.spec.compute != "local":
+            out.append(f"compute: {self.spec.compute!r} names the managed service's compute target; visionsweep "
+                       "runs the trials on the Ray cluster instead (RAY_ADDRESS, else an embedded local Ray)")
+        if isinstance(self.policy, AshaPolicy):
+            out.append("sweep.early_termination.type: asha is a visionsweep extension, not a policy of the managed "
+                       "service (whose job files take bandit, median_stopping or truncation_selection)")
+        return out
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but cannot do what they are there for (``validate`` and ``run`` print them)."""
+        out = []
+        policy = self.policy
+        if isinstance(policy, TruncationSelectionPolicy) and policy.exclude_finished_jobs:
+            c, pct = self.spec.limits.max_concurrent_trials, policy.truncation_percentage
+            if math.floor(c * pct / 100) == 0:
+                out.append(
+                    f"sweep.early_termination: truncation_selection with exclude_finished_jobs: true ranks only "
+                    f"the trials running at the same time, at most limits.max_concurrent_trials = {c}; it cancels "
+                    f"floor({c} x {pct}%) = 0 of them, so it can never stop a trial (raise max_concurrent_trials "
+                    f"to {math.ceil(100 / pct)} or more, or set exclude_finished_jobs: false)")
+        return out
+
+    @property
+    def policy(self):
+        return self.spec.sweep.early_termination if self.spec.sweep else None
+
+
+def _walk_items(node: Any):
+    """Every (key, value) pair of a nested mapping, at any depth."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from _walk_items(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk_items(v)
+
+
+def _secret_spans(node, path: tuple) -> list[tuple[int, int]]:
+    """Character spans of the YAML value nodes that hold credentials: under ``visionsweep.storage_options``,
+    the value of every credential-like key (whole, when it is a mapping)."""
+    out: list[tuple[int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else ""
+            here = path + (key,)
+            opts = here[:2] == ("visionsweep", "storage_options") and len(here) > 3
+            if opts and _SECRET_KEY.search(str(key)):
+                out.append((v.start_mark.index, v.end_mark.index))
+            else:
+                out += _secret_spans(v, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _secret_spans(v, path + (i,))
+    return out
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -406,7 +530,7 @@ def _check(spec: JobSpec, loc: _Locator, source: Path | None, base_dir: Path, te
     for k, v in raw_tp.items():
         where = loc(("training_parameters", k))
         tp[k] = hp.check_param(task, k, v, where, fixed_model if k != "model_name" else None)
-    hp.check_combination(task, {k: [v] for k, v in tp.items()}, loc(("training_parameters",)))
+        _check_supported_values(task, k, [tp[k]], where)
     if tp.get("validation_metric_type") == "none" and (spec.limits.max_trials > 1 or spec.sweep is not None):
         raise SpecError(f"{loc(('training_parameters', 'validation_metric_type'))}: 'none' computes no "
                         f"{hp.PRIMARY_METRIC[task]}, which a sweep needs to compare trials and stop them early; "
@@ -429,8 +553,69 @@ def _check(spec: JobSpec, loc: _Locator, source: Path | None, base_dir: Path, te
     elif spec.sweep is not None:
         raise SpecError(f"{loc(('sweep',))}: sweep is given without a search_space; give a search_space, "
                         "or drop sweep to let AutoMode choose (limits.max_trials > 1)")
+    else:  # one trial of the fixed values, or AutoMode's models with them
+        models = _models(task, tp, None, spec.limits.max_trials)
+        at = _locations(loc, tp, {})
+        try:
+            hp.check_combination(task, {**{k: [v] for k, v in tp.items()}, "model_name": models}, at)
+        except SpecError as e:
+            if "model_name" in tp or spec.limits.max_trials == 1:
+                raise
+            raise SpecError(f"{e} (AutoMode, limits.max_trials > 1 without a search_space, can pick "
+                            f"{', '.join(models)})") from None
+    _check_advanced(task, advanced, _models(task, tp, space, spec.limits.max_trials), loc)
     return Job(spec=spec, source=source, base_dir=base_dir, text=text,
                training_parameters=tp, search_space=space, advanced=advanced)
+
+
+def _models(task: str, tp: dict[str, Any], space: list[dict[str, Any]] | None, max_trials: int) -> list[str]:
+    """Every model_name a trial of the job can train: the sub-spaces' choices, the fixed one, the task
+    default, or what AutoMode may pick (on either hardware) within the budget."""
+    fixed = tp.get("model_name")
+    if space is not None:
+        out = [m for sub in space for m in (sub["model_name"].values if "model_name" in sub
+                                            else [fixed or hp.DEFAULT_MODEL[task]])]
+    elif fixed:
+        out = [fixed]
+    elif max_trials > 1:
+        from scheduler import automode
+
+        out = [m["model_name"] for gpu in (True, False) for m in automode.plan(task, max_trials, tp, gpu)["models"]]
+    else:
+        out = [hp.DEFAULT_MODEL[task]]
+    return list(dict.fromkeys(out))
+
+
+def _locations(loc: _Locator, tp: dict[str, Any], sub: dict[str, Any], base: tuple = ("training_parameters",)
+               ) -> Callable[[str], str]:
+    """name -> where the job sets it: the sub-space, training_parameters, else the sub-space (or section)."""
+    def at(name: str) -> str:
+        if name in sub:
+            return loc(base + (name,))
+        if name in tp:
+            return loc(("training_parameters", name))
+        return loc(base)
+    return at
+
+
+def _check_supported_values(task: str, name: str, values: list[Any], where: str) -> None:
+    """Values a key accepts in the spec but that would do nothing here."""
+    if name == "log_validation_loss" and task in hp.BOX_TASKS and True in values:
+        raise SpecError(f"{where}: not supported yet: log_validation_loss: true for {task} (the detectors "
+                        "compute no loss in evaluation mode, so box tasks log no validation loss); remove it "
+                        "or set it to false")
+
+
+def _check_advanced(task: str, advanced: AdvancedSettings, models: list[str], loc: _Locator) -> None:
+    """§3.7 / §7.2: an augmentation flag set for a task or model it does not act on is refused, not ignored."""
+    where = loc(("training_parameters", "advanced_settings"))
+    given = advanced.model_fields_set
+    if "apply_automl_train_augmentations" in given and task not in hp.BOX_TASKS:
+        raise SpecError(f"{where}: apply_automl_train_augmentations applies to object detection and instance "
+                        f"segmentation only (§7.2), not to {task}; remove it")
+    if "apply_mosaic_for_yolo" in given and "yolov5" not in models:
+        raise SpecError(f"{where}: apply_mosaic_for_yolo applies to yolov5 only (§3.7), but this job trains "
+                        f"{', '.join(models)}; remove it")
 
 
 def _advanced(value: Any, loc: _Locator) -> AdvancedSettings:
@@ -463,6 +648,9 @@ def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: _Loca
         if not isinstance(d, Choice):
             raise SpecError(f"{loc(base + ('model_name',))}: model_name must use type: choice, but got {d.type!r}")
         models = [hp.check_model_name(task, m, loc(base + ("model_name",))) for m in d.values]
+    # the values each parameter can take in this sub-space, for the rules across parameters
+    values: dict[str, list[Any]] = {k: [v] for k, v in tp.items()}
+    drawn: set[str] = set()
     for name, dist in sub.items():
         where = loc(base + (name,))
         if name in tp:
@@ -471,29 +659,56 @@ def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: _Loca
         if name in hp.NON_SWEEPABLE:
             raise SpecError(f"{where}: {name!r} cannot be swept")
         if name == "model_name":
+            values[name] = list(dist.values)
             continue
         for m in models:
             if isinstance(dist, Choice):
                 dist.values = [hp.check_param(task, name, v, where, m) for v in dist.values]
-            elif isinstance(dist, (Uniform, QUniform)):
-                hp.check_param(task, name, dist.min_value, where + ".min_value", m)
-                hp.check_param(task, name, dist.max_value, where + ".max_value", m)
             else:
-                hp.check_param(task, name, _probe_value(name), where, m)
+                ends = _check_distribution(task, name, dist, where, m)
+        if isinstance(dist, Choice):
+            _check_supported_values(task, name, dist.values, where)
+            values[name] = list(dist.values)
+        elif ends is None:  # unbounded: each trial draws its own value, which only the trial can check
+            drawn.add(name)
+        else:
+            values[name] = sorted(set(ends))
+            if len(values[name]) > 1:
+                drawn.add(name)
     for name in tp:  # fixed parameters must apply to every model the sub-space can choose
         for m in models:
             if name != "model_name":
                 hp.check_param(task, name, tp[name], loc(("training_parameters", name)), m)
-    known = {k: [v] for k, v in tp.items()}
-    known.update({k: list(d.values) for k, d in sub.items() if isinstance(d, Choice)})
-    hp.check_combination(task, known, loc(base))
+    hp.check_combination(task, values, _locations(loc, tp, sub, base), drawn)
     return sub
 
 
-def _probe_value(name: str) -> Any:
-    # Only applicability is checked for non-choice distributions: their samples are validated per trial.
-    kind = hp.PARAMS[name].kind if name in hp.PARAMS else "float"
-    return {"int": 1, "float": 0.5, "bool": True, "str": "x", "grid": "1x1"}[kind] if name in hp.PARAMS else 0
+_KIND_WORDS = {"bool": "a boolean", "str": "a string", "grid": "a grid such as '3x2'"}
+
+
+def _check_distribution(task: str, name: str, dist: Any, where: str, model: str | None) -> list[float] | None:
+    """A distribution other than choice for one hyperparameter: it applies, it yields the parameter's type,
+    and the smallest and largest values it produces are valid, so no trial fails on the value it drew.
+    Returns those two values, or None when the distribution is unbounded (the normal family)."""
+    p = hp.check_applies(task, name, where, model)
+    if p.kind not in ("int", "float"):
+        raise SpecError(f"{where}: {name} takes {_KIND_WORDS[p.kind]}: sweep it with type: choice, "
+                        f"but got type: {dist.type}")
+    if p.kind == "int" and not dist.integral:
+        raise SpecError(f"{where}: {name} takes integers, but {dist.type} draws fractional values; use choice, "
+                        "randint, or quniform / qloguniform / qnormal / qlognormal with a whole-number q")
+    ends = dist.extremes()
+    if ends is None:
+        return None
+    for (value, formula), which in zip(ends, ("smallest", "largest")):
+        try:
+            hp.check_param(task, name, value, "", model)
+        except SpecError as e:
+            hint = " (loguniform and qloguniform bounds are natural-log exponents, §8.1)" if "log" in dist.type else ""
+            shown = formula if formula == f"{value:g}" else f"{formula} = {value:g}"
+            raise SpecError(f"{where}: the {which} value this {dist.type} produces, {shown}, is not valid: "
+                            f"{str(e).removeprefix(': ')}{hint}") from None
+    return [value for value, _ in ends]
 
 
 def _check_sampler(sweep: Sweep, space: list[dict[str, Any]], loc: _Locator) -> None:

@@ -1,8 +1,10 @@
 """MLflow tracking: the sweep is a parent run, each trial a child run (SPEC §8.8, §9.1, §9.2).
 
-Children get the trial's hyperparameters as params and every evaluation's metrics with ``step`` =
-epoch. When the sweep ends the parent gets the best trial as a tag, its metric, the best model
-package as artifacts and, when asked, a registered model version in the MLflow model registry.
+Children get the trial's sampled hyperparameters as params (:func:`trial_params`: nothing of the
+job's storage settings, and any credential inside a value as ``***``) and every evaluation's metrics
+with ``step`` = epoch (``train_<metric>`` too when the trial has ``log_training_metrics``). When the
+sweep ends the parent gets the best trial as a tag, its metric, the best model package as artifacts
+and, when asked, a registered model version in the MLflow model registry.
 
 The store defaults to ``sqlite:///RUN/mlflow.db`` (MLflow's file store is refused by current
 releases) and can be any MLflow server: ``visionsweep.tracking.uri``. Run ids are kept in
@@ -111,7 +113,7 @@ class MlflowTracker(Callback):
             rid = ids["trials"][trial.trial_id] = run.info.run_id
             from mlflow.entities import Param
 
-            self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in trial.config.items()])
+            self.client.log_batch(rid, params=[Param(k, v) for k, v in trial_params(trial.config).items()])
             self._save()
         return rid
 
@@ -127,7 +129,7 @@ class MlflowTracker(Callback):
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in result.items()
-                  if k in _METRIC_KEYS | {self.primary} and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                  if is_metric(k, self.primary) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
         def write():
             from mlflow.entities import Metric
@@ -185,6 +187,20 @@ class _TrialRef:
 
     def __init__(self, trial):
         self.trial_id, self.config = trial.trial_id, dict(trial.config)
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """A trial's MLflow params: its sampled hyperparameters as strings, credentials in them as ``***``
+    (a value could be a URL with a SAS signature, e.g. a model folder on storage)."""
+    from scheduler.spec import redact
+
+    return {k: redact(str(v)) for k, v in config.items()}
+
+
+def is_metric(key: str, primary: str) -> bool:
+    """Whether a result key is logged as an MLflow metric: the task's metrics and losses, the training
+    metrics of ``log_training_metrics`` (``train_<metric>``), not Ray's bookkeeping."""
+    return key in _METRIC_KEYS or key == primary or key.startswith("train_")
 
 
 _METRIC_KEYS = {"accuracy", "iou", "precision_macro", "precision_weighted", "recall_macro", "recall_weighted",

@@ -56,8 +56,14 @@ def test_reports_every_evaluation_and_checkpoints_on_improvement(small_data, tmp
 
 
 def test_checkpoint_frequency_counts_evaluations(small_data):
+    # a checkpoint every 2nd evaluation, and at every improvement (best/ is then the best evaluation)
     _, reports = run(small_data, number_of_epochs=4, checkpoint_frequency=2, early_stopping=False)
-    assert [save is not None for _, save in reports] == [False, True, False, True]
+    best, expected = -1.0, []
+    for n, (m, _) in enumerate(reports, 1):
+        expected.append(n % 2 == 0 or m["accuracy"] > best)
+        best = max(best, m["accuracy"])
+    assert [save is not None for _, save in reports] == expected
+    assert expected[0] and expected[1] and expected[3]
 
 
 def test_early_stopping_after_delay_and_patience(small_data):

@@ -143,15 +143,15 @@ target_column_name: label
 training_data: {path: x}
 limits: {max_trials: 3}
 search_space:
-  - number_of_epochs: {type: randint, upper: 20}
+  - warmup_cosine_lr_warmup_epochs: {type: randint, upper: 20}
     learning_rate: {type: qloguniform, min_value: -6, max_value: -2, q: 0.001}
     momentum: {type: qnormal, mu: 0.9, sigma: 0.01, q: 0.01}
     weight_decay: {type: lognormal, mu: -9, sigma: 1}
 sweep: {sampling_algorithm: random}
 """, source=Path("job.yml"))
     cfg = sample_config(j.search_space, np.random.default_rng(0))
-    assert 0 <= cfg["number_of_epochs"] < 20 and isinstance(cfg["number_of_epochs"], int)
-    assert set(cfg) == {"number_of_epochs", "learning_rate", "momentum", "weight_decay"}
+    assert 0 <= cfg["warmup_cosine_lr_warmup_epochs"] < 20 and isinstance(cfg["warmup_cosine_lr_warmup_epochs"], int)
+    assert set(cfg) == {"warmup_cosine_lr_warmup_epochs", "learning_rate", "momentum", "weight_decay"}
 
 
 def test_configurations_given_first_are_suggested_before_sampled_ones():

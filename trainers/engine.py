@@ -17,11 +17,18 @@ by DDP, validation metrics are computed over the *whole* validation set (each wo
 shard, the predictions are gathered), and every worker takes the same early-stopping decision. Only
 rank 0 writes checkpoints. On CUDA the loop uses mixed precision (bf16 where supported, else fp16
 with a gradient scaler) and ``channels_last``; ``Workers.amp`` / ``channels_last`` turn them off.
+
+What each evaluation reports (§14): the task's validation metrics, ``train_loss`` (the epoch's
+optimisation loss), ``learning_rate`` and throughput; ``validation_loss`` only with
+``log_validation_loss`` (the default; classification computes one, detectors do not); and, with
+``log_training_metrics``, the task's metrics over the training images too, under ``train_<metric>``
+(one more pass over the training set per evaluation, without augmentation: off by default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -98,6 +105,34 @@ def make_loaders(h: dict[str, Any], data: PreparedData, task: Task, workers: Wor
     return train, valid
 
 
+def training_metrics_loader(h: dict[str, Any], data: PreparedData, task: Task, workers: Workers = SINGLE):
+    """``log_training_metrics``: the training images as the task evaluates them (validation transforms,
+    this worker's slice rank::world), or None when the trial does not log training metrics."""
+    if not h.get("log_training_metrics"):
+        return None
+    ds = task.valid_dataset(h, dataclasses.replace(data, valid=data.train))
+    ds = Subset(ds, range(workers.rank, len(ds), workers.world))
+    nw = _workers(h)
+    return DataLoader(ds, batch_size=h["validation_batch_size"], shuffle=False, num_workers=nw,
+                      persistent_workers=nw > 0, pin_memory=torch.cuda.is_available(), collate_fn=task.collate)
+
+
+# what an evaluation of the training images adds: its scalar metrics, named train_<metric>
+_NOT_TRAINING_METRICS = {"validation_loss", "validation_images"}
+
+
+def evaluation_metrics(task: Task, net, valid_loader, train_loader, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation's metrics as ``log_validation_loss`` and ``log_training_metrics`` ask (§14)."""
+    m = task.evaluate(net, valid_loader, rt, h)
+    if not h.get("log_validation_loss", True):
+        m.pop("validation_loss", None)
+    if train_loader is not None:
+        t = task.evaluate(net, train_loader, rt, h)
+        m.update({f"train_{k}": v for k, v in t.items() if k not in _NOT_TRAINING_METRICS
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return m
+
+
 TRAINER_STATE = "trainer_state.pt"
 
 
@@ -125,6 +160,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
     model.to(dev, memory_format=rt.memory_format)
     scaler = torch.amp.GradScaler(dev.type, enabled=rt.amp == torch.float16)
     train_loader, valid_loader = make_loaders(h, data, task, workers)
+    train_eval_loader = training_metrics_loader(h, data, task, workers)
     task.prepare(h, data, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, h)
@@ -181,7 +217,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
         if epoch % eval_every and epoch != epochs:
             continue
         n_evals += 1
-        m = task.evaluate(net, valid_loader, rt, h)
+        m = evaluation_metrics(task, net, valid_loader, train_eval_loader, rt, h)
         m.update(epoch=epoch, train_loss=train_loss, learning_rate=opt.param_groups[0]["lr"],
                  train_images_per_sec=seen / elapsed if elapsed > 0 else 0.0)
         if workers.distributed:

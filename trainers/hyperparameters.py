@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from trainers.errors import SpecError
 
@@ -177,15 +177,18 @@ class Param:
     low_open: bool = False  # True: value must be > low (positive ints are ``low=0, low_open=True``)
     models: str = "all"  # "all" | "yolov5" | "non_yolo" (§6.7 applicability)
     doc: str = ""
+    value_aliases: tuple[tuple[Any, Any], ...] = ()  # (older spelling, v2 value) pairs, rewritten on input (§14)
 
     def coerce(self, value: Any, where: str) -> Any:
         try:
             v = _KINDS[self.kind](value)
         except ValueError as e:
             raise SpecError(f"{where}: {e}, but got {value!r}") from None
+        v = dict(self.value_aliases).get(v, v)
         if self.choices is not None and v not in self.choices:
             allowed = ", ".join(map(str, self.choices))
-            raise SpecError(f"{where}: expected one of {allowed}, but got {value!r}")
+            older = "".join(f" (or {a})" for a, _ in self.value_aliases)
+            raise SpecError(f"{where}: expected one of {allowed}{older}, but got {value!r}")
         if self.low is not None and (v <= self.low if self.low_open else v < self.low):
             rel = ">" if self.low_open else ">="
             raise SpecError(f"{where}: expected a value {rel} {self.low:g}, but got {value!r}")
@@ -260,7 +263,7 @@ _PARAMS = [
           models="non_yolo", **UNIT),
     Param("image_size", "int", (DETECTION,), 640, aliases=("img_size",), models="yolov5", **POS),
     Param("model_size", "str", (DETECTION,), "medium", models="yolov5",
-          choices=("small", "medium", "large", "xlarge", "extra_large")),
+          choices=("small", "medium", "large", "extra_large"), value_aliases=(("xlarge", "extra_large"),)),
     Param("multi_scale", "bool", (DETECTION,), False, models="yolov5"),
 ]
 
@@ -268,6 +271,11 @@ PARAMS: dict[str, Param] = {p.name: p for p in _PARAMS}
 ALIASES: dict[str, str] = {a: p.name for p in _PARAMS for a in p.aliases}
 # Keys of training_parameters that are not hyperparameters of a trial.
 NON_SWEEPABLE = {"advanced_settings", "checkpoint_run_id"}
+# Keys of §14 that real job files carry but this version does not act on: refused, never parsed and ignored.
+NOT_SUPPORTED = {
+    "augmentations": "visionsweep trains with the built-in augmentations of §7.1 (advanced_settings turns "
+                     "parts of them off for detection and segmentation, §7.2); remove the key",
+}
 
 # Per-model overrides of the task defaults (§6.1, §6.2).
 _VIT_BATCH = {"vits16r224": 128, "vitb16r224": 48, "vitl16r224": 10}
@@ -310,15 +318,23 @@ def canonical_name(key: str) -> str:
     return ALIASES.get(key, key)
 
 
-def check_param(task: str, name: str, value: Any, where: str, model_name: str | None = None) -> Any:
-    """Validate one hyperparameter value for ``task`` (and ``model_name`` when known); returns it coerced."""
+def check_applies(task: str, name: str, where: str, model_name: str | None = None) -> Param:
+    """The hyperparameter ``name`` exists, is supported here, and applies to ``task`` (and ``model_name``)."""
     p = PARAMS.get(name)
     if p is None:
         raise SpecError(f"{where}: unknown hyperparameter {name!r}")
+    if name in NOT_SUPPORTED:
+        raise SpecError(f"{where}: not supported yet: {name} ({NOT_SUPPORTED[name]})")
     if task not in p.tasks:
         raise SpecError(f"{where}: hyperparameter {name!r} does not apply to task {task}")
     if not _applies(p, model_name):
         raise SpecError(f"{where}: hyperparameter {name!r} does not apply to model {model_name}")
+    return p
+
+
+def check_param(task: str, name: str, value: Any, where: str, model_name: str | None = None) -> Any:
+    """Validate one hyperparameter value for ``task`` (and ``model_name`` when known); returns it coerced."""
+    p = check_applies(task, name, where, model_name)
     if name == "model_name":
         return check_model_name(task, value, where)
     return p.coerce(value, where)
@@ -329,19 +345,30 @@ _BOX_FREEZE_GROUPS = 5
 _YOLO_FREEZE_GROUPS = 10  # yolov5_backbone: model.0. ... model.9. (§6.3)
 
 
-def check_combination(task: str, values: Mapping[str, list[Any]], where: str) -> None:
-    """Rules across parameters, checked at job time on every value each parameter can take.
+def check_combination(task: str, values: Mapping[str, list[Any]], where: str | Callable[[str], str],
+                      drawn: Collection[str] = ()) -> None:
+    """Rules across parameters, checked at job time on every value each parameter can take, so a job that
+    some trial could not train with fails before the sweep rather than trial by trial.
 
-    ``values`` maps a canonical name to the values it can take (one for a fixed value, all of a choice);
-    a rule is only checked when every parameter it involves is known, the rest waits for the trial.
+    ``values`` maps a canonical name to the values it can take: one for a fixed value, all of a choice,
+    and the smallest and largest for another distribution (every rule here is monotone in each parameter,
+    so the extremes stand for the values between them). ``drawn`` names the parameters that each trial
+    draws from such a distribution. A parameter that is absent takes its default for the model.
+    ``where``: the location of a parameter in the job (``name -> "FILE:LINE: yaml.path"``), or one
+    location for all.
     """
+    at = where if callable(where) else (lambda name: where)
+    models = values.get("model_name", [DEFAULT_MODEL[task]])
     for lo in values.get("min_size", []):
         for hi in values.get("max_size", []):
             if lo > hi:
-                raise SpecError(f"{where}: min_size ({lo}) must be <= max_size ({hi}): images are resized so "
-                                "that the short side is min_size unless the long side would pass max_size")
+                raise SpecError(f"{at('min_size')}: min_size ({lo:g}) must be <= max_size ({hi:g}): images are "
+                                "resized so that the short side is min_size unless the long side would pass max_size")
+    if task in CLASSIFICATION_TASKS:
+        for m in models:
+            _check_crops(task, m, values, at, drawn)
     for n in values.get("layers_to_freeze", []):
-        for m in values.get("model_name", [DEFAULT_MODEL[task]]):
+        for m in models:
             if not n or model_backend(m) != "builtin":
                 continue
             if m == "yolov5":
@@ -353,10 +380,48 @@ def check_combination(task: str, values: Mapping[str, list[Any]], where: str) ->
 
                 groups = get_entry(m).freeze_groups
                 if groups is None:
-                    raise SpecError(f"{where}: layers_to_freeze: model {m} has no layer groups to freeze (§6.3)")
+                    raise SpecError(f"{at('layers_to_freeze')}: layers_to_freeze: model {m} has no layer groups "
+                                    "to freeze (§6.3)")
                 limit = len(groups)
             if n > limit:
-                raise SpecError(f"{where}: layers_to_freeze: {m} has {limit} layer groups (§6.3), but got {n}")
+                got = "it can be" if "layers_to_freeze" in drawn else "got"
+                raise SpecError(f"{at('layers_to_freeze')}: layers_to_freeze: {m} has {limit} layer groups "
+                                f"(§6.3), but {got} {n:g}")
+
+
+_CROPS = ("training_crop_size", "validation_crop_size", "validation_resize_size")
+
+
+def _check_crops(task: str, model: str, values: Mapping[str, list[Any]], at: Callable[[str], str],
+                 drawn: Collection[str]) -> None:
+    """§6.4: ``validation_resize_size >= validation_crop_size``, and the ViTs need equal training and
+    validation crops (their position embedding is built for one input size)."""
+    given = {n for n in _CROPS if n in values or n in drawn}
+    if not given:
+        return  # the model's defaults, which fit
+    unbounded = {n for n in given if n not in values}  # drawn from the normal family: any value
+    defaults = task_model_defaults(task, model)
+    v = {n: values.get(n) or [defaults[n]] for n in _CROPS}
+    resize, crop = "validation_resize_size", "validation_crop_size"
+    if not {resize, crop} & unbounded and min(v[resize]) < max(v[crop]):
+        name = crop if crop in given else resize
+        raise SpecError(f"{at(name)}: validation_resize_size ({min(v[resize]):g}) must be >= validation_crop_size "
+                        f"({max(v[crop]):g}): the validation crop is cut from the resized image (§6.4)")
+    train, valid = "training_crop_size", "validation_crop_size"
+    if not {train, valid} & given or model_backend(model) != "builtin":
+        return
+    unequal = bool({train, valid} & set(drawn)) or len(set(v[train]) | set(v[valid])) > 1
+    if not unequal:
+        return
+    from trainers.models import fixed_input
+
+    if fixed_input(model):
+        name = next((n for n in (train, valid) if n in drawn), None) or (train if train in given else valid)
+        why = (f"{name} is drawn from a distribution for each trial, independently of the other crop; fix both, "
+               "or give each value its own sub-space" if name in drawn else
+               f"they can be {', '.join(f'{x:g}' for x in v[train])} and {', '.join(f'{x:g}' for x in v[valid])}")
+        raise SpecError(f"{at(name)}: {model} needs training_crop_size == validation_crop_size for every trial "
+                        f"(§6.4), but {why}")
 
 
 def resolve_hyperparameters(task: str, fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
