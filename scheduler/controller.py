@@ -20,6 +20,7 @@ record it writes itself is rebuilt from the per-trial files, never kept only in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -83,6 +84,8 @@ class Plan:
 def check_supported(job: Job) -> None:
     """Before any trial: every model the job can pick is buildable here (its optional extra installed,
     an MMDetection config name known), or the job stops with what to install or change."""
+    from scheduler.cli import apply_job_logging
+    apply_job_logging(job)  # log_verbosity (own loggers only) and credential redaction on run, resume and demo
     names = [job.training_parameters.get("model_name")]
     for sub in job.search_space or []:
         if "model_name" in sub:
@@ -324,6 +327,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     from trainers.launch import train_trial
 
     run_dir = store.local
+    phase = Phases()
     if not resume:
         (run_dir / "job.yml").write_text(job.redacted_text())
         (run_dir / "run.json").write_text(json.dumps({
@@ -334,7 +338,8 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
 
     store.push()
-    data = _prepare(job, run_dir, datastores)
+    with phase("data"):
+        data = _prepare(job, run_dir, datastores)
     store.push()
     echo(f"data: {len(data.train)} training / {len(data.valid)} validation images, {len(data.classes)} classes")
     for w in data.warnings:
@@ -343,7 +348,8 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     # Data-parallel trials need the dashboard: Ray Train frees a stopped trial's workers through it.
     distributed = spec.properties.node_count_per_trial > 1 or (ext.workers_per_node or 1) > 1 or \
         (job.training_parameters.get("distributed") is not False and _local_gpus() > 1)
-    echo(f"ray: {connect(dashboard=distributed)}")
+    with phase("ray_start"):
+        echo(f"ray: {connect(dashboard=distributed)}")
     primary = job.primary_metric
     node_gpus = gpus_per_node()
     has_gpu = node_gpus > 0
@@ -420,11 +426,24 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
          f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {per_trial}, "
          f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
     try:
-        tuner.fit()
+        with phase("trials"):
+            tuner.fit()
     finally:
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
-    return finish_run(job, store, t0, timed_out, tracker, plan.notes)
+    return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase)
+
+
+class Phases(dict):
+    """Seconds spent in each phase of the job (summary.json ``timings_s``): where a job's time goes."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - t, 2)
 
 
 def _trial_dirname(trial) -> str:
@@ -432,14 +451,16 @@ def _trial_dirname(trial) -> str:
 
 
 def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=None,
-               notes: list[str] | None = None) -> RunResult:
+               notes: list[str] | None = None, phase: Phases | None = None) -> RunResult:
     """Leaderboard, best model package, report, tracking and summary, all from the run folder's files."""
     primary, ext = job.primary_metric, job.spec.visionsweep
     run_dir = store.local
+    phase = phase if phase is not None else Phases()
     default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[job.task]
-    rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
-    write_leaderboard(run_dir / "leaderboard.csv", rows)
-    best_trial, best_metric = export_best(store, rows, primary)
+    with phase("export"):
+        rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
+        write_leaderboard(run_dir / "leaderboard.csv", rows)
+        best_trial, best_metric = export_best(store, rows, primary)
     summary: dict[str, Any] = {
         "mode": job.mode, "task": job.task, "primary_metric": primary, "trials": len(rows),
         "best_trial": best_trial, "best_metric": best_metric, "elapsed_s": round(time.time() - t0, 1),
@@ -449,19 +470,23 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
     }
     if tracker is not None:
+        with phase("tracking"):
+            try:
+                summary["tracking"] = tracker.finish(best_trial, best_metric, run_dir / "best" if best_trial else None,
+                                                     ext.tracking.register_model)
+            except Exception as e:  # tracking must never lose a finished sweep
+                log.warning("MLflow tracking could not be finished: %s", e)
+                summary["tracking"] = {"error": str(e)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # the report reads it
+    with phase("report"):
         try:
-            summary["tracking"] = tracker.finish(best_trial, best_metric, run_dir / "best" if best_trial else None,
-                                                 ext.tracking.register_model)
-        except Exception as e:  # tracking must never lose a finished sweep
-            log.warning("MLflow tracking could not be finished: %s", e)
-            summary["tracking"] = {"error": str(e)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    try:
-        from scheduler.report import write_report
+            from scheduler.report import write_report
 
-        write_report(run_dir)
-    except Exception as e:  # the report is a view; never fail the run for it
-        log.warning("report not written: %s", e)
+            write_report(run_dir)
+        except Exception as e:  # the report is a view; never fail the run for it
+            log.warning("report not written: %s", e)
+    summary["timings_s"] = {**phase, "total": round(time.time() - t0, 2)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [], store.where)
 
 
@@ -517,8 +542,9 @@ def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -
     source = Path(meta["source"]) if meta.get("source") else None
     stored = (run_dir / "job.yml").read_text()
     job = parse_job(stored, source=source, base_dir=Path(meta["base_dir"]))
-    if job.redacted_text() != stored and source is not None and source.is_file():
-        # the run folder keeps credentials as ***: take them from the job file it was started from
+    if source is not None and source.is_file():
+        # the run folder keeps credentials as ***: take them from the job file it was started from, when
+        # that file is still the job the run folder holds
         original = parse_job(source.read_text(), source=source, base_dir=Path(meta["base_dir"]))
         if original.redacted_text() == stored:
             job = original
