@@ -29,19 +29,7 @@ import yaml
 
 from trainers.errors import VisionsweepError
 
-_LEVELS = {"not_set": logging.WARNING, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR, "critical": logging.CRITICAL}
-
-
-OWN_LOGGERS = ("scheduler", "trainers", "serving", "cluster")
-
-
-def set_verbosity(level: str) -> None:
-    """``log_verbosity`` governs visionsweep's own logging; storage SDKs and other libraries stay at WARNING
-    (at ``debug`` the Azure SDK alone logs every HTTP request of every image). The root logger is never
-    changed here: only ``main`` sets it, once, to WARNING."""
-    for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(_LEVELS[level])
+from trainers.logs import FORMAT, OWN_LOGGERS, set_verbosity  # noqa: F401 (OWN_LOGGERS: part of the CLI's API)
 
 
 class RedactingFilter(logging.Filter):
@@ -279,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=FORMAT)
     for handler in logging.getLogger().handlers:
         if REDACTION not in handler.filters:
             handler.addFilter(REDACTION)

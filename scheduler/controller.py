@@ -374,7 +374,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                              fixed={**job.training_parameters, "advanced_settings": job.advanced.model_dump()},
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
                              cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
-                             credentials=EnvCredentials.from_environ(),
+                             credentials=EnvCredentials.from_environ(), log_level=spec.log_verbosity,
                              failed={t.trial_id: t.error or "failed" for t in read_trials(run_dir).values()
                                      if t.status == "error" and not t.retry}),
         {"cpu": cpus, "gpu": gpus},

@@ -379,3 +379,16 @@ def test_a_vit_crop_from_an_unbounded_distribution_is_refused_too():
                 "    validation_crop_size: {type: qnormal, mu: 224, sigma: 16, q: 16}\n"
                 "sweep: {sampling_algorithm: random}\n")
     assert "search_space[0].validation_crop_size: vits16r224 needs training_crop_size == validation_crop_size" in msg
+
+
+def test_a_trial_process_logs_visionsweeps_records_at_the_jobs_verbosity(restore_levels):
+    """In a Ray worker the root logger has no handler: without one, records below WARNING are dropped."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom trainers.logs import apply_in_worker\napply_in_worker('debug')\n"
+            "logging.getLogger('trainers.engine').debug('epoch details')\n"
+            "logging.getLogger('azure.core.pipeline').info('Request URL: https://x')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "DEBUG trainers.engine: epoch details" in out.stderr
+    assert "Request URL" not in out.stderr  # other libraries stay at WARNING

@@ -23,6 +23,7 @@ from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
 from trainers.engine import Workers, train
 from trainers.errors import VisionsweepError
+from trainers.logs import apply_in_worker
 from trainers.hyperparameters import resolve_hyperparameters
 
 
@@ -72,11 +73,13 @@ def _materialize(data: PreparedData) -> None:
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
                 weights: dict[str, str], download_weights: bool, cpus: float,
                 init_package: str | None = None, group: Group = Group(), primary: str = "accuracy",
-                credentials: EnvCredentials = EnvCredentials(), failed: dict[str, str] | None = None) -> None:
+                credentials: EnvCredentials = EnvCredentials(), failed: dict[str, str] | None = None,
+                log_level: str = "info") -> None:
     """The Tune trainable. ``failed``: trials of a resumed sweep whose error was final (the job's own
     settings or data, or a second error); they fail again at once with their error instead of training."""
     from ray import tune
 
+    apply_in_worker(log_level)  # log_verbosity reaches the trial's process too
     previous = (failed or {}).get(tune.get_context().get_trial_id())
     if previous is not None:
         suffix = " (failed before the sweep was resumed; not trained again)"
@@ -85,7 +88,7 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
     h = resolve_hyperparameters(data.task, fixed, config)
     init = init_package or weights.get(h["model_name"])
     if group.workers > 1:
-        _run_group(h, data, init, download_weights, group, primary, credentials)
+        _run_group(h, data, init, download_weights, group, primary, credentials, log_level)
         return
     _threads(cpus)
     _materialize(data)
@@ -99,14 +102,14 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
 
 
 def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download_weights: bool, group: Group,
-               primary: str, credentials: EnvCredentials) -> None:
+               primary: str, credentials: EnvCredentials, log_level: str = "info") -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     loop = functools.partial(_worker_loop, h=h, data=data, init=init, download_weights=download_weights,
-                             group=group, credentials=credentials)
+                             group=group, credentials=credentials, log_level=log_level)
     resources = {"CPU": group.cpus_per_worker, **({"GPU": 1} if group.use_gpu else {})}
     trainer = TorchTrainer(
         loop,
@@ -125,11 +128,12 @@ def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download
 
 
 def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData, init: str | None,
-                 download_weights: bool, group: Group, credentials: EnvCredentials) -> None:
+                 download_weights: bool, group: Group, credentials: EnvCredentials, log_level: str = "info") -> None:
     """One worker of a data-parallel trial (Ray Train has set up ``torch.distributed``)."""
     import ray.train
     import ray.train.torch
 
+    apply_in_worker(log_level)
     credentials.apply()
     ctx = ray.train.get_context()
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
