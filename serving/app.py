@@ -1,36 +1,45 @@
 """One endpoint as a Ray Serve application: an ingress router and one deployment per model deployment.
 
 ``ModelServer`` holds one loaded model package and answers with dynamic request batching
-(``@serve.batch``); a package that fails to load leaves the server alive but not ready.
+(``@serve.batch``); a package that fails to load leaves the server alive but not ready. Images are decoded
+in worker threads, off the replica's event loop.
 ``EndpointRouter`` is the ingress: it checks the key, picks a deployment by traffic weight (or the one
 named by the ``azureml-model-deployment`` header), forwards, copies mirrored traffic (responses
-discarded), and serves ``/health/live`` and ``/health/ready``. Ray Serve has no weighted split between
-deployments, so the router is ours; weights, mirror and keys arrive through ``user_config``, so
-changing them reconfigures the running router without dropping in-flight requests.
+discarded, at most as many copies unanswered as the mirror deployment handles at once: ``serving.mirror``),
+and serves the health routes. Ray Serve has no weighted split between deployments, so the router is ours;
+weights, mirror and key digests arrive through ``user_config``, so changing them reconfigures the running
+router without dropping in-flight requests. ``user_config`` is shown by Ray's dashboard and Serve's REST
+API, so it carries salted digests of the keys, never the keys (``serving.keys``).
 
-Routes under the endpoint's prefix ``/<endpoint>``: ``POST /score`` (also ``POST /``), ``GET /health/live``,
-``GET /health/ready``.
+Routes under the endpoint's prefix ``/<endpoint>``: ``POST /score`` (also ``POST /``), ``GET /health/live``
+and ``GET /health/ready`` (no key; the status only: ``{"status": "ready"}`` or ``"not ready"`` with 503),
+and ``GET /status`` (with the key): each deployment's readiness and its reason (which may hold package
+paths and exception text), traffic, and the mirrors' counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
+import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from serving import keys
+from serving.mirror import Mirror
 from serving.probes import ProbeState
-from serving.schema import BadRequest, parse_request
+from serving.schema import BadRequest, parse_request, read_body
 from serving.specs import Batching
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -44,11 +53,16 @@ class ModelServer:
         # Ray starts a replica with OMP_NUM_THREADS = its whole CPUs (1 for 1.8): use what the deployment asked for.
         torch.set_num_threads(max(1, round(cpus)))
         try:
+            from serving.explain import Explainer
             from serving.predictor import Predictor
 
             self.predictor = Predictor(package, settings=inference_settings or None, registry_uri=registry_uri)
+            self.explainer = Explainer(self.predictor)
         except Exception as e:  # a broken package: stay alive, report not ready
             self.error = f"{type(e).__name__}: {e}"
+        # Explanations run one at a time (``Explainer``); the ones waiting wait here, not in threads of the
+        # default executor, which predictions and image decoding use.
+        self._explain_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """The deployment's ``batching`` settings (its ``user_config``): Serve calls this after ``__init__``
@@ -70,61 +84,75 @@ class ModelServer:
         self.batches += 1
         return await asyncio.to_thread(self.predictor.predict_images, images)
 
+    async def _decode(self, image: bytes) -> tuple[Any, dict[str, Any] | None]:
+        """The image decoded in a worker thread -> ``(image, None)``, or ``(None, error answer)``. Decoding is
+        CPU work (up to ``MAX_IMAGE_PIXELS`` pixels); on the event loop it would hold up the batcher and
+        every other request of the replica."""
+        from serving.predictor import BadImage, ImageTooLarge, decode_image
+
+        try:
+            return await asyncio.to_thread(decode_image, image, "image"), None
+        except ImageTooLarge as e:
+            return None, {"error": str(e), "status": 413}
+        except BadImage as e:
+            return None, {"error": str(e), "status": 400}
+
     async def predict(self, image: bytes) -> dict[str, Any]:
         """One image -> its response object, or ``{"error", "status"}``."""
         if self.error:
             return {"error": f"deployment not ready: {self.error}", "status": 503}
-        from serving.predictor import BadImage, decode_image
-
-        try:
-            pil = decode_image(image, "image")
-        except BadImage as e:
-            return {"error": str(e), "status": 400}
-        return await self._batched(pil)
+        pil, error = await self._decode(image)
+        return error or await self._batched(pil)
 
     async def explain(self, image: bytes, xai: dict[str, Any]) -> dict[str, Any]:
         if self.error:
             return {"error": f"deployment not ready: {self.error}", "status": 503}
-        from serving.explain import explain_image
-        from serving.predictor import decode_image
         from trainers.errors import VisionsweepError
 
+        pil, error = await self._decode(image)
+        if error:
+            return error
         try:
-            return await asyncio.to_thread(explain_image, self.predictor, decode_image(image, "image"), xai)
-        except VisionsweepError as e:  # not an image, or an explanation this model cannot give
+            return await asyncio.get_running_loop().run_in_executor(self._explain_pool, self.explainer.explain,
+                                                                    pil, xai)
+        except VisionsweepError as e:  # an explanation this model cannot give
             return {"error": str(e), "status": 400}
 
 
 @serve.deployment
 class EndpointRouter:
     def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]],
-                 timeouts_s: dict[str, float]):
+                 timeouts_s: dict[str, float], capacity: dict[str, int]):
         self.endpoint, self.servers = endpoint, servers
         self.timeouts_s = timeouts_s  # request_settings.request_timeout_ms per deployment, in seconds
         self.probes = {name: ProbeState(**p) for name, p in probes.items()}
+        # a deployment mirrored to has at most as many copies unanswered as it handles at once
+        self.mirrors = {name: Mirror(f"{endpoint}/{name}", capacity[name]) for name in servers}
         self.traffic: dict[str, int] = {}
         self.mirror: dict[str, int] = {}
-        self.keys: list[str] = []
+        self.key_check: dict[str, Any] | None = None
         self.auth_mode = "key"
         self.rng = random.Random()
-        self._background: set[asyncio.Task] = set()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.traffic = {k: int(v) for k, v in (config.get("traffic") or {}).items() if k in self.servers}
         self.mirror = {k: int(v) for k, v in (config.get("mirror") or {}).items() if k in self.servers}
-        self.keys = [k for k in config.get("keys") or [] if k]
+        self.key_check = config.get("key_check")
         self.auth_mode = config.get("auth_mode", "key")
 
     # --- health ----------------------------------------------------------------------------------
     async def _is_ready(self, name: str) -> bool:
         probe = self.probes[name]
         if probe.due():
-            t0 = time.monotonic()
+            was, t0 = (probe.ready, probe.reason), time.monotonic()
             try:
                 state = await asyncio.wait_for(self.servers[name].ready.remote(), timeout=probe.timeout)
                 probe.record(bool(state["ready"]), time.monotonic() - t0, state.get("error") or "")
             except Exception as e:  # timeout or replica trouble count as failed checks
                 probe.record(False, time.monotonic() - t0, type(e).__name__)
+            if (probe.ready, probe.reason) != was:  # the reason goes to the log (and GET /status), not to probes
+                logger.log(logging.INFO if probe.ready else logging.WARNING, "endpoint %s: deployment %s is %s (%s)",
+                           self.endpoint, name, "ready" if probe.ready else "not ready", probe.reason)
         return probe.ready
 
     async def readiness(self) -> dict[str, Any]:
@@ -132,13 +160,18 @@ class EndpointRouter:
         serving = [n for n, w in self.traffic.items() if w > 0]
         return {"ready": any(states[n]["ready"] for n in serving), "deployments": states, "traffic": self.traffic}
 
+    async def status(self) -> dict[str, Any]:
+        """Readiness with each deployment's reason, and the mirrors' counters (``GET /status``, with the key)."""
+        mirrors = {n: m.stats() for n, m in self.mirrors.items() if self.mirror.get(n) or m.copies}
+        return {**await self.readiness(), "mirror": mirrors}
+
     # --- requests --------------------------------------------------------------------------------
     def _authorised(self, request: Request) -> bool:
         if self.auth_mode == "none":
             return True
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        return bool(token) and any(hmac.compare_digest(token, k) for k in self.keys)
+        return keys.matches(token, self.key_check)
 
     async def _pick(self, request: Request) -> str:
         """The deployment for a request: the one named in the header, else a ready one by weight."""
@@ -161,12 +194,12 @@ class EndpointRouter:
         return self.rng.choices(names, weights=weights)[0]
 
     def _copy_to_mirrors(self, items) -> None:
+        """Send copies (answers discarded); never waits, and drops copies a full mirror cannot take."""
         for name, pct in self.mirror.items():
             if pct > 0 and self.rng.random() * 100 < pct:
+                handle = self.servers[name]
                 for it in items:
-                    task = asyncio.ensure_future(self.servers[name].predict.remote(it.image))
-                    self._background.add(task)  # responses are discarded
-                    task.add_done_callback(self._background.discard)
+                    self.mirrors[name].send(lambda image=it.image: handle.predict.remote(image))
 
     async def __call__(self, request: Request):
         path = request.url.path.rstrip("/")
@@ -174,14 +207,19 @@ class EndpointRouter:
             if request.method == "GET" and path.endswith("/health/live"):
                 return JSONResponse({"status": "alive"})
             if request.method == "GET" and path.endswith("/health/ready"):
-                state = await self.readiness()
-                return JSONResponse(state, status_code=200 if state["ready"] else 503)
-            if request.method != "POST":
-                return JSONResponse({"error": "use POST /score, GET /health/live or GET /health/ready"}, 404)
+                ready = (await self.readiness())["ready"]
+                return JSONResponse({"status": "ready" if ready else "not ready"}, 200 if ready else 503)
+            details = request.method == "GET" and path.endswith("/status")
+            if request.method != "POST" and not details:
+                return JSONResponse({"error": "use POST /score, GET /health/live, GET /health/ready or "
+                                              "GET /status (with the key)"}, 404)
             if not self._authorised(request):
                 return JSONResponse({"error": "missing or invalid key (Authorization: Bearer <key>)"}, 401)
+            if details:
+                return JSONResponse(await self.status())
             name = await self._pick(request)
-            items = parse_request(await request.body(), request.headers.get("content-type"))
+            body = await read_body(request.stream(), request.headers.get("content-length"))
+            items = parse_request(body, request.headers.get("content-type"))
             handle = self.servers[name]
             calls = [handle.explain.remote(it.image, it.xai.model_dump()) if it.xai else handle.predict.remote(it.image)
                      for it in items]
@@ -215,7 +253,7 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
     traffic weights (``user_config``) changed; with stable versions that change is a lightweight
     ``reconfigure`` of the running router, and unchanged model deployments keep their replicas.
     """
-    servers, probes, timeouts = {}, {}, {}
+    servers, probes, timeouts, capacity = {}, {}, {}, {}
     for name, d in deployments.items():
         opts: dict[str, Any] = {"name": f"{endpoint}-{name}",
                                 "ray_actor_options": {"num_cpus": d.get("cpus_per_instance", 1.0),
@@ -237,9 +275,11 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
             d["model"], d.get("inference_settings") or {}, d.get("cpus_per_instance", 1.0), d.get("model_registry_uri"))
         probes[name] = dict(d["readiness_probe"])
         timeouts[name] = d["request_settings"]["request_timeout_ms"] / 1000.0
+        instances = scale["max_instances"] if scale["type"] == "target_utilization" else d["instance_count"]
+        capacity[name] = d["request_settings"]["max_concurrent_requests_per_instance"] * instances
     router_version = _version({"deployments": sorted(deployments), "probes": probes,
                                "servers": {n: _version(d) for n, d in deployments.items()}})
     return EndpointRouter.options(name=f"{endpoint}-router", user_config=router_config, version=router_version,
                                   _internal=True, ray_actor_options={"num_cpus": 0.1}).bind(endpoint, servers, probes,
-                                                                                               timeouts)
+                                                                                               timeouts, capacity)
 

@@ -1,7 +1,8 @@
 """Endpoints and their deployments: stored state, keys, traffic, and (re)deploying on Ray Serve.
 
 State lives in ``$VISIONSWEEP_HOME/endpoints/<name>.json`` (default ``~/.visionsweep``), written with
-owner-only permissions because it holds the endpoint's keys. Every change is validated first, then
+owner-only permissions because it holds the endpoint's keys, the only place they are kept: the router is
+given salted digests of them (``serving.keys``). Every change is validated first, then
 stored, then applied with ``serve.run`` of the endpoint's application: traffic, mirror and key changes
 only reconfigure the running router; adding or removing a deployment rolls the router over while
 in-flight requests finish.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from serving.keys import key_check, new_key, new_salt
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
 from trainers.registry import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
@@ -27,10 +28,6 @@ def home() -> Path:
 
 def _path(name: str) -> Path:
     return home() / "endpoints" / f"{name}.json"
-
-
-def new_key() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def load_state(name: str) -> dict[str, Any]:
@@ -51,8 +48,11 @@ def save_state(state: dict[str, Any]) -> None:
 
 
 def router_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The router's ``user_config``: shown by Ray's dashboard and Serve's REST API, so no key in it, only
+    digests under the endpoint's salt (made here for a state file written before there was one)."""
+    salt = state.setdefault("key_salt", new_salt())
     return {"traffic": state["traffic"], "mirror": state["mirror"], "auth_mode": state["endpoint"]["auth_mode"],
-            "keys": [state["keys"]["primary"], state["keys"]["secondary"]]}
+            "key_check": key_check([state["keys"]["primary"], state["keys"]["secondary"]], salt)}
 
 
 def apply(state: dict[str, Any], blocking_wait_s: float = 300) -> None:
@@ -95,7 +95,7 @@ def create_endpoint(spec: EndpointSpec) -> dict[str, Any]:
     if _path(spec.name).is_file():
         raise VisionsweepError(f"endpoint {spec.name!r} exists already (use `visionsweep endpoint update`)")
     state = {"endpoint": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-             "keys": {"primary": new_key(), "secondary": new_key()},
+             "keys": {"primary": new_key(), "secondary": new_key()}, "key_salt": new_salt(),
              "deployments": {}, "traffic": {}, "mirror": {}}
     save_state(state)
     return state
@@ -184,6 +184,6 @@ def delete_endpoint(endpoint: str) -> None:
 
 
 def show(endpoint: str) -> dict[str, Any]:
-    """The endpoint without its keys."""
+    """The endpoint without its keys (nor their salt)."""
     state = load_state(endpoint)
-    return {k: v for k, v in state.items() if k != "keys"}
+    return {k: v for k, v in state.items() if k not in ("keys", "key_salt")}

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import warnings
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from serving.schema import MAX_IMAGE_PIXELS
 from trainers import hyperparameters as hp
-from trainers.data import decode_image
 from trainers.errors import DataError, VisionsweepError
 from trainers.package import load_package
 from trainers.tasks import make_task
@@ -38,6 +40,38 @@ from trainers.workers import Runtime
 
 
 BadImage = DataError  # an input that is not a decodable image (a 400 when served)
+
+
+class ImageTooLarge(BadImage):
+    """An image of more pixels than the cap (a 413 when served)."""
+
+
+def decode_image(data: bytes, where: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Image file bytes -> RGB image; ``BadImage`` naming ``where`` when they are not an image.
+
+    The size is read from the header and checked before any pixel is decoded: a few kB of PNG can
+    declare 20000 x 20000 pixels, 1.2 GB as RGB. PIL's own guard (``Image.MAX_IMAGE_PIXELS``, 89 M) only
+    warns below twice its limit and is process-wide, so the cap here is ours (``MAX_IMAGE_PIXELS``).
+    """
+    too_large = f"at most {max_pixels} pixels are decoded (serving.schema.MAX_IMAGE_PIXELS)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL refuses twice its limit before we can look at the size
+        declared = re.search(r"\d+ pixels", str(e))
+        raise ImageTooLarge(f"{where}: {declared.group(0) if declared else 'more pixels than PIL decodes'} declared; "
+                            f"{too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadImage(f"{where}: not a decodable image ({e})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{where}: {width} x {height} = {width * height} pixels; {too_large}")
+    try:
+        img.load()
+        return img.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise BadImage(f"{where}: not a decodable image ({e})") from None
 
 
 class Predictor:
@@ -111,7 +145,7 @@ def format_detections(out: dict[str, torch.Tensor], width: int, height: int, cla
             mask = out["masks"][i, 0].float().cpu().numpy()
             mthr = float(settings["mask_pixel_score_threshold"])
             item["polygon"] = mask_to_polygons(mask, mthr, int(settings["max_number_of_polygon_points"]))
-            if _as_bool(settings["export_as_image"]):
+            if _export_as_image(settings):
                 item["mask"] = _encode_mask(mask >= mthr, str(settings["image_type"]))
         result.append(item)
     return {"boxes": result}
@@ -121,8 +155,12 @@ def _unit(v: float) -> float:
     return round(min(1.0, max(0.0, v)), 6)
 
 
-def _as_bool(v: Any) -> bool:
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("true", "1", "yes")
+def _export_as_image(settings: dict[str, Any]) -> bool:
+    try:
+        return hp.as_bool(settings["export_as_image"])  # the job file's booleans (true/false, 0/1)
+    except ValueError:
+        raise DataError(f"inference setting export_as_image: expected true or false, got "
+                        f"{settings['export_as_image']!r}") from None
 
 
 def _encode_mask(mask, image_type: str) -> str:

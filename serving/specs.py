@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trainers.data.urls import is_url
 from trainers.errors import SpecError
 
 _F = ConfigDict(extra="forbid")
@@ -139,7 +140,7 @@ def local_model_path(model: str, base: Path) -> str:
     """``model`` as an absolute path when it is a local path; URIs and registry references unchanged."""
     from trainers.registry import is_registry_reference
 
-    if "://" in model or is_registry_reference(model):
+    if is_url(model) or is_registry_reference(model):
         return model
     return str((base / model).resolve())
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
+import select
 import socket
+import struct
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
 
 from serving import endpoints
+from serving.schema import MAX_BODY_BYTES
 from serving.specs import DeploymentSpec, EndpointSpec
 from trainers.errors import SpecError
 
@@ -74,23 +80,71 @@ def _free_cluster(request):
             endpoints.delete_endpoint(f.stem)
 
 
+def answer(raw: bytes):
+    """A response body: our JSON, or Serve's plain-text "Internal Server Error" as ``{"error": ...}``."""
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        return {"error": raw.decode(errors="replace")}
+
+
 def post(url, body: bytes, key: str | None = None, ctype="application/json", headers=None):
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": ctype, **(headers or {})})
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read()), dict(r.headers)
+            return r.status, answer(r.read()), dict(r.headers)
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}"), dict(e.headers)
+        return e.code, answer(e.read()), dict(e.headers)
 
 
-def get(url):
+def get(url, key: str | None = None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, json.loads(r.read())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, answer(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        return e.code, answer(e.read())
+
+
+def wait_for(condition, what: str, timeout_s: float = 30):
+    """Poll ``condition`` until it returns a true value (a guard against hanging, not a timing assumption)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout_s:.0f} s"
+        time.sleep(0.1)
+    return value
+
+
+def png_bomb(side: int) -> bytes:
+    """A 1-bit black PNG of ``side`` x ``side`` pixels: a few kB that decode to ``3 * side**2`` bytes as RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def send_unfinished(url: str, key: str, chunks, length: int | None = None):
+    """POST ``chunks`` over a raw connection (chunked transfer encoding, or a ``Content-Length`` of ``length``
+    bytes) without ever ending the body, and wait for the answer -> (status, JSON answer). A server that reads
+    the whole body before it answers never answers this."""
+    u = urllib.parse.urlsplit(url)
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    head = (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/octet-stream\r\n{framing}\r\n\r\n").encode()
+    with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+        s.sendall(head)
+        for c in chunks:
+            if select.select([s], [], [], 0)[0]:  # answered already: stop sending
+                break
+            s.sendall(c if length is not None else b"%x\r\n%s\r\n" % (len(c), c))
+        r = http.client.HTTPResponse(s)  # waits (60 s at most) for the answer to the unfinished body
+        r.begin()
+        return r.status, answer(r.read())
 
 
 def body(*images: bytes, mime_breaks=False) -> bytes:
@@ -156,6 +210,17 @@ def test_traffic_split_auth_and_response_schema(serve_url, package):
     assert post(url, body(IMAGE), new)[0] == 200
     # a plain POST of image bytes works too
     assert post(url, IMAGE, new, ctype="image/png")[0] == 200
+    # Ray's dashboard and Serve's REST API show the router's config (user_config): salted digests, no key
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    from ray._private.worker import get_dashboard_url
+
+    rest = urllib.request.Request(f"http://{get_dashboard_url()}/api/serve/applications/",
+                                  headers=get_auth_headers_if_auth_enabled({}))  # Ray's own token, if any
+    with urllib.request.urlopen(rest, timeout=30) as r:
+        shown = r.read().decode()
+    assert '"ep-split-router"' in shown and '"traffic"' in shown  # the router's user_config is there
+    for k in (keys["primary"], keys["secondary"], new):
+        assert k not in shown
     # traffic rules: weights sum to at most 100, deployments must exist
     with pytest.raises(SpecError, match="sum to 110"):
         endpoints.set_traffic("ep-split", {"blue": 60, "green": 50})
@@ -174,10 +239,19 @@ def test_bad_requests_get_4xx_and_the_server_stays_up(serve_url, package):
         (body(b"this is not an image"), "application/json", 400, "not a decodable image"),
         (body(*[IMAGE] * 65), "application/json", 413, "at most 64"),
         (b"hello", "text/plain", 415, "unsupported content type"),
+        # a decompression bomb: 56 kB of PNG declaring 20000 x 20000 pixels is refused before it is decoded
+        (body(png_bomb(20000)), "application/json", 413, "pixels"),
     ]
     for data, ctype, status, message in cases:
         got, resp, _ = post(url, data, key, ctype=ctype)
         assert got == status and message in resp["error"], (message, got, resp)
+    # the body limit holds while the body is read, not after: a declared length above it is refused before any
+    # byte is read, and a chunked body as soon as it passes the limit (the client never ends either body)
+    status, resp = send_unfinished(url, key, [], length=MAX_BODY_BYTES + 1)
+    assert status == 413 and f"at most {MAX_BODY_BYTES} bytes" in resp["error"], resp
+    limit_then_one = [*(b"\0" * 2 ** 20 for _ in range(MAX_BODY_BYTES // 2 ** 20)), b"\0"]  # passed by the last byte
+    status, resp = send_unfinished(url, key, limit_then_one)
+    assert status == 413 and f"larger than {MAX_BODY_BYTES} bytes" in resp["error"], resp
     assert get(f"{serve_url}/ep-bad/health/live")[0] == 200
     assert post(url, body(IMAGE), key)[0] == 200
 
@@ -185,13 +259,17 @@ def test_bad_requests_get_4xx_and_the_server_stays_up(serve_url, package):
 def test_a_deployment_that_cannot_load_is_not_ready_and_gets_no_traffic(serve_url, package):
     keys = make_endpoint("ep-ready", package, broken=("green",))
     endpoints.set_traffic("ep-ready", {"green": 100})
-    status, state = get(f"{serve_url}/ep-ready/health/ready")
-    assert status == 503 and state["deployments"]["green"]["ready"] is False
+    # the unauthenticated probe answers the status only: no package paths, no exception text
+    assert get(f"{serve_url}/ep-ready/health/ready") == (503, {"status": "not ready"})
+    # the details are behind the key
+    assert get(f"{serve_url}/ep-ready/status")[0] == 401
+    status, state = get(f"{serve_url}/ep-ready/status", keys["primary"])
+    assert status == 200 and state["ready"] is False and state["deployments"]["green"]["ready"] is False
     assert "not a model package" in state["deployments"]["green"]["reason"]
     assert post(f"{serve_url}/ep-ready/score", body(IMAGE), keys["primary"])[0] == 503
     # with half the traffic on the healthy deployment, every request goes there
     endpoints.set_traffic("ep-ready", {"blue": 50, "green": 50})
-    assert get(f"{serve_url}/ep-ready/health/ready")[0] == 200
+    assert get(f"{serve_url}/ep-ready/health/ready") == (200, {"status": "ready"})
     for _ in range(20):
         status, _, headers = post(f"{serve_url}/ep-ready/score", body(IMAGE), keys["primary"])
         assert status == 200 and headers["azureml-model-deployment"] == "blue"
@@ -210,19 +288,23 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
             status, resp, headers = post(url, body(IMAGE), key)
             results.append((status, headers.get("azureml-model-deployment") or resp.get("error")))
 
+    def answered(n: int = 8) -> None:  # requests keep flowing: n more answered since the last change
+        mark = len(results)
+        wait_for(lambda: len(results) >= mark + n, f"{n} more answered requests", 120)
+
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2)
+    answered()
     endpoints.set_traffic("ep-load", {"blue": 50, "green": 50})
-    time.sleep(2)
+    answered()
     endpoints.set_traffic("ep-load", {"blue": 0, "green": 100})
-    time.sleep(2)
+    answered()
     # adding a deployment rolls the router over (its set of deployments changed): still nothing dropped
     endpoints.create_deployment(DeploymentSpec(name="red", endpoint_name="ep-load", model=str(package),
                                                cpus_per_instance=0.25, readiness_probe=FAST))
     added_at = len(results)
-    time.sleep(2)
+    answered()
     stop.set()
     for t in threads:
         t.join()
@@ -238,10 +320,24 @@ def test_weight_change_under_load_drops_nothing_and_mirror_gets_copies(serve_url
     for _ in range(10):
         status, _, headers = post(url, body(IMAGE), key)
         assert status == 200 and headers["azureml-model-deployment"] == "blue"
-    deadline = time.time() + 10
-    while green.stats.remote().result()["predicted"] < before + 10 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: green.stats.remote().result()["predicted"] >= before + 10, "green's 10 mirrored copies")
     assert green.stats.remote().result()["predicted"] == before + 10
+
+    # a burst the mirror cannot keep up with: 12 copies at once, beyond green's capacity (8 = 1 instance x
+    # max_concurrent_requests_per_instance): the live request is answered, the copies beyond 8 are dropped
+    def mirror_stats():
+        status, state = get(f"{serve_url}/ep-load/status", key)
+        assert status == 200, state
+        return state["mirror"]["green"]
+
+    start = wait_for(lambda: (m := mirror_stats())["in_flight"] == 0 and m, "the mirror to answer its copies")
+    status, resp, headers = post(url, body(*[IMAGE] * 12), key)
+    assert status == 200 and len(resp) == 12 and headers["azureml-model-deployment"] == "blue"
+    end = wait_for(lambda: (m := mirror_stats())["in_flight"] == 0 and m, "the mirror to answer its copies")
+    copies, mirrored, dropped = (end[k] - start[k] for k in ("copies", "mirrored", "dropped"))
+    assert (copies, mirrored, dropped) == (12, 8, 4), end
+    assert end["dropped"] == end["copies"] - end["mirrored"] and end["max_in_flight"] == 8
+    assert green.stats.remote().result()["predicted"] == before + 10 + mirrored
 
 
 def test_response_bodies_of_all_four_tasks(serve_url, package, trained_box_packages, tmp_path, monkeypatch):
@@ -329,19 +425,27 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, trained_box_packa
     assert status == 400 and "classification only" in resp["error"]
 
 
+def xai_endpoint(package) -> str:
+    """The explanation tests' shared endpoint ``ep-xai`` (one deployment at 100 %) -> its key."""
+    if "ep-xai" not in {p.stem for p in (endpoints.home() / "endpoints").glob("*.json")}:
+        make_endpoint("ep-xai", package, deployments=("blue",))
+        endpoints.set_traffic("ep-xai", {"blue": 100})
+    return endpoints.load_state("ep-xai")["keys"]["primary"]
+
+
+def xai_body(image: bytes, algorithm: str) -> bytes:
+    item = json.dumps({"image_base64": base64.encodebytes(image).decode(), "model_explainability": True,
+                       "xai_parameters": {"xai_algorithm": algorithm, "n_steps": 8, "xrai_fast": True,
+                                          "visualizations": True, "attributions": True}})
+    return json.dumps({"input_data": {"columns": ["image"], "data": [item]}}).encode()
+
+
 @pytest.mark.parametrize("algorithm", ["xrai", "integrated_gradients", "guided_gradcam", "guided_backprop"])
 def test_explanations_over_http(serve_url, package, algorithm):
     from PIL import Image
 
-    if "ep-xai" not in {p.stem for p in (endpoints.home() / "endpoints").glob("*.json")}:
-        make_endpoint("ep-xai", package, deployments=("blue",))
-        endpoints.set_traffic("ep-xai", {"blue": 100})
-    key = endpoints.load_state("ep-xai")["keys"]["primary"]
-    item = json.dumps({"image_base64": base64.encodebytes(IMAGE).decode(), "model_explainability": True,
-                       "xai_parameters": {"xai_algorithm": algorithm, "n_steps": 8, "xrai_fast": True,
-                                          "visualizations": True, "attributions": True}})
-    data = json.dumps({"input_data": {"columns": ["image"], "data": [item]}}).encode()
-    status, resp, _ = post(f"{serve_url}/ep-xai/score", data, key)
+    key = xai_endpoint(package)
+    status, resp, _ = post(f"{serve_url}/ep-xai/score", xai_body(IMAGE, algorithm), key)
     assert status == 200, resp
     (r,) = resp
     # multi-class: one attribution [3, crop, crop] and one 2 x 2 grid image of the crop
@@ -349,3 +453,86 @@ def test_explanations_over_http(serve_url, package, algorithm):
     grid = Image.open(io.BytesIO(base64.b64decode(r["visualizations"])))
     assert grid.size == (64, 64)
     assert len(r["probs"]) == len(r["labels"])
+
+
+def test_explanations_do_not_disturb_concurrent_predictions(serve_url, package):
+    """Guided backprop and guided Grad-CAM hook into the model for the length of an attribution; predictions
+    running meanwhile on the same replica must neither fail nor change."""
+    key = xai_endpoint(package)
+    url = f"{serve_url}/ep-xai/score"
+    images = [IMAGE, (SAMPLE / "images" / "test_0001.png").read_bytes()]
+    alone = [post(url, body(im), key)[1][0] for im in images]
+    explained, predicted, stop = [], [], threading.Event()
+
+    def explain():
+        try:
+            for i in range(24):
+                algorithm = ("guided_backprop", "guided_gradcam")[i // 2 % 2]
+                status, resp, _ = post(url, xai_body(images[i % 2], algorithm), key)
+                explained.append((status, resp if status != 200 else None))
+        finally:
+            stop.set()
+
+    def predict(i):
+        while not stop.is_set():
+            try:
+                status, resp, _ = post(url, body(images[i]), key)
+            except Exception as e:  # a broken connection counts as a failure too
+                status, resp = None, repr(e)
+            predicted.append((i, status, resp))
+
+    threads = [threading.Thread(target=explain), *(threading.Thread(target=predict, args=(i,)) for i in (0, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e for e in explained if e[0] != 200] == [] and len(explained) == 24
+    failed = [(i, status, resp) for i, status, resp in predicted if status != 200]
+    assert not failed and len(predicted) >= 2, (failed[:3], len(failed), len(predicted))
+    for i, _, resp in predicted:  # the same answer as without explanations (batches may differ in the last bits)
+        assert resp[0]["labels"] == alone[i]["labels"]
+        assert resp[0]["probs"] == pytest.approx(alone[i]["probs"], abs=1e-6)
+
+
+def test_replicas_decode_images_off_their_event_loop(package, monkeypatch):
+    """Decoding an image (up to MAX_IMAGE_PIXELS) is CPU work: on the replica's event loop it would hold up
+    every other request and the batcher, so predictions and explanations decode in a worker thread."""
+    import asyncio
+
+    import torch
+
+    from serving import app, predictor
+
+    server = app.ModelServer.func_or_class(str(package), cpus=torch.get_num_threads())
+    decoded_in, real = [], predictor.decode_image
+
+    def decode(*args, **kwargs):
+        decoded_in.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "decode_image", decode)
+
+    async def batched(image):  # @serve.batch needs a running replica; predict the one image directly
+        return (await asyncio.to_thread(server.predictor.predict_images, [image]))[0]
+
+    server._batched = batched
+
+    async def requests():
+        xai = {"xai_algorithm": "guided_backprop", "visualizations": False, "attributions": False}
+        return threading.get_ident(), await server.predict(IMAGE), await server.explain(IMAGE, xai)
+
+    loop_thread, prediction, explanation = asyncio.run(requests())
+    assert set(prediction) == {"probs", "labels"} and explanation["probs"] == pytest.approx(prediction["probs"])
+    assert len(decoded_in) == 2 and loop_thread not in decoded_in
+
+
+def test_images_over_the_pixel_cap_are_refused_before_they_are_decoded():
+    """A decompression bomb: 8000 x 8000 pixels declared by a 10 kB PNG (PIL itself only warns below 89 M
+    pixels) would take 192 MB as RGB; it is refused from its header, with the cap named."""
+    from serving.predictor import BadImage, decode_image
+    from serving.schema import MAX_IMAGE_PIXELS
+
+    assert 8000 * 8000 > MAX_IMAGE_PIXELS
+    with pytest.raises(BadImage, match=f"8000 x 8000 = 64000000 pixels; at most {MAX_IMAGE_PIXELS}"):
+        decode_image(png_bomb(8000), "image")
+    assert decode_image(IMAGE).size == (28, 28)
