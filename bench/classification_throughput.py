@@ -1,13 +1,15 @@
-"""Training throughput of the classification trainer vs. a plain PyTorch loop (issue 2).
+"""Training throughput of the classification trainer vs. the loop a user writes (issues 2 and 11).
 
-Both sides train the same model (``build_model``) on the same prepared data, with the same
-``ImageDataset`` + training transform, the same DataLoader settings (batch 32, shuffle, drop_last,
-num_workers 0), the same seed and the same SGD settings; only the loop differs:
+The baseline is what a user writes without visionsweep, the whole input pipeline included: read the
+JSONL, ``torchvision.io.decode_image`` each file, torchvision v2 transforms (the same augmentations:
+random resized crop, flip, colour jitter, normalise), a ``DataLoader`` with worker processes
+(``--plain-workers``, default 2), ``torchvision.models.<model>(num_classes=...)``, SGD with the same
+settings, and ``for x, y in loader: zero_grad; cross_entropy; backward; step``. No visionsweep code.
 
-* visionsweep: ``trainers.engine.train(h, data, report)`` with ``evaluation_frequency=1``; the loop reports
-  ``train_images_per_sec`` after every epoch, measured over the training part of the epoch only.
-* plain: ``for x, y in loader: opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward();
-  opt.step()``, each epoch timed the same way (from the first batch request to the end of the epoch).
+visionsweep runs ``trainers.engine.train(h, data, report)`` at its defaults (``number_of_workers`` unset:
+loading in the trial's process) with ``evaluation_frequency=1``; the loop reports
+``train_images_per_sec`` after every epoch, measured over the training part of the epoch only. The
+plain loop's epochs are timed the same way (from the first batch request to the end of the epoch).
 
 The first epoch of every run is a warm-up and is skipped; a run's figure is the median of its other
 epochs. After one untimed warm-up run of each side, sides run alternately in one process (A B, B A,
@@ -15,7 +17,7 @@ A B ...) so that drift and order effects hit both equally.
 The result is the median over all measured epochs of visionsweep divided by that of plain.
 
     .venv/bin/python bench/classification_throughput.py [--model resnet18] [--size 64] [--epochs 4]
-                                                        [--repeats 3] [--target 0.95]
+                                                        [--repeats 3] [--plain-workers 2] [--target 0.95]
 """
 
 from __future__ import annotations
@@ -33,15 +35,11 @@ from torch.utils.data import DataLoader
 
 from trainers.data import prepare_data
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.data.datasets import ImageDataset
-from trainers.engine import make_optimizer, train
-from trainers.models import build_model
-from trainers.tasks import make_task
-from trainers.tasks.classification import ClassificationSample
-from trainers.transforms import train_transform
+from trainers.engine import train
 
 TASK = "image_classification"
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "trainers" / "sample_data" / "fashion_mnist" / "train"
+TRAIN_JSONL = TRAIN_DIR / "train_annotations.jsonl"
 BATCH = 32
 SEED = 0
 
@@ -53,7 +51,7 @@ def machine() -> str:
 def hyperparameters(model: str, size: int, epochs: int) -> dict:
     fixed = dict(model_name=model, training_crop_size=size, validation_resize_size=size, validation_crop_size=size,
                  training_batch_size=BATCH, number_of_epochs=epochs, early_stopping=False,
-                 evaluation_frequency=1, random_seed=SEED, number_of_workers=0)
+                 evaluation_frequency=1, random_seed=SEED)
     return resolve_hyperparameters(TASK, fixed, {})
 
 
@@ -68,15 +66,45 @@ def run_visionsweep(h: dict, data) -> list[float]:
     return [rates[e] for e in sorted(rates)]
 
 
-def run_plain(h: dict, data) -> list[float]:
-    """Per-epoch training images/s of a plain PyTorch loop on the same model, data and optimiser."""
+class JsonlImages(torch.utils.data.Dataset):
+    """The dataset a user writes for a JSONL of image_url/label lines (paths relative to the file)."""
+
+    def __init__(self, jsonl: Path, transform):
+        import json
+
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        self.classes = sorted({r["label"] for r in rows})
+        self.items = [(str((jsonl.parent / r["image_url"]).resolve()), self.classes.index(r["label"])) for r in rows]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from torchvision.io import ImageReadMode, decode_image
+
+        path, label = self.items[i]
+        return self.transform(decode_image(path, mode=ImageReadMode.RGB)), label
+
+
+def run_plain(h: dict, workers: int) -> list[float]:
+    """Per-epoch training images/s of the plain torchvision loop (no visionsweep code)."""
+    import torchvision
+    from torchvision.transforms import v2
+
     torch.manual_seed(SEED)
-    task = make_task(data.task, data.classes)
-    model = build_model(h["model_name"], len(data.classes), h["training_crop_size"])
-    ds = ImageDataset(data.train, ClassificationSample(task, train_transform(h["training_crop_size"])), data.store)
-    loader = DataLoader(ds, batch_size=h["training_batch_size"], shuffle=True, drop_last=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(SEED))
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], h)  # same SGD lr/momentum/nesterov/wd
+    size = h["training_crop_size"]
+    transform = v2.Compose([
+        v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    ds = JsonlImages(TRAIN_JSONL, transform)
+    loader = DataLoader(ds, batch_size=h["training_batch_size"], shuffle=True, drop_last=True, num_workers=workers,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(SEED))
+    model = getattr(torchvision.models, h["model_name"])(num_classes=len(ds.classes))
+    opt = torch.optim.SGD(model.parameters(), lr=h["learning_rate"], momentum=h["momentum"],
+                          nesterov=h["nesterov"], weight_decay=h["weight_decay"])
     rates = []
     for _ in range(h["number_of_epochs"]):
         model.train()
@@ -97,6 +125,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64, help="training/validation crop and resize size")
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is a warm-up")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side, alternated (A B, B A, ...)")
+    ap.add_argument("--plain-workers", type=int, default=2, help="DataLoader worker processes of the plain loop")
     ap.add_argument("--target", type=float, default=0.95)
     args = ap.parse_args()
     if args.epochs < 2:
@@ -112,11 +141,13 @@ def main() -> int:
           f"{args.repeats} repeats, optimizer {h['optimizer']} lr {h['learning_rate']} "
           f"momentum {h['momentum']} nesterov {h['nesterov']} wd {h['weight_decay']}")
 
-    sides = {"visionsweep": run_visionsweep, "plain": run_plain}
+    print(f"plain:   torchvision decode_image + v2 transforms, DataLoader num_workers={args.plain_workers}, "
+          f"torchvision.models.{args.model}, {len(JsonlImages(TRAIN_JSONL, None))} images (no split)")
+    sides = {"visionsweep": lambda hh: run_visionsweep(hh, data), "plain": lambda hh: run_plain(hh, args.plain_workers)}
     warm = hyperparameters(args.model, args.size, 2)
     for fn in sides.values():  # untimed warm-up of both sides (allocator, kernels, page cache)
-        fn(warm, data)
-    return alternate(sides, (h, data), args.repeats, args.epochs, args.target, "{:.1f}")
+        fn(warm)
+    return alternate(sides, (h,), args.repeats, args.epochs, args.target, "{:.1f}")
 
 
 if __name__ == "__main__":
