@@ -104,3 +104,20 @@ def test_the_cli_exports_and_refuses_what_it_cannot(tmp_path, capsys):
         export_onnx(str(pkg), tmp_path / "t.onnx")
     assert main(["export", str(pkg), "--image-size", "64"]) == 2
     assert "--image-size: expected HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_the_jobs_enable_onnx_normalization_decides_the_default_export(tmp_path, setting):
+    """§14: a trial's ``enable_onnx_normalization`` is kept in its package and is what an export does
+    when the command does not say otherwise."""
+    from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models import build_model
+
+    torch.manual_seed(0)
+    h = resolve_hyperparameters(hp.MULTICLASS, {"model_name": "resnet18", "validation_resize_size": 32,
+                                                "validation_crop_size": 32, "training_crop_size": 32,
+                                                "enable_onnx_normalization": setting}, {})
+    pkg = save_package(tmp_path / "pkg", model=build_model("resnet18", 3, 32), task=hp.MULTICLASS,
+                       classes=["a", "b", "c"], hyperparameters=h, metrics={})
+    export_onnx(str(pkg), tmp_path / "m.onnx", check=False)
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["input"]["normalization_in_graph"] is setting
