@@ -176,3 +176,11 @@ def test_detection_labels_load_for_all_tasks(tmp_path, sample):
 def test_check_images_passes_good_records(sample):
     recs = load_records(str(sample / "valid"), MC, "label")
     assert check_images(recs) == recs
+
+
+def test_a_decompression_bomb_in_the_training_data_is_a_data_error_naming_the_image():
+    from tests.test_serving import png_bomb
+    from trainers.data.images import decode_image
+
+    with pytest.raises(DataError, match=r"train.jsonl line 7: too many pixels"):
+        decode_image(png_bomb(20000), "train.jsonl line 7")

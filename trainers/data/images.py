@@ -37,6 +37,8 @@ def decode_image(data: bytes, where: str = "image") -> Image.Image:
         img = Image.open(io.BytesIO(data))
         img.load()
         return img.convert("RGB")
+    except Image.DecompressionBombError as e:  # a few kB that would decode to gigabytes
+        raise DataError(f"{where}: too many pixels to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{where}: not a decodable image ({e})") from None
 
