@@ -4,7 +4,6 @@ validation with settings that fail its trials one by one (SPEC §3, §5.2, §6.3
 from __future__ import annotations
 
 import logging
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,9 @@ import pytest
 import yaml
 
 from scheduler.spec import parse_job
-from trainers.errors import SpecError
+from tests.test_spec import BASE, error, job  # the spec tests' job-file helpers
 
-BASE = """\
-task: image_classification
-target_column_name: label
-training_data:
-  path: data/train
-"""
 DETECTION = BASE.replace("image_classification", "image_object_detection")
-
-
-def job(extra: str = "", base: str = BASE):
-    return parse_job(base + textwrap.dedent(extra), source=Path("job.yml"))
-
-
-def error(extra: str = "", base: str = BASE) -> str:
-    with pytest.raises(SpecError) as e:
-        job(extra, base)
-    return str(e.value)
 
 
 def validate(tmp_path, text: str, capsys) -> str:
