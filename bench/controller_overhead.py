@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_info import describe, repeats_table
+from machine_info import describe, repeats_table, verdict
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -241,10 +241,7 @@ def main() -> int:
         top = [k for k in names if not k.startswith("  ")]
         total = 1000 * statistics.median(sum(h[k][1] for k in top if k in h) for h in hook_runs)
         print(f"| {'all hooks (un-indented rows)':<48} |       | {total:8.1f} |         |")
-    ratio = med["visionsweep"] / med["plain"]
-    verdict = "PASS" if ratio <= args.target else "FAIL"
-    print(f"\n\nratio visionsweep / plain = {ratio:.3f}  (target <= {args.target})  {verdict}")
-    return 0 if verdict == "PASS" else 1
+    return verdict(med, args.target, higher_is_better=False, gap="\n\n")
 
 
 if __name__ == "__main__":

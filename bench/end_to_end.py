@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_info import describe, repeats_table
+from machine_info import describe, repeats_table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "bench" / "jobs" / "e2e_grid.yml"
@@ -73,10 +73,7 @@ def main() -> int:
     med = {s: statistics.median(v) for s, v in walls.items()}
     print()
     print(repeats_table(walls, med, "{:.1f}", " s"))
-    ratio = med["visionsweep"] / med["plain"]
-    verdict = "PASS" if ratio <= args.target else "FAIL"
-    print(f"\nratio visionsweep / plain = {ratio:.3f}  (target <= {args.target})  {verdict}")
-    return 0 if verdict == "PASS" else 1
+    return verdict(med, args.target, higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,13 @@ def alternate(sides: dict, args: tuple, repeats: int, epochs: int, target: float
     print()
     med = {side: statistics.median(pooled[side]) for side in sides}
     print(repeats_table(per_repeat, med, fmt))
-    ratio = med["visionsweep"] / med["plain"]
-    verdict = "PASS" if ratio >= target else "FAIL"
-    print(f"\nratio visionsweep / plain = {ratio:.3f}  (target >= {target})  {verdict}")
-    return 0 if verdict == "PASS" else 1
+    return verdict(med, target, higher_is_better=True)
+
+
+def verdict(medians: dict[str, float], target: float, higher_is_better: bool, gap: str = "\n") -> int:
+    """Print ``ratio visionsweep / plain`` against ``target``; the exit code: 0 PASS, 1 FAIL."""
+    ratio = medians["visionsweep"] / medians["plain"]
+    ok = ratio >= target if higher_is_better else ratio <= target
+    print(f"{gap}ratio visionsweep / plain = {ratio:.3f}  (target {'>=' if higher_is_better else '<='} {target})  "
+          f"{'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1

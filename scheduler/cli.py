@@ -29,39 +29,8 @@ import yaml
 
 from trainers.errors import VisionsweepError
 
-from trainers.logs import FORMAT, OWN_LOGGERS, set_verbosity  # noqa: F401 (OWN_LOGGERS: part of the CLI's API)
-
-
-class RedactingFilter(logging.Filter):
-    """Log records with credentials as ``***``: those of the jobs seen (:meth:`add`) and any inside URLs."""
-
-    def __init__(self):
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def add(self, secrets) -> None:
-        self.secrets.update(secrets)
-
-    def redact(self, text: str) -> str:
-        from scheduler.spec import redact
-
-        return redact(text, self.secrets)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = self.redact(msg)
-        if clean != msg:
-            record.msg, record.args = clean, ()
-        return True
-
-
-REDACTION = RedactingFilter()
-
-
-def apply_job_logging(job) -> None:
-    """A job's ``log_verbosity`` and credentials, for every path that runs it (run, resume, demo)."""
-    set_verbosity(job.spec.log_verbosity)
-    REDACTION.add(job.secrets())
+from scheduler.joblog import REDACTION, apply_job_logging
+from trainers.logs import FORMAT, OWN_LOGGERS, set_verbosity  # noqa: F401 (the CLI's logging API)
 
 
 def _echo(s: str) -> None:

@@ -84,7 +84,8 @@ class Plan:
 def check_supported(job: Job) -> None:
     """Before any trial: every model the job can pick is buildable here (its optional extra installed,
     an MMDetection config name known), or the job stops with what to install or change."""
-    from scheduler.cli import apply_job_logging
+    from scheduler.joblog import apply_job_logging
+
     apply_job_logging(job)  # log_verbosity (own loggers only) and credential redaction on run, resume and demo
     names = [job.training_parameters.get("model_name")]
     for sub in job.search_space or []:

@@ -1,0 +1,41 @@
+"""What a running job logs: its ``log_verbosity`` for visionsweep's loggers (:mod:`trainers.logs`) and its
+credentials as ``***`` in every log record and line printed (:func:`scheduler.spec.redact`). Applied by the
+controller for every path that runs a job (run, resume, demo); the CLI puts the filter on its handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from trainers.logs import set_verbosity
+
+
+class RedactingFilter(logging.Filter):
+    """Log records with credentials as ``***``: those of the jobs seen (:meth:`add`) and any inside URLs."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secrets) -> None:
+        self.secrets.update(secrets)
+
+    def redact(self, text: str) -> str:
+        from scheduler.spec import redact
+
+        return redact(text, self.secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+REDACTION = RedactingFilter()
+
+
+def apply_job_logging(job) -> None:
+    """A job's ``log_verbosity`` and credentials, for every path that runs it (run, resume, demo)."""
+    set_verbosity(job.spec.log_verbosity)
+    REDACTION.add(job.secrets())
