@@ -21,6 +21,7 @@ record it writes itself is rebuilt from the per-trial files, never kept only in 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -192,6 +193,15 @@ def _init_package(job: Job) -> str | None:
 
 # --- the plan: searcher + scheduler ----------------------------------------------------------
 
+def trial_fixed(job: Job) -> dict[str, Any]:
+    """What every trial's sampled config is resolved against (the trainable's ``fixed``)."""
+    return {**job.training_parameters, "advanced_settings": job.advanced.model_dump()}
+
+
+def trial_epochs(task: str, fixed: dict[str, Any], config: dict[str, Any]) -> int:
+    return int(hp.resolve_hyperparameters(task, fixed, config)["number_of_epochs"])
+
+
 def max_epochs(job: Job) -> int:
     """The most epochs any trial can run: the ASHA budget."""
     fixed = job.training_parameters
@@ -226,7 +236,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
         searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
         scheduler = create_scheduler(AshaPolicy(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
-                                     str(run_dir))
+                                     str(run_dir), functools.partial(trial_epochs, job.task, trial_fixed(job)))
         notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
                      f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "
                      f"{p['asha']['reduction_factor']:g}); see automode.json")
@@ -241,7 +251,8 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
         return Plan(searcher, None, limits.max_trials, algorithm, notes)
     searcher = SpaceSearcher(job.search_space, algorithm, limits.max_trials, seed, primary, "max")
     policy = spec.sweep.early_termination if spec.sweep else None
-    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir))
+    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir),
+                                 functools.partial(trial_epochs, job.task, trial_fixed(job)))
     if priors and isinstance(scheduler, PolicyScheduler):
         for p in priors:
             scheduler.policy.add_history(f"prior:{Path(p.run).name}/{p.trial_id}", p.values)
@@ -372,7 +383,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         gpus = ext.gpus_per_trial if ext.gpus_per_trial is not None else (1.0 if has_gpu else 0.0)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data,
-                             fixed={**job.training_parameters, "advanced_settings": job.advanced.model_dump()},
+                             fixed=trial_fixed(job),
                              weights=ext.pretrained_weights, download_weights=ext.download_weights,
                              cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
                              credentials=EnvCredentials.from_environ(), log_level=spec.log_verbosity,

@@ -76,3 +76,34 @@ def test_a_restored_policy_scheduler_rebuilds_the_policy_history(tmp_path):
     assert restored.on_trial_result(None, trial, result(1, 0.1)) == TrialScheduler.CONTINUE  # before the delay
     assert restored.on_trial_result(None, trial, result(2, 0.1)) == TrialScheduler.STOP  # below the median
     assert restored.policy.state_dict()["history"]["a"] == [0.8, 0.85, 0.9]
+
+
+def test_a_stop_at_a_trials_last_report_leaves_it_completed(tmp_path):
+    """A trial the rule would stop at its final epoch ran all its epochs: not stopped early, no marker."""
+    import functools
+
+    from scheduler.controller import trial_epochs
+
+    s = PolicyScheduler(create_policy("bandit", slack_factor=0.2), METRIC,
+                        run_dir=str(tmp_path), epochs_of=functools.partial(trial_epochs, "image_classification", {}))
+    s = pickle.loads(pickle.dumps(s))  # Tune pickles the scheduler: so must the epochs function survive
+    s.policy.add_history("good", [0.9, 0.9, 0.9])
+    short = SimpleNamespace(trial_id="short", config={"model_name": "resnet18", "number_of_epochs": 2})
+    assert s.on_trial_result(None, short, result(1, 0.1)) == TrialScheduler.STOP  # 0.1 < 0.9 / 1.2, epoch 1 of 2
+    assert (tmp_path / "trials" / "short" / "stopped.json").exists()
+    last = SimpleNamespace(trial_id="last", config={"model_name": "resnet18", "number_of_epochs": 1})
+    assert s.on_trial_result(None, last, result(1, 0.1)) == TrialScheduler.CONTINUE  # the same, at its last epoch
+    assert not (tmp_path / "trials" / "last" / "stopped.json").exists()
+
+    # ASHA's budget is the longest trial's: a trial of fewer epochs that trails at its last one is complete too
+    a = RecordingASHA(max_epochs=9, grace_period=1, reduction_factor=3, run_dir=str(tmp_path / "asha"),
+                      epochs_of=functools.partial(trial_epochs, "image_classification", {}))
+    a.set_search_properties(METRIC, "max")
+    for tid, config, value in (("good", {"number_of_epochs": 9}, 0.9), ("short", {"number_of_epochs": 2}, 0.1),
+                               ("last", {"number_of_epochs": 1}, 0.1)):
+        trial = SimpleNamespace(trial_id=tid, config=config)
+        a.on_trial_add(None, trial)
+        decision = a.on_trial_result(None, trial, result(1, value))
+        assert decision == (TrialScheduler.CONTINUE if tid == "good" else TrialScheduler.STOP)
+    assert (tmp_path / "asha" / "trials" / "short" / "stopped.json").exists()
+    assert not (tmp_path / "asha" / "trials" / "last" / "stopped.json").exists()

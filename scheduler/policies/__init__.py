@@ -38,8 +38,9 @@ def create_policy(name: str, **kwargs: Any) -> Policy:
     return _POLICIES[name](**kwargs)
 
 
-def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = None):
-    """A Ray Tune scheduler for a validated early_termination spec (pydantic model), or None for no policy."""
+def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = None, epochs_of=None):
+    """A Ray Tune scheduler for a validated early_termination spec (pydantic model), or None for no policy.
+    ``epochs_of(config)``: the epochs a trial of that config trains (picklable; see PolicyScheduler)."""
     from scheduler.policies.ray_adapter import PolicyScheduler, RecordingASHA
 
     if spec is None:
@@ -47,8 +48,8 @@ def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = N
     params = spec.model_dump(exclude={"type"})
     if spec.type == "asha":
         return RecordingASHA(max_epochs=params.pop("max_epochs") or max_epochs, run_dir=run_dir,
-                             **params)
-    return PolicyScheduler(create_policy(spec.type, **params), metric, run_dir=run_dir)
+                             epochs_of=epochs_of, **params)
+    return PolicyScheduler(create_policy(spec.type, **params), metric, run_dir=run_dir, epochs_of=epochs_of)
 
 
 __all__ = ["BanditPolicy", "Decision", "MedianStoppingPolicy", "Policy", "TruncationSelectionPolicy",

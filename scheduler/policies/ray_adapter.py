@@ -14,19 +14,41 @@ each rung. Decisions after a resume are then the ones an uninterrupted sweep wou
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from scheduler.policies.base import Decision, Policy
 from scheduler.runfolder import mark_stopped
 
+log = logging.getLogger(__name__)
+
+
+def last_report(epochs_of: Callable[[dict], int] | None, trial, result: dict) -> bool:
+    """Is ``result`` the trial's report of its last epoch? A stop there is a finish, not an early stop."""
+    epoch = result.get("epoch")
+    if epochs_of is None or epoch is None:
+        return False
+    try:
+        return epoch >= epochs_of(trial.config)
+    except Exception as e:  # the trial's own run reports a config it cannot resolve; the scheduler decides
+        log.warning("trial %s: its number of epochs is unknown (%s); a stop at its last epoch counts as early",
+                    trial.trial_id, e)
+        return False
+
 
 class PolicyScheduler(FIFOScheduler):
-    def __init__(self, policy: Policy, metric: str, mode: str = "max", run_dir: str | None = None):
+    """``epochs_of(config)``: the epochs a trial of that config trains. A policy may say stop at a trial's
+    last report; that trial ran all its epochs, so it ends as completed, not as stopped early."""
+
+    def __init__(self, policy: Policy, metric: str, mode: str = "max", run_dir: str | None = None,
+                 epochs_of: Callable[[dict], int] | None = None):
         if mode != "max":
             raise ValueError(f"visionsweep policies maximise the primary metric, but got {mode=}.")
         super().__init__()
         self.policy, self._metric, self._mode, self.run_dir = policy, metric, mode, run_dir
+        self.epochs_of = epochs_of
         self._reload = False
 
     def __setstate__(self, state):
@@ -53,7 +75,7 @@ class PolicyScheduler(FIFOScheduler):
         if self._metric not in result or "training_iteration" not in result:
             return TrialScheduler.CONTINUE
         decision = self.policy.on_result(trial.trial_id, int(result["training_iteration"]), result[self._metric])
-        if decision is Decision.STOP:
+        if decision is Decision.STOP and not last_report(self.epochs_of, trial, result):
             mark_stopped(self.run_dir, trial.trial_id, self.policy.name, result.get("epoch"))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -69,16 +91,18 @@ class PolicyScheduler(FIFOScheduler):
 
 
 class RecordingASHA(ASHAScheduler):
-    """Ray Tune's asynchronous successive halving, with the budget counted in epochs."""
+    """Ray Tune's asynchronous successive halving, with the budget counted in epochs. ``epochs_of`` as for
+    PolicyScheduler: a trial with fewer epochs than ``max_epochs`` stopped at its last one is complete."""
 
     name = "asha"
 
-    def __init__(self, *, max_epochs: int, grace_period: int, reduction_factor: float, run_dir: str | None = None):
+    def __init__(self, *, max_epochs: int, grace_period: int, reduction_factor: float, run_dir: str | None = None,
+                 epochs_of: Callable[[dict], int] | None = None):
         # (the settings' defaults are the job file's: scheduler.spec.AshaPolicy)
         # metric and mode come from the Tuner (set_search_properties), which refuses a scheduler that has them
         super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                          reduction_factor=reduction_factor)
-        self.run_dir = run_dir
+        self.run_dir, self.epochs_of = run_dir, epochs_of
         self._reload = False
 
     def __setstate__(self, state):
@@ -107,6 +131,7 @@ class RecordingASHA(ASHAScheduler):
             self._catch_up()
         decision = super().on_trial_result(tune_controller, trial, result)
         # ASHA also returns STOP when a trial reaches max_t: that is a finished trial, not a stopped one.
-        if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:
+        if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t \
+                and not last_report(self.epochs_of, trial, result):
             mark_stopped(self.run_dir, trial.trial_id, self.name, result.get("epoch"))
         return decision
