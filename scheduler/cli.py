@@ -30,7 +30,7 @@ import yaml
 from trainers.errors import VisionsweepError
 
 from scheduler.joblog import REDACTION, apply_job_logging
-from trainers.logs import FORMAT, OWN_LOGGERS, set_verbosity  # noqa: F401 (the CLI's logging API)
+from trainers.logs import FORMAT
 
 
 def _echo(s: str) -> None:

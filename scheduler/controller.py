@@ -226,6 +226,8 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
     from scheduler.searchers import SpaceSearcher
     from scheduler.warmstart import load_prior_trials
 
+    epochs_of = functools.partial(trial_epochs, job.task, trial_fixed(job))  # a stop at the last epoch is a finish
+
     spec, seed, primary = job.spec, job.spec.visionsweep.seed, job.primary_metric
     limits = spec.limits
     priors = load_prior_trials(spec.visionsweep.resume_from, primary)
@@ -236,7 +238,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
         searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
         scheduler = create_scheduler(AshaPolicy(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
-                                     str(run_dir), functools.partial(trial_epochs, job.task, trial_fixed(job)))
+                                     str(run_dir), epochs_of)
         notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
                      f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "
                      f"{p['asha']['reduction_factor']:g}); see automode.json")
@@ -251,8 +253,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
         return Plan(searcher, None, limits.max_trials, algorithm, notes)
     searcher = SpaceSearcher(job.search_space, algorithm, limits.max_trials, seed, primary, "max")
     policy = spec.sweep.early_termination if spec.sweep else None
-    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir),
-                                 functools.partial(trial_epochs, job.task, trial_fixed(job)))
+    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir), epochs_of)
     if priors and isinstance(scheduler, PolicyScheduler):
         for p in priors:
             scheduler.policy.add_history(f"prior:{Path(p.run).name}/{p.trial_id}", p.values)

@@ -113,7 +113,7 @@ def test_log_lines_show_credentials_as_stars(tmp_path, capsys, caplog):
 
 @pytest.fixture
 def restore_levels():
-    from scheduler.cli import OWN_LOGGERS
+    from trainers.logs import OWN_LOGGERS
 
     names = (*OWN_LOGGERS, "", "azure", "azure.core.pipeline.policies.http_logging_policy")
     before = {n: logging.getLogger(n).level for n in names}
