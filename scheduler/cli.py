@@ -10,6 +10,7 @@
     visionsweep endpoint ... / deployment ...   keyed endpoints with weighted deployments (serving.cli)
     visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
     visionsweep convert coco|voc|yolo SRC OUT   a COCO / Pascal VOC / YOLO dataset -> OUT/MLTable + train.jsonl
+    visionsweep weights list|pull|verify        the pretrained weights manifest; fill and check weights stores
 
 User errors print one clear message and exit with status 2; no traceback. What the CLI prints and
 logs shows credentials as ``***`` (:func:`scheduler.spec.redact`).
@@ -214,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override an inference setting baked into the graph (§9.5), e.g. box_score_threshold=0.2")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the package")
     ex.set_defaults(fn=_export)
+    from scheduler.weights_cli import add_parsers as add_weights_parsers
     from serving.cli import add_parsers
 
     add_parsers(sub)
+    add_weights_parsers(sub)
     d = sub.add_parser("demo", help="run the embedded default job on the bundled data, then predict")
     d.add_argument("--output", "-o", default=None)
     d.set_defaults(fn=_demo)

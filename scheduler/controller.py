@@ -7,6 +7,8 @@ Run folder::
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
     trials/<id>/            params.json, metrics.jsonl (one line per evaluation), status.json
     ray/                    Ray Tune's experiment storage (trial checkpoints, searcher state)
+    weights.json            where each model's initial weights were found before the trials (or that every model
+                            starts from random initialisation: visionsweep.pretrained: false)
     automode.json           AutoMode only: the models and ranges it chose, and why
     leaderboard.csv         one row per trial, best first
     best/                   the model package of the best trial
@@ -37,7 +39,7 @@ from typing import Any, Callable
 import yaml
 
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
-from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_json, read_trials
 from scheduler.runstore import RunStore, mirror_callback
 from scheduler.space import Choice
 from scheduler.spec import Job, parse_job
@@ -49,6 +51,9 @@ from trainers.labels import label_json
 from trainers.launch import Group
 from trainers.errors import VisionsweepError
 from trainers.package import copy_package
+from trainers.data.urls import is_url
+from trainers.weights import WeightsConfig
+from trainers.weights.sources import STORE_ENV
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"  # Tune experiment name under RUN/ray
@@ -116,6 +121,49 @@ def check_supported(job: Job) -> None:
                 others = ", ".join(m for m in hp.DETECTION_MODELS if m != "yolov5")
                 raise VisionsweepError(f"model_name: yolov5{why} cannot run here: {e} (or set model_name to "
                                        f"one of {others})") from None
+
+
+def weights_config(job: Job) -> WeightsConfig:
+    """Where the job's initial weights come from (``trainers.weights.sources``), handed to every trial."""
+    from trainers.data.urls import join
+
+    ext = job.spec.visionsweep
+    store = ext.weights_store or os.environ.get(STORE_ENV) or None
+    if store:  # a relative folder is the job file's, as data paths are
+        store = join(str(job.base_dir), store)
+    explicit = {k: v if is_url(v) else join(str(job.base_dir), v) for k, v in ext.pretrained_weights.items()}
+    return WeightsConfig.create(pretrained=ext.pretrained, explicit=explicit, store=store,
+                                storage_options=ext.storage_options, download=ext.download_weights,
+                                cache_dir=ext.cache.dir)
+
+
+def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None) -> tuple[WeightsConfig, dict[str, Any]]:
+    """Before any trial: every model the job can train has its weights somewhere (else one ``WeightsError``
+    naming each model, its file, every place looked and the pull command). Returns the config with the cache
+    paths the driver saw (a trial on this machine uses them) and the plan written to ``weights.json``."""
+    from trainers import weights
+
+    names = job.model_names() if names is None else names
+    found = weights.check(job.task, [(n, job.model_sizes() if n == "yolov5" else None) for n in names], cfg)
+    seen = {e.file: where.where for e, where in found if where.source == "cache"}
+    plan = {"pretrained": cfg.pretrained,
+            "models": {e.label: {"source": where.source, "where": _public(where.where), "detail": where.detail,
+                                 "file": e.file, "weights": e.weights, "hash": e.hash_text, "licence": e.licence}
+                       for e, where in found}}
+    return cfg.with_seen(seen), plan
+
+
+def _public(where: str) -> str:
+    from scheduler.spec import redact
+
+    return redact(where)
+
+
+def _weights_lines(plan: dict[str, Any]) -> list[str]:
+    if not plan["pretrained"]:
+        return ["weights: none: every model starts from random initialisation (visionsweep.pretrained: false)"]
+    return [f"weights: {name} from {m['detail'] or m['source']} ({m['where']}; {m['weights']})"
+            for name, m in plan["models"].items()]
 
 
 def default_run_dir(job: Job) -> Path:
@@ -218,7 +266,26 @@ def max_epochs(job: Job) -> int:
     return max(found)
 
 
-def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
+def weights_available(job: Job, cfg: WeightsConfig) -> Callable[[str], str | None]:
+    """For AutoMode: None when a model's weights can be had (or are not needed), else why not."""
+    from trainers.weights import entries_for, locate, needs_folder
+
+    def why_not(name: str) -> str | None:
+        if not cfg.pretrained and not needs_folder(name):
+            return None
+        try:
+            wanted = entries_for(name, job.task, job.model_sizes() if name == "yolov5" else None)
+        except VisionsweepError as e:
+            return str(e)
+        for e in wanted:
+            found, looked = locate(e, cfg)
+            if found is None:
+                return f"{e.file} is in none of: " + "; ".join(looked)
+        return None
+    return why_not
+
+
+def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str], str | None] | None = None) -> Plan:
     from scheduler import automode
     from scheduler.policies import create_scheduler
     from scheduler.policies.ray_adapter import PolicyScheduler
@@ -234,7 +301,8 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path) -> Plan:
     notes = [f"warm start: {len(priors)} trial(s) from {len(spec.visionsweep.resume_from)} earlier run(s)"] \
         if spec.visionsweep.resume_from else []
     if job.mode == "automode":
-        p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu)
+        p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu, available,
+                          spec.visionsweep.pretrained)
         searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
         scheduler = create_scheduler(AshaPolicy(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
@@ -349,6 +417,11 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
+    wcfg, wplan = weights_config(job), None
+    if init_package:  # incremental training: the earlier model wins over the published weights
+        wplan = {"pretrained": wcfg.pretrained, "checkpoint_run_id": init_package, "models": {}}
+    elif job.mode != "automode":  # AutoMode checks the models it picks, once it has picked them
+        wcfg, wplan = check_weights(job, wcfg)
 
     store.push()
     with phase("data"):
@@ -372,7 +445,12 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         raise VisionsweepError(short.split(" now:")[0] + "; " + short.split("(", 1)[-1].rstrip(")"))
     if short:
         echo(f"warning: {short}")
-    plan = build_plan(job, has_gpu, run_dir)
+    plan = build_plan(job, has_gpu, run_dir, weights_available(job, wcfg))
+    if wplan is None:
+        wcfg, wplan = check_weights(job, wcfg, [m["model_name"] for m in plan.automode["models"]])
+    (run_dir / "weights.json").write_text(json.dumps(wplan, indent=2) + "\n")
+    for line in (_weights_lines(wplan) if not init_package else [f"weights: from checkpoint_run_id {init_package}"]):
+        echo(line)
     for n in plan.notes:
         echo(n)
     if plan.automode is not None:
@@ -385,7 +463,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data,
                              fixed=trial_fixed(job),
-                             weights=ext.pretrained_weights, download_weights=ext.download_weights,
+                             weights=wcfg,
                              cpus=ext.cpus_per_trial, init_package=init_package, group=group, primary=primary,
                              credentials=EnvCredentials.from_environ(), log_level=spec.log_verbosity,
                              failed={t.trial_id: t.error or "failed" for t in read_trials(run_dir).values()
@@ -485,6 +563,12 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
                              for r in rows),
         "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
     }
+    weights_plan = read_json(run_dir / "weights.json", {})
+    summary["pretrained"] = weights_plan.get("pretrained", ext.pretrained)
+    summary["initial_weights"] = ({"checkpoint_run_id": weights_plan["checkpoint_run_id"]}
+                                  if weights_plan.get("checkpoint_run_id") else
+                                  {name: f"{m['source']}: {m['where']}" for name, m in
+                                   weights_plan.get("models", {}).items()} if summary["pretrained"] else "none")
     if tracker is not None:
         with phase("tracking"):
             try:

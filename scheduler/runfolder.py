@@ -2,7 +2,8 @@
 
 ``RunFolderCallback`` is a Ray Tune callback on the driver. For every trial it writes
 ``trials/<id>/params.json`` when the trial starts, appends one line per evaluation to
-``trials/<id>/metrics.jsonl`` and keeps ``trials/<id>/status.json`` current. Everything after the
+``trials/<id>/metrics.jsonl``, keeps ``trials/<id>/status.json`` current and writes
+``trials/<id>/initial_weights.json`` (where the trial's weights came from) from its first report. Everything after the
 sweep (leaderboard, best model, report, resume) reads these files, never the controller's memory,
 so a crashed, cancelled or resumed sweep keeps every finished trial's parameters and metrics.
 
@@ -25,6 +26,7 @@ from ray.tune import Callback
 _RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
              "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
              "experiment_tag", "should_checkpoint"}
+INITIAL_WEIGHTS = "initial_weights"  # the provenance a trial's first evaluation reports (trainers.engine)
 FINAL = ("completed", "error")  # statuses a trial never leaves; "stopped..." ones are final too
 
 
@@ -167,7 +169,10 @@ class RunFolderCallback(Callback):
         rec = self.trials.get(trial.trial_id)
         if rec is None or self.primary not in result:
             return
-        row = {k: v for k, v in result.items() if k not in _RAY_KEYS}
+        if isinstance(result.get(INITIAL_WEIGHTS), dict):
+            (trial_dir(self.run_dir, trial.trial_id) / f"{INITIAL_WEIGHTS}.json").write_text(
+                json.dumps(result[INITIAL_WEIGHTS], indent=2) + "\n")
+        row = {k: v for k, v in result.items() if k not in _RAY_KEYS and k != INITIAL_WEIGHTS}
         row["time_total_s"] = result.get("time_total_s")
         # The sweep-wide order of reports: Tune hands each result to the scheduler and then to the callbacks,
         # in one thread, so this is the order the early-termination policy saw (its decisions can be replayed).

@@ -227,9 +227,16 @@ class Extensions(BaseModel):
         "error", description="missing or undecodable images: 'error' lists them and stops before training; "
                              "'skip' drops them with a warning")
     seed: int = Field(0, ge=0, description="seed of the sampler and the train/validation split")
+    pretrained: bool = Field(True, description="start every model from the published pretrained weights its name "
+                                               "stands for (false: random initialisation)")
     pretrained_weights: dict[str, str] = Field(
-        default_factory=dict, description="model_name -> weights file path or URI (safetensors or a state_dict)")
-    download_weights: bool = Field(False, description="fetch ImageNet weights from the model hubs (needs internet)")
+        default_factory=dict, description="model_name -> weights file path or URI (safetensors or a state_dict; a "
+                                          "save_pretrained folder for Hugging Face models): wins over every other source")
+    weights_store: Optional[str] = Field(
+        None, description="a folder or storage URL holding weights files under the manifest's names (default: "
+                          "$VISIONSWEEP_WEIGHTS_STORE); how an air-gapped cluster gets them: visionsweep weights pull")
+    download_weights: bool = Field(True, description="fetch weights found nowhere else from their origin (the "
+                                                     "library's URL or the Hugging Face hub; needs internet)")
     resume_from: list[str] = Field(default_factory=list, max_length=5,
                                    description="up to 5 earlier run folders to warm-start from (§8.7)")
     tracking: Tracking = Field(default_factory=Tracking)
@@ -310,6 +317,18 @@ class Job:
             return "manual"
         return "automode" if self.spec.limits.max_trials > 1 else "single"
 
+    def model_names(self) -> list[str]:
+        """Every model_name a trial of the job can train (AutoMode: every candidate it may pick)."""
+        return _models(self.task, self.training_parameters, self.search_space, self.spec.limits.max_trials)
+
+    def model_sizes(self) -> list[str]:
+        """The yolov5 ``model_size`` values a trial can take (the default when the job sets none)."""
+        out = [self.training_parameters["model_size"]] if "model_size" in self.training_parameters else []
+        for sub in self.search_space or []:
+            d = sub.get("model_size")
+            out += [hp.check_param(self.task, "model_size", v, "model_size", "yolov5") for v in getattr(d, "values", [])]
+        return list(dict.fromkeys(out)) or [hp.PARAMS["model_size"].default]
+
     @property
     def validation_fraction(self) -> float:
         if self.spec.validation_data_size is not None:
@@ -357,6 +376,9 @@ class Job:
         if "compute" in self.spec.model_fields_set and self.spec.compute != "local":
             out.append(f"compute: {self.spec.compute!r} names the managed service's compute target; visionsweep "
                        "runs the trials on the Ray cluster instead (RAY_ADDRESS, else an embedded local Ray)")
+        if not self.spec.visionsweep.pretrained:
+            out.append("visionsweep.pretrained: false: every model starts from random initialisation, not from its "
+                       "published pretrained weights")
         if isinstance(self.policy, AshaPolicy):
             out.append("sweep.early_termination.type: asha is a visionsweep extension, not a policy of the managed "
                        "service (whose job files take bandit, median_stopping or truncation_selection)")

@@ -126,6 +126,9 @@ class MlflowTracker(Callback):
         if self.primary not in result:
             return
         t = _TrialRef(trial)
+        if isinstance(result.get("initial_weights"), dict):  # a trial's first evaluation says where it started
+            params = weights_params(result["initial_weights"])
+            self._submit(lambda: self._log_params(self._child(t), params))
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in result.items()
@@ -137,6 +140,14 @@ class MlflowTracker(Callback):
             metrics = [Metric(k, v, now, step) for k, v in values.items()]
             self.client.log_batch(self._child(t), metrics=metrics)  # one store transaction per evaluation
         self._submit(write)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in logged]  # a restarted trial reports them again
+        if new:
+            self.client.log_batch(run_id, params=new)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = _TrialRef(trial)
@@ -195,6 +206,14 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     from scheduler.spec import redact
 
     return {k: redact(str(v)) for k, v in config.items()}
+
+
+def weights_params(provenance: dict[str, Any]) -> dict[str, str]:
+    """A trial's initial weights as MLflow params (``initial_weights.source`` / ``.file`` / ``.sha256`` ...)."""
+    from scheduler.spec import redact
+
+    keys = ("source", "weights", "file", "sha256", "origin", "location", "licence")
+    return {f"initial_weights.{k}": redact(str(provenance[k]))[:500] for k in keys if provenance.get(k) is not None}
 
 
 def is_metric(key: str, primary: str) -> bool:

@@ -9,9 +9,13 @@ changing a deployment's settings needs no retraining and no weight surgery.
 Class indices: 0 is background for every family (torchvision's convention for R-CNNs; RetinaNet is
 given the same layout so that one label mapping serves all): model label ``i`` is ``classes[i - 1]``.
 
-Weights: random initialisation, a path / fsspec URI (``load_pretrained`` skips tensors whose shape
-differs, i.e. the class heads), or the hub's COCO weights when downloads are allowed (only the ResNet-50
-variants have them in torchvision).
+Weights (``trainers.weights`` finds them): torchvision's COCO weights for the ResNet-50 Faster R-CNN, RetinaNet
+and Mask R-CNN (class heads re-initialised for the job's classes), the ImageNet ResNet under a fresh FPN and
+heads for the other depths, a path / fsspec URI (a package; ``load_pretrained`` skips tensors whose shape
+differs), or random initialisation. As torchvision's own builders do, a backbone that starts from pretrained
+weights keeps its BatchNorm statistics frozen (``FrozenBatchNorm2d``): detectors train with two images a batch,
+far too few for batch statistics. The choice is part of the architecture and recorded in the package
+(``model.json``: ``architecture``), so a package is rebuilt the way it was trained.
 """
 
 from __future__ import annotations
@@ -65,73 +69,68 @@ def detector_kwargs(settings: dict[str, Any]) -> tuple[dict[str, int], float, fl
             int(settings["box_detections_per_image"]))
 
 
-def build_detector(name: str, num_classes: int, settings: dict[str, Any],
-                   weights: str | None = None, download: bool = False, trainable_layers: int = 5,
-                   segmentation: bool = False) -> nn.Module:
+FROZEN_BN = "frozen_bn"
+
+
+def detector_architecture(name: str, weights: Any) -> dict[str, Any]:
+    """The architecture choices a new detector takes from what it starts from (``model.json``)."""
+    from trainers import hyperparameters as hp
+    from trainers.weights import is_pretrained
+
+    if name == "yolov5" or hp.model_backend(name) == "mmdetection":
+        return {}
+    return {"backbone_norm": FROZEN_BN} if is_pretrained(weights) else {}
+
+
+def build_detector(name: str, num_classes: int, settings: dict[str, Any], weights=None, trainable_layers: int = 5,
+                   segmentation: bool = False, architecture: dict[str, Any] | None = None) -> nn.Module:
     """A detector for ``num_classes`` object classes (plus background) with the given inference settings
     (canonical names, all present: the trial's hyperparameters or a loaded package's settings).
+    ``weights``: an ``InitialWeights``, a path (a package's weights) or None; ``architecture``: a package's
+    recorded choices (default: those of a new model starting from ``weights``).
     YOLOv5 and MMDetection models come from ``trainers.mm_detectors`` with the same interface."""
     from trainers import hyperparameters as hp
+    from trainers.models import load_pretrained
+    from trainers.weights import InitialWeights
 
     if name == "yolov5" or hp.model_backend(name) == "mmdetection":
         from trainers.mm_detectors import build_mm_detector
 
-        return build_mm_detector(name, num_classes, settings, segmentation, weights, download)
+        return build_mm_detector(name, num_classes, settings, segmentation, weights)
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     import torchvision
 
     e = get_detector_entry(name)
+    arch = detector_architecture(name, weights) if architecture is None else architecture
     kw, score, nms, per_img = detector_kwargs(settings)
     n = num_classes + 1
-    if download and not weights and e.depth == 50:
-        # the hub's COCO weights, then fresh class heads for our classes
-        hub = {"fasterrcnn": "fasterrcnn_resnet50_fpn", "maskrcnn": "maskrcnn_resnet50_fpn",
-               "retinanet": "retinanet_resnet50_fpn"}[e.family]
-        model = torchvision.models.get_model(hub, weights="DEFAULT", **kw)
-        _replace_heads(model, e.family, n)
-        _apply_postprocess(model, e.family, score, nms, per_img)
-        return model
-    backbone = torchvision.models.get_model(f"resnet{e.depth}", weights="DEFAULT" if download and not weights else None)
+    norm = FrozenBatchNorm2d if arch.get("backbone_norm") == FROZEN_BN else nn.BatchNorm2d
+    backbone = torchvision.models.get_model(f"resnet{e.depth}", weights=None, norm_layer=norm)
+    init = weights.path if isinstance(weights, InitialWeights) else weights
+    trusted = isinstance(weights, InitialWeights) and weights.verified
+    if init and isinstance(weights, InitialWeights) and weights.target == "backbone":
+        try:
+            load_pretrained(backbone, init, trusted=trusted)  # ImageNet ResNet; its fc is dropped below
+            init = None
+        except VisionsweepError:
+            if weights.source != "explicit":
+                raise  # a published backbone file that does not fit its ResNet
+            # visionsweep.pretrained_weights may name a whole detector's weights: loaded below
     if e.family == "retinanet":
+        # torchvision's RetinaNet (and its COCO weights): P6 from the FPN's P5, 256 channels in and out
         fpn = _resnet_fpn_extractor(backbone, trainable_layers, returned_layers=[2, 3, 4],
-                                    extra_blocks=LastLevelP6P7(2048 if e.depth >= 50 else 512, 256))
+                                    extra_blocks=LastLevelP6P7(256, 256))
         model = RetinaNet(fpn, num_classes=n, score_thresh=score, nms_thresh=nms, detections_per_img=per_img, **kw)
     else:
         fpn = _resnet_fpn_extractor(backbone, trainable_layers)
         cls = MaskRCNN if e.family == "maskrcnn" else FasterRCNN
         model = cls(fpn, num_classes=n, box_score_thresh=score, box_nms_thresh=nms, box_detections_per_img=per_img, **kw)
-    if weights:
-        from trainers.models import load_pretrained
-
-        load_pretrained(model, weights)
+    if init:
+        load_pretrained(model, init, trusted=trusted)  # COCO weights or a package: class heads of another shape stay new
     return model
-
-
-def _replace_heads(model: nn.Module, family: str, n: int) -> None:
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
-
-    if family == "retinanet":
-        head = model.head.classification_head
-        model.head.classification_head = RetinaNetClassificationHead(
-            head.cls_logits.in_channels, head.num_anchors, n)
-        return
-    box = model.roi_heads.box_predictor
-    model.roi_heads.box_predictor = FastRCNNPredictor(box.cls_score.in_features, n)
-    if family == "maskrcnn":
-        mask = model.roi_heads.mask_predictor
-        model.roi_heads.mask_predictor = MaskRCNNPredictor(mask.conv5_mask.in_channels, 256, n)
-
-
-def _apply_postprocess(model: nn.Module, family: str, score: float, nms: float, per_img: int) -> None:
-    if family == "retinanet":
-        model.score_thresh, model.nms_thresh, model.detections_per_img = score, nms, per_img
-    else:
-        model.roi_heads.score_thresh, model.roi_heads.nms_thresh = score, nms
-        model.roi_heads.detections_per_img = per_img
 
 
 @contextlib.contextmanager

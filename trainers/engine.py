@@ -136,25 +136,61 @@ def evaluation_metrics(task: Task, net, valid_loader, train_loader, rt: Runtime,
 TRAINER_STATE = "trainer_state.pt"
 
 
-def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str | None = None,
-          download_weights: bool = False, device: str | None = None, resume_from: str | None = None,
+def start_from(task: Task, h: dict[str, Any], weights: Any, resume_from: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(what the model is built from, its architecture choices, the provenance of its initial weights).
+
+    A checkpoint (``resume_from``) or a model package (``checkpoint_run_id``) is rebuilt with the architecture
+    it recorded; the provenance a checkpoint carries stays that of the trial's first start."""
+    import json
+
+    from trainers.weights import InitialWeights
+
+    package = resume_from or (weights if isinstance(weights, str) and Path(weights).is_dir() else None)
+    if package:
+        meta = _read_json(Path(package) / "model.json")
+        origin = _read_json(Path(package) / "training_config.json").get("initial_weights") if resume_from else None
+        provenance = origin or {"source": "package", "location": str(package), "file": "model.safetensors",
+                                "model_name": meta.get("model_name", h["model_name"])}
+        return str(Path(package) / "model.safetensors"), meta.get("architecture", {}), json.loads(json.dumps(provenance))
+    if isinstance(weights, InitialWeights):
+        provenance = weights.provenance()
+    elif weights:
+        provenance = {"source": "explicit", "location": str(weights), "model_name": h["model_name"]}
+    else:
+        provenance = {"source": "none", "model_name": h["model_name"]}
+    return weights, task.architecture(h, weights), provenance
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any = None,
+          device: str | None = None, resume_from: str | None = None,
           workers: Workers = SINGLE) -> dict[str, Any]:
     """Train one trial with resolved hyperparameters ``h``; returns a summary of the run.
 
-    ``weights``: a weights file or a model package folder to start from (pretrained weights, or an
-    earlier run's model for incremental training); tensors whose shape differs (a new head) are
-    re-initialised. ``resume_from``: a checkpoint folder written by this loop; training goes on after
-    the epoch it was taken at, with the optimiser, schedule and early-stopping state it had.
+    ``weights``: what to start from: an ``InitialWeights`` (published weights found by ``trainers.weights``), a
+    weights file, or a model package folder (an earlier run's model for incremental training); tensors whose
+    shape differs (a new head) are re-initialised; None: random initialisation. ``resume_from``: a checkpoint
+    folder written by this loop; training goes on after the epoch it was taken at, with the optimiser,
+    schedule and early-stopping state it had.
     ``workers``: this process's place in a data-parallel group (see the module docstring); every
     worker calls ``report`` with the same metrics, and only rank 0 gets a checkpoint writer.
+    The first evaluation of a fresh start also reports ``initial_weights`` (where the weights came from).
     """
     task = make_task(data.task, data.classes)
     task.check(h)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(h.get("random_seed") or 0)
-    if weights and Path(weights).is_dir():
-        weights = str(Path(weights) / "model.safetensors")
-    model = task.build_model(h, weights, download_weights)
+    init, architecture, provenance = start_from(task, h, weights, resume_from)
+    model = task.build_model(h, init, architecture)
     task.freeze(model, h)
     rt = Runtime.of(dev, workers, task.channels_last_ok)
     model.to(dev, memory_format=rt.memory_format)
@@ -242,9 +278,12 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: str
             state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals}
 
             def saver(path: str, _m=dict(m), _state=state) -> None:
-                save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m)
+                save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m,
+                             architecture=architecture, initial_weights=provenance)
                 torch.save({**_state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "scaler": scaler.state_dict()}, Path(path) / TRAINER_STATE)
+        if n_evals == 1 and resumed_from is None:
+            m["initial_weights"] = provenance  # where the trial's weights came from (run folder, MLflow params)
         report(m, saver)
         if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
             if stale >= h["early_stopping_patience"]:

@@ -2,10 +2,10 @@
 
 A model is named by its hub id (``microsoft/beit-base-patch16-224``), by the curated registry's spelling
 (``microsoft-beit-base-patch16-224-pt22k-ft22k``: ``/`` written as ``-``, normalised here), or by a local
-folder written with ``save_pretrained``. Its config and weights come, in this order, from
-``visionsweep.pretrained_weights`` (such a folder), the folder the name points at, or the Hugging Face
-cache / hub through ``from_pretrained`` (which honours ``HF_HUB_OFFLINE``; the hub is only reached where
-the machine has internet). The head is re-sized to the job's classes.
+folder written with ``save_pretrained``. Its config and weights are a folder that ``trainers.weights`` finds
+(``visionsweep.pretrained_weights``, the folder the name points at, a weights store, the Hugging Face cache,
+then the hub where there is internet; ``HF_HUB_OFFLINE`` is honoured). The head is re-sized to the job's
+classes; with ``visionsweep.pretrained: false`` only the folder's config is used and the weights are random.
 
 The trainer feeds every classifier the same ImageNet-normalised NCHW batch (``trainers.transforms``), so
 the wrapper re-normalises it to the statistics of the model's own image processor with one fixed affine
@@ -122,9 +122,17 @@ def _package_of(weights: str | None) -> Path | None:
     return None
 
 
-def build(name: str, num_classes: int, weights: str | None = None) -> HFImageClassifier:
-    """A classifier with ``num_classes`` outputs; errors name the model and every place looked in."""
+def build(name: str, num_classes: int, weights=None) -> HFImageClassifier:
+    """A classifier with ``num_classes`` outputs from ``weights``: an ``InitialWeights`` (a model folder found by
+    ``trainers.weights``; source ``none``: its config only, random weights), a path (a folder or a package), or
+    None (``from_pretrained`` of the name: the cache, or the hub where there is internet). Errors name the
+    model and every place looked in."""
     require_transformers()
+    from trainers.weights import InitialWeights
+
+    random_init = isinstance(weights, InitialWeights) and weights.source == "none"
+    if isinstance(weights, InitialWeights):
+        weights = weights.path
     package = _package_of(weights)
     if package is not None:  # a previous visionsweep run's model: its architecture, then its weights
         from trainers.models import load_pretrained
@@ -132,16 +140,22 @@ def build(name: str, num_classes: int, weights: str | None = None) -> HFImageCla
         model = from_package_config(json.loads((package / CONFIG_FILE).read_text()), num_classes)
         load_pretrained(model, str(package / "model.safetensors"))
         return model
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModelForImageClassification
 
     ident = hub_id(name)
     folder = _folder_of(weights) or (ident if Path(ident).is_dir() else None)
     source = folder or ident
+    labels = dict(num_labels=num_classes, id2label={i: str(i) for i in range(num_classes)},
+                  label2id={str(i): i for i in range(num_classes)})
     try:
         # HF_HUB_OFFLINE read now (huggingface_hub reads it once, at import): no hub round trips when set
-        inner = AutoModelForImageClassification.from_pretrained(
-            source, local_files_only=_offline() or folder is not None, num_labels=num_classes, id2label={i: str(i) for i in range(num_classes)},
-            label2id={str(i): i for i in range(num_classes)}, ignore_mismatched_sizes=True)
+        local = _offline() or folder is not None
+        if random_init:
+            config = AutoConfig.from_pretrained(source, local_files_only=local, **labels)
+            inner = AutoModelForImageClassification.from_config(config)
+        else:
+            inner = AutoModelForImageClassification.from_pretrained(
+                source, local_files_only=local, ignore_mismatched_sizes=True, **labels)
     except (OSError, ValueError) as e:
         looked = [f"visionsweep.pretrained_weights ({weights})"] if weights else []
         looked += [f"the folder {ident}" if Path(ident).is_absolute() or ident.startswith(".") else

@@ -25,6 +25,7 @@ from trainers.engine import Workers, train
 from trainers.errors import VisionsweepError
 from trainers.logs import apply_in_worker
 from trainers.hyperparameters import resolve_hyperparameters
+from trainers.weights import WeightsConfig, initial_weights
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,14 @@ def _materialize(data: PreparedData) -> None:
         data.store.materialize([r.image_url for r in (*data.train, *data.valid)])
 
 
+def _initial(h: dict[str, Any], data: PreparedData, weights: WeightsConfig, init_package: str | None):
+    """What a fresh trial starts from, on this node: an earlier model (``checkpoint_run_id``) wins over the
+    published weights, which are fetched here (once per node, see ``trainers.weights``)."""
+    return init_package or initial_weights(h, data.task, weights)
+
+
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
-                weights: dict[str, str], download_weights: bool, cpus: float,
+                weights: WeightsConfig, cpus: float,
                 init_package: str | None = None, group: Group = Group(), primary: str = "accuracy",
                 credentials: EnvCredentials = EnvCredentials(), failed: dict[str, str] | None = None,
                 log_level: str = "info") -> None:
@@ -86,29 +93,28 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
         raise VisionsweepError(previous if previous.endswith(suffix) else previous + suffix)
     credentials.apply()
     h = resolve_hyperparameters(data.task, fixed, config)
-    init = init_package or weights.get(h["model_name"])
     if group.workers > 1:
-        _run_group(h, data, init, download_weights, group, primary, credentials, log_level)
+        _run_group(h, data, init_package, weights, group, primary, credentials, log_level)
         return
     _threads(cpus)
     _materialize(data)
     report = _package_report(tune.report, tune.Checkpoint)
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        train(h, data, report, weights=init, download_weights=download_weights, workers=group.engine_workers())
+        train(h, data, report, weights=_initial(h, data, weights, init_package), workers=group.engine_workers())
         return
     with ckpt.as_directory() as d:  # a restored trial goes on from its last checkpoint (§8.7)
-        train(h, data, report, weights=None, resume_from=d, workers=group.engine_workers())
+        train(h, data, report, resume_from=d, workers=group.engine_workers())
 
 
-def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download_weights: bool, group: Group,
+def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, weights: WeightsConfig, group: Group,
                primary: str, credentials: EnvCredentials, log_level: str = "info") -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    loop = functools.partial(_worker_loop, h=h, data=data, init=init, download_weights=download_weights,
+    loop = functools.partial(_worker_loop, h=h, data=data, init_package=init_package, weights=weights,
                              group=group, credentials=credentials, log_level=log_level)
     resources = {"CPU": group.cpus_per_worker, **({"GPU": 1} if group.use_gpu else {})}
     trainer = TorchTrainer(
@@ -127,8 +133,9 @@ def _run_group(h: dict[str, Any], data: PreparedData, init: str | None, download
     trainer.fit()
 
 
-def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData, init: str | None,
-                 download_weights: bool, group: Group, credentials: EnvCredentials, log_level: str = "info") -> None:
+def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData,
+                 init_package: str | None, weights: WeightsConfig, group: Group, credentials: EnvCredentials,
+                 log_level: str = "info") -> None:
     """One worker of a data-parallel trial (Ray Train has set up ``torch.distributed``)."""
     import ray.train
     import ray.train.torch
@@ -143,7 +150,7 @@ def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], dat
     report = _package_report(ray.train.report, ray.train.Checkpoint)
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        train(h, data, report, weights=init, download_weights=download_weights, device=device, workers=workers)
+        train(h, data, report, weights=_initial(h, data, weights, init_package), device=device, workers=workers)
         return
     with ckpt.as_directory() as d:
-        train(h, data, report, weights=None, resume_from=d, device=device, workers=workers)
+        train(h, data, report, resume_from=d, device=device, workers=workers)

@@ -14,8 +14,9 @@ float CHW tensors in [0, 1] at their own size. The adapter does what OpenMMLab's
 
 Models are named by the model zoo's config name (``atss_r50_fpn_1x_coco``), the metafile name or the curated
 ``mmd-3x-`` spelling; the configs ship inside the mmdet and mmyolo wheels. ``num_classes`` is set throughout
-the model config, SyncBN becomes BN (one process per worker here), ``Pretrained`` initialisation (hub
-downloads) is dropped unless ``download_weights``, and the test-time config follows the §9.5 settings.
+the model config, SyncBN becomes BN (one process per worker here), ``Pretrained`` initialisation (mmengine's own
+downloads) is dropped: the zoo's COCO checkpoint of the model comes through ``trainers.weights`` (found, fetched
+once per node and checked against its published hash), and the test-time config follows the §9.5 settings.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _zoo(package: str) -> tuple[dict[str, Path], dict[Path, str]]:
 
 
 def checkpoint_url(name: str, settings: dict[str, Any]) -> str | None:
-    """The zoo's COCO checkpoint of a model (its metafile's ``Weights``), fetched with ``download_weights``."""
+    """The zoo's COCO checkpoint of a model (its metafile's ``Weights``): the model's entry in the weights manifest."""
     if name == YOLO:
         return _zoo("mmyolo")[1].get(yolo_config_path(str(settings.get("model_size", "medium"))))
     return _zoo("mmdet")[1].get(config_path(name))
@@ -138,7 +139,7 @@ def _walk(node: Any, fn) -> Any:
     return node
 
 
-def model_config(name: str, num_classes: int, settings: dict[str, Any], download: bool = False) -> dict[str, Any]:
+def model_config(name: str, num_classes: int, settings: dict[str, Any]) -> dict[str, Any]:
     """The model part of a zoo config, rewritten for ``num_classes`` and the §9.5 settings."""
     from mmengine.config import Config, ConfigDict
 
@@ -151,8 +152,8 @@ def model_config(name: str, num_classes: int, settings: dict[str, Any], download
         if d.get("type") in ("SyncBN", "MMSyncBN"):
             d["type"] = "BN"
         init = d.get("init_cfg")
-        if not download and isinstance(init, dict) and init.get("type") == "Pretrained":
-            d["init_cfg"] = None  # no hub here: random initialisation (weights come from pretrained_weights)
+        if isinstance(init, dict) and init.get("type") == "Pretrained":
+            d["init_cfg"] = None  # the model's weights come through trainers.weights, not mmengine's downloader
         return d
 
     cfg = _walk(cfg, fix)
@@ -161,6 +162,32 @@ def model_config(name: str, num_classes: int, settings: dict[str, Any], download
     pre.pop("batch_augments", None)  # multi-scale batch resizing is ours (multi_scale)
     _set_test_cfg(cfg, settings)
     return ConfigDict(cfg)  # the heads read their train/test configs by attribute
+
+
+@functools.lru_cache(maxsize=64)
+def optimizer_defaults(name: str, batch_size: int) -> dict[str, Any]:
+    """An MMDetection model's own optimiser settings (its zoo config's ``optim_wrapper``), the learning rate
+    scaled to ``batch_size`` by the config's ``auto_scale_lr`` rule (linear in the batch, base 16 images);
+    {} where the extra is missing or the optimiser is not one of §6.1's."""
+    try:
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(str(config_path(name)))
+    except (VisionsweepError, ImportError):
+        return {}
+    opt = dict((cfg.get("optim_wrapper") or {}).get("optimizer") or {})
+    kind = {"SGD": "sgd", "AdamW": "adamw", "Adam": "adam"}.get(str(opt.get("type")))
+    if kind is None or "lr" not in opt:
+        return {}
+    base = int((cfg.get("auto_scale_lr") or {}).get("base_batch_size") or 16)
+    out: dict[str, Any] = {"optimizer": kind, "learning_rate": float(opt["lr"]) * batch_size / base}
+    if "weight_decay" in opt:
+        out["weight_decay"] = float(opt["weight_decay"])
+    if kind == "sgd" and "momentum" in opt:
+        out["momentum"] = float(opt["momentum"])
+    if kind != "sgd" and "betas" in opt:
+        out["beta1"], out["beta2"] = (float(b) for b in opt["betas"])
+    return out
 
 
 def _set_test_cfg(cfg: dict, settings: dict[str, Any]) -> None:
@@ -294,13 +321,18 @@ class MMDetector(nn.Module):
 
 
 def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], segmentation: bool = False,
-                      weights: str | None = None, download: bool = False) -> MMDetector:
+                      weights=None) -> MMDetector:
+    """``weights``: an ``InitialWeights`` (the zoo's COCO checkpoint: class heads re-initialised), a path (a
+    package's weights, or any checkpoint) or None (random initialisation)."""
     require(yolo=name == YOLO)
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
 
+    from trainers.models import load_pretrained
+    from trainers.weights import InitialWeights
+
     register_all_modules(init_default_scope=False)
-    cfg = model_config(name, num_classes, settings, download)
+    cfg = model_config(name, num_classes, settings)
     if name == YOLO:
         from mmyolo.registry import MODELS
         from mmyolo.utils import register_all_modules as register_yolo
@@ -316,13 +348,12 @@ def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], seg
         model = MODELS.build(cfg)
         model.init_weights()
     det = MMDetector(model, name, settings, segmentation)
-    if download and not weights:  # where there is internet: the zoo's COCO weights, class heads re-initialised
-        weights = checkpoint_url(name, settings)
-    if weights:
-        from trainers.models import load_pretrained
-
+    if weights is not None:
+        init = weights.path if isinstance(weights, InitialWeights) else weights
+        # a zoo checkpoint keeps mmengine metadata beside its tensors: unpickled only once its hash matched
+        trusted = isinstance(weights, InitialWeights) and weights.verified
         # a visionsweep package's weights carry the adapter's "model." prefix; a zoo checkpoint does not
-        load_pretrained(det, weights, add_prefix="model.")
+        load_pretrained(det, init, add_prefix="model.", trusted=trusted)
     return det
 
 

@@ -1,11 +1,17 @@
 """Model registry: ``model_name`` -> builder, for the classification zoo of SPEC §5.1.
 
-Builders come from torchvision (MobileNetV2, ResNets) and timm (ResNeSt, SE-ResNeXt, ViTs). Weights:
+Builders come from torchvision (MobileNetV2, ResNets) and timm (ResNeSt, SE-ResNeXt, ViTs). A builder takes
+the architecture and, optionally, what to start from:
 
-* random initialisation by default (this must work with no network);
-* a local path or fsspec URI per model (``visionsweep.pretrained_weights``), a safetensors file or a
-  ``state_dict``; the classifier head is re-initialised when its shape differs;
-* the hubs' ImageNet weights only with ``visionsweep.download_weights: true`` (needs internet).
+* :class:`trainers.weights.InitialWeights`: the published weights of the model (found and checked by
+  ``trainers.weights``; the default of every job), loaded the way their library loads them: torchvision
+  weights as a ``state_dict``, timm weights through timm's own pretrained loader (its checkpoint filters
+  resample a ViT's position embedding to the crop size). The classifier head is re-initialised for the
+  job's classes. Weights trained on inputs normalised other than ImageNet's (timm's ViTs use mean = std =
+  0.5) have that normalisation folded into their patch embedding, so every model takes the same input;
+* a path or fsspec URI (a model package's ``model.safetensors``, a ``state_dict``): tensors of another
+  shape (the head) are re-initialised;
+* nothing: random initialisation (``visionsweep.pretrained: false``).
 
 ``layers_to_freeze`` uses the prefix groups of §6.3, keyed by family.
 """
@@ -76,31 +82,69 @@ def get_entry(name: str) -> ModelEntry:
                         f"{', '.join(list_models())}") from None
 
 
-def build_model(name: str, num_classes: int, crop_size: int, weights: str | None = None,
-                download: bool = False) -> nn.Module:
-    """A classifier with ``num_classes`` outputs for ``crop_size`` inputs."""
+def build_model(name: str, num_classes: int, crop_size: int, weights=None) -> nn.Module:
+    """A classifier with ``num_classes`` outputs for ``crop_size`` inputs, from ``weights`` (see the module
+    docstring: an ``InitialWeights``, a path, or None for random initialisation)."""
     from trainers import hf_models
+    from trainers.weights import InitialWeights
 
     if hf_models.is_hf_name(name):
         return hf_models.build(name, num_classes, weights)
     e = get_entry(name)
+    published = isinstance(weights, InitialWeights) and weights.source != "none"
     if e.source == "torchvision":
         import torchvision
 
-        hub = "DEFAULT" if download and not weights else None
-        if hub:
-            model = torchvision.models.get_model(e.arch, weights=hub)
-            _replace_head(model, num_classes)
-        else:
-            model = torchvision.models.get_model(e.arch, weights=None, num_classes=num_classes)
-    else:
-        import timm
+        model = torchvision.models.get_model(e.arch, weights=None, num_classes=num_classes)
+        if weights is not None and (published or not isinstance(weights, InitialWeights)):
+            load_pretrained(model, _path(weights), trusted=published and weights.verified)
+        return model
+    import timm
 
-        kwargs = {"img_size": crop_size} if e.fixed_input else {}
-        model = timm.create_model(e.arch, pretrained=download and not weights, num_classes=num_classes, **kwargs)
-    if weights:
-        load_pretrained(model, weights)
+    kwargs = {"img_size": crop_size} if e.fixed_input else {}
+    if published and weights.entry is not None and weights.entry.library == "timm":
+        # timm's own loader: its checkpoint filter (ViT position embeddings resampled to img_size), the head
+        # dropped for another number of classes
+        model = timm.create_model(e.arch, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay={"file": weights.path, "custom_load": False}, **kwargs)
+        fold_input_normalisation(model)
+        return model
+    model = timm.create_model(e.arch, pretrained=False, num_classes=num_classes, **kwargs)
+    if weights is not None and not (isinstance(weights, InitialWeights) and weights.source == "none"):
+        load_pretrained(model, _path(weights), trusted=published and weights.verified)
     return model
+
+
+def _path(weights) -> str:
+    return weights if isinstance(weights, str) else weights.path
+
+
+def fold_input_normalisation(model: nn.Module) -> bool:
+    """Make a timm model whose pretrained weights expect inputs normalised by its config's mean/std take
+    ImageNet-normalised inputs (as every classifier here does) by folding the affine change into its first
+    convolution: exact for a convolution without padding (a ViT's patch embedding). Returns whether it did."""
+    from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if not mean or not std or (tuple(mean), tuple(std)) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)):
+        return False
+    conv = model.get_submodule(cfg.get("first_conv", ""))
+    if not isinstance(conv, nn.Conv2d) or any(conv.padding) or conv.in_channels != 3:
+        log.warning("%s: pretrained for inputs normalised by mean %s, std %s; its first layer cannot absorb the "
+                    "change exactly, so it sees ImageNet-normalised inputs", cfg.get("architecture"), mean, std)
+        return False
+    scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)  # x_model = x_imagenet * scale + shift, per channel
+    shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+    with torch.no_grad():
+        w = conv.weight
+        bias_add = (w * shift.view(1, 3, 1, 1).to(w)).sum(dim=(1, 2, 3))
+        w.mul_(scale.view(1, 3, 1, 1).to(w))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(bias_add)
+        else:
+            conv.bias.add_(bias_add)
+    return True
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -110,10 +154,12 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
 
 
-def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "") -> None:
-    """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head).
-    ``add_prefix``: put in front of every key when no key has it (a model zoo checkpoint loaded into a wrapper
-    whose own keys all start with it)."""
+def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "", trusted: bool = False) -> int:
+    """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head); returns how many
+    tensors were loaded. ``add_prefix``: put in front of every key when no key has it (a model zoo checkpoint
+    loaded into a wrapper whose own keys all start with it). ``trusted``: a file whose hash matched its
+    publisher's may hold Python objects beside its tensors (OpenMMLab checkpoints keep their metadata so).
+    A file none of whose tensors fit the model is an error, not a silent random initialisation."""
     import fsspec
 
     try:
@@ -127,11 +173,16 @@ def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "") -> None:
         state = load(blob)
     else:
         try:
-            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not trusted)
         except Exception as e:  # noqa: BLE001 - pickles with Python objects beside the tensors
             raise VisionsweepError(f"pretrained weights {uri}: not a plain state_dict ({str(e).splitlines()[0][:200]}); "
                                    "save its tensors with torch.save(ckpt['state_dict']) or as safetensors") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise VisionsweepError(f"pretrained weights {uri}: expected a state_dict, but got {type(state).__name__}")
     own = model.state_dict()
     if add_prefix and not any(k.startswith(add_prefix) for k in state):
         state = {add_prefix + k: v for k, v in state.items()}
@@ -142,9 +193,15 @@ def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "") -> None:
         grid = model.patch_embed.grid_size
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(grid), num_prefix_tokens=n_prefix)
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
+    if not usable:
+        raise VisionsweepError(f"pretrained weights {uri}: none of its {len(state)} tensors fits "
+                               f"{type(model).__name__} (e.g. {next(iter(state), 'none')!r}); expected the "
+                               "model's own state_dict keys")
+    fresh = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
     model.load_state_dict(usable, strict=False)
-    log.info("loaded %d tensors from %s (re-initialised: %s)", len(usable), uri, ", ".join(skipped[:6]) or "none")
+    log.info("loaded %d of %d tensors from %s (left as initialised: %s)", len(usable), len(state), uri,
+             ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else "") if fresh else "none")
+    return len(usable)
 
 
 def freeze_layers(model: nn.Module, name: str, n: int | None) -> int:

@@ -3,10 +3,12 @@
 Layout (everything ``predict``, serving, export and incremental training need; no pickle)::
 
     model.safetensors     weights
-    model.json            format version, task, model_name, number of classes, input crop size
+    model.json            format version, task, model_name, number of classes, input crop size, architecture
+                          choices that follow from the initial weights (a detector's frozen BatchNorm)
     labels.json           class names, in output order
     settings.json         inference settings of §9.5 (v2 names; edit before serving to change them)
-    training_config.json  the trial's resolved hyperparameters
+    training_config.json  the trial's resolved hyperparameters, and ``initial_weights``: where its weights
+                          came from (source, file, sha256, origin, licence)
     metrics.json          validation metrics of the saved epoch
 
 A package path may be a local folder, any fsspec URI (copied to a temporary folder first), or a
@@ -54,7 +56,8 @@ SEGMENTATION_SETTINGS = {"mask_pixel_score_threshold": 0.5, "max_number_of_polyg
 
 
 def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list[str],
-                 hyperparameters: dict[str, Any], metrics: dict[str, Any]) -> Path:
+                 hyperparameters: dict[str, Any], metrics: dict[str, Any], architecture: dict[str, Any] | None = None,
+                 initial_weights: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -68,13 +71,18 @@ def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list
         "num_classes": len(classes),
         "input_size": hyperparameters.get("training_crop_size"),
     }
+    if architecture:
+        meta["architecture"] = dict(architecture)
     _write(path / "model.json", meta)
     inner = getattr(model, "module", model)
     if hasattr(inner, "config_dict"):  # a transformers classifier: its architecture, so it loads offline
         _write(path / "hf_config.json", inner.config_dict())
     _write(path / "labels.json", list(classes))
     _write(path / "settings.json", inference_settings(task, hyperparameters))
-    _write(path / "training_config.json", hyperparameters)
+    config = dict(hyperparameters)
+    if initial_weights is not None:
+        config["initial_weights"] = initial_weights
+    _write(path / "training_config.json", config)
     _write(path / "metrics.json", metrics)
     # the folder is also an MLflow model (pyfunc): `mlflow models predict/serve -m PACKAGE`
     write_mlflow_files(path, hyperparameters["model_name"], time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
@@ -163,7 +171,7 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
 
         # the detector is built from the (possibly overridden) inference settings, then given its weights
         model = build_detector(meta["model_name"], meta["num_classes"], settings,
-                               segmentation=task == hp.SEGMENTATION)
+                               segmentation=task == hp.SEGMENTATION, architecture=meta.get("architecture", {}))
     else:
         raise VisionsweepError(f"{p}: {task} packages of model {meta['model_name']} cannot be loaded by this version")
     try:

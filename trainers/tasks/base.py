@@ -35,7 +35,13 @@ class Task:
     def check(self, h: dict[str, Any]) -> None:
         """Raise a settings error (``trainers.engine.TrainingError``) for values this task cannot train with."""
 
-    def build_model(self, h: dict[str, Any], weights: str | None, download: bool) -> nn.Module:
+    def architecture(self, h: dict[str, Any], weights: Any) -> dict[str, Any]:
+        """Choices of a new model's architecture that follow from what it starts from (``model.json``)."""
+        return {}
+
+    def build_model(self, h: dict[str, Any], weights: Any, architecture: dict[str, Any]) -> nn.Module:
+        """``weights``: an ``InitialWeights``, a weights file or package path, or None (random initialisation);
+        ``architecture``: :meth:`architecture`'s choices, or those a package recorded."""
         raise NotImplementedError
 
     def freeze(self, model: nn.Module, h: dict[str, Any]) -> None:

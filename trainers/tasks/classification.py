@@ -51,8 +51,8 @@ class ClassificationTask(Task):
             raise TrainingError(f"validation_resize_size ({h['validation_resize_size']}) must be >= "
                                 f"validation_crop_size ({h['validation_crop_size']})")
 
-    def build_model(self, h: dict[str, Any], weights: str | None, download: bool) -> nn.Module:
-        return build_model(h["model_name"], len(self.classes), h["training_crop_size"], weights, download)
+    def build_model(self, h: dict[str, Any], weights, architecture) -> nn.Module:
+        return build_model(h["model_name"], len(self.classes), h["training_crop_size"], weights)
 
     def freeze(self, model: nn.Module, h: dict[str, Any]) -> None:
         freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))

@@ -80,11 +80,16 @@ class DetectionTask(Task):
         if h["min_size"] > h["max_size"]:
             raise TrainingError(f"min_size ({h['min_size']}) must be <= max_size ({h['max_size']})")
 
-    def build_model(self, h, weights, download) -> nn.Module:
+    def architecture(self, h, weights):
+        from trainers.detection_models import detector_architecture
+
+        return detector_architecture(h["model_name"], weights)
+
+    def build_model(self, h, weights, architecture) -> nn.Module:
         from trainers.detection_models import build_detector
 
-        return build_detector(h["model_name"], len(self.classes), h, weights, download,
-                              segmentation=self.segmentation)
+        return build_detector(h["model_name"], len(self.classes), h, weights, segmentation=self.segmentation,
+                              architecture=architecture)
 
     def freeze(self, model, h) -> None:
         from trainers.models import freeze_prefix_groups
