@@ -6,23 +6,32 @@ The plan, written to ``automode.json`` in the run folder with the reasons:
    the best accuracy per unit of compute first. On GPUs the task default (``vitb16r224``) leads; on a
    CPU-only cluster, where a ViT-B epoch costs ~20x a ResNet-18 epoch, the light convolutional models
    lead and the ViTs are left out. Detection and segmentation have their own portfolios of torchvision
-   detectors (Faster R-CNN / RetinaNet, Mask R-CNN), light backbones first on CPU.
-2. Trial 1 is the leading model at its default hyperparameters (§6.2): the baseline the spec's
+   detectors (Faster R-CNN / RetinaNet, Mask R-CNN), light backbones first on CPU. Candidates of the
+   optional back-ends (Hugging Face classifiers, MMDetection models, ``yolov5``) join where their extra is
+   installed. Every candidate must have its pretrained weights somewhere the job can reach
+   (``trainers.weights``): one that has none is left out, and ``automode.json`` says why.
+2. Trial 1 is the leading model with its family's first fine-tuning recipe: the baseline the spec's
    recommended workflow starts from.
 3. The other trials sample a conditional space over the first ``m`` portfolio models, ``m`` growing
-   with the budget (about one model per four trials), each with a learning-rate range around its
-   default, momentum and weight decay.
+   with the budget (about one model per four trials): each model once per recipe of its family (an
+   optimiser with a learning-rate range for fine-tuning pretrained weights, :data:`RECIPES`), momentum
+   and weight decay.
 4. ASHA stops the weak trials early (grace period: the learning-rate warm-up, at least 1/8 of the
    epochs; reduction factor 3), so the budget goes to the promising ones.
 
-Fixed ``training_parameters`` (crop sizes, epochs ...) apply to every AutoMode trial.
+With ``visionsweep.pretrained: false`` the models train from random initialisation: one recipe, the spec's
+own optimiser (SGD), with a learning-rate range around each model's default.
+
+Fixed ``training_parameters`` (crop sizes, epochs, optimiser ...) apply to every AutoMode trial.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import TypeAdapter
 
@@ -37,6 +46,57 @@ _dist = TypeAdapter(Distribution).validate_python
 class Candidate:
     model_name: str
     why: str
+    extra: str = ""  # the optional install it needs: huggingface | openmmlab | yolov5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a family is fine-tuned from pretrained weights: an optimiser, the learning rate of the first
+    trial and the range the others sample (log-uniform)."""
+
+    optimizer: str
+    learning_rate: float
+    low: float
+    high: float
+
+
+# Fine-tuning recipes per family, the first of each the first trial's. Measured on the bundled Fashion-MNIST
+# with the real ImageNet MobileNetV2 (bench/pretrained_weights.py recipes, bench/RESULTS.md): AdamW at
+# 3e-4..1e-3 and SGD at 0.003 fine-tune a pretrained CNN as well as or better than the spec's from-scratch
+# default (SGD at 0.01) for the same epochs, and AdamW at 1e-4 is too slow. Transformers
+# take the smaller AdamW rates of their model cards; detectors start from the spec's SGD (lr 0.005, §6.2),
+# which is what their COCO weights were trained with, and try AdamW beside it.
+RECIPES: dict[str, tuple[Recipe, ...]] = {
+    "cnn": (Recipe("adamw", 3e-4, 1e-4, 2e-3), Recipe("sgd", 0.01, 0.003, 0.03)),
+    "vit": (Recipe("adamw", 5e-5, 1e-5, 2e-4), Recipe("sgd", 0.0125, 0.003, 0.03)),
+    "huggingface": (Recipe("adamw", 5e-5, 1e-5, 2e-4),),
+    "detector": (Recipe("sgd", 0.005, 0.00125, 0.015), Recipe("adamw", 1e-4, 3e-5, 3e-4)),
+    "yolov5": (Recipe("sgd", 0.01, 0.0025, 0.03),),
+}
+
+
+def family(task: str, model_name: str) -> str:
+    backend = hp.model_backend(model_name)
+    if backend in ("huggingface", "mmdetection"):
+        return backend
+    if model_name == "yolov5":
+        return "yolov5"
+    if task in hp.BOX_TASKS:
+        return "detector"
+    return "vit" if model_name.startswith("vit") else "cnn"
+
+
+def recipes(task: str, model_name: str, pretrained: bool = True) -> tuple[Recipe, ...]:
+    """The recipes AutoMode samples for a model: its family's, or for an MMDetection model its own config's
+    optimiser (the zoo's settings); from scratch, the model's default optimiser and learning rate."""
+    d = hp.task_model_defaults(task, model_name)
+    lr = d["learning_rate"]
+    if not pretrained:
+        return (Recipe(d["optimizer"], lr, lr / 4, min(1.0, lr * 3)),)
+    f = family(task, model_name)
+    if f == "mmdetection":
+        return (Recipe(d["optimizer"], lr, lr / 4, min(1.0, lr * 3)),)
+    return RECIPES[f]
 
 
 # Ordered by expected accuracy for the compute spent (ImageNet top-1 vs. training FLOPs of the
@@ -44,9 +104,12 @@ class Candidate:
 GPU_PORTFOLIO = (
     Candidate("vitb16r224", "task default; strongest fine-tuning results of the zoo at moderate cost"),
     Candidate("vits16r224", "ViT at a quarter of ViT-B's compute; good on small datasets"),
+    Candidate("google/vit-base-patch16-224", "Hugging Face ViT-B (ImageNet-21k, fine-tuned on 1k): a curated "
+                                             "model of §5.3", "huggingface"),
     Candidate("seresnext", "strong convolutional baseline, robust on small images"),
     Candidate("resnet50", "well-understood convolutional baseline"),
     Candidate("resnest50", "split-attention ResNet, more accurate than ResNet-50 at similar cost"),
+    Candidate("facebook/deit-base-patch16-224", "Hugging Face DeiT-B, a curated model of §5.3", "huggingface"),
     Candidate("mobilenetv2", "cheapest model; explores quickly"),
 )
 CPU_PORTFOLIO = (
@@ -57,31 +120,39 @@ CPU_PORTFOLIO = (
 )
 
 
-# Detection (yolov5, the spec's default, arrives with its own trainer): Faster R-CNN with a ResNet-50 FPN is
-# the best-understood two-stage baseline; RetinaNet trades some accuracy on crowded scenes for one stage;
-# the deeper and lighter backbones bracket it. On CPU the light backbones lead: an R-50 FPN step costs
-# ~2.5x an R-18 FPN step at the same min_size.
+# Detection: with their published weights, YOLOv5 (COCO) and the R-50 detectors (torchvision's COCO weights)
+# lead on GPUs; the other depths start from an ImageNet backbone under fresh FPN and heads. On CPU the light
+# backbones lead: an R-50 FPN step costs ~2.5x an R-18 FPN step at the same min_size.
 GPU_DETECTION = (
-    Candidate("fasterrcnn_resnet50_fpn", "two-stage detector, the strongest-understood baseline of the zoo"),
-    Candidate("retinanet_resnet50_fpn", "one-stage focal-loss detector; robust to many easy background boxes"),
+    Candidate("yolov5", "task default (§5.1); one-stage COCO-pretrained detector, fast to fine-tune", "yolov5"),
+    Candidate("fasterrcnn_resnet50_fpn", "two-stage detector with torchvision's COCO weights; the strongest-"
+                                         "understood baseline of the zoo"),
+    Candidate("retinanet_resnet50_fpn", "one-stage focal-loss detector with COCO weights; robust to many easy "
+                                        "background boxes"),
+    Candidate("mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "VarifocalNet (MMDetection, curated in §5.3): "
+                                                              "dense detector with a stronger COCO mAP", "openmmlab"),
     Candidate("fasterrcnn_resnet101_fpn", "deeper backbone: more accurate on small or similar objects"),
     Candidate("fasterrcnn_resnet34_fpn", "lighter backbone; explores quickly"),
 )
 CPU_DETECTION = (
     Candidate("fasterrcnn_resnet18_fpn", "lightest two-stage detector of the zoo; best mAP per CPU-second"),
     Candidate("fasterrcnn_resnet34_fpn", "deeper basic-block backbone at ~2x the cost of ResNet-18"),
-    Candidate("retinanet_resnet50_fpn", "one-stage detector; worth its cost with a larger budget"),
-    Candidate("fasterrcnn_resnet50_fpn", "bottleneck backbone; worth its cost only with a larger budget"),
+    Candidate("retinanet_resnet50_fpn", "one-stage detector with COCO weights; worth its cost with a larger budget"),
+    Candidate("fasterrcnn_resnet50_fpn", "COCO-pretrained two-stage detector; worth its cost only with a larger "
+                                         "budget"),
 )
 GPU_SEGMENTATION = (
-    Candidate("maskrcnn_resnet50_fpn", "task default; the standard Mask R-CNN"),
+    Candidate("maskrcnn_resnet50_fpn", "task default; the standard Mask R-CNN, with torchvision's COCO weights"),
+    Candidate("mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco", "Mask R-CNN on a Swin-T backbone (MMDetection, curated "
+                                                           "in §5.3)", "openmmlab"),
     Candidate("maskrcnn_resnet101_fpn", "deeper backbone: finer masks on small objects"),
     Candidate("maskrcnn_resnet34_fpn", "lighter backbone; explores quickly"),
 )
 CPU_SEGMENTATION = (
     Candidate("maskrcnn_resnet18_fpn", "lightest Mask R-CNN of the zoo; best mask mAP per CPU-second"),
     Candidate("maskrcnn_resnet34_fpn", "deeper basic-block backbone at ~2x the cost of ResNet-18"),
-    Candidate("maskrcnn_resnet50_fpn", "task default; worth its cost on CPU only with a larger budget"),
+    Candidate("maskrcnn_resnet50_fpn", "task default with COCO weights; worth its cost on CPU only with a larger "
+                                       "budget"),
 )
 PORTFOLIOS = {
     (hp.MULTICLASS, True): GPU_PORTFOLIO, (hp.MULTICLASS, False): CPU_PORTFOLIO,
@@ -89,6 +160,24 @@ PORTFOLIOS = {
     (hp.DETECTION, True): GPU_DETECTION, (hp.DETECTION, False): CPU_DETECTION,
     (hp.SEGMENTATION, True): GPU_SEGMENTATION, (hp.SEGMENTATION, False): CPU_SEGMENTATION,
 }
+# What a CPU-only cluster's portfolio leaves out, and why (automode.json says it)
+CPU_LEFT_OUT = {
+    hp.MULTICLASS: "the ViTs, Hugging Face transformers and the 101/152-layer ResNets: an epoch costs 10-20x a "
+                   "ResNet-18 epoch on CPU",
+    hp.MULTILABEL: "the ViTs, Hugging Face transformers and the 101/152-layer ResNets: an epoch costs 10-20x a "
+                   "ResNet-18 epoch on CPU",
+    hp.DETECTION: "yolov5, MMDetection models and the 101/152-layer backbones: too slow per CPU-second",
+    hp.SEGMENTATION: "MMDetection models and the 101/152-layer backbones: too slow per CPU-second",
+}
+EXTRAS = {"huggingface": ("transformers",), "openmmlab": ("mmengine", "mmcv", "mmdet"),
+          "yolov5": ("mmengine", "mmcv", "mmdet", "mmyolo")}
+INSTALL = {"huggingface": "pip install 'visionsweep[huggingface]'", "openmmlab": "make openmmlab",
+           "yolov5": "make openmmlab"}
+
+
+@functools.lru_cache(maxsize=None)
+def extra_installed(extra: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in EXTRAS[extra])
 
 
 def portfolio(task: str, has_gpu: bool) -> tuple[Candidate, ...]:
@@ -98,33 +187,59 @@ def portfolio(task: str, has_gpu: bool) -> tuple[Candidate, ...]:
         raise ValueError(f"AutoMode has no portfolio for task {task}") from None
 
 
-def _space_for(task: str, model_name: str, fixed: dict[str, Any]) -> dict[str, Any]:
-    default_lr = hp.task_model_defaults(task, model_name)["learning_rate"]
+def _space_for(task: str, model_name: str, fixed: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     sub: dict[str, Any] = {"model_name": _dist({"type": "choice", "values": [model_name]})}
+    if "optimizer" not in fixed:
+        sub["optimizer"] = _dist({"type": "choice", "values": [recipe.optimizer]})
     if "learning_rate" not in fixed:
-        # loguniform bounds are exponents (§8.1): default / 4 .. default * 3
-        sub["learning_rate"] = _dist({"type": "loguniform", "min_value": math.log(default_lr / 4),
-                                      "max_value": math.log(min(1.0, default_lr * 3))})
-    if "momentum" not in fixed:
+        # loguniform bounds are exponents (§8.1)
+        sub["learning_rate"] = _dist({"type": "loguniform", "min_value": math.log(recipe.low),
+                                      "max_value": math.log(min(1.0, recipe.high))})
+    if recipe.optimizer == "sgd" and "momentum" not in fixed:
         sub["momentum"] = _dist({"type": "choice", "values": [0.85, 0.9, 0.95]})
     if "weight_decay" not in fixed:
-        sub["weight_decay"] = _dist({"type": "choice", "values": [1e-4, 5e-4]})
+        sub["weight_decay"] = _dist({"type": "choice", "values": [1e-4, 5e-4] if recipe.optimizer == "sgd"
+                                     else [1e-4, 1e-2]})
     return sub
 
 
-def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool) -> dict[str, Any]:
-    """The AutoMode plan: first trial, conditional space, ASHA settings and the reasons."""
-    cands = portfolio(task, has_gpu)
+def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
+         available: Callable[[str], str | None] | None = None, pretrained: bool = True) -> dict[str, Any]:
+    """The AutoMode plan: first trial, conditional space, ASHA settings and the reasons.
+
+    ``available(model_name)``: None when the model's pretrained weights can be had, else why not (None for
+    the argument: every candidate is assumed to have them, as when a job file is validated)."""
+    considered: list[dict[str, Any]] = []
+    cands: list[Candidate] = []
+    pool = portfolio(task, has_gpu)
     if "model_name" in fixed:
-        cands = tuple(c for c in cands if c.model_name == fixed["model_name"]) or \
+        pool = tuple(c for c in pool if c.model_name == fixed["model_name"]) or \
             (Candidate(fixed["model_name"], "fixed in training_parameters"),)
+    for c in pool:
+        why_not = None
+        if c.extra and not extra_installed(c.extra):
+            why_not = f"needs the {c.extra} extra, not installed here ({INSTALL[c.extra]})"
+        elif available is not None:
+            why_not = available(c.model_name)
+            why_not = f"no pretrained weights can be had: {why_not}" if why_not else None
+        considered.append({"model_name": c.model_name, "considered": why_not is None, "why": why_not or c.why})
+        if why_not is None:
+            cands.append(c)
+    if not cands:
+        from trainers.errors import VisionsweepError
+
+        raise VisionsweepError("AutoMode found no candidate model it can train here: " + "; ".join(
+            f"{c['model_name']}: {c['why']}" for c in considered))
     m = max(1, min(len(cands), math.ceil(max_trials / 4)))
     chosen = cands[:m]
-    space = [_space_for(task, c.model_name, fixed) for c in chosen]
+    space = [_space_for(task, c.model_name, fixed, r) for c in chosen for r in recipes(task, c.model_name, pretrained)]
     if "model_name" in fixed:
         for sub in space:
             sub.pop("model_name")
+    lead = recipes(task, chosen[0].model_name, pretrained)[0]
     first = {} if "model_name" in fixed else {"model_name": chosen[0].model_name}
+    if pretrained and "optimizer" not in fixed and "learning_rate" not in fixed:
+        first.update(optimizer=lead.optimizer, learning_rate=lead.learning_rate)
     epochs = fixed.get("number_of_epochs") or hp.task_model_defaults(task, chosen[0].model_name)["number_of_epochs"]
     # Judge trials only after the learning-rate warm-up: during it every trial is still near chance.
     warmup = fixed.get("warmup_cosine_lr_warmup_epochs", hp.PARAMS["warmup_cosine_lr_warmup_epochs"].default) \
@@ -132,18 +247,27 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool) -> di
     grace = max(1, min(epochs // 2, max(warmup, epochs // 8)))
     # the policy's other settings (reduction_factor) are the job file's defaults: one table, in scheduler.spec
     asha = AshaPolicy(type="asha", grace_period=grace, max_epochs=epochs).model_dump(exclude={"type"})
-    return {
+    out = {
         "hardware": "gpu" if has_gpu else "cpu",
         "max_trials": max_trials,
-        "first_trial": {"config": first, "why": "the leading model at its default hyperparameters (baseline)"},
-        "models": [{"model_name": c.model_name, "why": c.why} for c in chosen],
+        "pretrained": pretrained,
+        "first_trial": {"config": first, "why": "the leading model with its family's first fine-tuning recipe "
+                        "(baseline)" if pretrained else "the leading model at its default hyperparameters (baseline)"},
+        "models": [{"model_name": c.model_name, "why": c.why,
+                    "recipes": [{"optimizer": r.optimizer, "learning_rate": [r.low, r.high]}
+                                for r in recipes(task, c.model_name, pretrained)]} for c in chosen],
         "left_out": [{"model_name": c.model_name, "why": "beyond the budget (about one model per 4 trials)"}
-                     for c in cands[m:]],
+                     for c in cands[m:]] + [{"model_name": c["model_name"], "why": c["why"]}
+                                             for c in considered if not c["considered"]],
+        "considered": considered,
         "space": space,
         "asha": asha,
         "why_asha": f"stops trials that trail at epochs grace_period * {asha['reduction_factor']:g}^i, so more "
                     "trials fit the same compute",
     }
+    if not has_gpu:
+        out["not_in_the_cpu_portfolio"] = CPU_LEFT_OUT[task]
+    return out
 
 
 def explain(p: dict[str, Any]) -> dict[str, Any]:

@@ -277,6 +277,11 @@ NOT_SUPPORTED = {
                      "parts of them off for detection and segmentation, §7.2); remove the key",
 }
 
+# Hugging Face classifiers (§5.3; their defaults are not given, §13 A13): AdamW at lr 5e-5 with 32 images a
+# batch, as the transformers image-classification fine-tuning guide (and the ViT / DeiT / BEiT model cards'
+# fine-tuning recipes, Adam-family at 1e-5..1e-4) do, instead of the CNNs' SGD at lr 0.01.
+HF_FINE_TUNING = {"optimizer": "adamw", "learning_rate": 5e-5, "training_batch_size": 32, "validation_batch_size": 32}
+
 # Per-model overrides of the task defaults (§6.1, §6.2).
 _VIT_BATCH = {"vits16r224": 128, "vitb16r224": 48, "vitl16r224": 10}
 _MC_VIT_LR = {"vits16r224": 0.0125, "vitb16r224": 0.0125, "vitl16r224": 0.001}
@@ -293,10 +298,12 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
         out["learning_rate"] = _ML_VIT_LR.get(model_name, 0.035)
     if task in CLS:
         out["training_batch_size"] = out["validation_batch_size"] = _VIT_BATCH.get(model_name, 78)
-        if model_backend(model_name) == "huggingface":  # the model's own input size, where its config is here
+        if model_backend(model_name) == "huggingface":
+            # §13 A13 leaves them open: the fine-tuning settings of the transformers image-classification guide
+            out.update(HF_FINE_TUNING)
             from trainers.hf_models import default_input_size
 
-            size = default_input_size(model_name)
+            size = default_input_size(model_name)  # the model's own input size, where its config is here
             if size:
                 out.update(training_crop_size=size, validation_crop_size=size, validation_resize_size=size)
     elif model_name == "yolov5":
@@ -304,6 +311,10 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
                    learning_rate=0.01, box_score_threshold=0.1)
     else:
         out.update(training_batch_size=2, validation_batch_size=1, learning_rate=0.005)
+        if model_backend(model_name) == "mmdetection":  # §13 A13: the zoo config's own optimiser
+            from trainers.mm_detectors import optimizer_defaults
+
+            out.update(optimizer_defaults(model_name, out["training_batch_size"]))
     return out
 
 
