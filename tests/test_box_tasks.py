@@ -194,20 +194,32 @@ def test_a_polygon_survives_the_round_trip_through_a_mask():
 
 
 @pytest.mark.parametrize("task,cpu_first,gpu_first", [
-    (hp.DETECTION, "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn"),
-    (hp.SEGMENTATION, "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"),
+    (hp.DETECTION, "fasterrcnn_resnet18_fpn", ("yolov5", "fasterrcnn_resnet50_fpn")),
+    (hp.SEGMENTATION, "maskrcnn_resnet18_fpn", ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")),
 ])
 def test_automode_plans_detectors_for_the_hardware(task, cpu_first, gpu_first):
     from scheduler import automode
 
     cpu = automode.plan(task, 8, {}, has_gpu=False)
     gpu = automode.plan(task, 8, {}, has_gpu=True)
-    assert cpu["first_trial"]["config"] == {"model_name": cpu_first}
-    assert gpu["first_trial"]["config"] == {"model_name": gpu_first}
-    for p in (cpu, gpu):
+    # fine-tuning from COCO / ImageNet weights: the first trial takes the family's first recipe (SGD at the
+    # detectors' default 0.005, the rate their COCO weights were trained with)
+    assert cpu["first_trial"]["config"] == {"model_name": cpu_first, "optimizer": "sgd", "learning_rate": 0.005}
+    # on GPUs yolov5, the spec's default detector, leads where its extra is installed
+    lead = gpu_first[0] if automode.extra_installed("yolov5") else gpu_first[1]
+    assert gpu["first_trial"]["config"]["model_name"] == lead
+    for p, gpu_plan in ((cpu, False), (gpu, True)):
         names = [m["model_name"] for m in p["models"]] + [m["model_name"] for m in p["left_out"]]
-        assert all(n in hp.MODELS[task] for n in names) and "yolov5" not in names
+        assert all(n in hp.MODELS[task] or hp.model_backend(n) == "mmdetection" for n in names)
+        assert gpu_plan or ("yolov5" not in names and all(n in hp.MODELS[task] for n in names))
         assert len(p["models"]) == 2 and all(m["why"] for m in p["models"])  # 8 trials: about one model per 4
-        for sub in p["space"]:  # a learning-rate range around each detector's own default (0.005)
-            lr = sub["learning_rate"]
-            assert np.exp(lr.min_value) == pytest.approx(0.005 / 4) and np.exp(lr.max_value) == pytest.approx(0.015)
+        for sub in p["space"]:  # fine-tuning: SGD around the detectors' default (0.005), and AdamW
+            name, lr, opt = sub["model_name"].values[0], sub["learning_rate"], sub["optimizer"].values[0]
+            if automode.family(task, name) != "detector":
+                continue
+            low, high = (0.005 / 4, 0.015) if opt == "sgd" else (3e-5, 3e-4)
+            assert np.exp(lr.min_value) == pytest.approx(low) and np.exp(lr.max_value) == pytest.approx(high)
+    # from random initialisation: the spec's defaults, one SGD range around them
+    scratch = automode.plan(task, 8, {}, has_gpu=False, pretrained=False)
+    assert scratch["first_trial"]["config"] == {"model_name": cpu_first}
+    assert {sub["optimizer"].values[0] for sub in scratch["space"]} == {"sgd"}

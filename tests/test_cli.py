@@ -27,7 +27,8 @@ def test_missing_job_file(tmp_path):
 def test_bad_dataset_line_is_reported_with_file_and_line(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"image_url": "a.png", "label": "x"}\n{"image_url": 3}\n')
     job = tmp_path / "job.yml"
-    job.write_text("task: image_classification\ntarget_column_name: label\ntraining_data: {path: d.jsonl}\n")
+    job.write_text("task: image_classification\ntarget_column_name: label\ntraining_data: {path: d.jsonl}\n"
+                   "visionsweep: {pretrained: false}\n")
     r = cli("run", str(job), "--output", str(tmp_path / "run"))
     assert r.returncode == 2 and "d.jsonl:2: expected an 'image_url' string" in r.stderr
     assert "Traceback" not in r.stderr

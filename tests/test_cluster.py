@@ -114,6 +114,7 @@ def test_job_submit_runs_a_sweep_to_a_complete_run_folder(cluster, tmp_path):
     work = tmp_path / "my-job"
     work.mkdir()
     shutil.copytree(SAMPLE, work / "data")
+    shutil.copytree(ROOT / ".weights", work / "weights")  # `make setup` filled it (the README copies it too)
     (work / "job.yml").write_text(_readme_block("cat > /tmp/my-job/job.yml <<'YML'"))
     out = tmp_path / "runs" / "my-sweep"
     env = _client_env(cluster.env())

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ray
 def box_job(train: Path, valid: Path, task: str, body: str) -> str:
     return (f"task: {task}\ntarget_column_name: label\n"
             f"training_data: {{path: {train}, type: mltable}}\nvalidation_data: {{path: {valid}, type: mltable}}\n"
-            "visionsweep: {tracking: {enabled: false}}\n" + body)
+            "visionsweep: {pretrained: false, tracking: {enabled: false}}\n" + body)
 
 
 # v2 (CLI) spellings. A trial at learning_rate 0 never moves its weights: RetinaNet's prior keeps every score

@@ -76,7 +76,7 @@ training_parameters:
   training_batch_size: 2
   optimizer: adamw
   learning_rate: 0.001
-visionsweep: {{workers_per_node: 2, cpus_per_trial: 0.5, tracking: {{enabled: false}}}}
+visionsweep: {{pretrained: false, workers_per_node: 2, cpus_per_trial: 0.5, tracking: {{enabled: false}}}}
 """, source=tmp_path / "job.yml")
     result = run_job(job, tmp_path / "run", echo=lambda s: None)
     (m,) = _metrics(result.run_dir)

@@ -140,7 +140,7 @@ task: image_object_detection
 target_column_name: label
 training_data: {{path: {train}, type: mltable}}
 validation_data: {{path: {valid}, type: mltable}}
-visionsweep: {{tracking: {{enabled: false}}}}
+visionsweep: {{pretrained: false, tracking: {{enabled: false}}}}
 limits: {{max_trials: 2, max_concurrent_trials: 1}}
 training_parameters:
   number_of_epochs: 1

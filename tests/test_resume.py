@@ -35,7 +35,7 @@ training_parameters:
 search_space:
   - learning_rate: {{type: choice, values: [0.001, 0.002, 0.003]}}
 sweep: {{sampling_algorithm: grid}}
-visionsweep: {{tracking: {{enabled: false}}}}
+visionsweep: {{pretrained: false, tracking: {{enabled: false}}}}
 """ + extra
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.controller import run_job
+from tests.conftest import from_scratch
 from scheduler.spec import parse_job
 from trainers.errors import VisionsweepError
 
@@ -29,11 +30,12 @@ training_parameters:
 """
 
 
-def make_job(data: Path, extra: str, epochs: int = 2, batch: int = 16):
+def make_job(data: Path, extra: str, epochs: int = 2, batch: int = 16, pretrained: bool = False):
+    """A fast job on ``data`` (32 px, ``epochs``); from random initialisation unless ``pretrained``."""
     text = (f"$schema: https://azuremlschemas.azureedge.net/latest/autoMLJob.schema.json\ntype: automl\n"
             f"task: image_classification\ncompute: local\ntarget_column_name: label\n"
             f"training_data:\n  path: {data}\n  type: mltable\n" + FAST_PARAMS.format(epochs=epochs, batch=batch) + extra)
-    return parse_job(text, source=data.parent / "job.yml")
+    return parse_job(text if pretrained else from_scratch(text), source=data.parent / "job.yml")
 
 
 def test_grid_sweep_of_four_trials_two_at_a_time(ray_session, small_mltable, tiny_hf_classifier, tmp_path):

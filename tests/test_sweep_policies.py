@@ -123,23 +123,34 @@ def test_asha_stops_the_trials_that_trail_at_its_rungs(ray_session, small_mltabl
     assert summary["stopped_early"] == 2 and summary["trial_epochs"] < 20
 
 
-def test_automode_runs_and_explains_its_choices(ray_session, small_mltable, tmp_path):
-    job = make_job(small_mltable, "limits: {max_trials: 4, max_concurrent_trials: 2}\n", epochs=4)
+def test_automode_runs_and_explains_its_choices(ray_session, small_mltable, mobilenet_weights, tmp_path):
+    # the only pretrained weights this machine has: torchvision's MobileNetV2 file, in a weights store
+    job = make_job(small_mltable, f"limits: {{max_trials: 4, max_concurrent_trials: 2}}\n"
+                                  f"visionsweep: {{weights_store: {mobilenet_weights.parent}}}\n", epochs=4,
+                   pretrained=True)
     assert job.mode == "automode"
     result = run_job(job, tmp_path / "run", echo=lambda s: None)
     plan = json.loads((tmp_path / "run" / "automode.json").read_text())
-    # on a CPU-only cluster with 4 trials: one model, the first trial at its default hyperparameters
-    assert plan["hardware"] == "cpu" and [m["model_name"] for m in plan["models"]] == ["resnet18"]
-    assert plan["first_trial"]["config"] == {"model_name": "resnet18"} and plan["models"][0]["why"]
-    assert plan["asha"]["max_epochs"] == 4 and plan["left_out"]
+    # on a CPU-only cluster: the first candidate whose weights can be had (ResNet-18 has none here: left out,
+    # saying why), the first trial with its family's first fine-tuning recipe
+    assert plan["hardware"] == "cpu" and [m["model_name"] for m in plan["models"]] == ["mobilenetv2"]
+    first = {"model_name": "mobilenetv2", "optimizer": "adamw", "learning_rate": 3e-4}
+    assert plan["first_trial"]["config"] == first and plan["models"][0]["why"]
+    left = {m["model_name"]: m["why"] for m in plan["left_out"]}
+    assert "resnet18-f37072fd.pth is in none of" in left["resnet18"] and plan["not_in_the_cpu_portfolio"]
+    assert plan["asha"]["max_epochs"] == 4
     trials = read_trials(tmp_path / "run")
     assert len(trials) == 4 and len(result.rows) == 4
-    # one trial at the model's defaults (the searcher's first suggestion; two trials start together, so
-    # their start times do not tell which came first), the others sampled around them
-    defaults = [r for r in trials.values() if r.params == {"model_name": "resnet18"}]
-    assert len(defaults) == 1
-    assert all(set(r.params) == {"model_name", "learning_rate", "momentum", "weight_decay"}
-               for r in trials.values() if r is not defaults[0])
+    # one trial at the recipe (the searcher's first suggestion; two trials start together, so their start
+    # times do not tell which came first), the others sampled from the recipes' ranges
+    firsts = [r for r in trials.values() if r.params == first]
+    assert len(firsts) == 1
+    for r in trials.values():
+        if r is not firsts[0]:
+            sgd = r.params["optimizer"] == "sgd"
+            assert set(r.params) == {"model_name", "optimizer", "learning_rate", "weight_decay"} | (
+                {"momentum"} if sgd else set())
+            assert (0.003 if sgd else 1e-4) <= r.params["learning_rate"] <= (0.03 if sgd else 2e-3)
 
 
 def test_bayesian_sweep_tracking_and_report(ray_session, small_mltable, tmp_path):
