@@ -90,10 +90,10 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     from scheduler.controller import SWEEP, _trial_dirname
     from scheduler.leaderboard import leaderboard_rows, write_leaderboard
     from scheduler.policies import create_scheduler
+    from scheduler.policies.configs import MedianStoppingSettings
     from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
     from scheduler.searchers import SpaceSearcher
     from scheduler.space import Distribution
-    from scheduler.spec import MedianStoppingPolicy
     from scheduler.tracking import MlflowTracker
 
     t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     space = [{"learning_rate": TypeAdapter(Distribution).validate_python(
         {"type": "uniform", "min_value": LR[0], "max_value": LR[1]})}]
     searcher = SpaceSearcher(space, "random", n, seed, PRIMARY, "max")
-    policy = MedianStoppingPolicy(type="median_stopping", evaluation_interval=1, delay_evaluation=10_000)
+    policy = MedianStoppingSettings(type="median_stopping", evaluation_interval=1, delay_evaluation=10_000)
     scheduler = create_scheduler(policy, PRIMARY, REPORTS, str(run_dir))
     callbacks = [RunFolderCallback(run_dir, PRIMARY, n, echo=lambda s: None)] if runfolder else []
     tracker = MlflowTracker(run_dir, None, "bench", "controller-overhead", PRIMARY) if mlflow else None

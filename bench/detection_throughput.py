@@ -34,17 +34,16 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from machine_info import alternate, describe
-
 import torch
+from machine_info import alternate, describe
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from trainers.data import prepare_data
-from trainers.detection_models import build_detector
 from trainers.engine import make_optimizer, train
 from trainers.hyperparameters import resolve_hyperparameters
+from trainers.models.detectors import build_detector
 
 TASK = "image_object_detection"
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "trainers" / "sample_data" / "trees" / "train"

@@ -1,7 +1,7 @@
 """Inference images/s of a package's ONNX export under onnxruntime vs. the PyTorch package, on CPU, same images.
 
 For each model a package is written (random weights: speed does not depend on them), exported with
-``visionsweep export`` (``trainers.onnx_export.export_onnx``), and both sides predict the same batches of
+``visionsweep export`` (``trainers.package.onnx.export_onnx``), and both sides predict the same batches of
 real images, pre-processed once beforehand so that only the model runs are timed:
 
 * classification (``resnet18`` and ``vitb16r224`` at 224 px): the bundled Fashion-MNIST images, resized
@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trainers import hyperparameters as hp  # noqa: E402
-from trainers.onnx_export import export_onnx  # noqa: E402
 from trainers.package import load_package, save_package  # noqa: E402
+from trainers.package.onnx import export_onnx  # noqa: E402
 
 
 def classifier_package(root: Path, name: str) -> Path:
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     h = hp.resolve_hyperparameters(hp.MULTICLASS, {"model_name": name, "validation_resize_size": 224,
                                                    "validation_crop_size": 224}, {})
@@ -51,7 +51,7 @@ def classifier_package(root: Path, name: str) -> Path:
 
 
 def detector_package(root: Path, name: str) -> Path:
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
 
     h = hp.resolve_hyperparameters(hp.DETECTION, {"model_name": name, "min_size": 256, "max_size": 256}, {})
     return save_package(root / name, model=build_detector(name, 1, h), task=hp.DETECTION, classes=["Tree"],

@@ -99,8 +99,9 @@ def recipes(args) -> int:
     from trainers.data import prepare_data
     from trainers.engine import train
     from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models.weights.resolve import initial_weights
+    from trainers.models.weights.sources import WeightsConfig
     from trainers.package import load_package
-    from trainers.weights import WeightsConfig, initial_weights
 
     torch.set_num_threads(os.cpu_count() or 1)
     data = prepare_data("image_classification", "label", str(ROOT / "trainers/sample_data/fashion_mnist/train"),
@@ -146,7 +147,8 @@ def first_epoch(args) -> int:
     from trainers.data.storage import clear_cache
     from trainers.engine import train
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.weights import WeightsConfig, initial_weights
+    from trainers.models.weights.resolve import initial_weights
+    from trainers.models.weights.sources import WeightsConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
     data = prepare_data("image_classification", "label", str(ROOT / "trainers/sample_data/fashion_mnist/train"),

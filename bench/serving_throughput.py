@@ -39,7 +39,7 @@ def make_package(root: Path) -> Path:
     import torch
 
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
     from trainers.package import save_package
 
     torch.manual_seed(0)

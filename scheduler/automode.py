@@ -9,7 +9,7 @@ The plan, written to ``automode.json`` in the run folder with the reasons:
    detectors (Faster R-CNN / RetinaNet, Mask R-CNN), light backbones first on CPU. Candidates of the
    optional back-ends (Hugging Face classifiers, MMDetection models, ``yolov5``) join where their extra is
    installed. Every candidate must have its pretrained weights somewhere the job can reach
-   (``trainers.weights``): one that has none is left out, and ``automode.json`` says why.
+   (``trainers.models.weights``): one that has none is left out, and ``automode.json`` says why.
 2. Trial 1 is the leading model with its family's first fine-tuning recipe: the baseline the spec's
    recommended workflow starts from.
 3. The other trials sample a conditional space over the first ``m`` portfolio models, ``m`` growing
@@ -35,9 +35,10 @@ from typing import Any, Callable
 
 from pydantic import TypeAdapter
 
+from scheduler.policies.configs import AshaSettings
 from scheduler.space import Distribution
-from scheduler.spec import AshaPolicy
 from trainers import hyperparameters as hp
+from trainers.errors import VisionsweepError
 
 _dist = TypeAdapter(Distribution).validate_python
 
@@ -226,8 +227,6 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
         if why_not is None:
             cands.append(c)
     if not cands:
-        from trainers.errors import VisionsweepError
-
         raise VisionsweepError("AutoMode found no candidate model it can train here: " + "; ".join(
             f"{c['model_name']}: {c['why']}" for c in considered))
     m = max(1, min(len(cands), math.ceil(max_trials / 4)))
@@ -246,7 +245,7 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
         if fixed.get("learning_rate_scheduler", "warmup_cosine") == "warmup_cosine" else 0
     grace = max(1, min(epochs // 2, max(warmup, epochs // 8)))
     # the policy's other settings (reduction_factor) are the job file's defaults: one table, in scheduler.spec
-    asha = AshaPolicy(type="asha", grace_period=grace, max_epochs=epochs).model_dump(exclude={"type"})
+    asha = AshaSettings(type="asha", grace_period=grace, max_epochs=epochs).model_dump(exclude={"type"})
     out = {
         "hardware": "gpu" if has_gpu else "cpu",
         "max_trials": max_trials,

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from trainers.errors import VisionsweepError
-
 from scheduler.joblog import REDACTION, apply_job_logging
+from trainers.errors import VisionsweepError
 from trainers.logs import FORMAT
 
 
@@ -158,7 +157,7 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
-    from trainers.onnx_export import export_onnx
+    from trainers.package.onnx import export_onnx
 
     norm = None if args.onnx_normalization is None else args.onnx_normalization == "true"
     r = export_onnx(args.package, args.output, batch_size=args.batch_size, normalization=norm,

@@ -1,7 +1,6 @@
 """The sweep controller: a validated job -> a Ray Tune run -> a run folder with the best model package.
 
 Run folder::
-
     job.yml                 the job as submitted, credentials in storage_options as *** (run.json: its source)
     job.resolved.yaml       the job as it runs (defaults, clamped limits, v2 names, mode)
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
@@ -38,22 +37,28 @@ from typing import Any, Callable
 
 import yaml
 
+from scheduler.joblog import apply_job_logging
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
+from scheduler.policies import create_scheduler
+from scheduler.policies.configs import AshaSettings
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_json, read_trials
 from scheduler.runstore import RunStore, mirror_callback
+from scheduler.searchers import SpaceSearcher
 from scheduler.space import Choice
 from scheduler.spec import Job, parse_job
+from scheduler.warmstart import load_prior_trials
 from trainers import hyperparameters as hp
 from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
 from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
+from trainers.data.urls import is_url
+from trainers.errors import VisionsweepError
 from trainers.labels import label_json
 from trainers.launch import Group
-from trainers.errors import VisionsweepError
+from trainers.models.weights.manifest import entries_for
+from trainers.models.weights.resolve import check as check_models, needs_folder
+from trainers.models.weights.sources import STORE_ENV, WeightsConfig
 from trainers.package import copy_package
-from trainers.data.urls import is_url
-from trainers.weights import WeightsConfig
-from trainers.weights.sources import STORE_ENV
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"  # Tune experiment name under RUN/ray
@@ -90,7 +95,6 @@ class Plan:
 def check_supported(job: Job) -> None:
     """Before any trial: every model the job can pick is buildable here (its optional extra installed,
     an MMDetection config name known), or the job stops with what to install or change."""
-    from scheduler.joblog import apply_job_logging
 
     apply_job_logging(job)  # log_verbosity (own loggers only) and credential redaction on run, resume and demo
     names = [job.training_parameters.get("model_name")]
@@ -104,15 +108,15 @@ def check_supported(job: Job) -> None:
         if not n:
             continue
         if hp.model_backend(n) == "huggingface":
-            from trainers.hf_models import require_transformers
+            from trainers.models.huggingface import require_transformers
 
             require_transformers()  # the error carries the install command
         elif hp.model_backend(n) == "mmdetection":
-            from trainers.mm_detectors import config_path
+            from trainers.models.openmmlab import config_path
 
             config_path(n)  # the extra is installed and the zoo has that config
         elif n == "yolov5":
-            from trainers.mm_detectors import require
+            from trainers.models.openmmlab import require
 
             try:
                 require(yolo=True)
@@ -124,7 +128,7 @@ def check_supported(job: Job) -> None:
 
 
 def weights_config(job: Job) -> WeightsConfig:
-    """Where the job's initial weights come from (``trainers.weights.sources``), handed to every trial."""
+    """Where the job's initial weights come from (``trainers.models.weights.sources``), handed to every trial."""
     from trainers.data.urls import join
 
     ext = job.spec.visionsweep
@@ -141,10 +145,8 @@ def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None) 
     """Before any trial: every model the job can train has its weights somewhere (else one ``WeightsError``
     naming each model, its file, every place looked and the pull command). Returns the config with the cache
     paths the driver saw (a trial on this machine uses them) and the plan written to ``weights.json``."""
-    from trainers import weights
-
     names = job.model_names() if names is None else names
-    found = weights.check(job.task, [(n, job.model_sizes() if n == "yolov5" else None) for n in names], cfg)
+    found = check_models(job.task, [(n, job.model_sizes() if n == "yolov5" else None) for n in names], cfg)
     seen = {e.file: where.where for e, where in found if where.source == "cache"}
     plan = {"pretrained": cfg.pretrained,
             "models": {e.label: {"source": where.source, "where": _public(where.where), "detail": where.detail,
@@ -268,7 +270,7 @@ def max_epochs(job: Job) -> int:
 
 def weights_available(job: Job, cfg: WeightsConfig) -> Callable[[str], str | None]:
     """For AutoMode: None when a model's weights can be had (or are not needed), else why not."""
-    from trainers.weights import entries_for, locate, needs_folder
+    from trainers.models.weights.sources import locate
 
     def why_not(name: str) -> str | None:
         if not cfg.pretrained and not needs_folder(name):
@@ -287,11 +289,7 @@ def weights_available(job: Job, cfg: WeightsConfig) -> Callable[[str], str | Non
 
 def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str], str | None] | None = None) -> Plan:
     from scheduler import automode
-    from scheduler.policies import create_scheduler
     from scheduler.policies.ray_adapter import PolicyScheduler
-    from scheduler.spec import AshaPolicy
-    from scheduler.searchers import SpaceSearcher
-    from scheduler.warmstart import load_prior_trials
 
     epochs_of = functools.partial(trial_epochs, job.task, trial_fixed(job))  # a stop at the last epoch is a finish
 
@@ -305,7 +303,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str]
                           spec.visionsweep.pretrained)
         searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
-        scheduler = create_scheduler(AshaPolicy(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
+        scheduler = create_scheduler(AshaSettings(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
                                      str(run_dir), epochs_of)
         notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
                      f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "

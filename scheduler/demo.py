@@ -62,7 +62,7 @@ def run_demo(output: str | None = None) -> int:
     from scheduler.controller import run_job
     from scheduler.leaderboard import format_table
     from scheduler.spec import load_job
-    from trainers.weights.sources import STORE_ENV
+    from trainers.models.weights.sources import STORE_ENV
 
     if (WEIGHTS_STORE / "mobilenet_v2-b0353104.pth").is_file():
         os.environ.setdefault(STORE_ENV, str(WEIGHTS_STORE))

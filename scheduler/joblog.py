@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from scheduler.spec.redact import redact
 from trainers.logs import set_verbosity
 
 
@@ -20,8 +21,6 @@ class RedactingFilter(logging.Filter):
         self.secrets.update(secrets)
 
     def redact(self, text: str) -> str:
-        from scheduler.spec import redact
-
         return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -23,7 +23,10 @@ from typing import Any
 
 from ray.tune import Callback
 
+from scheduler.spec.redact import redact
+
 log = logging.getLogger(__name__)
+
 
 class MlflowTracker(Callback):
     """A Ray Tune callback that writes to MLflow from a background thread.
@@ -203,14 +206,12 @@ class _TrialRef:
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
     """A trial's MLflow params: its sampled hyperparameters as strings, credentials in them as ``***``
     (a value could be a URL with a SAS signature, e.g. a model folder on storage)."""
-    from scheduler.spec import redact
 
     return {k: redact(str(v)) for k, v in config.items()}
 
 
 def weights_params(provenance: dict[str, Any]) -> dict[str, str]:
     """A trial's initial weights as MLflow params (``initial_weights.source`` / ``.file`` / ``.sha256`` ...)."""
-    from scheduler.spec import redact
 
     keys = ("source", "weights", "file", "sha256", "origin", "location", "licence")
     return {f"initial_weights.{k}": redact(str(provenance[k]))[:500] for k in keys if provenance.get(k) is not None}

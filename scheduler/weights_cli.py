@@ -15,11 +15,12 @@ import sys
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
+from trainers.models.weights.manifest import NoPublishedWeights, entries_for, listing, zoo_names
+from trainers.models.weights.sources import STORE_ENV, WeightsConfig
+from trainers.models.weights.store import pull, verify_store
 
 
 def _list(args) -> int:
-    from trainers.weights.manifest import NoPublishedWeights, listing
-
     rows = listing(args.task, args.names or None)
     if args.json:
         print(json.dumps([r.as_dict() if not isinstance(r, NoPublishedWeights) else
@@ -37,8 +38,6 @@ def _list(args) -> int:
 
 
 def _entries(args):
-    from trainers.weights.manifest import entries_for, zoo_names
-
     names = [(args.task, n) for n in args.names] or zoo_names(args.task)
     if not names:
         raise VisionsweepError("weights pull: name the models (or --task T for every model of a task)")
@@ -54,16 +53,12 @@ def _entries(args):
 
 
 def _config(store: str | None = None):
-    from trainers.weights import WeightsConfig
-
     return WeightsConfig.create(store=store, download=True)
 
 
 def _pull(args) -> int:
     import os
 
-    from trainers.weights.sources import STORE_ENV
-    from trainers.weights.store import pull
 
     to = args.to or os.environ.get(STORE_ENV)
     if not to:
@@ -74,8 +69,6 @@ def _pull(args) -> int:
 
 
 def _verify(args) -> int:
-    from trainers.weights.store import verify_store
-
     r = verify_store(args.store, _config(), echo=print)
     print(f"{len(r['ok'])} ok, {len(r['mismatch'])} mismatched, {len(r['unchecked'])} without a hash to check")
     return 0

@@ -37,6 +37,7 @@ from serving.mirror import Mirror
 from serving.probes import ProbeState
 from serving.schema import BadRequest, parse_request, read_body
 from serving.specs import Batching
+from trainers.errors import VisionsweepError
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 logger = logging.getLogger("ray.serve")
@@ -107,7 +108,6 @@ class ModelServer:
     async def explain(self, image: bytes, xai: dict[str, Any]) -> dict[str, Any]:
         if self.error:
             return {"error": f"deployment not ready: {self.error}", "status": 503}
-        from trainers.errors import VisionsweepError
 
         pil, error = await self._decode(image)
         if error:

@@ -19,7 +19,7 @@ from typing import Any
 from serving.keys import key_check, new_key, new_salt
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
-from trainers.registry import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
+from trainers.package.references import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
 
 
 def home() -> Path:

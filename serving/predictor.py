@@ -1,13 +1,11 @@
 """Model package -> predictions in the managed service's response JSON (SPEC §15).
 
 Classification (multi-class and multi-label alike)::
-
     [{"probs": [0.02, 0.97, 0.01], "labels": ["cat", "dog", "fox"]}]
 
 ``probs`` is aligned with ``labels`` (softmax for multi-class, per-label sigmoid for multi-label).
 
 Object detection (coordinates normalised to [0, 1] by the image's width and height)::
-
     [{"boxes": [{"box": {"topX": 0.22, "topY": 0.28, "bottomX": 0.40, "bottomY": 0.62}, "label": "milk_bottle",
                  "score": 0.94}]}]
 
@@ -34,10 +32,11 @@ from serving.schema import MAX_IMAGE_PIXELS
 from trainers import hyperparameters as hp
 from trainers.errors import DataError, VisionsweepError
 from trainers.package import load_package
+from trainers.polygons import mask_to_polygons
 from trainers.tasks import make_task
+from trainers.tiling import parse_grid
 from trainers.transforms import eval_transform
 from trainers.workers import Runtime
-
 
 BadImage = DataError  # an input that is not a decodable image (a 400 when served)
 
@@ -87,8 +86,6 @@ class Predictor:
         if self.classification:
             self.transform = eval_transform(int(s["validation_resize_size"]), int(s["validation_crop_size"]))
         else:
-            from trainers.tiling import parse_grid
-
             try:
                 parse_grid(s.get("tile_grid_size"))  # a bad override is an error now, not at the first request
             except ValueError as e:
@@ -125,7 +122,6 @@ def format_detections(out: dict[str, torch.Tensor], width: int, height: int, cla
                       settings: dict[str, Any], segmentation: bool = False) -> dict[str, Any]:
     """One image's detector output (pixel ``boxes``, ``labels`` with 0 = background, ``scores``, ``masks``)
     -> its §15 response object, best score first. ``settings`` holds every §9.5 setting of the task."""
-    from trainers.polygons import mask_to_polygons
 
     thr = float(settings["box_score_threshold"])
     boxes = out["boxes"].float().cpu()

@@ -1,12 +1,10 @@
 """Endpoint and deployment files in the managed service's YAML shape (SPEC §9.3), and traffic rules.
 
 Endpoint::
-
     name: fridge-items-endpoint
     auth_mode: key            # or none, by explicit choice
 
 Deployment::
-
     name: blue
     endpoint_name: fridge-items-endpoint
     model: runs/my-run/best   # a model package folder or URI
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainers.data.urls import is_url
 from trainers.errors import SpecError
+from trainers.package.references import is_registry_reference
 
 _F = ConfigDict(extra="forbid")
 _NAME = r"^[a-zA-Z][a-zA-Z0-9-]{1,31}$"
@@ -138,7 +137,6 @@ def load_deployment(path: str | Path) -> DeploymentSpec:
 
 def local_model_path(model: str, base: Path) -> str:
     """``model`` as an absolute path when it is a local path; URIs and registry references unchanged."""
-    from trainers.registry import is_registry_reference
 
     if is_url(model) or is_registry_reference(model):
         return model

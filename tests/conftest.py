@@ -87,8 +87,8 @@ def make_detection_package(root: Path, name: str, task: str, classes=("cat", "do
     """A detector package with random weights at a small input size (64-96 px), for response-shape tests."""
     import torch
 
-    from trainers.detection_models import build_detector
     from trainers.hyperparameters import resolve_hyperparameters
+    from trainers.models.detectors import build_detector
     from trainers.package import save_package
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def tiny_hf_classifier(tmp_path_factory) -> Path:
 def classifier(tmp_path) -> Path:
     """A resnet18 classification package (3 classes, 32 px, random weights) for package-level tests."""
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
     from trainers.package import save_package
 
     h = resolve_hyperparameters("image_classification", {

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_detection_package
 from serving.predictor import Predictor, format_detections
-from trainers.detection_models import list_detectors
+from tests.conftest import make_detection_package
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import DETECTION_MODELS, SEGMENTATION_MODELS
+from trainers.models.detectors import list_detectors
 from trainers.polygons import mask_to_polygons, polygons_to_mask
 
 IMAGE = (Path(__file__).resolve().parent.parent / "trainers" / "sample_data" / "fashion_mnist" / "images"

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from serving.predictor import Predictor, format_detections
-from trainers.detection_models import build_detector, get_detector_entry, list_detectors
 from trainers.hyperparameters import DETECTION, SEGMENTATION, resolve_hyperparameters
+from trainers.models.detectors import build_detector, get_detector_entry, list_detectors
 from trainers.package import save_package
 from trainers.tasks.detection import DetectionTask, SegmentationTask
 

@@ -14,9 +14,9 @@ from trainers import hyperparameters as hp
 from trainers.data import prepare_data
 from trainers.engine import train
 from trainers.errors import VisionsweepError
-from trainers.hf_models import CURATED, hub_id
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.models import build_model
+from trainers.models.classifiers import build_model
+from trainers.models.names import CURATED_HF, hub_id
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +27,9 @@ def offline(monkeypatch):
 def test_both_spellings_of_the_curated_models_name_the_same_hub_model():
     assert hub_id("google-vit-base-patch16-224") == "google/vit-base-patch16-224"
     assert hub_id("google/vit-base-patch16-224") == "google/vit-base-patch16-224"
-    assert sorted(CURATED) == sorted(["google-vit-base-patch16-224", "microsoft-swinv2-base-patch4-window12-192-22k",
+    assert sorted(CURATED_HF) == sorted(["google-vit-base-patch16-224", "microsoft-swinv2-base-patch4-window12-192-22k",
                                       "facebook-deit-base-patch16-224", "microsoft-beit-base-patch16-224-pt22k-ft22k"])
-    for name in (*CURATED, *CURATED.values()):
+    for name in (*CURATED_HF, *CURATED_HF.values()):
         assert hp.model_backend(name) == "huggingface"
         assert hp.check_model_name(hp.MULTILABEL, name, "model_name") == name
     with pytest.raises(Exception, match="only valid for classification"):

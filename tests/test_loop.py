@@ -10,8 +10,9 @@ import pytest
 from serving.predictor import BadImage, Predictor
 from trainers import hyperparameters as hp
 from trainers.data import prepare_data
+from trainers.engine import lr_factor, train
+from trainers.errors import TrainingError
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.engine import TrainingError, lr_factor, train
 from trainers.metrics import multiclass_metrics, multilabel_metrics
 from trainers.tasks import make_task
 
@@ -83,6 +84,7 @@ def test_multilabel_trains_and_reports_iou(sample):
 
 def test_frozen_layers_do_not_change(small_data, tmp_path):
     import torch
+
     from trainers.package import load_package
 
     _, reports = run(small_data, number_of_epochs=1, layers_to_freeze=5, early_stopping=False)
@@ -90,7 +92,7 @@ def test_frozen_layers_do_not_change(small_data, tmp_path):
     save(str(tmp_path / "p"))
     trained = load_package(str(tmp_path / "p")).model
     torch.manual_seed(0)  # the loop seeds with random_seed (default 0) before building the model
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     init = build_model("resnet18", 3, 32)
     assert torch.equal(trained.layer4[0].conv1.weight, init.layer4[0].conv1.weight)

@@ -12,7 +12,7 @@ import torch
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.mm_detectors import require
+from trainers.models.openmmlab import require
 
 try:
     require(yolo=True)
@@ -25,14 +25,10 @@ from serving.predictor import Predictor  # noqa: E402
 from trainers.data import prepare_data  # noqa: E402
 from trainers.engine import train  # noqa: E402
 from trainers.hyperparameters import resolve_hyperparameters  # noqa: E402
-from trainers.mm_detectors import config_path  # noqa: E402
+from trainers.models.names import CURATED_MMDET as CURATED  # noqa: E402
+from trainers.models.openmmlab import config_path  # noqa: E402
 
-
-CURATED_MMDET = ["mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
-                 "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
-                 "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco", "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
-                 "mmd-3x-yolof_r50_c5_8x8_1x_coco", "mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco"]
+CURATED_MMDET = [m for names in CURATED.values() for m in names]  # §5.3, by task
 
 
 def test_zoo_names_in_every_spelling_find_their_config():
@@ -43,14 +39,14 @@ def test_zoo_names_in_every_spelling_find_their_config():
     with pytest.raises(VisionsweepError, match="no MMDetection config of that name.*close names: atss_r50_fpn_1x_coco"):
         config_path("atss_r50_fpn_1x_cocoa")
     # where there is internet, download_weights fetches the zoo's COCO checkpoint named in the metafile
-    from trainers.mm_detectors import checkpoint_url
+    from trainers.models.openmmlab import checkpoint_url
 
     assert checkpoint_url("atss_r50_fpn_1x_coco", {}).startswith("https://download.openmmlab.com/mmdetection/")
     assert "yolov5_s-v61" in checkpoint_url("yolov5", {"model_size": "small"})
 
 
 def test_a_zoo_style_checkpoint_loads_from_pretrained_weights(tmp_path):
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
 
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
     torch.manual_seed(1)
@@ -96,7 +92,7 @@ def test_an_openmmlab_model_trains_predicts_and_serves_from_its_package(task, mo
         assert b["label"] in data.classes and 0 <= b["box"]["topX"] <= b["box"]["bottomX"] <= 1
         assert ("polygon" in b) == (task == hp.SEGMENTATION)
     # layers_to_freeze 1: the stem kept its initial weights (the loop seeds with random_seed 0), the rest trained
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
 
     torch.manual_seed(0)
     init = dict(build_detector(model, len(data.classes), h, segmentation=task == hp.SEGMENTATION).named_parameters())
@@ -172,9 +168,9 @@ sweep:
 def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     import onnxruntime as ort
 
-    from trainers.detection_models import build_detector
-    from trainers.onnx_export import export_onnx
+    from trainers.models.detectors import build_detector
     from trainers.package import save_package
+    from trainers.package.onnx import export_onnx
 
     torch.manual_seed(0)
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
@@ -183,7 +179,7 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     # untrained, the boxes are large, overlap and score alike, so which of two near-twins NMS keeps flips on
     # float noise: the check runs with NMS at IoU 1 (only exact duplicates go) over the ~15 most confident
-    from trainers.onnx_export import _YoloGraph
+    from trainers.package.onnx import _YoloGraph
 
     loose = {**h, "box_score_threshold": 0.0, "nms_iou_threshold": 1.0}
     det = build_detector("yolov5", 2, loose).eval()
@@ -211,7 +207,7 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
 @pytest.mark.parametrize("name", CURATED_MMDET)
 def test_each_curated_mmdetection_model_takes_a_training_step_and_predicts(name):
     """§5.3's curated models (R-50/R-101/X-101/Swin: about 10-40 s each on CPU, hence `-m slow`)."""
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
 
     seg = "mask-rcnn" in name
     task = hp.SEGMENTATION if seg else hp.DETECTION

@@ -7,7 +7,7 @@ import torch
 
 from trainers import hyperparameters as hp
 from trainers.errors import SpecError
-from trainers.models import build_model, freeze_layers, list_models
+from trainers.models.classifiers import build_model, freeze_layers, list_models
 
 
 def test_registry_covers_the_classification_zoo():

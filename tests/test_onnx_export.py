@@ -18,15 +18,15 @@ from serving.predictor import Predictor
 from tests.conftest import make_detection_package
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.onnx_export import export_onnx
 from trainers.package import save_package
+from trainers.package.onnx import export_onnx
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 from trainers.workers import Runtime
 
 
 def _classifier(root: Path, name: str) -> Path:
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     torch.manual_seed(0)
     h = resolve_hyperparameters(hp.MULTICLASS, {"model_name": name, "validation_resize_size": 32,
@@ -111,7 +111,7 @@ def test_the_jobs_enable_onnx_normalization_decides_the_default_export(tmp_path,
     """§14: a trial's ``enable_onnx_normalization`` is kept in its package and is what an export does
     when the command does not say otherwise."""
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     torch.manual_seed(0)
     h = resolve_hyperparameters(hp.MULTICLASS, {"model_name": "resnet18", "validation_resize_size": 32,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainers.errors import VisionsweepError
-from trainers.registry import fetch_registered, pin_registered, registry_model_uri
+from trainers.package.references import fetch_registered, pin_registered, registry_model_uri
 
 
 def register(registry: str, package: Path, name: str) -> str:

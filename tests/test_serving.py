@@ -41,8 +41,8 @@ def free_port() -> int:
 def package(tmp_path_factory):
     """A real model package: ResNet-18 trained one epoch on the bundled sample at 32x32."""
     from trainers.data import prepare_data
-    from trainers.hyperparameters import resolve_hyperparameters
     from trainers.engine import train
+    from trainers.hyperparameters import resolve_hyperparameters
 
     data = prepare_data("image_classification", "label", str(SAMPLE / "train"), None, 0.2, 0)
     data.train, data.valid = data.train[:64], data.valid[:32]
@@ -351,7 +351,7 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, trained_box_packa
 
     from tests.test_registry import register
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
     from trainers.package import save_package
 
     torch.manual_seed(0)

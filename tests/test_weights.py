@@ -27,9 +27,10 @@ import torch
 from tests.conftest import MOBILENET_FILE, ROOT
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.weights import WeightsConfig, WeightsError, check, entry, initial_weights
-from trainers.weights.sources import ORIGIN_OVERRIDE_ENV, TIMEOUT_ENV
-from trainers.weights.verify import HashMismatch, STORE_INDEX
+from trainers.models.weights.manifest import entry
+from trainers.models.weights.resolve import check, initial_weights
+from trainers.models.weights.sources import ORIGIN_OVERRIDE_ENV, TIMEOUT_ENV, WeightsConfig, WeightsError
+from trainers.models.weights.verify import STORE_INDEX, HashMismatch
 
 TV_ORIGIN = "https://download.pytorch.org/models/"
 MC = hp.MULTICLASS
@@ -104,7 +105,7 @@ def test_weights_list_prints_the_manifest_as_json():
 # --- the sources, in order -----------------------------------------------------------------------------
 
 def test_a_store_folder_gives_the_published_file_checked_against_its_hash(tmp_path, mobilenet_weights):
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     store = tmp_path / "store"
     store.mkdir()
@@ -117,13 +118,12 @@ def test_a_store_folder_gives_the_published_file_checked_against_its_hash(tmp_pa
 
 
 def test_explicit_weights_win_over_the_store(tmp_path, mobilenet_weights):
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     torch.manual_seed(3)
     own = tmp_path / "mine.safetensors"
-    from safetensors.torch import save_file
-
     import torchvision
+    from safetensors.torch import save_file
 
     save_file(torchvision.models.mobilenet_v2(num_classes=3).state_dict(), str(own))
     store = tmp_path / "store"
@@ -201,7 +201,7 @@ def test_a_hugging_face_model_starts_from_the_cache_checked_by_its_blob_names(tm
                                                                               tiny_hf_classifier):
     from safetensors.torch import load_file
 
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
 
     repo = "visionsweep-tests/tiny-vit"
     repo_dir = _hf_cache(tmp_path / "hf", repo, tiny_hf_classifier)
@@ -334,7 +334,7 @@ def test_a_detector_starts_from_coco_weights_with_new_class_heads_and_frozen_bat
     import torchvision
     from torchvision.ops import FrozenBatchNorm2d
 
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
     from trainers.package import load_package, save_package
 
     torch.manual_seed(0)
@@ -367,7 +367,7 @@ def test_a_detector_starts_from_coco_weights_with_new_class_heads_and_frozen_bat
 def test_other_depths_start_from_the_imagenet_backbone_under_a_fresh_fpn(tmp_path):
     import torchvision
 
-    from trainers.detection_models import build_detector
+    from trainers.models.detectors import build_detector
 
     resnet = torchvision.models.resnet18()
     ckpt = tmp_path / "resnet18.pth"
@@ -385,7 +385,7 @@ def test_a_timm_vit_starts_from_its_hub_file_and_takes_imagenet_normalised_input
     import timm
     from safetensors.torch import save_file
 
-    from trainers.models import build_model
+    from trainers.models.classifiers import build_model
     from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     e = entry("vits16r224", MC)
@@ -566,7 +566,7 @@ def test_mmdetection_models_start_from_their_configs_optimiser(name, kind):
     pytest.importorskip("mmdet")
     from mmengine.config import Config
 
-    from trainers.mm_detectors import config_path
+    from trainers.models.openmmlab import config_path
 
     cfg = Config.fromfile(str(config_path(name)))
     opt, base = cfg.optim_wrapper.optimizer, cfg.get("auto_scale_lr", {}).get("base_batch_size", 16)

@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainers.data import PreparedData
-from trainers.errors import VisionsweepError
+from trainers.errors import TrainingError
+from trainers.models.weights.initial import InitialWeights
 from trainers.package import save_package
 from trainers.tasks import Task, make_task
 from trainers.workers import SINGLE, Runtime, Workers
@@ -47,10 +48,6 @@ from trainers.workers import SINGLE, Runtime, Workers
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Optional[Callable[[str], None]]], None]
-
-
-class TrainingError(VisionsweepError):
-    """Training cannot go on (a non-finite loss, an invalid setting for the chosen model)."""
 
 
 def make_optimizer(params, h: dict[str, Any]) -> torch.optim.Optimizer:
@@ -143,7 +140,6 @@ def start_from(task: Task, h: dict[str, Any], weights: Any, resume_from: str | N
     it recorded; the provenance a checkpoint carries stays that of the trial's first start."""
     import json
 
-    from trainers.weights import InitialWeights
 
     package = resume_from or (weights if isinstance(weights, str) and Path(weights).is_dir() else None)
     if package:
@@ -176,7 +172,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
           workers: Workers = SINGLE) -> dict[str, Any]:
     """Train one trial with resolved hyperparameters ``h``; returns a summary of the run.
 
-    ``weights``: what to start from: an ``InitialWeights`` (published weights found by ``trainers.weights``), a
+    ``weights``: what to start from: an ``InitialWeights`` (published weights found by ``trainers.models.weights``), a
     weights file, or a model package folder (an earlier run's model for incremental training); tensors whose
     shape differs (a new head) are re-initialised; None: random initialisation. ``resume_from``: a checkpoint
     folder written by this loop; training goes on after the epoch it was taken at, with the optimiser,

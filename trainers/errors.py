@@ -29,5 +29,9 @@ class NotSupportedYet(VisionsweepError):
         super().__init__(msg)
 
 
+class TrainingError(VisionsweepError):
+    """Training cannot go on (a non-finite loss, an invalid setting for the chosen model)."""
+
+
 class ImageNotFound(DataError):
     """One image does not exist (a bad line, not a storage-wide problem): the pre-sweep check lists these."""

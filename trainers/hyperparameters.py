@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Mapping
 
 from trainers.errors import SpecError
+from trainers.models.names import model_backend
 
 # --- tasks (§1) -------------------------------------------------------------------------------
 
@@ -61,20 +62,6 @@ DEFAULT_MODEL = {
     DETECTION: "yolov5",
     SEGMENTATION: "maskrcnn_resnet50_fpn",
 }
-
-MMDET_PREFIX = "mmd-3x-"
-
-
-def model_backend(model_name: str) -> str:
-    """Which trainer family a model name belongs to: ``builtin``, ``huggingface`` or ``mmdetection`` (§4.3)."""
-    from trainers.hf_models import is_hf_name
-
-    if is_hf_name(model_name):  # a hub id, a local folder, or a curated registry name (§5.3)
-        return "huggingface"
-    if model_name.startswith(MMDET_PREFIX) or re.search(r"_coco$", model_name):
-        return "mmdetection"
-    return "builtin"
-
 
 def check_model_name(task: str, model_name: Any, where: str) -> str:
     """Validate a ``model_name`` for a task; hub / model-zoo names are accepted by shape (§5.3)."""
@@ -301,7 +288,7 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
         if model_backend(model_name) == "huggingface":
             # §13 A13 leaves them open: the fine-tuning settings of the transformers image-classification guide
             out.update(HF_FINE_TUNING)
-            from trainers.hf_models import default_input_size
+            from trainers.models.huggingface import default_input_size
 
             size = default_input_size(model_name)  # the model's own input size, where its config is here
             if size:
@@ -312,7 +299,7 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
     else:
         out.update(training_batch_size=2, validation_batch_size=1, learning_rate=0.005)
         if model_backend(model_name) == "mmdetection":  # §13 A13: the zoo config's own optimiser
-            from trainers.mm_detectors import optimizer_defaults
+            from trainers.models.openmmlab import optimizer_defaults
 
             out.update(optimizer_defaults(model_name, out["training_batch_size"]))
     return out
@@ -349,90 +336,6 @@ def check_param(task: str, name: str, value: Any, where: str, model_name: str | 
     if name == "model_name":
         return check_model_name(task, value, where)
     return p.coerce(value, where)
-
-
-# layers_to_freeze groups of the detectors' resnet_backbone family (§6.3); classifiers: trainers.models
-_BOX_FREEZE_GROUPS = 5
-_YOLO_FREEZE_GROUPS = 10  # yolov5_backbone: model.0. ... model.9. (§6.3)
-
-
-def check_combination(task: str, values: Mapping[str, list[Any]], where: str | Callable[[str], str],
-                      drawn: Collection[str] = ()) -> None:
-    """Rules across parameters, checked at job time on every value each parameter can take, so a job that
-    some trial could not train with fails before the sweep rather than trial by trial.
-
-    ``values`` maps a canonical name to the values it can take: one for a fixed value, all of a choice,
-    and the smallest and largest for another distribution (every rule here is monotone in each parameter,
-    so the extremes stand for the values between them). ``drawn`` names the parameters that each trial
-    draws from such a distribution. A parameter that is absent takes its default for the model.
-    ``where``: the location of a parameter in the job (``name -> "FILE:LINE: yaml.path"``), or one
-    location for all.
-    """
-    at = where if callable(where) else (lambda name: where)
-    models = values.get("model_name", [DEFAULT_MODEL[task]])
-    for lo in values.get("min_size", []):
-        for hi in values.get("max_size", []):
-            if lo > hi:
-                raise SpecError(f"{at('min_size')}: min_size ({lo:g}) must be <= max_size ({hi:g}): images are "
-                                "resized so that the short side is min_size unless the long side would pass max_size")
-    if task in CLASSIFICATION_TASKS:
-        for m in models:
-            _check_crops(task, m, values, at, drawn)
-    for n in values.get("layers_to_freeze", []):
-        for m in models:
-            if not n or model_backend(m) != "builtin":
-                continue
-            if m == "yolov5":
-                limit = _YOLO_FREEZE_GROUPS
-            elif task in BOX_TASKS:
-                limit = _BOX_FREEZE_GROUPS
-            else:
-                from trainers.models import get_entry
-
-                groups = get_entry(m).freeze_groups
-                if groups is None:
-                    raise SpecError(f"{at('layers_to_freeze')}: layers_to_freeze: model {m} has no layer groups "
-                                    "to freeze (§6.3)")
-                limit = len(groups)
-            if n > limit:
-                got = "it can be" if "layers_to_freeze" in drawn else "got"
-                raise SpecError(f"{at('layers_to_freeze')}: layers_to_freeze: {m} has {limit} layer groups "
-                                f"(§6.3), but {got} {n:g}")
-
-
-_CROPS = ("training_crop_size", "validation_crop_size", "validation_resize_size")
-
-
-def _check_crops(task: str, model: str, values: Mapping[str, list[Any]], at: Callable[[str], str],
-                 drawn: Collection[str]) -> None:
-    """§6.4: ``validation_resize_size >= validation_crop_size``, and the ViTs need equal training and
-    validation crops (their position embedding is built for one input size)."""
-    given = {n for n in _CROPS if n in values or n in drawn}
-    if not given:
-        return  # the model's defaults, which fit
-    unbounded = {n for n in given if n not in values}  # drawn from the normal family: any value
-    defaults = task_model_defaults(task, model)
-    v = {n: values.get(n) or [defaults[n]] for n in _CROPS}
-    resize, crop = "validation_resize_size", "validation_crop_size"
-    if not {resize, crop} & unbounded and min(v[resize]) < max(v[crop]):
-        name = crop if crop in given else resize
-        raise SpecError(f"{at(name)}: validation_resize_size ({min(v[resize]):g}) must be >= validation_crop_size "
-                        f"({max(v[crop]):g}): the validation crop is cut from the resized image (§6.4)")
-    train, valid = "training_crop_size", "validation_crop_size"
-    if not {train, valid} & given or model_backend(model) != "builtin":
-        return
-    unequal = bool({train, valid} & set(drawn)) or len(set(v[train]) | set(v[valid])) > 1
-    if not unequal:
-        return
-    from trainers.models import fixed_input
-
-    if fixed_input(model):
-        name = next((n for n in (train, valid) if n in drawn), None) or (train if train in given else valid)
-        why = (f"{name} is drawn from a distribution for each trial, independently of the other crop; fix both, "
-               "or give each value its own sub-space" if name in drawn else
-               f"they can be {', '.join(f'{x:g}' for x in v[train])} and {', '.join(f'{x:g}' for x in v[valid])}")
-        raise SpecError(f"{at(name)}: {model} needs training_crop_size == validation_crop_size for every trial "
-                        f"(§6.4), but {why}")
 
 
 def resolve_hyperparameters(task: str, fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
 from trainers.engine import Workers, train
 from trainers.errors import VisionsweepError
-from trainers.logs import apply_in_worker
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.weights import WeightsConfig, initial_weights
+from trainers.logs import apply_in_worker
+from trainers.models.weights.resolve import initial_weights
+from trainers.models.weights.sources import WeightsConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _materialize(data: PreparedData) -> None:
 
 def _initial(h: dict[str, Any], data: PreparedData, weights: WeightsConfig, init_package: str | None):
     """What a fresh trial starts from, on this node: an earlier model (``checkpoint_run_id``) wins over the
-    published weights, which are fetched here (once per node, see ``trainers.weights``)."""
+    published weights, which are fetched here (once per node, see ``trainers.models.weights``)."""
     return init_package or initial_weights(h, data.task, weights)
 
 

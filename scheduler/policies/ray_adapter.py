@@ -98,7 +98,7 @@ class RecordingASHA(ASHAScheduler):
 
     def __init__(self, *, max_epochs: int, grace_period: int, reduction_factor: float, run_dir: str | None = None,
                  epochs_of: Callable[[dict], int] | None = None):
-        # (the settings' defaults are the job file's: scheduler.spec.AshaPolicy)
+        # (the settings' defaults are the job file's: scheduler.policies.configs.AshaSettings)
         # metric and mode come from the Tuner (set_search_properties), which refuses a scheduler that has them
         super().__init__(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                          reduction_factor=reduction_factor)

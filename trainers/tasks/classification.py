@@ -16,7 +16,8 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers import metrics
 from trainers.data.datasets import ImageDataset
-from trainers.models import build_model, fixed_input, freeze_layers
+from trainers.errors import TrainingError
+from trainers.models.classifiers import build_model, fixed_input, freeze_layers
 from trainers.tasks.base import Task
 from trainers.transforms import eval_transform, train_transform
 from trainers.workers import Runtime, interleave
@@ -42,7 +43,6 @@ class ClassificationTask(Task):
 
     # --- the Task interface ----------------------------------------------------------------------
     def check(self, h: dict[str, Any]) -> None:
-        from trainers.engine import TrainingError
 
         if fixed_input(h["model_name"]) and h["training_crop_size"] != h["validation_crop_size"]:
             raise TrainingError(f"{h['model_name']} needs training_crop_size == validation_crop_size (§6.4), "

@@ -32,7 +32,13 @@ from torch import nn
 
 from trainers import hyperparameters as hp
 from trainers.data.datasets import ImageDataset
+from trainers.detection_metrics import detection_metrics, encode_masks
+from trainers.errors import TrainingError
+from trainers.models.detectors import build_detector, detector_architecture, get_detector_entry, score_threshold
+from trainers.models.loading import freeze_prefix_groups
+from trainers.polygons import polygons_to_mask
 from trainers.tasks.base import Task
+from trainers.tiling import crop_target, parse_grid, predict_tiled, tile_windows
 from trainers.workers import Runtime
 
 # layers_to_freeze for the resnet_backbone family (§6.3); the stem's batch norm goes with its conv
@@ -52,7 +58,7 @@ def collate_lists(batch: list) -> tuple:
 
 
 def is_openmmlab(model_name: str) -> bool:
-    """YOLOv5 (mmyolo) and MMDetection models train through ``trainers.mm_detectors``."""
+    """YOLOv5 (mmyolo) and MMDetection models train through ``trainers.models.openmmlab``."""
     return model_name == "yolov5" or hp.model_backend(model_name) == "mmdetection"
 
 
@@ -65,11 +71,8 @@ class DetectionTask(Task):
 
     # --- before training ---------------------------------------------------------------------------
     def check(self, h: dict[str, Any]) -> None:
-        from trainers.engine import TrainingError
-        from trainers.detection_models import get_detector_entry
-
         if is_openmmlab(h["model_name"]):
-            from trainers.mm_detectors import input_size_ok, require
+            from trainers.models.openmmlab import input_size_ok, require
 
             require(yolo=h["model_name"] == "yolov5")
             input_size_ok(h)
@@ -81,29 +84,21 @@ class DetectionTask(Task):
             raise TrainingError(f"min_size ({h['min_size']}) must be <= max_size ({h['max_size']})")
 
     def architecture(self, h, weights):
-        from trainers.detection_models import detector_architecture
-
         return detector_architecture(h["model_name"], weights)
 
     def build_model(self, h, weights, architecture) -> nn.Module:
-        from trainers.detection_models import build_detector
-
         return build_detector(h["model_name"], len(self.classes), h, weights, segmentation=self.segmentation,
                               architecture=architecture)
 
     def freeze(self, model, h) -> None:
-        from trainers.models import freeze_prefix_groups
-
         groups = RESNET_BACKBONE_GROUPS
         if is_openmmlab(h["model_name"]):
-            from trainers.mm_detectors import freeze_groups
+            from trainers.models.openmmlab import freeze_groups
 
             groups = freeze_groups(model, h["model_name"])
         freeze_prefix_groups(model, h["model_name"], groups, h.get("layers_to_freeze"))
 
     def train_dataset(self, h, data):
-        from trainers.tiling import parse_grid
-
         advanced = h.get("advanced_settings") or {}
         augment = hp.as_bool(advanced.get("apply_automl_train_augmentations", True))
         if h["model_name"] == "yolov5":  # §7.1: mosaic, random affine, flip; letterboxed to image_size
@@ -132,7 +127,6 @@ class DetectionTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, images: list[torch.Tensor], h: dict[str, Any], rt: Runtime) -> list[dict]:
         """Raw detector outputs (full-image pixel coordinates) for a list of images, tiled when configured."""
-        from trainers.tiling import parse_grid, predict_tiled
 
         grid = parse_grid(h.get("tile_grid_size"))
         with rt.autocast():
@@ -144,10 +138,6 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, net, loader, rt: Runtime, h) -> dict[str, Any]:
-        from trainers.detection_metrics import detection_metrics, encode_masks
-
-        from trainers.detection_models import score_threshold
-
         model = getattr(net, "module", net)  # predictions need no DDP: each worker predicts its own slice
         model.eval()
         preds, gts = [], []
@@ -206,8 +196,6 @@ class DetectionSample:
         self._pipelines = None
 
     def target(self, record, width: int, height: int) -> dict[str, Any]:
-        from trainers.polygons import polygons_to_mask
-
         boxes = [b for b in record.label if not (self.train and b.is_crowd)]
         t: dict[str, Any] = {
             "boxes": torch.tensor([[b.top_x * width, b.top_y * height, b.bottom_x * width, b.bottom_y * height]
@@ -221,8 +209,6 @@ class DetectionSample:
             if self.train:
                 t["masks"] = torch.from_numpy(masks.astype(np.uint8))
             else:
-                from trainers.detection_metrics import encode_masks
-
                 t["masks"] = encode_masks(masks)
         if not self.train:
             t["size"] = (height, width)
@@ -236,8 +222,6 @@ class DetectionSample:
         if not self.train:
             return F.to_dtype(img, torch.float32, scale=True), target
         if view > 0:
-            from trainers.tiling import crop_target, tile_windows
-
             x0, y0, x1, y1 = tile_windows(image.width, image.height, self.grid, self.overlap)[view - 1]
             img = img[:, y0:y1, x0:x1]
             target = crop_target(target, (x0, y0, x1, y1))

@@ -15,6 +15,7 @@ from typing import Iterator
 from trainers import hyperparameters as hp
 from trainers.data.converters.rows import Row, Warnings, box, image_size, instance, positive_size
 from trainers.errors import DataError
+from trainers.polygons import mask_to_polygons
 
 
 def read(src: Path, task: str, warn: Warnings, images: str | None = None) -> Iterator[Row]:
@@ -138,7 +139,6 @@ def _rle_polygons(seg: dict, where: str) -> list[list[float]]:
     """Compressed (``counts`` string) or uncompressed (``counts`` list) RLE -> normalised polygon parts."""
     from pycocotools import mask as mask_utils
 
-    from trainers.polygons import mask_to_polygons
 
     size, counts = seg.get("size"), seg.get("counts")
     if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)

@@ -14,7 +14,7 @@ Which ImageNet weights: the ``IMAGENET1K_V1`` enum of every torchvision model, t
 one torchvision's own detection builders put under their FPNs, so one file serves a classifier and the
 detectors on the same ResNet (a store holds one file per architecture).
 
-``file`` is where an entry lives inside a weights store (see ``trainers.weights.sources``): the library's
+``file`` is where an entry lives inside a weights store (see ``trainers.models.weights.sources``): the library's
 own file name for URL downloads (``mobilenet_v2-b0353104.pth``, exactly the name torchvision caches it
 under), ``<hub id>/<file>`` for hub files and ``<hub id>/`` for a Hugging Face model folder.
 """
@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
+from trainers.models.names import CURATED_HF, CURATED_MMDET, hub_id
 
 # torchvision and OpenMMLab publish the first hex digits of a file's SHA-256 in its name (torch.hub's rule)
 HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
@@ -127,14 +128,14 @@ def _timm_dataset(tag: str) -> str:
 
 
 def _classifier(model_name: str) -> WeightsEntry:
-    from trainers.models import get_entry
+    from trainers.models.classifiers import get_entry
 
     e = get_entry(model_name)
     return _torchvision(model_name, e.arch) if e.source == "torchvision" else _timm(model_name, e.arch)
 
 
 def _detector(model_name: str) -> WeightsEntry:
-    from trainers.detection_models import get_detector_entry
+    from trainers.models.detectors import get_detector_entry
 
     e = get_detector_entry(model_name)
     coco = f"{e.family}_resnet{e.depth}_fpn"
@@ -144,7 +145,7 @@ def _detector(model_name: str) -> WeightsEntry:
 
 
 def _openmmlab(model_name: str, settings: Mapping[str, Any]) -> WeightsEntry:
-    from trainers import mm_detectors as mm
+    from trainers.models import openmmlab as mm
 
     url = mm.checkpoint_url(model_name, dict(settings))
     yolo = model_name == mm.YOLO
@@ -164,8 +165,6 @@ def _yolo_size(settings: Mapping[str, Any]) -> str:
 
 
 def _huggingface(model_name: str) -> WeightsEntry:
-    from trainers.hf_models import hub_id
-
     ident = hub_id(model_name)
     return WeightsEntry(model_name, "huggingface", ident, f"{ident}/", hub_id=ident, hub_files=HF_FILES,
                         licence=None, dataset="see the model card")
@@ -195,7 +194,6 @@ def entries_for(model_name: str, task: str | None = None, model_sizes=None) -> l
 
 def zoo_names(task: str | None = None) -> list[tuple[str, str]]:
     """(task, model name) of the built-in zoo (§5.1), the curated models of §5.3 and ``yolov5``."""
-    from trainers.hf_models import CURATED
 
     tasks = [task] if task else list(hp.TASKS)
     out: list[tuple[str, str]] = []
@@ -204,24 +202,10 @@ def zoo_names(task: str | None = None) -> list[tuple[str, str]]:
             continue  # the same models as multi-class
         out += [(t, m) for m in hp.MODELS[t]]
         if t in hp.CLASSIFICATION_TASKS:
-            out += [(t, hub) for hub in CURATED.values()]
+            out += [(t, hub) for hub in CURATED_HF.values()]
         else:
             out += [(t, m) for m in CURATED_MMDET.get(t, ())]
     return out
-
-
-# §5.3's curated MMDetection models, by task
-CURATED_MMDET = {
-    hp.DETECTION: (
-        "mmd-3x-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco",
-        "mmd-3x-sparse-rcnn_r101_fpn_300-proposals_crop-ms-480-800-3x_coco",
-        "mmd-3x-deformable-detr_refine_twostage_r50_16xb2-50e_coco",
-        "mmd-3x-vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco",
-        "mmd-3x-vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco",
-        "mmd-3x-yolof_r50_c5_8x8_1x_coco",
-    ),
-    hp.SEGMENTATION: ("mmd-3x-mask-rcnn_swin-t-p4-w7_fpn_1x_coco",),
-}
 
 
 def listing(task: str | None = None, names: list[str] | None = None) -> list[WeightsEntry | NoPublishedWeights]:

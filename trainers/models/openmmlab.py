@@ -15,7 +15,7 @@ float CHW tensors in [0, 1] at their own size. The adapter does what OpenMMLab's
 Models are named by the model zoo's config name (``atss_r50_fpn_1x_coco``), the metafile name or the curated
 ``mmd-3x-`` spelling; the configs ship inside the mmdet and mmyolo wheels. ``num_classes`` is set throughout
 the model config, SyncBN becomes BN (one process per worker here), ``Pretrained`` initialisation (mmengine's own
-downloads) is dropped: the zoo's COCO checkpoint of the model comes through ``trainers.weights`` (found, fetched
+downloads) is dropped: the zoo's COCO checkpoint of the model comes through ``trainers.models.weights`` (found, fetched
 once per node and checked against its published hash), and the test-time config follows the §9.5 settings.
 """
 
@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.errors import VisionsweepError
-from trainers.hyperparameters import MMDET_PREFIX
+from trainers.models.loading import load_pretrained
+from trainers.models.names import MMDET_PREFIX
+from trainers.models.weights.initial import InitialWeights
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ def model_config(name: str, num_classes: int, settings: dict[str, Any]) -> dict[
             d["type"] = "BN"
         init = d.get("init_cfg")
         if isinstance(init, dict) and init.get("type") == "Pretrained":
-            d["init_cfg"] = None  # the model's weights come through trainers.weights, not mmengine's downloader
+            d["init_cfg"] = None  # the model's weights come through trainers.models.weights, not mmengine's downloader
         return d
 
     cfg = _walk(cfg, fix)
@@ -327,9 +329,6 @@ def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], seg
     require(yolo=name == YOLO)
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
-
-    from trainers.models import load_pretrained
-    from trainers.weights import InitialWeights
 
     register_all_modules(init_default_scope=False)
     cfg = model_config(name, num_classes, settings)

@@ -1,5 +1,4 @@
-"""Pretrained weights: what each model starts from (``manifest``), where the file comes from (``sources``), and
-the checks it passes before use (``verify``).
+"""Pretrained weights for a job: found on the driver before any trial, fetched by each trial on its node.
 
 Every model starts from the published weights its name stands for unless the job says
 ``visionsweep.pretrained: false``. The driver finds every model's weights before any trial (:func:`check`),
@@ -16,24 +15,16 @@ from typing import Any, Iterable, Mapping
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.weights.manifest import WeightsEntry, entries_for, entry
-from trainers.weights.sources import (InitialWeights, Located, WeightsConfig, WeightsError, fetch, locate,
-                                      missing_message)
+from trainers.models.weights.initial import InitialWeights
+from trainers.models.weights.manifest import WeightsEntry, entries_for, entry
+from trainers.models.weights.sources import Located, WeightsConfig, WeightsError, fetch, locate, missing_message
 
-__all__ = ["InitialWeights", "Located", "WeightsConfig", "WeightsEntry", "WeightsError", "check", "entries_for",
-           "entry", "initial_weights", "is_pretrained", "locate", "needs_folder"]
-
-log = logging.getLogger("trainers.weights")
+log = logging.getLogger("trainers.models.weights")
 
 
 def needs_folder(model_name: str) -> bool:
     """Hugging Face models need their folder (the config) even when they start from random weights."""
     return hp.model_backend(model_name) == "huggingface"
-
-
-def is_pretrained(weights: Any) -> bool:
-    """Whether a model is being built from published pretrained weights (detectors then freeze BatchNorm)."""
-    return isinstance(weights, InitialWeights) and weights.source not in ("none", "package")
 
 
 def check(task: str, models: Iterable[tuple[str, Iterable[str] | None]], cfg: WeightsConfig,

@@ -12,7 +12,7 @@ Each source is a small class with ``find`` (is it there? cheap, no download) and
 node); the driver calls ``find`` for every model before any trial, the trials call ``fetch`` on their node.
 Anything fetched from a remote store or the origin lands in the node's weights cache under a lock, so a node
 fetches a model's weights once, however many trials start at the same time. Every file is checked against
-the manifest's hash before use (:mod:`trainers.weights.verify`).
+the manifest's hash before use (:mod:`trainers.models.weights.verify`).
 
 Network access is bounded: probing and downloading use a connect/read timeout
 (``$VISIONSWEEP_WEIGHTS_TIMEOUT_S``, 10 s), and name resolution runs under the same bound, so a job on a
@@ -35,12 +35,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from trainers.data.images import default_cache_dir
+from trainers.data.storage import _call, filesystem
 from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
-from trainers.weights.manifest import WeightsEntry
-from trainers.weights import verify as check
+from trainers.models.weights import verify as check
+from trainers.models.weights.initial import InitialWeights, public
+from trainers.models.weights.manifest import WeightsEntry
 
-log = logging.getLogger("trainers.weights")
+log = logging.getLogger("trainers.models.weights")
 
 STORE_ENV = "VISIONSWEEP_WEIGHTS_STORE"
 TIMEOUT_ENV = "VISIONSWEEP_WEIGHTS_TIMEOUT_S"
@@ -72,8 +75,6 @@ class WeightsConfig:
     @classmethod
     def create(cls, *, pretrained: bool = True, explicit: Mapping[str, str] | None = None, store: str | None = None,
                storage_options=None, download: bool = True, cache_dir: str | None = None) -> "WeightsConfig":
-        from trainers.data.images import default_cache_dir
-
         return cls(pretrained=pretrained, explicit=tuple(sorted((explicit or {}).items())),
                    store=store or os.environ.get(STORE_ENV) or None, storage_options=dict(storage_options or {}),
                    download=download, cache_dir=cache_dir or default_cache_dir(),
@@ -113,37 +114,6 @@ class Located:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class InitialWeights:
-    """The weights a trial starts from, on this node, with their provenance (recorded in the model package)."""
-
-    model_name: str
-    source: str  # explicit | store | cache | origin | package (checkpoint_run_id)
-    path: str  # a local file, or a folder (Hugging Face models, packages)
-    location: str  # where they were found (a path or URL; the driver's and the log's wording)
-    entry: WeightsEntry | None = None
-    sha256: str | None = None  # of the weights file as loaded (None for a folder's several files)
-    verified: bool = False  # checked against the manifest's (or the hub's) hash
-
-    @property
-    def target(self) -> str:
-        return self.entry.target if self.entry else "model"
-
-    def provenance(self) -> dict[str, Any]:
-        e = self.entry
-        return {"model_name": self.model_name, "source": self.source, "location": _public(self.location),
-                "file": e.file if e else Path(self.path).name, "weights": e.weights if e else None,
-                "library": e.library if e else None, "origin": e.origin if e else None,
-                "sha256": self.sha256, "verified": self.verified, "dataset": e.dataset if e else None,
-                "licence": e.licence if e else None}
-
-
-def _public(where: str) -> str:
-    from trainers.data.storage import _scrub
-
-    return _scrub(where)
-
-
 # ---------------------------------------------------------------------------------------------- the sources
 
 class Source:
@@ -177,7 +147,7 @@ class Explicit(Source):
 
     def places(self, entry, cfg):
         g = self._given(entry, cfg)
-        return [f"{g[1]} ({_public(g[0])})"] if g else []
+        return [f"{g[1]} ({public(g[0])})"] if g else []
 
     def find(self, entry, cfg, probe=True):
         g = self._given(entry, cfg)
@@ -202,7 +172,7 @@ class Store(Source):
     name = "store"
 
     def places(self, entry, cfg):
-        return [f"the weights store {_public(join(cfg.store, entry.file))}"] if cfg.store else []
+        return [f"the weights store {public(join(cfg.store, entry.file))}"] if cfg.store else []
 
     def find(self, entry, cfg, probe=True):
         if not cfg.store:
@@ -315,7 +285,7 @@ def locate(entry: WeightsEntry, cfg: WeightsConfig, probe: bool = True) -> tuple
             continue
         if found is not None:
             log.info("%s: %s found in %s (%s)", entry.label, entry.file, found.detail or src.name,
-                     _public(found.where))
+                     public(found.where))
             return found, looked
         looked += [f"{p}: not there" for p in src.places(entry, cfg)]
     if not cfg.download and entry.origin:
@@ -357,7 +327,6 @@ def _quote(s: str) -> str:
 def _exists(where: str, cfg: WeightsConfig) -> bool:
     if not is_remote(where):
         return os.path.exists(where.removeprefix("file://"))
-    from trainers.data.storage import _call, filesystem
 
     fs, path = filesystem(where, cfg.storage_options)
     return bool(_call(lambda: fs.exists(path), where, fs, cfg.storage_options))
@@ -383,7 +352,6 @@ def _lock(cfg: WeightsConfig, key: str) -> Iterator[None]:
 def _fetch_remote(url: str, dest: Path, cfg: WeightsConfig, folder: bool = False, entry: WeightsEntry | None = None,
                   index: Mapping[str, Any] | None = None) -> Path:
     """Copy a file (or a folder's files) from storage into the node cache, once per node."""
-    from trainers.data.storage import _call, filesystem
 
     fs, path = filesystem(url, cfg.storage_options)
     with _lock(cfg, str(dest)):
@@ -397,7 +365,7 @@ def _fetch_remote(url: str, dest: Path, cfg: WeightsConfig, folder: bool = False
                           cfg.storage_options)
                 _replace_dir(tmp, dest)
         elif not dest.is_file():
-            log.info("fetching %s into this node's weights cache", _public(url))
+            log.info("fetching %s into this node's weights cache", public(url))
             fd, tmp = tempfile.mkstemp(dir=_parent(dest), prefix=".fetch-")
             os.close(fd)
             try:

@@ -18,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainers.data.storage import _call, _scrub, filesystem
 from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
-from trainers.weights import verify as check
-from trainers.weights.manifest import HASH_IN_NAME, WeightsEntry
-from trainers.weights.sources import SOURCES, WeightsConfig, WeightsError, locate
+from trainers.models.weights import verify as check
+from trainers.models.weights.manifest import HASH_IN_NAME, WeightsEntry
+from trainers.models.weights.sources import SOURCES, WeightsConfig, WeightsError, locate
 
-log = logging.getLogger("trainers.weights")
+log = logging.getLogger("trainers.models.weights")
 
 
 def pull(entries: Iterable[WeightsEntry], to: str, cfg: WeightsConfig, echo=print) -> dict[str, Any]:
@@ -62,14 +63,12 @@ def _configs(folder: str) -> list[Path]:
 
 
 def _short(where: str) -> str:
-    from trainers.data.storage import _scrub
-
     return _scrub(where)
 
 
 def _present(e: WeightsEntry, to: str, cfg: WeightsConfig, index: dict[str, Any]) -> bool:
     """Whether the store already holds the entry and it matches (checked on a local copy for a remote store)."""
-    from trainers.weights.sources import Store
+    from trainers.models.weights.sources import Store
 
     in_store = replace(cfg, store=to)
     found = Store().find(e, in_store)
@@ -94,7 +93,6 @@ def _upload(local: Path, url: str, cfg: WeightsConfig) -> None:
         shutil.copyfile(local, tmp)
         os.replace(tmp, dest)
         return
-    from trainers.data.storage import _call, filesystem
 
     fs, path = filesystem(url, cfg.storage_options)
     _call(lambda: fs.put_file(str(local), path), url, fs, cfg.storage_options)
@@ -151,7 +149,6 @@ def _list(store: str, cfg: WeightsConfig) -> list[str]:
             raise VisionsweepError(f"{store}: not a folder")
         return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                       if p.is_file() and p.name not in skip and not p.name.startswith("."))
-    from trainers.data.storage import _call, filesystem
 
     fs, path = filesystem(store, cfg.storage_options)
     found = _call(lambda: fs.find(path), store, fs, cfg.storage_options)
@@ -162,7 +159,6 @@ def _list(store: str, cfg: WeightsConfig) -> list[str]:
 def _sha_of(url: str, cfg: WeightsConfig) -> str:
     if not is_remote(url):
         return check.sha256_file(url.removeprefix("file://"))
-    from trainers.data.storage import _call, filesystem
 
     fs, path = filesystem(url, cfg.storage_options)
     with tempfile.TemporaryDirectory(prefix="visionsweep-verify-") as d:

@@ -3,8 +3,8 @@
 Builders come from torchvision (MobileNetV2, ResNets) and timm (ResNeSt, SE-ResNeXt, ViTs). A builder takes
 the architecture and, optionally, what to start from:
 
-* :class:`trainers.weights.InitialWeights`: the published weights of the model (found and checked by
-  ``trainers.weights``; the default of every job), loaded the way their library loads them: torchvision
+* :class:`trainers.models.weights.InitialWeights`: the published weights of the model (found and checked by
+  ``trainers.models.weights``; the default of every job), loaded the way their library loads them: torchvision
   weights as a ``state_dict``, timm weights through timm's own pretrained loader (its checkpoint filters
   resample a ViT's position embedding to the crop size). The classifier head is re-initialised for the
   job's classes. Weights trained on inputs normalised other than ImageNet's (timm's ViTs use mean = std =
@@ -18,14 +18,17 @@ the architecture and, optionally, what to start from:
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from trainers.errors import SpecError, VisionsweepError
+from trainers.errors import SpecError
+from trainers.models.loading import freeze_prefix_groups, load_pretrained
+from trainers.models.names import is_hf_name
+from trainers.models.weights.initial import InitialWeights
+from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,10 @@ def get_entry(name: str) -> ModelEntry:
 def build_model(name: str, num_classes: int, crop_size: int, weights=None) -> nn.Module:
     """A classifier with ``num_classes`` outputs for ``crop_size`` inputs, from ``weights`` (see the module
     docstring: an ``InitialWeights``, a path, or None for random initialisation)."""
-    from trainers import hf_models
-    from trainers.weights import InitialWeights
+    if is_hf_name(name):
+        from trainers.models import huggingface  # transformers: an optional extra
 
-    if hf_models.is_hf_name(name):
-        return hf_models.build(name, num_classes, weights)
+        return huggingface.build(name, num_classes, weights)
     e = get_entry(name)
     published = isinstance(weights, InitialWeights) and weights.source != "none"
     if e.source == "torchvision":
@@ -123,7 +125,6 @@ def fold_input_normalisation(model: nn.Module) -> bool:
     """Make a timm model whose pretrained weights expect inputs normalised by its config's mean/std take
     ImageNet-normalised inputs (as every classifier here does) by folding the affine change into its first
     convolution: exact for a convolution without padding (a ViT's patch embedding). Returns whether it did."""
-    from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = cfg.get("mean"), cfg.get("std")
@@ -154,88 +155,19 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
 
 
-def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "", trusted: bool = False) -> int:
-    """Load weights from a path or fsspec URI, skipping tensors whose shape differs (the head); returns how many
-    tensors were loaded. ``add_prefix``: put in front of every key when no key has it (a model zoo checkpoint
-    loaded into a wrapper whose own keys all start with it). ``trusted``: a file whose hash matched its
-    publisher's may hold Python objects beside its tensors (OpenMMLab checkpoints keep their metadata so).
-    A file none of whose tensors fit the model is an error, not a silent random initialisation."""
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as f:
-            blob = f.read()
-    except (FileNotFoundError, OSError) as e:
-        raise VisionsweepError(f"pretrained weights {uri}: cannot read ({e})") from None
-    if uri.endswith(".safetensors"):
-        from safetensors.torch import load
-
-        state = load(blob)
-    else:
-        try:
-            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not trusted)
-        except Exception as e:  # noqa: BLE001 - pickles with Python objects beside the tensors
-            raise VisionsweepError(f"pretrained weights {uri}: not a plain state_dict ({str(e).splitlines()[0][:200]}); "
-                                   "save its tensors with torch.save(ckpt['state_dict']) or as safetensors") from None
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise VisionsweepError(f"pretrained weights {uri}: expected a state_dict, but got {type(state).__name__}")
-    own = model.state_dict()
-    if add_prefix and not any(k.startswith(add_prefix) for k in state):
-        state = {add_prefix + k: v for k, v in state.items()}
-    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
-        from timm.layers import resample_abs_pos_embed
-
-        n_prefix = getattr(model, "num_prefix_tokens", 1)
-        grid = model.patch_embed.grid_size
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(grid), num_prefix_tokens=n_prefix)
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise VisionsweepError(f"pretrained weights {uri}: none of its {len(state)} tensors fits "
-                               f"{type(model).__name__} (e.g. {next(iter(state), 'none')!r}); expected the "
-                               "model's own state_dict keys")
-    fresh = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
-    model.load_state_dict(usable, strict=False)
-    log.info("loaded %d of %d tensors from %s (left as initialised: %s)", len(usable), len(state), uri,
-             ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else "") if fresh else "none")
-    return len(usable)
-
-
 def freeze_layers(model: nn.Module, name: str, n: int | None) -> int:
     """Freeze the first ``n`` prefix groups of the classifier's family (§6.3); returns the parameters frozen."""
     if not n:
         return 0
-    from trainers import hf_models
+    if is_hf_name(name):
+        from trainers.models.huggingface import freeze_groups as hf_groups
 
-    groups = hf_models.freeze_groups(model) if hf_models.is_hf_name(name) else get_entry(name).freeze_groups
+        groups = hf_groups(model)
+    else:
+        groups = get_entry(name).freeze_groups
     return freeze_prefix_groups(model, name, groups, n)
 
 
 def fixed_input(name: str) -> bool:
     """Whether training and validation crops must be equal (timm's ViTs; transformers models interpolate)."""
-    from trainers import hf_models
-
-    return not hf_models.is_hf_name(name) and get_entry(name).fixed_input
-
-
-def freeze_prefix_groups(model: nn.Module, name: str, groups, n: int | None) -> int:
-    """Set ``requires_grad=False`` on every parameter whose name starts with a prefix of the first ``n``
-    groups (a tuple entry is one group); errors name the model and what it has."""
-    if not n:
-        return 0
-    if groups is None:
-        raise SpecError(f"layers_to_freeze: model {name} has no layer groups to freeze")
-    if n > len(groups):
-        raise SpecError(f"layers_to_freeze: {name} has {len(groups)} layer groups, but got {n}")
-    prefixes = tuple(p for g in groups[:n] for p in ((g,) if isinstance(g, str) else g))
-    frozen = 0
-    for pname, param in model.named_parameters():
-        if pname.startswith(prefixes):
-            param.requires_grad_(False)
-            frozen += 1
-    if frozen == 0:
-        raise SpecError(f"layers_to_freeze: no parameter of {name} matches {prefixes}")
-    return frozen
+    return not is_hf_name(name) and get_entry(name).fixed_input

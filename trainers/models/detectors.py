@@ -9,7 +9,7 @@ changing a deployment's settings needs no retraining and no weight surgery.
 Class indices: 0 is background for every family (torchvision's convention for R-CNNs; RetinaNet is
 given the same layout so that one label mapping serves all): model label ``i`` is ``classes[i - 1]``.
 
-Weights (``trainers.weights`` finds them): torchvision's COCO weights for the ResNet-50 Faster R-CNN, RetinaNet
+Weights (``trainers.models.weights`` finds them): torchvision's COCO weights for the ResNet-50 Faster R-CNN, RetinaNet
 and Mask R-CNN (class heads re-initialised for the job's classes), the ImageNet ResNet under a fresh FPN and
 heads for the other depths, a path / fsspec URI (a package; ``load_pretrained`` skips tensors whose shape
 differs), or random initialisation. As torchvision's own builders do, a backbone that starts from pretrained
@@ -27,6 +27,9 @@ from typing import Any
 from torch import nn
 
 from trainers.errors import VisionsweepError
+from trainers.models.loading import load_pretrained
+from trainers.models.names import model_backend
+from trainers.models.weights.initial import InitialWeights, is_pretrained
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,7 @@ FROZEN_BN = "frozen_bn"
 
 def detector_architecture(name: str, weights: Any) -> dict[str, Any]:
     """The architecture choices a new detector takes from what it starts from (``model.json``)."""
-    from trainers import hyperparameters as hp
-    from trainers.weights import is_pretrained
-
-    if name == "yolov5" or hp.model_backend(name) == "mmdetection":
+    if name == "yolov5" or model_backend(name) == "mmdetection":
         return {}
     return {"backbone_norm": FROZEN_BN} if is_pretrained(weights) else {}
 
@@ -88,20 +88,16 @@ def build_detector(name: str, num_classes: int, settings: dict[str, Any], weight
     (canonical names, all present: the trial's hyperparameters or a loaded package's settings).
     ``weights``: an ``InitialWeights``, a path (a package's weights) or None; ``architecture``: a package's
     recorded choices (default: those of a new model starting from ``weights``).
-    YOLOv5 and MMDetection models come from ``trainers.mm_detectors`` with the same interface."""
-    from trainers import hyperparameters as hp
-    from trainers.models import load_pretrained
-    from trainers.weights import InitialWeights
-
-    if name == "yolov5" or hp.model_backend(name) == "mmdetection":
-        from trainers.mm_detectors import build_mm_detector
+    YOLOv5 and MMDetection models come from ``trainers.models.openmmlab`` with the same interface."""
+    if name == "yolov5" or model_backend(name) == "mmdetection":
+        from trainers.models.openmmlab import build_mm_detector
 
         return build_mm_detector(name, num_classes, settings, segmentation, weights)
+    import torchvision
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops import FrozenBatchNorm2d
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-    import torchvision
 
     e = get_detector_entry(name)
     arch = detector_architecture(name, weights) if architecture is None else architecture

@@ -2,7 +2,7 @@
 
 A model is named by its hub id (``microsoft/beit-base-patch16-224``), by the curated registry's spelling
 (``microsoft-beit-base-patch16-224-pt22k-ft22k``: ``/`` written as ``-``, normalised here), or by a local
-folder written with ``save_pretrained``. Its config and weights are a folder that ``trainers.weights`` finds
+folder written with ``save_pretrained``. Its config and weights are a folder that ``trainers.models.weights`` finds
 (``visionsweep.pretrained_weights``, the folder the name points at, a weights store, the Hugging Face cache,
 then the hub where there is internet; ``HF_HUB_OFFLINE`` is honoured). The head is re-sized to the job's
 classes; with ``visionsweep.pretrained: false`` only the folder's config is used and the weights are random.
@@ -29,31 +29,15 @@ from torch import nn
 
 from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
+from trainers.models.loading import load_pretrained
+from trainers.models.names import hub_id
+from trainers.models.weights.initial import InitialWeights
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'visionsweep[huggingface]'"
 CONFIG_FILE = "hf_config.json"  # the model's transformers config, inside a model package
-
-# The curated models of §5.3, by the registry's asset name (``/`` -> ``-``) -> hub id.
-CURATED = {
-    "microsoft-beit-base-patch16-224-pt22k-ft22k": "microsoft/beit-base-patch16-224-pt22k-ft22k",
-    "google-vit-base-patch16-224": "google/vit-base-patch16-224",
-    "facebook-deit-base-patch16-224": "facebook/deit-base-patch16-224",
-    "microsoft-swinv2-base-patch4-window12-192-22k": "microsoft/swinv2-base-patch4-window12-192-22k",
-}
-
-
-def is_hf_name(name: str) -> bool:
-    """A hub id or local folder (has a ``/``) or a curated registry name."""
-    return "/" in name or name in CURATED
-
-
-def hub_id(name: str) -> str:
-    """The hub id of a model name in either spelling."""
-    return CURATED.get(name, name)
-
 
 def require_transformers() -> None:
     try:
@@ -124,19 +108,15 @@ def _package_of(weights: str | None) -> Path | None:
 
 def build(name: str, num_classes: int, weights=None) -> HFImageClassifier:
     """A classifier with ``num_classes`` outputs from ``weights``: an ``InitialWeights`` (a model folder found by
-    ``trainers.weights``; source ``none``: its config only, random weights), a path (a folder or a package), or
+    ``trainers.models.weights``; source ``none``: its config only, random weights), a path (a folder or a package), or
     None (``from_pretrained`` of the name: the cache, or the hub where there is internet). Errors name the
     model and every place looked in."""
     require_transformers()
-    from trainers.weights import InitialWeights
-
     random_init = isinstance(weights, InitialWeights) and weights.source == "none"
     if isinstance(weights, InitialWeights):
         weights = weights.path
     package = _package_of(weights)
     if package is not None:  # a previous visionsweep run's model: its architecture, then its weights
-        from trainers.models import load_pretrained
-
         model = from_package_config(json.loads((package / CONFIG_FILE).read_text()), num_classes)
         load_pretrained(model, str(package / "model.safetensors"))
         return model

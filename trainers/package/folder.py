@@ -1,7 +1,6 @@
 """The model package: one folder that fully describes how to load and call a trained model.
 
 Layout (everything ``predict``, serving, export and incremental training need; no pickle)::
-
     model.safetensors     weights
     model.json            format version, task, model_name, number of classes, input crop size, architecture
                           choices that follow from the initial weights (a detector's frozen BatchNorm)
@@ -12,7 +11,7 @@ Layout (everything ``predict``, serving, export and incremental training need; n
     metrics.json          validation metrics of the saved epoch
 
 A package path may be a local folder, any fsspec URI (copied to a temporary folder first), or a
-model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``trainers.registry``).
+model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``trainers.package.references``).
 """
 
 from __future__ import annotations
@@ -30,8 +29,11 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
-from trainers.package_mlflow import FILES as MLFLOW_FILES
-from trainers.package_mlflow import write_mlflow_files
+from trainers.models.classifiers import build_model
+from trainers.models.detectors import build_detector
+from trainers.package.mlflow_files import FILES as MLFLOW_FILES
+from trainers.package.mlflow_files import write_mlflow_files
+from trainers.package.references import fetch_registered, is_registry_reference
 
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json",
@@ -119,7 +121,6 @@ def _local_copy(uri: str, tmp: Path) -> Path:
 def load_package(path: str | Path, device: str = "cpu", settings_override: dict[str, Any] | None = None,
                  registry_uri: str | None = None) -> LoadedPackage:
     """Load a model package for inference; errors name the package and the missing/invalid file."""
-    from trainers.registry import fetch_registered, is_registry_reference
 
     p = str(path)
     if not is_registry_reference(p) and not is_remote(p):
@@ -134,7 +135,6 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
 def _load_local(p: str, local: Path, device: str, settings_override: dict[str, Any] | None) -> LoadedPackage:
     from safetensors.torch import load_file
 
-    from trainers.models import build_model
 
     if not local.is_dir():
         raise VisionsweepError(f"{p}: not a model package folder")
@@ -158,7 +158,7 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
     defaults = inference_settings(task, hp.task_model_defaults(task, meta["model_name"])) if task in hp.TASKS else {}
     settings = {**defaults, **{hp.canonical_name(k): v for k, v in {**raw, **(settings_override or {})}.items()}}
     if task in hp.CLASSIFICATION_TASKS and hp.model_backend(meta["model_name"]) == "huggingface":
-        from trainers.hf_models import CONFIG_FILE, from_package_config
+        from trainers.models.huggingface import CONFIG_FILE, from_package_config
 
         if not (local / CONFIG_FILE).is_file():
             raise VisionsweepError(f"{p}: not a model package of {meta['model_name']} ({CONFIG_FILE} is missing)")
@@ -167,8 +167,6 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
         model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
                             settings.get("validation_crop_size", 224))
     elif task in hp.BOX_TASKS:
-        from trainers.detection_models import build_detector
-
         # the detector is built from the (possibly overridden) inference settings, then given its weights
         model = build_detector(meta["model_name"], meta["num_classes"], settings,
                                segmentation=task == hp.SEGMENTATION, architecture=meta.get("architecture", {}))

@@ -19,8 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainers.data.storage import open_url
+from trainers.data.urls import join
 from trainers.errors import VisionsweepError
-from trainers.weights.manifest import WeightsEntry
+from trainers.models.weights.manifest import WeightsEntry
 
 STORE_INDEX = "visionsweep-weights.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -81,8 +83,6 @@ def read_store_index(store: str | None, storage_options: Mapping[str, Any] | Non
     """``visionsweep-weights.json`` of a store: file -> {sha256, size, ...} (empty when there is none)."""
     if not store:
         return {}
-    from trainers.data.storage import open_url
-    from trainers.data.urls import join
 
     try:
         with open_url(join(store, STORE_INDEX), storage_options, "r") as f:

@@ -12,6 +12,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from trainers import hyperparameters as hp
+
 LOADER = "serving.mlflow_model"
 FILES = ("MLmodel", "python_env.yaml", "conda.yaml", "requirements.txt")
 
@@ -27,7 +29,6 @@ def _version(dist: str) -> str | None:
 def write_mlflow_files(path: Path, model_name: str, created: str) -> None:
     """The MLflow model files of a package at ``path`` (plain text; no MLflow import, so a checkpoint costs
     nothing extra)."""
-    from trainers import hyperparameters as hp
 
     dists = ["visionsweep", "torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "mlflow"]
     if hp.model_backend(model_name) == "huggingface":

@@ -1,0 +1,106 @@
+"""Reading a job file: YAML with line numbers, so every error starts ``FILE:LINE: yaml.path:``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from scheduler.policies.configs import POLICY_TYPES
+from scheduler.space import DISTRIBUTION_TYPES
+from scheduler.spec.checks import check_job
+from scheduler.spec.job import Job
+from scheduler.spec.schema import JobSpec
+from trainers.errors import SpecError
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read the job file ({e.strerror})") from None
+    return parse_job(text, source=p)
+
+
+def parse_job(text: str, source: Path | None = None, base_dir: Path | None = None) -> Job:
+    name = str(source) if source else "<job>"
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark else name
+        raise SpecError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{name}: expected a mapping of job keys at the top level, but got {type(data).__name__}")
+    loc = Locator(name, lines)
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, loc)) from None
+    if base_dir is None:
+        base_dir = source.parent.resolve() if source else Path.cwd()
+    return check_job(spec, loc, source, base_dir, text)
+
+
+class Locator:
+    def __init__(self, name: str, lines: dict[tuple, int]):
+        self.name, self.lines = name, lines
+
+    def __call__(self, path: tuple) -> str:
+        dotted = _dotted(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.lines:
+                return f"{self.name}:{self.lines[path[:n]]}: {dotted}"
+        return f"{self.name}: {dotted}"
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def _line_map(node, path: tuple = ()) -> dict[tuple, int]:
+    out: dict[tuple, int] = {}
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            out.update({p: ln for p, ln in _line_map(v, path + (key,)).items() if p != path + (key,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_line_map(v, path + (i,)))
+    return out
+
+
+_TAGS = set(DISTRIBUTION_TYPES) | set(POLICY_TYPES)
+
+
+def _format_errors(e: ValidationError, loc: Locator) -> str:
+    msgs = []
+    for err in e.errors():
+        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+        path = tuple("$schema" if p == "schema_" else p for p in path)
+        kind, got = err["type"], err.get("input")
+        if kind == "extra_forbidden":
+            parent = path[:-1]
+            msgs.append(f"{loc(path)}: unknown key {path[-1]!r}" + (f" in {_dotted(parent)}" if parent else ""))
+        elif kind == "missing":
+            msgs.append(f"{loc(path)}: required key is missing")
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msgs.append(f"{loc(path)}: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}")
+        elif kind == "union_tag_not_found":
+            msgs.append(f"{loc(path)}: missing 'type' key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            msgs.append(f"{loc(path)}: {msg}, but got {got!r}" if not isinstance(got, dict) else f"{loc(path)}: {msg}")
+    return "invalid job file:\n  " + "\n  ".join(msgs) if len(msgs) > 1 else msgs[0]
