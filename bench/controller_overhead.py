@@ -87,11 +87,12 @@ def run_plain(root: Path, n: int, seed: int) -> dict[str, float]:
 def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolder: bool = True) -> dict[str, float]:
     from pydantic import TypeAdapter
 
-    from scheduler.controller import SWEEP, _trial_dirname
+    from scheduler.controller import _trial_dirname
     from scheduler.leaderboard import leaderboard_rows, write_leaderboard
     from scheduler.policies import create_scheduler
     from scheduler.policies.configs import MedianStoppingSettings
     from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+    from scheduler.runstore import SWEEP
     from scheduler.searchers import SpaceSearcher
     from scheduler.space import Distribution
     from scheduler.tracking import MlflowTracker

@@ -30,6 +30,8 @@ from trainers.data.urls import is_remote
 
 log = logging.getLogger(__name__)
 RAY = "ray"  # Ray's own storage under the run folder: written by Ray directly, never mirrored
+SWEEP = "sweep"  # the Tune experiment under RUN/ray
+TRAIN = "train"  # Ray Train runs of data-parallel trials under RUN/ray, one per trial id
 
 
 def _backend_fs(url: str):

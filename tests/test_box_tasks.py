@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scheduler.controller import check_supported
+from scheduler.preflight import check_supported
 from scheduler.spec import parse_job
 from trainers import hyperparameters as hp
 from trainers.data import prepare_data

@@ -95,7 +95,7 @@ def test_a_transformers_classifier_trains_and_its_package_predicts_with_no_hub(t
 
 
 def test_without_transformers_a_job_fails_before_any_trial_with_the_install_command(monkeypatch, small_mltable):
-    from scheduler.controller import check_supported
+    from scheduler.preflight import check_supported
     from scheduler.spec import parse_job
 
     job = parse_job(f"""\

@@ -123,7 +123,7 @@ def restore_levels():
 
 
 def test_debug_verbosity_is_visionsweeps_own_on_every_path_that_runs_a_job(restore_levels):
-    from scheduler.controller import check_supported
+    from scheduler.preflight import check_supported
 
     root = logging.getLogger().level
     j = job("log_verbosity: debug\ntraining_parameters: {model_name: resnet18}\n")

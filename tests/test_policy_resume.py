@@ -82,7 +82,7 @@ def test_a_stop_at_a_trials_last_report_leaves_it_completed(tmp_path):
     """A trial the rule would stop at its final epoch ran all its epochs: not stopped early, no marker."""
     import functools
 
-    from scheduler.controller import trial_epochs
+    from scheduler.plan import trial_epochs
 
     s = PolicyScheduler(create_policy("bandit", slack_factor=0.2), METRIC,
                         run_dir=str(tmp_path), epochs_of=functools.partial(trial_epochs, "image_classification", {}))

@@ -315,7 +315,7 @@ visionsweep: {{weights_store: {store}, cache: {{dir: {tmp_path / 'cache'}}}}}
 
 
 def test_pretrained_false_needs_no_weights_and_says_so(tmp_path, small_mltable):
-    from scheduler.controller import check_weights, weights_config
+    from scheduler.preflight import check_weights, weights_config
     from scheduler.spec import parse_job
 
     job = parse_job(f"task: image_classification\ntarget_column_name: label\ntraining_data: {{path: {small_mltable}}}\n"

@@ -1,0 +1,130 @@
+"""Finishing a sweep, from the run folder's files alone (so a resumed or crashed sweep finishes the same way): the
+leaderboard, the best trial's best checkpoint as ``best/``, MLflow's parent run, the report and ``summary.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.leaderboard import leaderboard_rows, write_leaderboard
+from scheduler.report import write_report
+from scheduler.runfolder import read_json, read_trials
+from scheduler.runstore import SWEEP, TRAIN, RunStore
+from scheduler.spec import Job
+from trainers import hyperparameters as hp
+from trainers.errors import VisionsweepError
+from trainers.package import copy_package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path  # on this machine (the staging copy of a run folder on storage)
+    rows: list[dict[str, Any]]
+    best_trial: str | None
+    best_metric: float | None
+    elapsed_s: float
+    timed_out: bool
+    notes: list[str] = field(default_factory=list)
+    location: str = ""  # the run folder as the user named it: a local path or a storage URL
+
+
+class Phases(dict):
+    """Seconds spent in each phase of the job (summary.json ``timings_s``): where a job's time goes."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - t, 2)
+
+
+def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=None,
+               notes: list[str] | None = None, phase: Phases | None = None) -> RunResult:
+    """Leaderboard, best model package, report, tracking and summary, all from the run folder's files."""
+    primary, ext = job.primary_metric, job.spec.visionsweep
+    run_dir = store.local
+    phase = phase if phase is not None else Phases()
+    default_model = job.training_parameters.get("model_name") or hp.DEFAULT_MODEL[job.task]
+    with phase("export"):
+        rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
+        write_leaderboard(run_dir / "leaderboard.csv", rows)
+        best_trial, best_metric = export_best(store, rows, primary)
+    summary: dict[str, Any] = {
+        "mode": job.mode, "task": job.task, "primary_metric": primary, "trials": len(rows),
+        "best_trial": best_trial, "best_metric": best_metric, "elapsed_s": round(time.time() - t0, 1),
+        "timed_out": timed_out, "best_package": f"{store.where}/best" if best_trial else None,
+        "stopped_early": sum(r["status"].startswith("stopped (") and r["status"] != "stopped (timeout)"
+                             for r in rows),
+        "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
+    }
+    weights_plan = read_json(run_dir / "weights.json", {})
+    summary["pretrained"] = weights_plan.get("pretrained", ext.pretrained)
+    summary["initial_weights"] = ({"checkpoint_run_id": weights_plan["checkpoint_run_id"]}
+                                  if weights_plan.get("checkpoint_run_id") else
+                                  {name: f"{m['source']}: {m['where']}" for name, m in
+                                   weights_plan.get("models", {}).items()} if summary["pretrained"] else "none")
+    if tracker is not None:
+        with phase("tracking"):
+            try:
+                summary["tracking"] = tracker.finish(best_trial, best_metric, run_dir / "best" if best_trial else None,
+                                                     ext.tracking.register_model)
+            except Exception as e:  # tracking must never lose a finished sweep
+                log.warning("MLflow tracking could not be finished: %s", e)
+                summary["tracking"] = {"error": str(e)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # the report reads it
+    with phase("report"):
+        try:
+            write_report(run_dir)
+        except Exception as e:  # the report is a view; never fail the run for it
+            log.warning("report not written: %s", e)
+    summary["timings_s"] = {**phase, "total": round(time.time() - t0, 2)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [], store.where)
+
+
+def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
+    """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
+    # (Ray Train keeps a checkpoint_manager_snapshot.json next to its checkpoint folders)
+    return [*store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*", dirs_only=True),
+            *store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*", dirs_only=True)]
+
+
+def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
+    """Copy the best trial's best checkpoint (a model package) to ``<run>/best``."""
+    run_dir = store.local
+    best_dir = run_dir / "best"
+    for row in rows:  # best first: the first trial with a checkpoint wins
+        if row.get(primary) is None:
+            continue
+        scored = []
+        for ck in _checkpoints(store, row["trial_id"]):
+            try:
+                value = json.loads(store.read_text(f"{ck}/metrics.json")).get(primary, -math.inf)
+            except (FileNotFoundError, ValueError):
+                continue
+            scored.append((value, ck.rsplit("/", 1)[-1], ck))
+        if not scored:
+            continue
+        _, _, ck = max(scored)
+        with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+            store.download(ck, Path(tmp) / "ckpt")
+            copy_package(Path(tmp) / "ckpt", Path(tmp) / "best")
+            if best_dir.exists():
+                shutil.rmtree(best_dir)
+            shutil.move(str(Path(tmp) / "best"), best_dir)
+        return row["trial_id"], row[primary]
+    if not any(r.get(primary) is not None for r in rows):
+        raise VisionsweepError(f"no trial reported {primary}; see {run_dir}/trials/*/status.json")
+    return None, None

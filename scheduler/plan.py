@@ -1,0 +1,95 @@
+"""What a sweep searches and how: the Tune searcher, the early-termination scheduler and the number of trials
+(manual sweeps: the job's space, sampler and policy; AutoMode: its plan), with the notes the user sees."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from scheduler import automode
+from scheduler.policies import create_scheduler
+from scheduler.policies.configs import AshaSettings
+from scheduler.searchers import SpaceSearcher
+from scheduler.space import Choice
+from scheduler.spec import Job
+from scheduler.warmstart import load_prior_trials
+from trainers import hyperparameters as hp
+
+
+@dataclass
+class Plan:
+    """What will be searched and how: Tune searcher, scheduler, number of trials, notes for the user."""
+
+    searcher: Any
+    scheduler: Any
+    total_trials: int
+    algorithm: str
+    notes: list[str] = field(default_factory=list)
+    automode: dict[str, Any] | None = None
+
+
+def trial_fixed(job: Job) -> dict[str, Any]:
+    """What every trial's sampled config is resolved against (the trainable's ``fixed``)."""
+    return {**job.training_parameters, "advanced_settings": job.advanced.model_dump()}
+
+
+def trial_epochs(task: str, fixed: dict[str, Any], config: dict[str, Any]) -> int:
+    return int(hp.resolve_hyperparameters(task, fixed, config)["number_of_epochs"])
+
+
+def max_epochs(job: Job) -> int:
+    """The most epochs any trial can run: the ASHA budget."""
+    fixed = job.training_parameters
+    if "number_of_epochs" in fixed:
+        return fixed["number_of_epochs"]
+    found = []
+    for sub in job.search_space or []:
+        d = sub.get("number_of_epochs")
+        if isinstance(d, Choice):
+            found += [int(v) for v in d.values]
+    models = [m for sub in job.search_space or [] if "model_name" in sub for m in sub["model_name"].values]
+    models = models or [fixed.get("model_name") or hp.DEFAULT_MODEL[job.task]]
+    found += [hp.task_model_defaults(job.task, m)["number_of_epochs"] for m in models]
+    return max(found)
+
+
+def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str], str | None] | None = None) -> Plan:
+    from scheduler.policies.ray_adapter import PolicyScheduler  # ray
+
+    epochs_of = functools.partial(trial_epochs, job.task, trial_fixed(job))  # a stop at the last epoch is a finish
+
+    spec, seed, primary = job.spec, job.spec.visionsweep.seed, job.primary_metric
+    limits = spec.limits
+    priors = load_prior_trials(spec.visionsweep.resume_from, primary)
+    notes = [f"warm start: {len(priors)} trial(s) from {len(spec.visionsweep.resume_from)} earlier run(s)"] \
+        if spec.visionsweep.resume_from else []
+    if job.mode == "automode":
+        p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu, available,
+                          spec.visionsweep.pretrained)
+        searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
+                                 first=[p["first_trial"]["config"]])
+        scheduler = create_scheduler(AshaSettings(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
+                                     str(run_dir), epochs_of)
+        notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
+                     f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "
+                     f"{p['asha']['reduction_factor']:g}); see automode.json")
+        return Plan(searcher, scheduler, searcher.total_trials, "random", notes, automode.explain(p))
+    algorithm = spec.sweep.sampling_algorithm if spec.sweep else "random"
+    if algorithm == "bayesian":
+        from scheduler.bayesian import budget_warning, make_searcher
+
+        warning = budget_warning(job.search_space, limits.max_trials)
+        notes += [f"warning: {warning}"] if warning else []
+        searcher = make_searcher(job.search_space, primary, seed, limits.max_trials, priors)
+        return Plan(searcher, None, limits.max_trials, algorithm, notes)
+    searcher = SpaceSearcher(job.search_space, algorithm, limits.max_trials, seed, primary, "max")
+    policy = spec.sweep.early_termination if spec.sweep else None
+    scheduler = create_scheduler(policy, primary, max_epochs(job), str(run_dir), epochs_of)
+    if priors and isinstance(scheduler, PolicyScheduler):
+        for p in priors:
+            scheduler.policy.add_history(f"prior:{Path(p.run).name}/{p.trial_id}", p.values)
+    elif priors:
+        notes.append("warm start: histories are used by bandit, median_stopping and truncation_selection only")
+    return Plan(searcher, scheduler, searcher.total_trials, algorithm, notes)

@@ -1,0 +1,109 @@
+"""What is checked before any trial, and before the data is read: every model the job can train runs here (its
+optional extra installed, an MMDetection config known) and has its initial weights somewhere (``trainers.models.weights``).
+A job that fails these stops at once with what to install, change or fetch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from scheduler.joblog import apply_job_logging
+from scheduler.spec import Job
+from scheduler.spec.redact import redact
+from trainers import hyperparameters as hp
+from trainers.data.urls import is_url, join
+from trainers.errors import VisionsweepError
+from trainers.models.weights.manifest import entries_for
+from trainers.models.weights.resolve import check as check_models
+from trainers.models.weights.resolve import needs_folder
+from trainers.models.weights.sources import STORE_ENV, WeightsConfig, locate
+
+
+def check_supported(job: Job) -> None:
+    """Before any trial: every model the job can pick is buildable here (its optional extra installed,
+    an MMDetection config name known), or the job stops with what to install or change."""
+
+    apply_job_logging(job)  # log_verbosity (own loggers only) and credential redaction on run, resume and demo
+    names = [job.training_parameters.get("model_name")]
+    for sub in job.search_space or []:
+        if "model_name" in sub:
+            names += list(sub["model_name"].values)
+    default = job.mode != "automode" and not any(names)
+    if default:
+        names = [hp.DEFAULT_MODEL[job.task]]
+    for n in names:
+        if not n:
+            continue
+        if hp.model_backend(n) == "huggingface":
+            from trainers.models.huggingface import require_transformers
+
+            require_transformers()  # the error carries the install command
+        elif hp.model_backend(n) == "mmdetection":
+            from trainers.models.openmmlab import config_path
+
+            config_path(n)  # the extra is installed and the zoo has that config
+        elif n == "yolov5":
+            from trainers.models.openmmlab import require
+
+            try:
+                require(yolo=True)
+            except VisionsweepError as e:
+                why = ", the default model of image_object_detection," if default else ""
+                others = ", ".join(m for m in hp.DETECTION_MODELS if m != "yolov5")
+                raise VisionsweepError(f"model_name: yolov5{why} cannot run here: {e} (or set model_name to "
+                                       f"one of {others})") from None
+
+
+def weights_config(job: Job) -> WeightsConfig:
+    """Where the job's initial weights come from (``trainers.models.weights.sources``), handed to every trial."""
+    ext = job.spec.visionsweep
+    store = ext.weights_store or os.environ.get(STORE_ENV) or None
+    if store:  # a relative folder is the job file's, as data paths are
+        store = join(str(job.base_dir), store)
+    explicit = {k: v if is_url(v) else join(str(job.base_dir), v) for k, v in ext.pretrained_weights.items()}
+    return WeightsConfig.create(pretrained=ext.pretrained, explicit=explicit, store=store,
+                                storage_options=ext.storage_options, download=ext.download_weights,
+                                cache_dir=ext.cache.dir)
+
+
+def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None) -> tuple[WeightsConfig, dict[str, Any]]:
+    """Before any trial: every model the job can train has its weights somewhere (else one ``WeightsError``
+    naming each model, its file, every place looked and the pull command). Returns the config with the cache
+    paths the driver saw (a trial on this machine uses them) and the plan written to ``weights.json``."""
+    names = job.model_names() if names is None else names
+    found = check_models(job.task, [(n, job.model_sizes() if n == "yolov5" else None) for n in names], cfg)
+    seen = {e.file: where.where for e, where in found if where.source == "cache"}
+    plan = {"pretrained": cfg.pretrained,
+            "models": {e.label: {"source": where.source, "where": _public(where.where), "detail": where.detail,
+                                 "file": e.file, "weights": e.weights, "hash": e.hash_text, "licence": e.licence}
+                       for e, where in found}}
+    return cfg.with_seen(seen), plan
+
+
+def _public(where: str) -> str:
+    return redact(where)
+
+
+def weights_lines(plan: dict[str, Any]) -> list[str]:
+    if not plan["pretrained"]:
+        return ["weights: none: every model starts from random initialisation (visionsweep.pretrained: false)"]
+    return [f"weights: {name} from {m['detail'] or m['source']} ({m['where']}; {m['weights']})"
+            for name, m in plan["models"].items()]
+
+
+def weights_available(job: Job, cfg: WeightsConfig) -> Callable[[str], str | None]:
+    """For AutoMode: None when a model's weights can be had (or are not needed), else why not."""
+    def why_not(name: str) -> str | None:
+        if not cfg.pretrained and not needs_folder(name):
+            return None
+        try:
+            wanted = entries_for(name, job.task, job.model_sizes() if name == "yolov5" else None)
+        except VisionsweepError as e:
+            return str(e)
+        for e in wanted:
+            found, looked = locate(e, cfg)
+            if found is None:
+                return f"{e.file} is in none of: " + "; ".join(looked)
+        return None
+    return why_not
