@@ -60,7 +60,8 @@ def read_json(p: Path, default: Any) -> Any:
         return default
 
 
-def _read_metrics(d: Path) -> list[dict[str, Any]]:
+def read_metrics(d: Path) -> list[dict[str, Any]]:
+    """A trial folder's evaluations (``metrics.jsonl``), skipping a half-written last line."""
     try:
         lines = (d / "metrics.jsonl").read_text().splitlines()
     except OSError:
@@ -88,7 +89,7 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
         st = read_json(d / "status.json", {})
         st = st if isinstance(st, dict) else {}
         params = read_json(d / "params.json", {})
-        out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, _read_metrics(d),
+        out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, read_metrics(d),
                                   str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"),
                                   st.get("retry", True), int(st.get("errors") or 0))
     return out

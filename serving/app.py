@@ -37,6 +37,7 @@ from serving.mirror import Mirror
 from serving.probes import ProbeState
 from serving.schema import BadRequest, parse_request, read_body
 from serving.specs import Batching
+from trainers.data.images import ImageTooLarge
 from trainers.errors import VisionsweepError
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -89,7 +90,7 @@ class ModelServer:
         """The image decoded in a worker thread -> ``(image, None)``, or ``(None, error answer)``. Decoding is
         CPU work (up to ``MAX_IMAGE_PIXELS`` pixels); on the event loop it would hold up the batcher and
         every other request of the replica."""
-        from serving.predictor import BadImage, ImageTooLarge, decode_image
+        from serving.predictor import BadImage, decode_image
 
         try:
             return await asyncio.to_thread(decode_image, image, "image"), None

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import base64
 import io
-import re
-import warnings
 from typing import Any, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serving.schema import MAX_IMAGE_PIXELS
 from trainers import hyperparameters as hp
+from trainers.data.images import decode_image as decode
 from trainers.errors import DataError, VisionsweepError
 from trainers.package import load_package
 from trainers.polygons import mask_to_polygons
@@ -41,36 +40,10 @@ from trainers.workers import Runtime
 BadImage = DataError  # an input that is not a decodable image (a 400 when served)
 
 
-class ImageTooLarge(BadImage):
-    """An image of more pixels than the cap (a 413 when served)."""
-
-
 def decode_image(data: bytes, where: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Image file bytes -> RGB image; ``BadImage`` naming ``where`` when they are not an image.
-
-    The size is read from the header and checked before any pixel is decoded: a few kB of PNG can
-    declare 20000 x 20000 pixels, 1.2 GB as RGB. PIL's own guard (``Image.MAX_IMAGE_PIXELS``, 89 M) only
-    warns below twice its limit and is process-wide, so the cap here is ours (``MAX_IMAGE_PIXELS``).
-    """
-    too_large = f"at most {max_pixels} pixels are decoded (serving.schema.MAX_IMAGE_PIXELS)"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # PIL refuses twice its limit before we can look at the size
-        declared = re.search(r"\d+ pixels", str(e))
-        raise ImageTooLarge(f"{where}: {declared.group(0) if declared else 'more pixels than PIL decodes'} declared; "
-                            f"{too_large}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BadImage(f"{where}: not a decodable image ({e})") from None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"{where}: {width} x {height} = {width * height} pixels; {too_large}")
-    try:
-        img.load()
-        return img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise BadImage(f"{where}: not a decodable image ({e})") from None
+    """A request's image: the training data's decoder (``trainers.data.images.decode_image``) with the serving
+    cap; ``ImageTooLarge`` (a 413) above it, ``BadImage`` (a 400) for anything that is not an image."""
+    return decode(data, where, max_pixels, "serving.schema.MAX_IMAGE_PIXELS")
 
 
 class Predictor:

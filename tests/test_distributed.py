@@ -7,6 +7,7 @@ import json
 import pytest
 
 from scheduler.controller import run_job
+from scheduler.runfolder import read_metrics
 from tests.test_sweep import make_job
 
 pytestmark = pytest.mark.ray
@@ -26,7 +27,7 @@ def _job(data, workers: int, batch: int, extra: str = ""):
 
 def _metrics(run):
     (trial,) = (run / "trials").iterdir()
-    return [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(trial)
 
 
 def test_two_workers_match_one_worker_and_cover_the_whole_validation_set(ray_session, small_mltable, tmp_path):

@@ -56,15 +56,26 @@ def test_reports_every_evaluation_and_checkpoints_on_improvement(small_data, tmp
         predictor.predict_images([open(small_data.valid[0].image_url, "rb").read(), b"not an image"])
 
 
-def test_checkpoint_frequency_counts_evaluations(small_data):
-    # a checkpoint every 2nd evaluation, and at every improvement (best/ is then the best evaluation)
+def test_checkpoint_frequency_counts_epochs(small_data):
+    # §6.1: a checkpoint every 2nd epoch, and at every improvement (best/ is then the best evaluation)
     _, reports = run(small_data, number_of_epochs=4, checkpoint_frequency=2, early_stopping=False)
     best, expected = -1.0, []
-    for n, (m, _) in enumerate(reports, 1):
-        expected.append(n % 2 == 0 or m["accuracy"] > best)
+    for m, _ in reports:
+        expected.append(m["epoch"] % 2 == 0 or m["accuracy"] > best)
         best = max(best, m["accuracy"])
     assert [save is not None for _, save in reports] == expected
     assert expected[0] and expected[1] and expected[3]
+    # evaluated every 3rd epoch: the checkpoint of epochs 2 and 4 goes with the evaluations of epochs 3 and 6
+    _, reports = run(small_data, number_of_epochs=6, checkpoint_frequency=2, evaluation_frequency=3,
+                     early_stopping=False, learning_rate=0.0)
+    assert [m["epoch"] for m, _ in reports] == [3, 6] and all(save is not None for _, save in reports)
+    _, reports = run(small_data, number_of_epochs=6, checkpoint_frequency=4, early_stopping=False)
+    best, improved = -1.0, []
+    for m, _ in reports:
+        improved.append(m["accuracy"] > best)
+        best = max(best, m["accuracy"])
+    saved = [m["epoch"] for m, save in reports if save is not None]
+    assert saved == sorted({4} | {m["epoch"] for (m, _), up in zip(reports, improved) if up})  # 4, not 8
 
 
 def test_early_stopping_after_delay_and_patience(small_data):

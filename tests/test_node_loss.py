@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local import MARKER_ENV, LocalCluster
+from scheduler.runfolder import read_metrics
 from tests.test_sweep import make_job
 
 pytestmark = pytest.mark.ray
@@ -78,17 +79,7 @@ def driver(cluster, tmp_path):
 
 
 def _metrics(trial: Path) -> list[dict]:
-    try:
-        lines = (trial / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:   # a line being written
-            pass
-    return out
+    return read_metrics(trial)
 
 
 def _status(trial: Path) -> str | None:

@@ -176,5 +176,5 @@ def test_warm_start_history_counts_in_the_statistics():
 
 
 def test_unknown_policy_name():
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="early_termination.type .hyperband. is not a policy.*expected one of bandit"):
         create_policy("hyperband")

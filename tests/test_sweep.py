@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from scheduler.controller import run_job
-from tests.conftest import from_scratch
+from scheduler.runfolder import read_metrics
 from scheduler.spec import parse_job
+from tests.conftest import from_scratch
 from trainers.errors import VisionsweepError
 
 pytestmark = pytest.mark.ray
@@ -64,7 +65,7 @@ sweep:
     best_per_trial = {}
     for t in trials:
         params = json.loads((t / "params.json").read_text())
-        metrics = [json.loads(x) for x in (t / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_metrics(t)
         status = json.loads((t / "status.json").read_text())
         assert status["status"] == "completed" and [m["epoch"] for m in metrics] == [1, 2]
         best_per_trial[t.name] = (max(m["accuracy"] for m in metrics), params)
@@ -114,13 +115,12 @@ def test_single_trial_uses_the_fixed_model_and_defaults(ray_session, small_mltab
 
 def test_with_checkpoint_frequency_best_is_the_evaluation_the_leaderboard_reports(ray_session, small_mltable,
                                                                                    tmp_path):
-    # checkpoint_frequency 5 with 2 evaluations: no periodic checkpoint falls due, the best one still does
+    # checkpoint_frequency 5 with 2 epochs: no periodic checkpoint falls due, the best one still does
     job = make_job(small_mltable, "  checkpoint_frequency: 5\n", epochs=2)
     result = run_job(job, tmp_path / "run", echo=lambda s: None)
     exported = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
     assert exported["accuracy"] == result.best_metric == result.rows[0]["accuracy"]
-    evals = [json.loads(ln) for ln in (tmp_path / "run" / "trials" / result.best_trial / "metrics.jsonl")
-             .read_text().splitlines()]
+    evals = read_metrics(tmp_path / "run" / "trials" / result.best_trial)
     assert exported["epoch"] == max(evals, key=lambda m: m["accuracy"])["epoch"]
 
 

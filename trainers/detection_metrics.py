@@ -179,33 +179,40 @@ def _coco_datasets(predictions, targets, classes, segmentation):
         height, width = target.get("size") or _size_from_masks(target, pred)
         images.append({"id": image_id, "height": int(height), "width": int(width)})
 
-        boxes, labels = _boxes_labels(target, f"targets[{i}]", len(classes))
-        iscrowd = _to_numpy(target.get("iscrowd", np.zeros(len(labels)))).reshape(-1).astype(bool)
-        if len(iscrowd) != len(labels):
-            raise ValueError(f"targets[{i}]: {len(iscrowd)} iscrowd flags for {len(labels)} boxes")
-        masks = _masks(target, f"targets[{i}]", len(labels)) if segmentation else None
-        for j in range(len(labels)):
-            ann = _annotation(len(gt_anns) + 1, image_id, labels[j], boxes[j], masks[j] if masks else None)
-            ann["iscrowd"] = int(iscrowd[j])
-            if iscrowd[j]:
-                crowd_ids.add(ann["id"])
-            gt_anns.append(ann)
-
-        boxes, labels = _boxes_labels(pred, f"predictions[{i}]", len(classes))
-        scores = _to_numpy(pred.get("scores", np.zeros(0)), np.float64).reshape(-1)
-        if len(scores) != len(labels):
-            raise ValueError(f"predictions[{i}]: {len(scores)} scores for {len(labels)} boxes")
-        masks = _masks(pred, f"predictions[{i}]", len(labels)) if segmentation else None
-        for j in range(len(labels)):
-            ann = _annotation(len(dt_anns) + 1, image_id, labels[j], boxes[j], masks[j] if masks else None)
-            ann["score"] = float(scores[j])
-            ann["iscrowd"] = 0
-            dt_anns.append(ann)
-        if len(labels):
-            max_per_image_class = max(max_per_image_class, int(np.bincount(labels).max()))
+        anns = _entry_annotations(target, f"targets[{i}]", image_id, len(gt_anns) + 1, len(classes), segmentation,
+                                  iscrowd=("iscrowd flags", lambda n: target.get("iscrowd", np.zeros(n)), int))
+        crowd_ids.update(a["id"] for a in anns if a["iscrowd"])
+        gt_anns += anns
+        anns = _entry_annotations(pred, f"predictions[{i}]", image_id, len(dt_anns) + 1, len(classes), segmentation,
+                                  score=("scores", lambda n: pred.get("scores", np.zeros(0)), float),
+                                  iscrowd=("", lambda n: np.zeros(n), int))
+        dt_anns += anns
+        if anns:
+            per_class = np.bincount([a["category_id"] for a in anns])
+            max_per_image_class = max(max_per_image_class, int(per_class.max()))
     gt = {"images": images, "categories": categories, "annotations": gt_anns}
     dt = {"images": images, "categories": categories, "annotations": dt_anns}
     return gt, dt, crowd_ids, max_per_image_class
+
+
+def _entry_annotations(entry, where: str, image_id: int, first_id: int, n_classes: int, segmentation: bool,
+                       **fields) -> list[dict]:
+    """One image's boxes (and masks) of a target or a prediction as COCO annotations with ids from ``first_id``;
+    ``fields``: name -> (what it is, for errors; its per-box values given the box count; the type of each value)."""
+    boxes, labels = _boxes_labels(entry, where, n_classes)
+    values = {}
+    for name, (what, get, kind) in fields.items():
+        v = _to_numpy(get(len(labels)), np.float64).reshape(-1)
+        if len(v) != len(labels):
+            raise ValueError(f"{where}: {len(v)} {what} for {len(labels)} boxes")
+        values[name] = v
+    masks = _masks(entry, where, len(labels)) if segmentation else None
+    out = []
+    for j in range(len(labels)):
+        ann = _annotation(first_id + j, image_id, labels[j], boxes[j], masks[j] if masks else None)
+        ann.update({name: fields[name][2](v[j]) for name, v in values.items()})
+        out.append(ann)
+    return out
 
 
 def _size_from_masks(target, pred):

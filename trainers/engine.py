@@ -4,7 +4,8 @@
 evaluates every ``evaluation_frequency`` epochs (and after the last one), and hands each evaluation's
 metrics to ``report`` together with a function that writes a model package when a checkpoint is due:
 at every improvement of the primary metric (so ``best/`` is the evaluation the leaderboard reports), and
-also every ``checkpoint_frequency`` evaluations when that is set.
+also every ``checkpoint_frequency`` epochs when that is set (§6.1; at the first evaluation at or after each
+multiple, since checkpoints go with evaluations).
 In-trial early stopping (``early_stopping``, ``_patience``, ``_delay``) counts evaluations.
 
 What a model, a sample, a batch's loss and an evaluation are is the task's business (``trainers.tasks``:
@@ -19,7 +20,7 @@ rank 0 writes checkpoints. On CUDA the loop uses mixed precision (bf16 where sup
 with a gradient scaler) and ``channels_last``; ``Workers.amp`` / ``channels_last`` turn them off.
 
 What each evaluation reports (§14): the task's validation metrics, ``train_loss`` (the epoch's
-optimisation loss), ``learning_rate`` and throughput; ``validation_loss`` only with
+optimisation loss), ``learning_rate``, throughput and ``trainer_pid`` (the process that trained it, rank 0's); ``validation_loss`` only with
 ``log_validation_loss`` (the default; classification computes one, detectors do not); and, with
 ``log_training_metrics``, the task's metrics over the training images too, under ``train_<metric>``
 (one more pass over the training set per evaluation, without augmentation: off by default).
@@ -31,7 +32,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -133,6 +136,31 @@ def evaluation_metrics(task: Task, net, valid_loader, train_loader, rt: Runtime,
 TRAINER_STATE = "trainer_state.pt"
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """The hyperparameters the loop itself reads (the task and the optimiser read the rest of ``h``)."""
+
+    epochs: int
+    eval_every: int  # evaluation_frequency, in epochs
+    accumulate: int  # gradient_accumulation_step
+    early_stopping: bool
+    patience: int  # evaluations without improvement, counted after the delay (§6.1)
+    delay: int  # evaluations before improvement is tracked
+    checkpoint_every: int | None  # checkpoint_frequency, in epochs (§6.1); None: at improvements only
+    seed: int
+
+    @classmethod
+    def of(cls, h: dict[str, Any]) -> "LoopSettings":
+        return cls(h["number_of_epochs"], h["evaluation_frequency"], h["gradient_accumulation_step"],
+                   bool(h["early_stopping"]), h["early_stopping_patience"], h["early_stopping_delay"],
+                   h.get("checkpoint_frequency"), h.get("random_seed") or 0)
+
+    def periodic_checkpoint_due(self, epoch: int, last: int) -> bool:
+        """A checkpoint every ``checkpoint_every`` epochs, at the first evaluation at or after each multiple
+        (checkpoints go with evaluations); ``last``: the epoch of the previous periodic one."""
+        return bool(self.checkpoint_every) and epoch // self.checkpoint_every > last // self.checkpoint_every
+
+
 def start_from(task: Task, h: dict[str, Any], weights: Any, resume_from: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(what the model is built from, its architecture choices, the provenance of its initial weights).
 
@@ -184,7 +212,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     task = make_task(data.task, data.classes)
     task.check(h)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(h.get("random_seed") or 0)
+    loop = LoopSettings.of(h)
+    torch.manual_seed(loop.seed)
     init, architecture, provenance = start_from(task, h, weights, resume_from)
     model = task.build_model(h, init, architecture)
     task.freeze(model, h)
@@ -196,13 +225,13 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     task.prepare(h, data, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, h)
-    accum = h["gradient_accumulation_step"]
+    accum = loop.accumulate
     steps_per_epoch = max(1, math.ceil(len(train_loader) / accum))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(h, steps_per_epoch))
 
     primary = task.primary_metric
-    epochs, eval_every = h["number_of_epochs"], h["evaluation_frequency"]
-    best, best_epoch, stale, n_evals, start = -math.inf, 0, 0, 0, 1
+    epochs, eval_every = loop.epochs, loop.eval_every
+    best, best_epoch, stale, n_evals, start, last_periodic = -math.inf, 0, 0, 0, 1, 0
     resumed_from = None
     if resume_from:
         from safetensors.torch import load_file
@@ -214,6 +243,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         if "scaler" in st:
             scaler.load_state_dict(st["scaler"])
         best, best_epoch, stale, n_evals, start = st["best"], st["best_epoch"], st["stale"], st["n_evals"], st["epoch"] + 1
+        last_periodic = st.get("last_periodic", 0)
         resumed_from = st["epoch"]
         log.info("resumed after epoch %d (best %s %.4f)", st["epoch"], primary, best)
     net = model
@@ -251,7 +281,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         n_evals += 1
         m = evaluation_metrics(task, net, valid_loader, train_eval_loader, rt, h)
         m.update(epoch=epoch, train_loss=train_loss, learning_rate=opt.param_groups[0]["lr"],
-                 train_images_per_sec=seen / elapsed if elapsed > 0 else 0.0)
+                 train_images_per_sec=seen / elapsed if elapsed > 0 else 0.0,
+                 trainer_pid=os.getpid())  # the process that trained it (rank 0's): what a fault test kills
         if workers.distributed:
             m["workers"] = workers.world
         if resumed_from is not None:
@@ -263,15 +294,17 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         if improved:
             best, best_epoch = value, epoch
         # In-trial early stopping counts evaluations after the delay (§6.1).
-        if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
+        if loop.early_stopping and n_evals > loop.delay:
             stale = 0 if improved else stale + 1
         # A checkpoint at every improvement, so that the exported best/ package is the evaluation the
-        # leaderboard reports; checkpoint_frequency adds periodic ones (a resume goes on from the latest).
-        cf = h.get("checkpoint_frequency")
-        due = improved or bool(cf and n_evals % cf == 0)
+        # leaderboard reports; checkpoint_frequency adds one every that many epochs (a resume goes on from the latest).
+        periodic = loop.periodic_checkpoint_due(epoch, last_periodic)
+        if periodic:
+            last_periodic = epoch
         saver = None
-        if due and workers.rank == 0:
-            state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals}
+        if (improved or periodic) and workers.rank == 0:
+            state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals,
+                     "last_periodic": last_periodic}
 
             def saver(path: str, _m=dict(m), _state=state) -> None:
                 save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m,
@@ -281,8 +314,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         if n_evals == 1 and resumed_from is None:
             m["initial_weights"] = provenance  # where the trial's weights came from (run folder, MLflow params)
         report(m, saver)
-        if h["early_stopping"] and n_evals > h["early_stopping_delay"]:
-            if stale >= h["early_stopping_patience"]:
+        if loop.early_stopping and n_evals > loop.delay:
+            if stale >= loop.patience:
                 log.info("early stopping after epoch %d (best %s %.4f at epoch %d)", epoch, primary, best, best_epoch)
                 return {"best": best, "best_epoch": best_epoch, "epochs": epoch, "early_stopped": True}
     return {"best": best, "best_epoch": best_epoch, "epochs": epochs, "early_stopped": False}

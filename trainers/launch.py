@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
-from trainers.engine import Workers, train
+from trainers.engine import train
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
 from trainers.logs import apply_in_worker
 from trainers.models.weights.resolve import initial_weights
 from trainers.models.weights.sources import WeightsConfig
+from trainers.workers import Workers
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,31 @@ def _materialize(data: PreparedData) -> None:
         data.store.materialize([r.image_url for r in (*data.train, *data.valid)])
 
 
-def _initial(h: dict[str, Any], data: PreparedData, weights: WeightsConfig, init_package: str | None):
-    """What a fresh trial starts from, on this node: an earlier model (``checkpoint_run_id``) wins over the
-    published weights, which are fetched here (once per node, see ``trainers.models.weights``)."""
-    return init_package or initial_weights(h, data.task, weights)
+@dataclass(frozen=True)
+class Session:
+    """Where a training process reports and finds its checkpoint: Tune's session (a one-worker trial) or Ray
+    Train's (a worker of a data-parallel group); the same calls, so one trial body serves both."""
+
+    report: Callable[..., None]
+    checkpoint_cls: Any
+    get_checkpoint: Callable[[], Any]
+
+
+def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers: Workers, cpus: float,
+                weights: WeightsConfig, init_package: str | None, device: str | None = None) -> None:
+    """The trial body, in this process: threads, this node's images, then the engine from the last checkpoint
+    (a restarted trial or worker, §8.7) or from what a fresh trial starts from: an earlier model
+    (``checkpoint_run_id``) wins over the published weights, which are fetched here, once per node."""
+    _threads(cpus)
+    _materialize(data)
+    report = _package_report(session.report, session.checkpoint_cls)
+    ckpt = session.get_checkpoint()
+    if ckpt is None:
+        init = init_package or initial_weights(h, data.task, weights)
+        train(h, data, report, weights=init, device=device, workers=workers)
+        return
+    with ckpt.as_directory() as d:
+        train(h, data, report, resume_from=d, device=device, workers=workers)
 
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
@@ -97,15 +119,8 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
     if group.workers > 1:
         _run_group(h, data, init_package, weights, group, primary, credentials, log_level)
         return
-    _threads(cpus)
-    _materialize(data)
-    report = _package_report(tune.report, tune.Checkpoint)
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        train(h, data, report, weights=_initial(h, data, weights, init_package), workers=group.engine_workers())
-        return
-    with ckpt.as_directory() as d:  # a restored trial goes on from its last checkpoint (§8.7)
-        train(h, data, report, resume_from=d, workers=group.engine_workers())
+    _train_here(h, data, Session(tune.report, tune.Checkpoint, tune.get_checkpoint), group.engine_workers(), cpus,
+                weights, init_package)
 
 
 def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, weights: WeightsConfig, group: Group,
@@ -145,13 +160,5 @@ def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], dat
     credentials.apply()
     ctx = ray.train.get_context()
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
-    _threads(group.cpus_per_worker)
-    _materialize(data)
-    device = str(ray.train.torch.get_device())
-    report = _package_report(ray.train.report, ray.train.Checkpoint)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        train(h, data, report, weights=_initial(h, data, weights, init_package), device=device, workers=workers)
-        return
-    with ckpt.as_directory() as d:
-        train(h, data, report, resume_from=d, device=device, workers=workers)
+    _train_here(h, data, Session(ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint), workers,
+                group.cpus_per_worker, weights, init_package, device=str(ray.train.torch.get_device()))

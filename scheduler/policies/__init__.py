@@ -13,14 +13,13 @@ from typing import Any, Callable
 from scheduler.policies.bandit import BanditPolicy
 from scheduler.policies.base import Decision, Policy
 from scheduler.policies.percentile import MedianStoppingPolicy, TruncationSelectionPolicy
+from trainers.registry import Registry
 
-_POLICIES: dict[str, Callable[..., Policy]] = {}
+_POLICIES: Registry[Callable[..., Policy]] = Registry("policy")
 
 
 def register_policy(name: str, factory: Callable[..., Policy]) -> None:
-    if name in _POLICIES:
-        raise ValueError(f"a policy is already registered under the name {name!r}")
-    _POLICIES[name] = factory
+    _POLICIES.register(name, factory)
 
 
 register_policy("bandit", BanditPolicy)
@@ -29,13 +28,11 @@ register_policy("truncation_selection", TruncationSelectionPolicy)
 
 
 def list_policies() -> list[str]:
-    return sorted(_POLICIES) + ["asha"]
+    return _POLICIES.names() + ["asha"]
 
 
 def create_policy(name: str, **kwargs: Any) -> Policy:
-    if name not in _POLICIES:
-        raise ValueError(f"early_termination.type must be one of {list_policies()}, but got {name!r}.")
-    return _POLICIES[name](**kwargs)
+    return _POLICIES.get(name, f"early_termination.type {name!r} is not a policy of this package")(**kwargs)
 
 
 def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = None, epochs_of=None):

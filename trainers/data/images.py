@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -31,15 +33,43 @@ log = logging.getLogger(__name__)
 IO_THREADS = 16  # concurrent storage requests of one process: latency-bound, not CPU-bound
 
 
-def decode_image(data: bytes, where: str = "image") -> Image.Image:
-    """Image file bytes -> RGB image; ``DataError`` naming ``where`` when they are not an image."""
+# The most pixels an image of the training data may declare: what PIL itself refuses (twice its warning limit).
+# Serving caps requests lower (serving.schema.MAX_IMAGE_PIXELS): the same check, a smaller number.
+TRAINING_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+class ImageTooLarge(DataError):
+    """An image that declares more pixels than the cap (a decompression bomb; a 413 when served)."""
+
+
+def decode_image(data: bytes, where: str = "image", max_pixels: int = TRAINING_MAX_PIXELS,
+                 cap_name: str = "trainers.data.images.TRAINING_MAX_PIXELS") -> Image.Image:
+    """Image file bytes -> RGB image; ``DataError`` naming ``where`` when they are not an image, and
+    ``ImageTooLarge`` when they declare more than ``max_pixels`` pixels.
+
+    The one decoder of training data and served requests, with one policy for decompression bombs: the size is
+    read from the header and checked before any pixel is decoded (a few kB of PNG can declare 20000 x 20000
+    pixels, 1.2 GB as RGB). PIL's own guard (``Image.MAX_IMAGE_PIXELS``) only warns below twice its limit and is
+    process-wide, so the cap is a parameter here.
+    """
+    too_large = f"at most {max_pixels} pixels are decoded ({cap_name})"
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL refuses twice its limit before we can look at the size
+        declared = re.search(r"\d+ pixels", str(e))
+        raise ImageTooLarge(f"{where}: too many pixels: {declared.group(0) if declared else 'more than PIL decodes'} "
+                            f"declared; {too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{where}: not a decodable image ({e})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{where}: too many pixels: {width} x {height} = {width * height} pixels; {too_large}")
+    try:
         img.load()
         return img.convert("RGB")
-    except Image.DecompressionBombError as e:  # a few kB that would decode to gigabytes
-        raise DataError(f"{where}: too many pixels to decode safely ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{where}: not a decodable image ({e})") from None
 
 

@@ -28,6 +28,7 @@ from trainers.errors import SpecError
 from trainers.models.loading import freeze_prefix_groups, load_pretrained
 from trainers.models.names import is_hf_name
 from trainers.models.weights.initial import InitialWeights
+from trainers.registry import Registry
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,11 @@ class ModelEntry:
     fixed_input: bool = False  # ViTs: train and validation crops must be equal (§6.4)
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+CLASSIFIERS: Registry[ModelEntry] = Registry("classification model", SpecError)
 
 
 def register(entry: ModelEntry) -> None:
-    if entry.name in _REGISTRY:
-        raise ValueError(f"a model is already registered under the name {entry.name!r}")
-    _REGISTRY[entry.name] = entry
+    CLASSIFIERS.register(entry.name, entry)
 
 
 for _n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
@@ -74,15 +73,11 @@ register(ModelEntry("vitl16r224", "timm", "vit_large_patch16_224", tuple(_vit_gr
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return CLASSIFIERS.names()
 
 
 def get_entry(name: str) -> ModelEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SpecError(f"model_name {name!r} has no classification builder; expected one of "
-                        f"{', '.join(list_models())}") from None
+    return CLASSIFIERS.get(name, f"model_name {name!r} has no classification builder")
 
 
 def build_model(name: str, num_classes: int, crop_size: int, weights=None) -> nn.Module:

@@ -30,6 +30,7 @@ from trainers.errors import VisionsweepError
 from trainers.models.loading import load_pretrained
 from trainers.models.names import model_backend
 from trainers.models.weights.initial import InitialWeights, is_pretrained
+from trainers.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,11 @@ class DetectorEntry:
     depth: int  # ResNet depth of the FPN backbone
 
 
-_REGISTRY: dict[str, DetectorEntry] = {}
+DETECTORS: Registry[DetectorEntry] = Registry("detection model", VisionsweepError)
 
 
 def register(entry: DetectorEntry) -> None:
-    if entry.name in _REGISTRY:
-        raise ValueError(f"detector {entry.name} registered twice")
-    _REGISTRY[entry.name] = entry
+    DETECTORS.register(entry.name, entry)
 
 
 for _family in ("fasterrcnn", "maskrcnn"):
@@ -55,14 +54,11 @@ register(DetectorEntry("retinanet_resnet50_fpn", "retinanet", 50))
 
 
 def list_detectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return DETECTORS.names()
 
 
 def get_detector_entry(name: str) -> DetectorEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise VisionsweepError(f"unknown detection model {name!r}; expected one of {', '.join(list_detectors())}") from None
+    return DETECTORS.get(name)
 
 
 def detector_kwargs(settings: dict[str, Any]) -> tuple[dict[str, int], float, float, int]:

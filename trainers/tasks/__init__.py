@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from trainers.registry import Registry
 from trainers.tasks.base import Task
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry("task")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} registered twice")
-    TASKS[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name, cls)
 
 
 def make_task(task: str, classes: Sequence[str]) -> Task:
-    try:
-        cls = TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}") from None
-    return cls(classes)
+    return TASKS.get(task)(classes)
 
 
 from trainers.tasks.classification import ClassificationTask, MultiClassTask, MultiLabelTask  # noqa: E402
