@@ -1,7 +1,8 @@
 """The sweep controller: a validated job -> a Ray Tune run -> a run folder with the best model package.
 
 Run folder::
-    job.yml                 the job as submitted, credentials in storage_options as *** (run.json: its source)
+    job.yml                 the job as submitted, credentials in storage_options as *** (run.json: its source,
+                            display_name, description and tags)
     job.resolved.yaml       the job as it runs (defaults, clamped limits, v2 names, mode)
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
     trials/<id>/            params.json, metrics.jsonl (one line per evaluation), status.json
@@ -11,6 +12,8 @@ Run folder::
     automode.json           AutoMode only: the models and ranges it chose, and why
     leaderboard.csv         one row per trial, best first
     best/                   the model package of the best trial
+    outputs/mlflow-model/   the same model in the managed service's layout (§9.1): MLflow files, artifacts/ with
+                            the package's files (artifacts/settings.json: its inference settings)
     report.html             the sweep report (``visionsweep report RUN`` rewrites it)
     mlflow.db, tracking.json  MLflow tracking (parent run = sweep, child runs = trials)
     summary.json            mode, timings, best trial, where everything is
@@ -38,12 +41,13 @@ from scheduler.preflight import check_supported, check_weights, weights_availabl
 from scheduler.resources import capacity_shortfall, local_gpus, trial_resources, workers_per_trial
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
 from scheduler.runstore import SWEEP, RunStore, mirror_callback
-from scheduler.spec import Job, parse_job
+from scheduler.spec import Job, parse_job, redact
 from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
 from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.errors import VisionsweepError
 from trainers.labels import label_json
+from trainers.package import package_root
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +101,13 @@ def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None) -> Pre
 
 
 def resolve_checkpoint_run(ref: str, base_dir: Path) -> Path:
-    """``checkpoint_run_id``: a model package, a run folder (its best/), or a run folder name under runs/."""
+    """``checkpoint_run_id``: a model package (either layout), a run folder (its best/), or a run folder name under
+    runs/."""
     candidates = [Path(ref), base_dir / ref, Path("runs") / ref]
     for c in candidates:
         for pkg in (c, c / "best"):
-            if (pkg / "model.json").is_file():
-                return pkg.resolve()
+            if (package_root(pkg) / "model.json").is_file():
+                return package_root(pkg).resolve()
     raise VisionsweepError(f"training_parameters.checkpoint_run_id: {ref!r} is neither a model package nor a run "
                            f"folder with best/ (looked in {', '.join(str(c) for c in candidates)})")
 
@@ -148,7 +153,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     from ray import tune
 
     from cluster.connect import connect, gpus_per_node
-    from scheduler.tracking import MlflowTracker
+    from scheduler.tracking import MlflowTracker, job_tags
     from trainers.launch import train_trial
 
     run_dir = store.local
@@ -158,6 +163,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         (run_dir / "run.json").write_text(json.dumps({
             "source": str(job.source.resolve()) if job.source else None, "base_dir": str(job.base_dir),
             "datastores": str(Path(datastores).resolve()) if datastores else None,
+            **_labels(job),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     init_package = _init_package(job)
     (run_dir / "job.resolved.yaml").write_text(yaml.safe_dump(job.resolved(), sort_keys=False))
@@ -211,7 +217,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     tracker = None
     if ext.tracking.enabled:
         tracker = MlflowTracker(run_dir, ext.tracking.uri, ext.tracking.experiment or spec.experiment_name or
-                                "visionsweep", spec.name or run_dir.name, primary)
+                                "visionsweep", spec.display_name or spec.name or run_dir.name, primary, job_tags(spec))
         callbacks.append(tracker)
     budget_s = spec.limits.timeout_minutes * 60
     left_s = budget_s - (clock() - t0)  # what data preparation and the cluster's start left to the trials
@@ -261,6 +267,14 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
     return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase)
+
+
+def _labels(job: Job) -> dict[str, Any]:
+    """The job's display name, description and tags for run.json (credentials inside them as ``***``)."""
+    spec = job.spec
+    return {"display_name": redact(spec.display_name) if spec.display_name else None,
+            "description": redact(spec.description) if spec.description else None,
+            "tags": {str(k): redact(str(v)) for k, v in (spec.tags or {}).items()}}
 
 
 def _trial_dirname(trial) -> str:

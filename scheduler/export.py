@@ -21,7 +21,9 @@ from scheduler.runstore import SWEEP, TRAIN, RunStore
 from scheduler.spec import Job
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.package import copy_package
+from trainers.package import copy_package, write_service_layout
+
+SERVICE_MODEL = "outputs/mlflow-model"  # where the service keeps a trial's MLflow model (§9.1)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,9 @@ def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tu
             if best_dir.exists():
                 shutil.rmtree(best_dir)
             shutil.move(str(Path(tmp) / "best"), best_dir)
+        # the managed service's layout of the same model (§9.1): outputs/mlflow-model/ with artifacts/settings.json
+        meta = read_json(best_dir / "model.json", {})
+        write_service_layout(best_dir, run_dir / SERVICE_MODEL, meta.get("model_name", ""))
         return row["trial_id"], row[primary]
     if not any(r.get(primary) is not None for r in rows):
         raise VisionsweepError(f"no trial reported {primary}; see {run_dir}/trials/*/status.json")

@@ -37,10 +37,12 @@ class MlflowTracker(Callback):
     The thread and the client are rebuilt after unpickling (Tune pickles its callbacks for resume).
     """
 
-    def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str):
+    def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str,
+                 tags: dict[str, str] | None = None):
         self.run_dir = Path(run_dir)
         self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
         self.experiment, self.parent_name, self.primary = experiment, parent_name, primary
+        self.tags = dict(tags or {})  # the job's tags, description (mlflow.note.content) and display name
         self._client = None
         self._ids: dict[str, Any] | None = None
         self._queue: queue.Queue | None = None
@@ -99,7 +101,7 @@ class MlflowTracker(Callback):
                 exp = self.client.get_experiment_by_name(self.experiment)
                 exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
                 parent = self.client.create_run(exp_id, run_name=self.parent_name,
-                                                tags={"visionsweep.run_dir": str(self.run_dir)})
+                                                tags={**self.tags, "visionsweep.run_dir": str(self.run_dir)})
                 self._ids = {"uri": self.uri, "experiment_id": exp_id, "parent": parent.info.run_id, "trials": {}}
                 self._save()
         return self._ids
@@ -208,6 +210,17 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     (a value could be a URL with a SAS signature, e.g. a model folder on storage)."""
 
     return {k: redact(str(v)) for k, v in config.items()}
+
+
+def job_tags(spec) -> dict[str, str]:
+    """The job's ``tags`` (§3.1, as MLflow tags), ``description`` (MLflow's run note) and ``display_name``, with
+    any credential inside a value as ``***``."""
+    out = {str(k): redact(str(v))[:5000] for k, v in (spec.tags or {}).items()}
+    if spec.description:
+        out["mlflow.note.content"] = redact(spec.description)
+    if spec.display_name:
+        out["display_name"] = redact(spec.display_name)
+    return out
 
 
 def weights_params(provenance: dict[str, Any]) -> dict[str, str]:

@@ -137,19 +137,29 @@ def test_debug_verbosity_is_visionsweeps_own_on_every_path_that_runs_a_job(resto
 
 # --- nothing accepted and then ignored ----------------------------------------------------------
 
-def test_augmentations_are_refused_as_not_supported_with_their_path():
-    msg = error("training_parameters:\n  augmentations: 'RandomHorizontalFlip'\n")
-    assert msg.startswith("job.yml:6: training_parameters.augmentations: not supported yet: augmentations")
-    msg = error("search_space:\n  - augmentations: {type: choice, values: [a, b]}\nsweep: {sampling_algorithm: grid}\n")
-    assert "search_space[0].augmentations: not supported yet: augmentations" in msg
+def test_augmentations_are_accepted_with_a_warning_that_they_are_not_applied(tmp_path, capsys):
+    # the service accepts the key (a string whose syntax the spec does not give): accepted, and said so
+    j = job("training_parameters:\n  augmentations: 'RandomHorizontalFlip'\n")
+    assert j.training_parameters["augmentations"] == "RandomHorizontalFlip"
+    (w,) = j.warnings()
+    assert w.startswith("training_parameters.augmentations: accepted, but the service's custom augmentation "
+                        "string is not applied") and "built-in augmentations of §7.1" in w
+    j = job("search_space:\n  - augmentations: {type: choice, values: [a, b]}\nsweep: {sampling_algorithm: grid}\n")
+    assert j.warnings()[0].startswith("search_space[0].augmentations: accepted, but")
+    out = validate(tmp_path, BASE + "training_parameters:\n  augmentations: 'RandomHorizontalFlip'\n", capsys)
+    assert "# warning: training_parameters.augmentations: accepted, but" in out
 
 
 def test_augmentation_flags_outside_their_task_or_model_are_refused():
     msg = error("training_parameters:\n  advanced_settings: '{\"apply_automl_train_augmentations\": false}'\n")
     assert "training_parameters.advanced_settings" in msg and "not to image_classification" in msg
-    msg = error("training_parameters:\n  model_name: fasterrcnn_resnet50_fpn\n"
-                "  advanced_settings: '{\"apply_mosaic_for_yolo\": false}'\n", DETECTION)
-    assert "apply_mosaic_for_yolo applies to yolov5 only" in msg and "fasterrcnn_resnet50_fpn" in msg
+    # the spec's own combined example sets both flags for a detection job: the mosaic flag without yolov5 is
+    # accepted, with a note that it has no effect
+    j = job("training_parameters:\n  model_name: fasterrcnn_resnet50_fpn\n  advanced_settings: "
+            "'{\"apply_automl_train_augmentations\": false, \"apply_mosaic_for_yolo\": false}'\n", DETECTION)
+    (note,) = [n for n in j.notes() if "apply_mosaic_for_yolo" in n]
+    assert "applies to yolov5 only" in note and "trains fasterrcnn_resnet50_fpn, so it has no effect" in note
+    assert j.advanced.apply_automl_train_augmentations is False
     # where they act they are accepted: yolov5 is the detection default, and a sweep may pick it
     assert job("training_parameters:\n  advanced_settings: '{\"apply_mosaic_for_yolo\": false}'\n",
                DETECTION).advanced.apply_mosaic_for_yolo is False
@@ -161,11 +171,53 @@ def test_augmentation_flags_outside_their_task_or_model_are_refused():
     assert job("training_parameters:\n  advanced_settings: '{\"stream_image_files\": true}'\n").advanced.stream_image_files
 
 
-def test_log_validation_loss_true_is_refused_where_no_validation_loss_exists():
-    msg = error("training_parameters:\n  model_name: fasterrcnn_resnet18_fpn\n  log_validation_loss: true\n", DETECTION)
-    assert "training_parameters.log_validation_loss: not supported yet: log_validation_loss: true" in msg
-    assert job("training_parameters:\n  log_validation_loss: false\n", DETECTION)
-    assert job("training_parameters:\n  log_validation_loss: true\n").training_parameters["log_validation_loss"]
+@pytest.mark.parametrize("task,model", [("image_object_detection", "fasterrcnn_resnet18_fpn"),
+                                        ("image_instance_segmentation", "maskrcnn_resnet18_fpn")])
+def test_box_tasks_report_the_detectors_loss_on_the_validation_images(task, model, shapes_detection,
+                                                                      shapes_segmentation):
+    """log_validation_loss (true by default, as in the service) for detectors: their own training loss over the
+    validation images, computed without changing the model (BatchNorm statistics stay as they were)."""
+    from trainers import hyperparameters as hp
+    from trainers.data import prepare_data
+    from trainers.engine import train
+
+    tr, va = shapes_detection if task == hp.DETECTION else shapes_segmentation
+    data = prepare_data(task, "label", str(tr), str(va), 0.2, 0)
+    data.train, data.valid = data.train[:4], data.valid[:2]
+    fast = {"model_name": model, "min_size": 64, "max_size": 64, "number_of_epochs": 1, "early_stopping": False,
+            "training_batch_size": 2, "validation_batch_size": 2, "learning_rate_scheduler": "none"}
+    assert job(f"training_parameters:\n  model_name: {model}\n  log_validation_loss: true\n",
+               BASE.replace("image_classification", task)).training_parameters["log_validation_loss"]
+    out = []
+    train(hp.resolve_hyperparameters(task, fast, {}), data, lambda m, save: out.append((m, save)), device="cpu")
+    m, _ = out[-1]
+    assert m["validation_loss"] > 0 and np.isfinite(m["validation_loss"]) and "mean_average_precision" in m
+    out.clear()
+    train(hp.resolve_hyperparameters(task, {**fast, "log_validation_loss": False}, {}), data,
+          lambda m, save: out.append(m), device="cpu")
+    assert "validation_loss" not in out[-1]
+
+
+def test_the_validation_loss_leaves_the_detector_as_it_was(shapes_detection):
+    import torch
+
+    from trainers import hyperparameters as hp
+    from trainers.data import prepare_data
+    from trainers.models.detectors import build_detector
+    from trainers.tasks import make_task
+    from trainers.workers import SINGLE, Runtime
+
+    tr, va = shapes_detection
+    data = prepare_data(hp.DETECTION, "label", str(tr), str(va), 0.2, 0)
+    h = hp.resolve_hyperparameters(hp.DETECTION, {"model_name": "fasterrcnn_resnet18_fpn", "min_size": 64,
+                                                  "max_size": 64}, {})
+    task = make_task(hp.DETECTION, data.classes)
+    model = build_detector("fasterrcnn_resnet18_fpn", len(data.classes), h)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = torch.utils.data.DataLoader(task.valid_dataset(h, data), batch_size=2, collate_fn=task.collate)
+    loss = task.validation_loss(model, loader, Runtime.of(torch.device("cpu"), SINGLE, False))
+    assert loss > 0 and not model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm statistics too
 
 
 def test_log_validation_loss_and_log_training_metrics_decide_what_each_evaluation_reports(small_mltable):
@@ -375,3 +427,19 @@ def test_a_trial_process_logs_visionsweeps_records_at_the_jobs_verbosity(restore
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "DEBUG trainers.engine: epoch details" in out.stderr
     assert "Request URL" not in out.stderr  # other libraries stay at WARNING
+
+
+def test_yolov5_settings_do_not_apply_to_mmdetection_models():
+    msg = error("training_parameters:\n  model_name: atss_r50_fpn_1x_coco\n  image_size: 512\n", DETECTION)
+    assert "training_parameters.image_size: hyperparameter 'image_size' does not apply to model atss_r50_fpn_1x_coco" in msg
+    msg = error("search_space:\n  - model_name: {type: choice, values: [atss_r50_fpn_1x_coco]}\n"
+                "    multi_scale: {type: choice, values: [true, false]}\nsweep: {sampling_algorithm: grid}\n", DETECTION)
+    assert "search_space[0].multi_scale: hyperparameter 'multi_scale' does not apply to model atss_r50_fpn_1x_coco" in msg
+    # their own settings apply (min_size / max_size, as the torchvision detectors)
+    assert job("training_parameters:\n  model_name: atss_r50_fpn_1x_coco\n  min_size: 512\n", DETECTION)
+
+
+@pytest.mark.parametrize("key,value", [("split_ratio", "[0.1, 0.2]"), ("distributed", "[true, false]")])
+def test_job_level_settings_cannot_be_swept(key, value):
+    msg = error(f"search_space:\n  - {key}: {{type: choice, values: {value}}}\nsweep: {{sampling_algorithm: grid}}\n")
+    assert f"search_space[0].{key}: {key!r} cannot be swept" in msg and "set it in training_parameters" in msg

@@ -55,3 +55,26 @@ def test_mlflow_models_predict_on_a_package(classifier, sample, tmp_path):
     expected = Predictor(str(package), device="cpu").predict_images(images)
     assert [o["labels"] for o in out] == [["a", "b", "c"]] * 2
     assert sum((o["probs"] for o in out), []) == pytest.approx(sum((e["probs"] for e in expected), []), abs=1e-5)
+
+
+def test_the_services_mlflow_model_layout_loads_with_its_settings_in_artifacts(classifier, sample, tmp_path):
+    """§9.1 / §12 #17: the service keeps a model as mlflow-model/ with artifacts/settings.json; scripts written
+    for it edit that file. The layout loads everywhere a package does, with the edited settings."""
+    import mlflow.pyfunc
+
+    from trainers.package import load_package, write_service_layout
+
+    dst = write_service_layout(classifier, tmp_path / "mlflow-model", "resnet18")
+    assert (dst / "MLmodel").is_file() and (dst / "artifacts" / "settings.json").is_file()
+    assert not (dst / "settings.json").exists() and "data: artifacts" in (dst / "MLmodel").read_text()
+    images = _images(sample)
+    expected = Predictor(str(classifier), device="cpu").predict_images(images)
+    model = mlflow.pyfunc.load_model(str(dst))
+    got = model.predict(pd.DataFrame({"image": [base64.b64encode(b).decode() for b in images]}))
+    assert got[0]["probs"] == pytest.approx(expected[0]["probs"], abs=1e-6)
+    settings = json.loads((dst / "artifacts" / "settings.json").read_text())
+    settings.update(validation_resize_size=40, validation_crop_size=36)
+    (dst / "artifacts" / "settings.json").write_text(json.dumps(settings))
+    loaded = load_package(dst)
+    assert (loaded.settings["validation_resize_size"], loaded.settings["validation_crop_size"]) == (40, 36)
+    assert load_package(classifier).settings["validation_crop_size"] == 32  # the original package is untouched

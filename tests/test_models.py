@@ -50,8 +50,18 @@ def test_layers_to_freeze_vit_and_mobilenet():
 def test_layers_to_freeze_errors():
     with pytest.raises(SpecError, match="has 5 layer groups, but got 6"):
         freeze_layers(build_model("resnet18", 3, 32), "resnet18", 6)
-    with pytest.raises(SpecError, match="resnest50 has no layer groups"):
-        freeze_layers(build_model("resnest50", 3, 32), "resnest50", 1)
+    with pytest.raises(SpecError, match="resnest101 has 5 layer groups, but got 6"):
+        freeze_layers(build_model("resnest101", 3, 32), "resnest101", 6)
+
+
+def test_resnest_freezes_its_stem_and_stages_in_order():
+    # §13 A12: ResNeSt's groups come from the model (deep stem conv1 + bn1, then layer1..layer4)
+    net = build_model("resnest50", 3, 32)
+    freeze_layers(net, "resnest50", 2)
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("conv1.") for n in frozen) and any(n.startswith("layer1.") for n in frozen)
+    assert all(n.startswith(("conv1.", "bn1.", "layer1.")) for n in frozen)
+    assert "layer2.0.conv1.weight" in _trainable(net)
 
 
 def test_pretrained_weights_from_a_file_skip_the_mismatched_head(tmp_path):

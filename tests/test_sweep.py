@@ -102,6 +102,13 @@ sweep:
     labels = json.loads((run / "best" / "labels.json").read_text())
     assert len(resp) == 2 and all(r["labels"] == labels and len(r["probs"]) == 3 for r in resp)
     assert all(abs(sum(r["probs"]) - 1) < 1e-4 for r in resp)
+    # ... and so does the same model in the service's layout (§9.1), RUN/outputs/mlflow-model
+    service = run / "outputs" / "mlflow-model"
+    assert json.loads((service / "artifacts" / "settings.json").read_text()) == \
+        json.loads((run / "best" / "settings.json").read_text())
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "predict", str(service), *map(str, images)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == resp
 
 
 def test_single_trial_uses_the_fixed_model_and_defaults(ray_session, small_mltable, tmp_path):

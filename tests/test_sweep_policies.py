@@ -163,6 +163,9 @@ search_space:
   - model_name: {type: choice, values: [resnet18]}
     learning_rate: {type: uniform, min_value: 0.001, max_value: 0.1}
 sweep: {sampling_algorithm: bayesian}
+display_name: Bayesian sweep of ResNet-18
+description: three trials, one tuned learning rate
+tags: {team: vision, sweep_kind: bayesian}
 visionsweep:
   tracking: {register_model: demo-classifier}
 """, epochs=2)
@@ -176,6 +179,12 @@ visionsweep:
     client = MlflowClient(tracking["uri"])
     parent = client.get_run(tracking["parent"])
     assert parent.data.tags["best_trial"] == result.best_trial
+    # the job's display name, description and tags are the parent run's name, note and tags, and in run.json
+    assert parent.info.run_name == "Bayesian sweep of ResNet-18"
+    assert parent.data.tags["mlflow.note.content"] == "three trials, one tuned learning rate"
+    assert parent.data.tags["team"] == "vision" and parent.data.tags["sweep_kind"] == "bayesian"
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["tags"] == {"team": "vision", "sweep_kind": "bayesian"} and meta["display_name"].startswith("Bayesian")
     assert parent.data.metrics["best_accuracy"] == pytest.approx(result.best_metric)
     children = client.search_runs([tracking["experiment_id"]],
                                   filter_string=f"tags.mlflow.parentRunId = '{tracking['parent']}'")

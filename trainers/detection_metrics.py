@@ -72,6 +72,15 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     return out
 
 
+def decode_masks(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """COCO RLE dicts -> [N, H, W] uint8 masks (the inverse of :func:`encode_masks`)."""
+    if not rles:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    enc = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]}
+           for r in rles]
+    return np.ascontiguousarray(_mask_api.decode(enc).transpose(2, 0, 1)).astype(np.uint8)
+
+
 def detection_metrics(predictions: list[dict], targets: list[dict], classes: list[str], *,
                       metric_type: str = "voc", iou_threshold: float = 0.5,
                       segmentation: bool = False) -> dict[str, Any]:

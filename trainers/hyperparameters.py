@@ -258,10 +258,17 @@ PARAMS: dict[str, Param] = {p.name: p for p in _PARAMS}
 ALIASES: dict[str, str] = {a: p.name for p in _PARAMS for a in p.aliases}
 # Keys of training_parameters that are not hyperparameters of a trial.
 NON_SWEEPABLE = {"advanced_settings", "checkpoint_run_id"}
-# Keys of §14 that real job files carry but this version does not act on: refused, never parsed and ignored.
-NOT_SUPPORTED = {
-    "augmentations": "visionsweep trains with the built-in augmentations of §7.1 (advanced_settings turns "
-                     "parts of them off for detection and segmentation, §7.2); remove the key",
+# Keys that act once per job, not per trial: a search_space that sweeps them would sweep nothing.
+JOB_LEVEL = {
+    "split_ratio": "the train/validation split is made once per job, before any trial",
+    "distributed": "the trials' workers are planned once per job",
+}
+# Keys the managed service accepts whose syntax the spec does not define: accepted, and a warning says what is
+# not applied (Job.warnings), rather than refused.
+ACCEPTED_NOT_APPLIED = {
+    "augmentations": "the service's custom augmentation string is not applied: visionsweep trains with the "
+                     "built-in augmentations of §7.1 (advanced_settings turns parts of them off for detection and "
+                     "segmentation, §7.2)",
 }
 
 # Hugging Face classifiers (§5.3; their defaults are not given, §13 A13): AdamW at lr 5e-5 with 32 images a
@@ -306,7 +313,9 @@ def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
 
 
 def _applies(p: Param, model_name: str | None) -> bool:
-    if p.models == "all" or model_name is None or model_backend(model_name) != "builtin":
+    """§6.7: the yolov5 settings apply to yolov5 only (MMDetection models included: they take min_size and
+    max_size, not image_size); the others of the box tasks to every model but yolov5."""
+    if p.models == "all" or model_name is None:
         return True
     is_yolo = model_name == "yolov5"
     return is_yolo if p.models == "yolov5" else not is_yolo
@@ -321,8 +330,6 @@ def check_applies(task: str, name: str, where: str, model_name: str | None = Non
     p = PARAMS.get(name)
     if p is None:
         raise SpecError(f"{where}: unknown hyperparameter {name!r}")
-    if name in NOT_SUPPORTED:
-        raise SpecError(f"{where}: not supported yet: {name} ({NOT_SUPPORTED[name]})")
     if task not in p.tasks:
         raise SpecError(f"{where}: hyperparameter {name!r} does not apply to task {task}")
     if not _applies(p, model_name):

@@ -47,7 +47,6 @@ def check_job(spec: JobSpec, loc: Locator, source: Path | None, base_dir: Path, 
     for k, v in raw_tp.items():
         where = loc(("training_parameters", k))
         tp[k] = hp.check_param(task, k, v, where, fixed_model if k != "model_name" else None)
-        _check_supported_values(task, k, [tp[k]], where)
     if tp.get("validation_metric_type") == "none" and (spec.limits.max_trials > 1 or spec.sweep is not None):
         raise SpecError(f"{loc(('training_parameters', 'validation_metric_type'))}: 'none' computes no "
                         f"{hp.PRIMARY_METRIC[task]}, which a sweep needs to compare trials and stop them early; "
@@ -80,7 +79,7 @@ def check_job(spec: JobSpec, loc: Locator, source: Path | None, base_dir: Path, 
                 raise
             raise SpecError(f"{e} (AutoMode, limits.max_trials > 1 without a search_space, can pick "
                             f"{', '.join(models)})") from None
-    _check_advanced(task, advanced, job_models(task, tp, space, spec.limits.max_trials), loc)
+    _check_advanced(task, advanced, loc)
     return Job(spec=spec, source=source, base_dir=base_dir, text=text,
                training_parameters=tp, search_space=space, advanced=advanced)
 
@@ -97,24 +96,13 @@ def _locations(loc: Locator, tp: dict[str, Any], sub: dict[str, Any], base: tupl
     return at
 
 
-def _check_supported_values(task: str, name: str, values: list[Any], where: str) -> None:
-    """Values a key accepts in the spec but that would do nothing here."""
-    if name == "log_validation_loss" and task in hp.BOX_TASKS and True in values:
-        raise SpecError(f"{where}: not supported yet: log_validation_loss: true for {task} (the detectors "
-                        "compute no loss in evaluation mode, so box tasks log no validation loss); remove it "
-                        "or set it to false")
-
-
-def _check_advanced(task: str, advanced: AdvancedSettings, models: list[str], loc: Locator) -> None:
-    """§3.7 / §7.2: an augmentation flag set for a task or model it does not act on is refused, not ignored."""
-    where = loc(("training_parameters", "advanced_settings"))
-    given = advanced.model_fields_set
-    if "apply_automl_train_augmentations" in given and task not in hp.BOX_TASKS:
-        raise SpecError(f"{where}: apply_automl_train_augmentations applies to object detection and instance "
-                        f"segmentation only (§7.2), not to {task}; remove it")
-    if "apply_mosaic_for_yolo" in given and "yolov5" not in models:
-        raise SpecError(f"{where}: apply_mosaic_for_yolo applies to yolov5 only (§3.7), but this job trains "
-                        f"{', '.join(models)}; remove it")
+def _check_advanced(task: str, advanced: AdvancedSettings, loc: Locator) -> None:
+    """§7.2: ``apply_automl_train_augmentations`` set for a task it does not act on is refused, not ignored.
+    (``apply_mosaic_for_yolo`` in a job without yolov5 is accepted with a note, :meth:`Job.notes`: the spec's
+    own combined example sets both flags for any detection job.)"""
+    if "apply_automl_train_augmentations" in advanced.model_fields_set and task not in hp.BOX_TASKS:
+        raise SpecError(f"{loc(('training_parameters', 'advanced_settings'))}: apply_automl_train_augmentations "
+                        f"applies to object detection and instance segmentation only (§7.2), not to {task}; remove it")
 
 
 def _advanced(value: Any, loc: Locator) -> AdvancedSettings:
@@ -157,6 +145,9 @@ def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: Locat
                             "keep it in one place")
         if name in hp.NON_SWEEPABLE:
             raise SpecError(f"{where}: {name!r} cannot be swept")
+        if name in hp.JOB_LEVEL:
+            raise SpecError(f"{where}: {name!r} cannot be swept: {hp.JOB_LEVEL[name]}; set it in "
+                            "training_parameters")
         if name == "model_name":
             values[name] = list(dist.values)
             continue
@@ -166,7 +157,6 @@ def _check_subspace(task: str, sub: dict[str, Any], i: int, tp: dict, loc: Locat
             else:
                 ends = _check_distribution(task, name, dist, where, m)
         if isinstance(dist, Choice):
-            _check_supported_values(task, name, dist.values, where)
             values[name] = list(dist.values)
         elif ends is None:  # unbounded: each trial draws its own value, which only the trial can check
             drawn.add(name)

@@ -110,6 +110,9 @@ class Job:
         if isinstance(self.policy, AshaSettings):
             out.append("sweep.early_termination.type: asha is a visionsweep extension, not a policy of the managed "
                        "service (whose job files take bandit, median_stopping or truncation_selection)")
+        if "apply_mosaic_for_yolo" in self.advanced.model_fields_set and "yolov5" not in self.model_names():
+            out.append(f"training_parameters.advanced_settings: apply_mosaic_for_yolo applies to yolov5 only (§3.7); "
+                       f"this job trains {', '.join(self.model_names())}, so it has no effect")
         return out
 
     def warnings(self) -> list[str]:
@@ -124,6 +127,11 @@ class Job:
                     f"the trials running at the same time, at most limits.max_concurrent_trials = {c}; it cancels "
                     f"floor({c} x {pct}%) = 0 of them, so it can never stop a trial (raise max_concurrent_trials "
                     f"to {math.ceil(100 / pct)} or more, or set exclude_finished_jobs: false)")
+        for name, what in hp.ACCEPTED_NOT_APPLIED.items():
+            where = ["training_parameters"] if name in self.training_parameters else []
+            where += [f"search_space[{i}]" for i, sub in enumerate(self.search_space or []) if name in sub]
+            if where:
+                out.append(f"{' and '.join(f'{w}.{name}' for w in where)}: accepted, but {what}")
         return out
 
     @property

@@ -37,6 +37,9 @@ _RESNET_GROUPS = [("conv1.", "bn1."), "layer1.", "layer2.", "layer3.", "layer4."
 # timm's SE-ResNeXt names its stem conv1/bn1 where §6.3's list (from another implementation) says
 # 'layer0.': the stem is group 0 here, so N keeps its meaning (N=2 freezes the stem and layer1).
 _SERESNEXT_GROUPS = [("conv1.", "bn1."), "layer1.", "layer2.", "layer3.", "layer4."]
+# §6.3 gives no list for ResNeSt (§13 A12): derived from timm's resnest50d / resnest101e, whose deep stem is
+# conv1 (a Sequential of three convolutions) + bn1, then four stages layer1..layer4, as a ResNet.
+_RESNEST_GROUPS = [("conv1.", "bn1."), "layer1.", "layer2.", "layer3.", "layer4."]
 _MOBILENET_GROUPS = [f"features.{i}." for i in range(19)]
 
 
@@ -64,8 +67,8 @@ def register(entry: ModelEntry) -> None:
 for _n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     register(ModelEntry(_n, "torchvision", _n, tuple(_RESNET_GROUPS)))
 register(ModelEntry("mobilenetv2", "torchvision", "mobilenet_v2", tuple(_MOBILENET_GROUPS)))
-register(ModelEntry("resnest50", "timm", "resnest50d", None))
-register(ModelEntry("resnest101", "timm", "resnest101e", None))
+register(ModelEntry("resnest50", "timm", "resnest50d", tuple(_RESNEST_GROUPS)))
+register(ModelEntry("resnest101", "timm", "resnest101e", tuple(_RESNEST_GROUPS)))
 register(ModelEntry("seresnext", "timm", "seresnext50_32x4d", tuple(_SERESNEXT_GROUPS)))
 register(ModelEntry("vits16r224", "timm", "vit_small_patch16_224", tuple(_vit_groups(12)), True))
 register(ModelEntry("vitb16r224", "timm", "vit_base_patch16_224", tuple(_vit_groups(12)), True))

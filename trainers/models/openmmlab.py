@@ -50,6 +50,7 @@ YOLO_CONFIGS = {
 }
 YOLO_PAD = 114.0  # letterbox grey, as YOLOv5 pads
 TEST_SCORE_FLOOR = 0.001  # the model keeps candidates down to this; the adapter applies score_thresh
+PAD_DIVISOR = 32  # batches are padded to a multiple of the largest feature-map stride
 
 
 def require(yolo: bool = False) -> None:
@@ -160,8 +161,17 @@ def model_config(name: str, num_classes: int, settings: dict[str, Any]) -> dict[
 
     cfg = _walk(cfg, fix)
     pre = cfg.setdefault("data_preprocessor", {})
-    pre["bgr_to_rgb"] = False  # the adapter feeds RGB (the configs' mean/std are in RGB order)
+    # The zoo's pipelines load images as BGR; a preprocessor that converts (bgr_to_rgb) hands the model RGB, one
+    # that does not (RTMDet, YOLOX: BGR means and std) hands it BGR. The adapter feeds RGB, so the channels are
+    # flipped exactly where the model was trained on BGR: its pretrained weights see what they were made for.
+    wants_rgb = bool(pre.get("bgr_to_rgb") or pre.get("rgb_to_bgr"))
+    pre["bgr_to_rgb"], pre["rgb_to_bgr"] = False, not wants_rgb
     pre.pop("batch_augments", None)  # multi-scale batch resizing is ours (multi_scale)
+    if name != YOLO:
+        # The zoo's data pipelines pad each image (RTMDet: to 640 x 640) before the preprocessor, whose own
+        # pad_size_divisor is then often 1; the adapter resizes instead, so the batch is padded here to the
+        # largest stride of the feature pyramids (32): a CSPNeXt-PAFPN upsamples and concatenates P5 with P4.
+        pre["pad_size_divisor"] = max(int(pre.get("pad_size_divisor") or 1), PAD_DIVISOR)
     _set_test_cfg(cfg, settings)
     return ConfigDict(cfg)  # the heads read their train/test configs by attribute
 

@@ -8,7 +8,7 @@
 """
 
 from trainers.package.folder import (FILES, FORMAT_VERSION, SEGMENTATION_SETTINGS, LoadedPackage, copy_package,
-                                     inference_settings, load_package, save_package)
+                                     inference_settings, load_package, package_root, save_package, write_service_layout)
 
 __all__ = ["FILES", "FORMAT_VERSION", "SEGMENTATION_SETTINGS", "LoadedPackage", "copy_package",
-           "inference_settings", "load_package", "save_package"]
+           "inference_settings", "load_package", "package_root", "save_package", "write_service_layout"]

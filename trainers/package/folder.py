@@ -10,6 +10,11 @@ Layout (everything ``predict``, serving, export and incremental training need; n
                           came from (source, file, sha256, origin, licence)
     metrics.json          validation metrics of the saved epoch
 
+The managed service's layout (§9.1, §12 #17) is accepted too: an ``mlflow-model/`` folder with the MLflow files
+at its root and the package's files under ``artifacts/`` (its inference settings in ``artifacts/settings.json``,
+where scripts written for the service edit them). Every run writes its best model that way as well
+(``RUN/outputs/mlflow-model/``, :func:`write_service_layout`), and every command that takes a package takes it.
+
 A package path may be a local folder, any fsspec URI (copied to a temporary folder first), or a
 model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``trainers.package.references``).
 """
@@ -17,6 +22,7 @@ model-registry reference (``models:/fashion/3``, ``azureml:fashion:3``; see ``tr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -106,13 +112,49 @@ class LoadedPackage:
     training_config: dict[str, Any]  # the trial's hyperparameters ({} for a package without them)
 
 
+SERVICE_DATA = "artifacts"  # the package's files inside the service's mlflow-model/ folder
+
+
+def package_root(folder: Path) -> Path:
+    """The folder holding a package's files: the folder itself, or its ``artifacts/`` (the service's layout)."""
+    if not (folder / "model.json").is_file() and (folder / SERVICE_DATA / "model.json").is_file():
+        return folder / SERVICE_DATA
+    return folder
+
+
+def write_service_layout(package: str | Path, dst: str | Path, model_name: str) -> Path:
+    """``dst`` as the managed service's ``mlflow-model/`` folder of ``package``: MLflow files at the root, the
+    package's files under ``artifacts/``: copies, but the weights a hard link where the file system allows (the
+    JSON files are there to be edited; an edit must not reach the package they came from)."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    data = dst / SERVICE_DATA
+    data.mkdir(parents=True)
+    for name in FILES:
+        src = Path(package) / name
+        if not src.is_file() or name in MLFLOW_FILES:
+            continue
+        try:
+            if name != "model.safetensors":
+                raise OSError("copied")
+            os.link(src, data / name)
+        except OSError:
+            shutil.copyfile(src, data / name)
+    write_mlflow_files(dst, model_name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), data=SERVICE_DATA)
+    return dst
+
+
 def _local_copy(uri: str, tmp: Path) -> Path:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(uri)
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/model.json") and fs.exists(f"{root}/{SERVICE_DATA}/model.json"):
+        root = f"{root}/{SERVICE_DATA}"  # the service's mlflow-model/ layout
     for name in FILES:
         try:
-            fs.get(root.rstrip("/") + "/" + name, str(tmp / name))
+            fs.get(root + "/" + name, str(tmp / name))
         except FileNotFoundError:
             pass
     return tmp
@@ -124,12 +166,12 @@ def load_package(path: str | Path, device: str = "cpu", settings_override: dict[
 
     p = str(path)
     if not is_registry_reference(p) and not is_remote(p):
-        return _load_local(p, Path(p.removeprefix("file://")), device, settings_override)
+        return _load_local(p, package_root(Path(p.removeprefix("file://"))), device, settings_override)
     # a fetched copy is only read once: the model lives in memory afterwards, so the copy goes (every replica
     # start or reload would otherwise leave a package's worth of disk behind in the temp folder)
     with tempfile.TemporaryDirectory(prefix="visionsweep-pkg-") as tmp:
         fetched = fetch_registered(p, tmp, registry_uri) if is_registry_reference(p) else _local_copy(p, Path(tmp))
-        return _load_local(p, fetched, device, settings_override)
+        return _load_local(p, package_root(fetched), device, settings_override)
 
 
 def _load_local(p: str, local: Path, device: str, settings_override: dict[str, Any] | None) -> LoadedPackage:

@@ -26,9 +26,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def write_mlflow_files(path: Path, model_name: str, created: str) -> None:
+def write_mlflow_files(path: Path, model_name: str, created: str, data: str = ".") -> None:
     """The MLflow model files of a package at ``path`` (plain text; no MLflow import, so a checkpoint costs
-    nothing extra)."""
+    nothing extra). ``data``: where the package's files are, relative to ``path`` (``artifacts`` in the
+    managed service's ``mlflow-model/`` layout)."""
 
     dists = ["visionsweep", "torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "mlflow"]
     if hp.model_backend(model_name) == "huggingface":
@@ -44,7 +45,7 @@ def write_mlflow_files(path: Path, model_name: str, created: str) -> None:
     (path / "MLmodel").write_text(
         "flavors:\n"
         "  python_function:\n"
-        "    data: .\n"
+        f"    data: {data}\n"
         "    env:\n"
         "      conda: conda.yaml\n"
         "      virtualenv: python_env.yaml\n"

@@ -18,12 +18,14 @@ the predictions with NMS at ``tile_predictions_nms_threshold``.
 
 Validation: ``mean_average_precision`` and per-class AP / precision / recall from
 ``trainers.detection_metrics`` (COCO's evaluator) over the *whole* validation set: each worker predicts
-its slice and the predictions are gathered. Detectors do not compute losses in eval mode, so box tasks
-report no ``validation_loss``.
+its slice and the predictions are gathered. ``validation_loss`` (with ``log_validation_loss``, the default)
+is the detector's own training loss over the validation images, computed by its loss branches with BatchNorm
+and dropout as in evaluation (the detectors compute losses only in training mode); whole images, not tiles.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from torch import nn
 
 from trainers import hyperparameters as hp
 from trainers.data.datasets import ImageDataset
-from trainers.detection_metrics import detection_metrics, encode_masks
+from trainers.detection_metrics import decode_masks, detection_metrics, encode_masks
 from trainers.errors import TrainingError
 from trainers.models.detectors import build_detector, detector_architecture, get_detector_entry, score_threshold
 from trainers.models.loading import freeze_prefix_groups
@@ -40,6 +42,8 @@ from trainers.polygons import polygons_to_mask
 from trainers.tasks.base import Task
 from trainers.tiling import crop_target, parse_grid, predict_tiled, tile_windows
 from trainers.workers import Runtime
+
+log = logging.getLogger(__name__)
 
 # layers_to_freeze for the resnet_backbone family (§6.3); the stem's batch norm goes with its conv
 RESNET_BACKBONE_GROUPS = (("backbone.body.conv1.", "backbone.body.bn1."), "backbone.body.layer1.",
@@ -136,9 +140,48 @@ class DetectionTask(Task):
                                   float(h["tile_predictions_nms_threshold"]), int(h["box_detections_per_image"]))
                     for im in images]
 
+    def _loss_target(self, t: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        """A validation target as training gives it: crowd boxes left out, masks decoded."""
+        keep = t["iscrowd"] == 0
+        out = {"boxes": t["boxes"][keep].to(device), "labels": t["labels"][keep].to(device)}
+        if self.segmentation:
+            rles = [r for r, k in zip(t["masks"], keep.tolist()) if k]
+            out["masks"] = torch.from_numpy(decode_masks(rles, *t["size"])).to(device)
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, loader, rt: Runtime) -> float | None:
+        """The detector's own training loss (§14 ``log_validation_loss``) over the validation images: its loss
+        branches run (the detectors compute losses only in training mode) with BatchNorm and dropout as in
+        evaluation, so nothing about the model changes. None, logged once, where a model cannot compute it."""
+        if getattr(self, "_no_validation_loss", False):
+            return None
+        model.train()
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                m.eval()
+        totals = torch.zeros(2, device=rt.device)
+        try:
+            for images, targets in loader:
+                images = [im.to(rt.device, non_blocking=True) for im in images]
+                with rt.autocast():
+                    losses = model(images, [self._loss_target(t, rt.device) for t in targets])
+                totals[0] += sum(v.float() for v in losses.values()) * len(images)
+                totals[1] += len(images)
+        except Exception as e:  # noqa: BLE001 - said once, then the evaluations go on without it
+            log.warning("validation_loss: %s cannot compute its loss on the validation images (%s); no "
+                        "validation_loss is reported", type(model).__name__, str(e).splitlines()[0][:200])
+            self._no_validation_loss = True
+            return None
+        finally:
+            model.eval()
+        loss_sum, seen = rt.workers.sum(totals).tolist()
+        return loss_sum / max(1.0, seen)
+
     @torch.no_grad()
     def evaluate(self, net, loader, rt: Runtime, h) -> dict[str, Any]:
         model = getattr(net, "module", net)  # predictions need no DDP: each worker predicts its own slice
+        loss = self.validation_loss(model, loader, rt) if h.get("log_validation_loss", True) else None
         model.eval()
         preds, gts = [], []
         floor = min(AP_SCORE_FLOOR, float(h["box_score_threshold"]))
@@ -166,6 +209,8 @@ class DetectionTask(Task):
                 k = kept.get("per_label_metrics", {}).get(name, {})
                 per["precision"], per["recall"] = k.get("precision", 0.0), k.get("recall", 0.0)
         out["validation_images"] = len(all_gts)
+        if loss is not None:
+            out["validation_loss"] = loss
         return out
 
 
