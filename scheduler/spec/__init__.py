@@ -9,11 +9,13 @@
 Both key spellings of §14 are accepted (``lr_scheduler`` / ``learning_rate_scheduler``) and rewritten
 to the v2 name.
 
-Nothing is accepted and then ignored. A key the spec defines either acts, or is refused here with
-``not supported yet: <key>`` (``augmentations``; ``log_validation_loss: true`` for box tasks), or does
-not apply to the job and is refused as such (``advanced_settings`` flags of §7.2 outside their task or
-model). ``compute`` names the service's compute target: it is kept in the resolved job, and the trials
-run on the Ray cluster instead (:meth:`Job.notes`). Whatever some trial could not train with (a crop,
+The service's files are accepted as the service accepts them, and nothing is accepted and then silently
+ignored: a key the spec defines acts; or it does not apply to the job and is refused as such
+(``apply_automl_train_augmentations`` outside detection and segmentation, the yolov5 settings for other
+models, a job-level key in a search space); or it is accepted with a note or warning that says what it does
+here (``augmentations``, whose syntax the spec does not give, is not applied; ``apply_mosaic_for_yolo``
+without yolov5 has no effect). ``compute`` names the service's compute target: it is kept in the resolved job,
+and the trials run on the Ray cluster instead (:meth:`Job.notes`). Whatever some trial could not train with (a crop,
 a layer count, a distribution's extreme value) fails the job here, before any trial.
 
 Our own additions live under one top-level key, ``visionsweep:`` (:class:`Extensions`), so they never

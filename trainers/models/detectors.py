@@ -1,7 +1,7 @@
 """The built-in detectors of §5.1: torchvision's Faster R-CNN, RetinaNet and Mask R-CNN on ResNet FPN backbones.
 
 Each ``model_name`` maps to one entry (family + ResNet depth), registered by name like the classifiers in
-``trainers.models``. The box inference settings (§6.5 / §9.5: ``min_size``, ``max_size``,
+``trainers.models.classifiers``. The box inference settings (§6.5 / §9.5: ``min_size``, ``max_size``,
 ``box_score_threshold``, ``nms_iou_threshold``, ``box_detections_per_image``) are constructor arguments
 of torchvision's detectors, so a detector is built *from* the settings and the weights loaded into it:
 changing a deployment's settings needs no retraining and no weight surgery.

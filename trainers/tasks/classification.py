@@ -2,7 +2,7 @@
 
 One image -> one tensor (random resized crop etc. for training, resize + center crop for validation),
 one label -> a class index (multi-class) or a multi-hot vector (multi-label). The model is a classifier
-of the zoo in ``trainers.models`` taking an NCHW batch.
+of the zoo in ``trainers.models.classifiers`` (or ``huggingface``) taking an NCHW batch.
 """
 
 from __future__ import annotations
