@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
+from cluster.connect import connect, gpus_per_node
 from scheduler.export import Phases, RunResult, finish_run
 from scheduler.plan import build_plan, trial_fixed
 from scheduler.preflight import check_supported, check_weights, weights_available, weights_config, weights_lines
@@ -152,7 +153,6 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
          t0: float) -> RunResult:
     from ray import tune
 
-    from cluster.connect import connect, gpus_per_node
     from scheduler.tracking import MlflowTracker, job_tags
     from trainers.launch import train_trial
 

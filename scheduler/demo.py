@@ -23,6 +23,13 @@ import os
 import time
 from pathlib import Path
 
+from scheduler.controller import run_job
+from scheduler.leaderboard import format_table
+from scheduler.spec import load_job, parse_job
+from serving.predictor import Predictor
+from trainers.data import load_records
+from trainers.models.weights.sources import STORE_ENV
+
 JOBS = Path(__file__).parent / "jobs"
 ROOT = Path(__file__).parent.parent
 HELD_OUT = ROOT / "trainers" / "sample_data" / "fashion_mnist" / "valid"
@@ -33,9 +40,7 @@ CHANCE = 0.10  # 10 balanced classes
 
 def held_out_accuracy(package: Path) -> tuple[int, int]:
     """(correct, images) of a classification package on the held-out Fashion-MNIST images."""
-    from serving.predictor import Predictor
     from trainers import hyperparameters as hp
-    from trainers.data import load_records
 
     predictor = Predictor(str(package), device="cpu")
     records = load_records(str(HELD_OUT), hp.MULTICLASS, "label")
@@ -49,7 +54,6 @@ def _from_scratch(job):
     """The same job, every model from random initialisation (``visionsweep.pretrained: false``)."""
     import yaml
 
-    from scheduler.spec import parse_job
 
     doc = yaml.safe_load(job.text)
     doc.setdefault("visionsweep", {})["pretrained"] = False
@@ -59,11 +63,6 @@ def _from_scratch(job):
 
 
 def run_demo(output: str | None = None) -> int:
-    from scheduler.controller import run_job
-    from scheduler.leaderboard import format_table
-    from scheduler.spec import load_job
-    from trainers.models.weights.sources import STORE_ENV
-
     if (WEIGHTS_STORE / "mobilenet_v2-b0353104.pth").is_file():
         os.environ.setdefault(STORE_ENV, str(WEIGHTS_STORE))
     t0 = time.time()
@@ -109,14 +108,11 @@ def run_demo(output: str | None = None) -> int:
 
 def _held_out_records():
     from trainers import hyperparameters as hp
-    from trainers.data import load_records
 
     return load_records(str(HELD_OUT), hp.MULTICLASS, "label")
 
 
 def _show_prediction(run_dir: Path) -> None:
-    from serving.predictor import Predictor
-
     print(f"\n== a prediction of the best model ({run_dir.name}/best) ==")
     records = _held_out_records()
     (first,) = Predictor(str(run_dir / "best"), device="cpu").predict_images([Path(records[0].image_url).read_bytes()])
@@ -129,12 +125,7 @@ def _show_prediction(run_dir: Path) -> None:
 
 def _detection(root: Path) -> None:
     """The detection sweep on the bundled tree tiles, its leaderboard, and the best detector's boxes."""
-    from scheduler.controller import run_job
-    from scheduler.leaderboard import format_table
-    from scheduler.spec import load_job
-    from serving.predictor import Predictor
     from trainers import hyperparameters as hp
-    from trainers.data import load_records
 
     name = "trees_detection.yml"
     job = load_job(JOBS / name)

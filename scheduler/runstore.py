@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainers.data import storage
+from trainers.data.images import default_cache_dir
 from trainers.data.urls import is_remote
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ def _backend_fs(url: str):
     """An fsspec filesystem with the backend's own retries (Ray's uploads do not go through ours)."""
     import fsspec
 
-    from trainers.data import storage
 
     storage.filesystem(url)  # a missing backend or bad credentials become one clear DataError here
     fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
@@ -67,7 +68,6 @@ class RunStore:
 
             store._fs, store._root = fsspec.filesystem("file"), str(local)
             return store
-        from trainers.data.images import default_cache_dir
 
         staging = Path(default_cache_dir()) / "runs" / hashlib.sha256(out.encode()).hexdigest()[:16]
         store = cls(staging, out.rstrip("/"))

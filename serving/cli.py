@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.connect import connect
 from trainers.errors import VisionsweepError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
@@ -82,7 +83,6 @@ def cmd_serve(args) -> int:
     import ray
     from ray import serve
 
-    from cluster.connect import connect
 
     connect()
     start_serve(args.host, args.port, detached=False)

@@ -16,6 +16,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from trainers.data.storage import clear_cache
+
 STORAGE_ENV = re.compile(r"^(AZURE_|AWS_)")
 
 
@@ -34,7 +36,6 @@ class EnvCredentials:
                 os.environ[k] = v
                 changed = True
         if changed:  # filesystems made before these were set must not be reused
-            from trainers.data.storage import clear_cache
 
             clear_cache()
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from trainers.data import storage
+from trainers.data.cache import NodeCache
 from trainers.data.urls import is_remote
 from trainers.errors import DataError, ImageNotFound
 
@@ -83,8 +84,6 @@ class ImageStore:
     stream: bool = False
 
     def cache(self):
-        from trainers.data.cache import NodeCache
-
         if not self.cache_dir or self.cache_max_bytes <= 0:
             return None
         return NodeCache.open(self.cache_dir, self.cache_max_bytes)

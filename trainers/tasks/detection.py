@@ -40,6 +40,7 @@ from trainers.models.detectors import build_detector, detector_architecture, get
 from trainers.models.loading import freeze_prefix_groups
 from trainers.polygons import polygons_to_mask
 from trainers.tasks.base import Task
+from trainers.tasks.yolo_augment import YoloTrainSet
 from trainers.tiling import crop_target, parse_grid, predict_tiled, tile_windows
 from trainers.workers import Runtime
 
@@ -106,7 +107,6 @@ class DetectionTask(Task):
         advanced = h.get("advanced_settings") or {}
         augment = hp.as_bool(advanced.get("apply_automl_train_augmentations", True))
         if h["model_name"] == "yolov5":  # §7.1: mosaic, random affine, flip; letterboxed to image_size
-            from trainers.tasks.yolo_augment import YoloTrainSet
 
             base = ImageDataset(data.train, DetectionSample(self, train=True, augment=False), data.store)
             return YoloTrainSet(base, h["image_size"], mosaic=hp.as_bool(advanced.get("apply_mosaic_for_yolo", True)),
