@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,15 +67,10 @@ def image_store(job: Job) -> ImageStore:
     """How trials read images: storage options, the node cache (§11.2) and whether images stream."""
     ext = job.spec.visionsweep
     cache_dir = ext.cache.dir or default_cache_dir()
-    if ext.cache.max_size_gb is not None:
-        max_bytes = int(ext.cache.max_size_gb * 2**30)
-    else:
-        probe = Path(cache_dir)
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        max_bytes = min(100 * 2**30, int(shutil.disk_usage(probe).free * 0.8))
+    # no limit set: each node sizes its cache to its own disk (trainers.data.images.disk_budget)
+    max_bytes = int(ext.cache.max_size_gb * 2**30) if ext.cache.max_size_gb is not None else None
     return ImageStore(storage_options=dict(ext.storage_options), cache_dir=cache_dir, cache_max_bytes=max_bytes,
-                      stream=job.advanced.stream_image_files)
+                      stream=job.advanced.stream_image_files, bad_images=ext.bad_images)
 
 
 def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None) -> PreparedData:

@@ -22,12 +22,15 @@ turns authentication on, so a wrong secret gets ``SignatureDoesNotMatch`` as fro
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -292,3 +295,86 @@ def moto_s3(tmp_path_factory) -> Iterator[MotoS3Server]:
         pytest.fail("moto_server is not installed: pip install -e '.[test]' (moto[server])")
     with moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+class Proxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``target`` that counts what passes (requests per method, bytes of
+    the response bodies) and answers the first ``fail_first`` requests (all when None) with 503 SlowDown, as S3
+    does when throttling, forwarding the others unchanged. Tests and benches measure storage traffic with it."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, target: str, fail_first: int | None = 0):
+        self.target = target.removeprefix("http://")
+        self.fail_first = fail_first
+        self.failed = 0
+        self.forwarded = 0
+        self.requests: dict[str, int] = {}  # forwarded requests per method
+        self.bytes_out = 0  # bytes of the forwarded responses' bodies
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def handle_any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    fail = proxy.fail_first is None or proxy.failed < proxy.fail_first
+                    if fail:
+                        proxy.failed += 1
+                    else:
+                        proxy.forwarded += 1
+                        proxy.requests[self.command] = proxy.requests.get(self.command, 0) + 1
+                if fail:
+                    self.send_response_only(503, "Slow Down")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(Proxy.BODY)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(Proxy.BODY)
+                    return
+                conn = http.client.HTTPConnection(proxy.target, timeout=30)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for k, v in self.headers.items():  # Host included: the signature covers it
+                        conn.putheader(k, v)
+                    conn.endheaders(body or None)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    with proxy.lock:
+                        proxy.bytes_out += len(data)
+                    self.send_response_only(resp.status, resp.reason)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(k, v)
+                    length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", length or str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # listening once constructed
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests, self.bytes_out, self.forwarded = {}, 0, 0
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()  # returns once serve_forever has stopped
+        self.server.server_close()
+        self.thread.join()

@@ -3,19 +3,16 @@ per failure kind, no secret in any message, retries of transient failures (a fau
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import json
 import secrets
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SAMPLE
-from tests.storage_servers import free_port
+from tests.storage_servers import Proxy, free_port
 from trainers.data import storage
 from trainers.data.images import ImageStore
 from trainers.data.tables import load_records
@@ -213,82 +210,9 @@ def test_a_missing_backend_names_the_package(monkeypatch):
 
 # ------------------------------------------------------------------------------------------ fault injection
 
-class FaultyProxy:
-    """An HTTP proxy on 127.0.0.1 in front of ``target`` that answers the first ``fail_first`` requests (all
-    when None) with 503 SlowDown, as S3 does when throttling, and forwards the others unchanged."""
-
-    BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-            b"<Message>Please reduce your request rate.</Message></Error>")
-
-    def __init__(self, target: str, fail_first: int | None):
-        self.target = target.removeprefix("http://")
-        self.fail_first = fail_first
-        self.failed = 0
-        self.forwarded = 0
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def handle_any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with proxy.lock:
-                    fail = proxy.fail_first is None or proxy.failed < proxy.fail_first
-                    if fail:
-                        proxy.failed += 1
-                    else:
-                        proxy.forwarded += 1
-                if fail:
-                    self.send_response_only(503, "Slow Down")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(FaultyProxy.BODY)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(FaultyProxy.BODY)
-                    return
-                conn = http.client.HTTPConnection(proxy.target, timeout=30)
-                try:
-                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                    for k, v in self.headers.items():  # Host included: the signature covers it
-                        conn.putheader(k, v)
-                    conn.endheaders(body or None)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    self.send_response_only(resp.status, resp.reason)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                            self.send_header(k, v)
-                    length = resp.getheader("Content-Length") if self.command == "HEAD" else None
-                    self.send_header("Content-Length", length or str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    conn.close()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # listening once constructed
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()  # returns once serve_forever has stopped
-        self.server.server_close()
-        self.thread.join()
-
-
 def test_throttling_is_retried_until_it_succeeds(moto_s3, s3_data):
     url = f"{s3_data}/images/{PNG[2].name}"
-    with FaultyProxy(moto_s3.endpoint, fail_first=3) as proxy, moto_s3.env(AWS_ENDPOINT_URL=proxy.url):
+    with Proxy(moto_s3.endpoint, fail_first=3) as proxy, moto_s3.env(AWS_ENDPOINT_URL=proxy.url):
         assert storage.read_bytes(url) == PNG[2].read_bytes()
     assert proxy.failed == 3 and proxy.forwarded >= 1
 
@@ -296,7 +220,7 @@ def test_throttling_is_retried_until_it_succeeds(moto_s3, s3_data):
 def test_permanent_throttling_names_the_object_after_the_configured_tries(moto_s3, s3_data, monkeypatch):
     monkeypatch.setenv("VISIONSWEEP_STORAGE_RETRIES", "3")
     url = f"{s3_data}/images/{PNG[2].name}"
-    with FaultyProxy(moto_s3.endpoint, fail_first=None) as proxy, moto_s3.env(AWS_ENDPOINT_URL=proxy.url):
+    with Proxy(moto_s3.endpoint, fail_first=None) as proxy, moto_s3.env(AWS_ENDPOINT_URL=proxy.url):
         with pytest.raises(DataError) as e:
             storage.read_bytes(url, where="t.jsonl:9")
     host = proxy.url.removeprefix("http://")

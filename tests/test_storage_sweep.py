@@ -71,9 +71,10 @@ visionsweep:
     # the split names the images where they live, not a local copy
     first = json.loads((result.run_dir / "data" / "train.jsonl").read_text().splitlines()[0])
     assert first["image_url"].startswith(url.split("://")[0] + "://")
-    # the node cache holds every image (90 small PNGs fit in 0.5 MiB), never more than its limit
+    # the node cache holds every image (90 small PNGs fit in 0.5 MiB) when they are downloaded first, what the
+    # trial read when they stream (the last partial training batch is dropped), never more than its limit
     c = NodeCache.open(str(cache), int(0.0005 * 2**30))
-    assert c.stats()["files"] == 90
+    assert c.stats()["files"] == 90 if not stream else 60 < c.stats()["files"] < 90
     assert c.size_bytes() <= int(0.0005 * 2**30)
     assert any(("streamed" if stream else "downloaded to the node cache first") in ln for ln in lines)
     _assert_no_secret(result.run_dir, "\n".join(lines), _secrets(server))

@@ -70,7 +70,7 @@ def _package_report(report_fn: Callable[..., None], checkpoint_cls) -> Callable:
 def _materialize(data: PreparedData) -> None:
     """Without ``stream_image_files``, this node's cache holds every image before training starts (§11.2)."""
     if not data.store.stream:
-        data.store.materialize([r.image_url for r in (*data.train, *data.valid)])
+        data.store.materialize([r.image_url for r in (*data.train, *data.valid)], total_bytes=data.remote_bytes)
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class Cache(BaseModel):
 
     model_config = FORBID
     dir: Optional[str] = Field(None, description="default: $VISIONSWEEP_CACHE_DIR, else $TMPDIR/visionsweep-cache")
-    max_size_gb: Optional[float] = Field(None, gt=0, description="default: 80% of the free disk there, at most 100")
+    max_size_gb: Optional[float] = Field(None, gt=0, description="default: what the disk there holds (its free space and the cache's own bytes, less 2 GiB)")
 
 
 class Extensions(BaseModel):

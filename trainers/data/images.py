@@ -17,6 +17,8 @@ import io
 import logging
 import os
 import re
+import shutil
+import socket
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from trainers.data import storage
-from trainers.data.cache import NodeCache
+from trainers.data.cache import LEDGER_FILE, NodeCache
 from trainers.data.urls import is_remote
 from trainers.errors import DataError, ImageNotFound
 
@@ -80,13 +82,20 @@ class ImageStore:
 
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_dir: str | None = None
-    cache_max_bytes: int = 0
+    cache_max_bytes: int | None = 0  # None: sized to the disk of each node (disk_budget); 0: no cache
     stream: bool = False
+    bad_images: str = "error"  # what a trial does with an image that cannot be read or decoded (error | skip)
 
     def cache(self):
-        if not self.cache_dir or self.cache_max_bytes <= 0:
+        if not self.cache_dir:
             return None
-        return NodeCache.open(self.cache_dir, self.cache_max_bytes)
+        limit = self.cache_limit()
+        return NodeCache.open(self.cache_dir, limit) if limit > 0 else None
+
+    def cache_limit(self) -> int:
+        """The node cache's size bound on this node: ``cache_max_bytes`` when the job sets one (``None``: what
+        this node's disk can hold, :func:`disk_budget`)."""
+        return disk_budget(self.cache_dir) if self.cache_max_bytes is None else int(self.cache_max_bytes)
 
     def read(self, url: str, where: str | None = None) -> bytes:
         """The bytes of one image; ``DataError`` naming the object (and ``where``, its JSONL line)."""
@@ -99,11 +108,31 @@ class ImageStore:
     def image(self, url: str, where: str | None = None) -> Image.Image:
         return decode_image(self.read(url, where), url if where is None else f"{where}: {url}")
 
-    def materialize(self, urls: Sequence[str], threads: int = IO_THREADS) -> None:
-        """Download every remote image into this node's cache once (the non-streaming mode of §11.2)."""
-        cache = self.cache()
+    def materialize(self, urls: Sequence[str], threads: int = IO_THREADS, total_bytes: int = 0) -> None:
+        """Download every remote image into this node's cache once (the non-streaming mode of §11.2).
+
+        ``total_bytes`` (the remote images' size, from the job's check) is compared with what this node's cache
+        can hold first: a ``DataError`` saying how much is missing, rather than a disk filled to the last byte.
+        """
         remote = sorted({u for u in urls if is_remote(u)})
-        if cache is None or not remote:
+        if not self.cache_dir or not remote:
+            return
+        limit = self.cache_limit()
+        if total_bytes > limit:
+            where = f"{self.cache_dir} on {socket.gethostname()}"
+            if self.cache_max_bytes is None:
+                room = (f"the node cache at {where} can hold {_size(limit)} (the disk's free space "
+                        f"and what the cache holds now, less {_size(DISK_RESERVE_BYTES)} kept free)")
+                fix = "Free disk space there or point visionsweep.cache.dir at a larger disk"
+            else:
+                room = f"the node cache at {where} is limited to {_size(limit)} (visionsweep.cache.max_size_gb)"
+                fix = "Raise visionsweep.cache.max_size_gb"
+            raise DataError(f"the job's images take {_size(total_bytes)} and {room}: "
+                            f"{_size(total_bytes - limit)} missing to download them before training "
+                            f"(§11.2). {fix}, or set advanced_settings {{\"stream_image_files\": true}} to read "
+                            "them from storage while training")
+        cache = self.cache()
+        if cache is None:
             return
         cache.fill(remote, lambda u: storage.read_bytes(u, self.storage_options), threads)
 
@@ -113,36 +142,68 @@ def read_image(url: str, storage_options=None) -> Image.Image:
     return ImageStore(dict(storage_options or {})).image(url)
 
 
-def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
-    """``(problem or None, size in bytes)``: the image is read (filling the cache) and its header decoded."""
+HEAD_BYTES = 16 * 1024  # the first read of an image check: PNG's size is at byte 16, a JPEG's SOF usually well inside
+HEAD_MAX_BYTES = 1024 * 1024  # ... grown (x4) up to this when the header goes on (a JPEG's EXIF and ICC segments)
+
+
+def header_problem(head: bytes, size: int, grow: bool) -> str | None:
+    """What is wrong with an image whose first bytes are ``head`` (``None`` when its header decodes);
+    ``'?'`` when the header may simply go on past ``head`` and ``grow`` allows a longer read."""
     try:
-        data = store.read(url, where)
-    except ImageNotFound:
-        return "file not found", 0
-    # any other DataError is storage-wide (credentials, endpoint): one error, not a list of images
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (64, 64))  # JPEG: decode at reduced size, enough to prove the file decodes
-        img.load()
-        return None, len(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(head))
+            width, height = img.size
+    except Image.DecompressionBombError as e:
+        declared = re.search(r"\d+ pixels", str(e))
+        return f"too many pixels ({declared.group(0) if declared else 'more than PIL decodes'} declared)"
     except Exception as e:  # any decoder error: report, do not crash
-        return f"cannot decode ({type(e).__name__}: {e})", len(data)
+        if grow and len(head) < size:
+            return "?"
+        return f"cannot decode ({type(e).__name__}: {e})"
+    if width * height > TRAINING_MAX_PIXELS:
+        return f"too many pixels ({width} x {height} declared; at most {TRAINING_MAX_PIXELS} are decoded)"
+    return None
+
+
+def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
+    """``(problem or None, size in bytes)`` from the image's header alone: it exists, is an image format PIL
+    reads, and declares a size we decode. The body is read by the trials (a broken one is handled there).
+
+    Why not the whole image: the check runs on the driver's node before any trial, and a dataset too large to
+    download (the streaming mode) must not be downloaded here. A header costs one HEAD and one ranged GET of
+    ``HEAD_BYTES`` (more only for headers that go on), whatever the image's size.
+    """
+    n = HEAD_BYTES
+    while True:
+        try:
+            head, size = storage.read_head(url, n, store.storage_options, where)
+        except ImageNotFound:
+            return "file not found", 0
+        # any other DataError is storage-wide (credentials, endpoint): one error, not a list of images
+        problem = header_problem(head, size, grow=n < HEAD_MAX_BYTES)
+        if problem != "?":
+            return problem, size
+        n *= 4
 
 
 def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: str = "error",
                  warnings: list[str] | None = None, threads: int = IO_THREADS,
                  sizes: dict[str, int] | None = None) -> list[Any]:
-    """Read every image once, in parallel (through the cache: no second download later).
+    """Check every image's header, in parallel, before any trial (the bodies are the trials' to read).
 
     ``mode='error'`` raises listing the first offenders; ``'skip'`` drops them. ``sizes`` collects
     each image's size in bytes, for the does-it-fit check of the non-streaming mode.
     """
     store = store if isinstance(store, ImageStore) else ImageStore(dict(store or {}))
+    first: dict[str, str] = {}  # an image named by several lines is checked once, errors naming its first line
+    for r in records:
+        first.setdefault(r.image_url, r.source)
     with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(lambda r: _probe(store, r.image_url, r.source), records))
+        found = dict(zip(first, pool.map(lambda u: _probe(store, u, first[u]), first)))
     if sizes is not None:
-        sizes.update({r.image_url: n for r, (_, n) in zip(records, results)})
-    bad = [(r, p) for r, (p, _) in zip(records, results) if p]
+        sizes.update({u: n for u, (_, n) in found.items()})
+    bad = [(r, found[r.image_url][0]) for r in records if found[r.image_url][0]]
     if not bad:
         return list(records)
     listing = "\n".join(f"  {r.source}: {r.image_url}: {p}" for r, p in bad[:5])
@@ -152,7 +213,7 @@ def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: 
                         "Fix or remove those lines, or set visionsweep.bad_images: skip to drop them.")
     if warnings is not None:
         warnings.append(f"skipped {len(bad)} missing or undecodable image(s):\n{listing}{more}")
-    return [r for r, (p, _) in zip(records, results) if not p]
+    return [r for r in records if not found[r.image_url][0]]
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -166,6 +227,37 @@ def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     if _POOL is None or _POOL[0] != os.getpid():  # DataLoader workers are forked: each needs its own pool
         _POOL = (os.getpid(), ThreadPoolExecutor(IO_THREADS, thread_name_prefix="visionsweep-io"))
     return list(_POOL[1].map(fn, items))
+
+
+DISK_RESERVE_BYTES = 2 * 2**30  # what a disk-sized cache leaves free on its disk (logs, checkpoints, temp files)
+_BUDGETS: dict[tuple[int, str], int] = {}
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def disk_budget(cache_dir: str) -> int:
+    """Bytes a cache at ``cache_dir`` may hold on this node when the job sets no limit: the disk's free space
+    plus what the cache holds now, less :data:`DISK_RESERVE_BYTES`. Measured once per process, so that every
+    read of a process opens the same cache; processes started later see the same figure, as the cache's own
+    bytes are counted back in."""
+    key = (os.getpid(), os.path.abspath(cache_dir))
+    if key not in _BUDGETS:
+        probe = key[1]
+        while not os.path.exists(probe) and probe != os.path.dirname(probe):
+            probe = os.path.dirname(probe)
+        held = 0
+        try:
+            with open(os.path.join(cache_dir, LEDGER_FILE), "rb") as f:
+                held = int(f.read().decode("ascii").strip() or 0)
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+        _BUDGETS[key] = max(0, shutil.disk_usage(probe).free + held - DISK_RESERVE_BYTES)
+    return _BUDGETS[key]
 
 
 def default_cache_dir() -> str:

@@ -29,6 +29,7 @@ class PreparedData:
     store: ImageStore = field(default_factory=ImageStore)
     warnings: list[str] = field(default_factory=list)
     image_bytes: int = 0  # total size of the job's images
+    remote_bytes: int = 0  # ... of those on remote storage (what the non-streaming mode downloads to each node)
 
     @property
     def storage_options(self) -> dict[str, dict[str, Any]]:
@@ -62,7 +63,8 @@ def prepare_data(task: str, target_column: str, training_path: str, validation_p
     if len(train) + len(valid) < MIN_TRAINING_IMAGES or not train or not valid:
         raise DataError(f"too few readable images left ({len(train)} train, {len(valid)} validation)")
     remote_bytes = sum(n for u, n in sizes.items() if is_remote(u))
-    if remote_bytes and not store.stream and store.cache_dir and remote_bytes > store.cache_max_bytes:
+    if remote_bytes and not store.stream and store.cache_dir and store.cache_max_bytes is not None \
+            and remote_bytes > store.cache_max_bytes:  # a limit the job set: said now; the disk's, by each node
         raise DataError(f"the job's images take {_gib(remote_bytes)}, more than the node cache holds "
                         f"({_gib(store.cache_max_bytes)} at {store.cache_dir}): they cannot all be downloaded "
                         "before training (§11.2). Raise visionsweep.cache.max_size_gb, or set "
@@ -80,4 +82,4 @@ def prepare_data(task: str, target_column: str, training_path: str, validation_p
                         f"(10-15 per label recommended): {', '.join(few)}")
     for w in warnings:
         log.warning(w)
-    return PreparedData(task, classes, train, valid, store, warnings, sum(sizes.values()))
+    return PreparedData(task, classes, train, valid, store, warnings, sum(sizes.values()), remote_bytes)

@@ -219,6 +219,34 @@ def read_bytes(url: str, storage_options: StorageOptions | None = None, where: s
     return _fetch(url, storage_options, where, missing=lambda: ImageNotFound(f"{prefix}image not found: {url}"))
 
 
+def read_head(url: str, n: int, storage_options: StorageOptions | None = None,
+              where: str | None = None) -> tuple[bytes, int]:
+    """``(the first n bytes, the object's size)``: what an image check needs, without the object's body.
+
+    Remote objects cost two requests: ``info`` (a HEAD, which gives the size) and one ranged GET of ``n`` bytes
+    (the whole object when it is no larger). ``ImageNotFound`` (naming ``where``) when the object does not exist.
+    """
+    prefix = f"{where}: " if where else ""
+    if not is_remote(url):
+        try:
+            with open(url.removeprefix("file://"), "rb") as f:
+                return f.read(n), os.fstat(f.fileno()).st_size
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ImageNotFound(f"{prefix}image not found: {url}") from None
+        except OSError as e:
+            raise DataError(f"{prefix}cannot read {url}: {e.strerror or e}") from None
+    fs, path = filesystem(url, storage_options)
+    missing = lambda: ImageNotFound(f"{prefix}image not found: {url}")  # noqa: E731
+    info = _call(lambda: fs.info(path), url, fs, storage_options, where=where, missing=missing)
+    if info.get("type", "file") != "file":
+        raise missing()
+    size = int(info.get("size") or 0)
+    if size <= n:
+        return _call(lambda: fs.cat_file(path), url, fs, storage_options, where=where, missing=missing), size
+    return _call(lambda: fs.cat_file(path, start=0, end=n), url, fs, storage_options, where=where,
+                 missing=missing), size
+
+
 def check_access(url: str, storage_options: StorageOptions | None = None) -> None:
     """One cheap call (``info`` of the URL) so that missing credentials, refused credentials or an unreachable
     endpoint are one clear ``DataError`` before any work starts; also when ``url`` does not exist."""
