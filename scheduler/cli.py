@@ -51,7 +51,7 @@ def _run(args) -> int:
     job = load_job(args.job)
     apply_job_logging(job)
     _print_notes(job, file=sys.stderr)
-    result = run_job(job, args.output, echo=_echo, datastores=args.datastores)
+    result = run_job(job, args.output, echo=_echo, datastores=args.datastores, data_assets=args.data_assets)
     _print_result(result, job.primary_metric)
     return 0
 
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datastores", metavar="FILE",
                    help="YAML map of datastore name -> storage URL for azureml://.../datastores/<name>/paths/... "
                         "URLs (default: $VISIONSWEEP_DATASTORES)")
+    r.add_argument("--data-assets", metavar="FILE",
+                   help="YAML map of '<name>:<version>' -> path or storage URL for data paths azureml:<name>:<version> "
+                        "and azureml:<name>@latest (default: $VISIONSWEEP_DATA_ASSETS)")
     r.set_defaults(fn=_run)
     rs = sub.add_parser("resume", help="continue a sweep whose controller died or was cancelled")
     rs.add_argument("run_dir")

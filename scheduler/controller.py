@@ -42,7 +42,8 @@ from scheduler.resources import capacity_shortfall, local_gpus, trial_resources,
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
 from scheduler.runstore import SWEEP, RunStore, mirror_callback
 from scheduler.spec import Job, parse_job, redact
-from trainers.data import ImageStore, PreparedData, load_datastores, prepare_data, resolve_url
+from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
+                           resolve_data_asset, resolve_url)
 from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.errors import VisionsweepError
@@ -73,13 +74,18 @@ def image_store(job: Job) -> ImageStore:
                       stream=job.advanced.stream_image_files, bad_images=ext.bad_images)
 
 
-def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None) -> PreparedData:
+def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None,
+             data_assets_file: str | None = None) -> PreparedData:
     spec, ext = job.spec, job.spec.visionsweep
     datastores = load_datastores(ext.datastores, datastores_file)
+    assets = load_data_assets(ext.data_assets, data_assets_file)
     base = str(job.base_dir)
-    train_path = resolve_url(spec.training_data.path, base, datastores, "training_data.path")
-    valid_path = (resolve_url(spec.validation_data.path, base, datastores, "validation_data.path")
-                  if spec.validation_data else None)
+
+    def data_path(path: str, where: str) -> str:
+        return resolve_url(resolve_data_asset(path, assets, where), base, datastores, where)
+
+    train_path = data_path(spec.training_data.path, "training_data.path")
+    valid_path = data_path(spec.validation_data.path, "validation_data.path") if spec.validation_data else None
     data = prepare_data(spec.task, spec.target_column_name, train_path, valid_path, job.validation_fraction,
                         ext.seed, datastores, bad_images=ext.bad_images, store=image_store(job))
     d = run_dir / "data"
@@ -129,7 +135,7 @@ def _echo_default(s: str) -> None:
 
 
 def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callable[[str], None] | None = None,
-            resume: bool = False, datastores: str | None = None) -> RunResult:
+            resume: bool = False, datastores: str | None = None, data_assets: str | None = None) -> RunResult:
     """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL)."""
     echo = echo or _echo_default
     t0 = clock()  # limits.timeout_minutes covers the whole job: checks, data preparation, Ray start, trials
@@ -138,13 +144,13 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
     run_dir = store.local
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(job, store, echo, resume, datastores, t0)
+        return _run(job, store, echo, resume, datastores, data_assets, t0)
     finally:
         store.close()  # the run folder on storage gets every file, even when the sweep failed
 
 
 def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, datastores: str | None,
-         t0: float) -> RunResult:
+         data_assets: str | None, t0: float) -> RunResult:
     from ray import tune
 
     from scheduler.tracking import MlflowTracker, job_tags
@@ -157,6 +163,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         (run_dir / "run.json").write_text(json.dumps({
             "source": str(job.source.resolve()) if job.source else None, "base_dir": str(job.base_dir),
             "datastores": str(Path(datastores).resolve()) if datastores else None,
+            "data_assets": str(Path(data_assets).resolve()) if data_assets else None,
             **_labels(job),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     init_package = _init_package(job)
@@ -169,7 +176,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
 
     store.push()
     with phase("data"):
-        data = _prepare(job, run_dir, datastores)
+        data = _prepare(job, run_dir, datastores, data_assets)
     store.push()
     echo(f"data: {len(data.train)} training / {len(data.valid)} validation images, {len(data.classes)} classes")
     for w in data.warnings:
@@ -297,4 +304,5 @@ def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -
         original = parse_job(source.read_text(), source=source, base_dir=Path(meta["base_dir"]))
         if original.redacted_text() == stored:
             job = original
-    return run_job(job, store, echo, resume=True, datastores=meta.get("datastores"))
+    return run_job(job, store, echo, resume=True, datastores=meta.get("datastores"),
+                   data_assets=meta.get("data_assets"))

@@ -111,6 +111,37 @@ def test_datastore_uris(tmp_path, monkeypatch):
     assert load_datastores({"extra": "s3://e"}) == {"images": "/data/imgs", "extra": "s3://e"}
 
 
+def test_data_assets_resolve_by_version_and_latest(tmp_path, monkeypatch):
+    from trainers.data import load_data_assets, resolve_data_asset
+
+    assets = {"fridge:1": "az://c/v1", "fridge:2": "az://c/v2", "fridge:10": "s3://b/v10", "other:3": "/d/o"}
+    assert resolve_data_asset("azureml:fridge:2", assets, "training_data.path") == "az://c/v2"
+    assert resolve_data_asset("azureml:fridge@latest", assets, "training_data.path") == "s3://b/v10"  # 10 > 2
+    assert resolve_data_asset("./data/train", assets, "training_data.path") == "./data/train"  # not an asset
+    with pytest.raises(DataError, match=r"validation_data.path: data asset 'azureml:fridge:3' is not in the "
+                                        r"data-asset map \(known: fridge:1, fridge:10, fridge:2, other:3\)"):
+        resolve_data_asset("azureml:fridge:3", assets, "validation_data.path")
+    with pytest.raises(DataError, match="not in the data-asset map"):
+        resolve_data_asset("azureml:nothing@latest", assets, "training_data.path")
+    m = tmp_path / "assets.yaml"
+    m.write_text("'fridge:4': az://c/v4\n")
+    monkeypatch.setenv("VISIONSWEEP_DATA_ASSETS", str(m))
+    assert load_data_assets({"x:1": "/x"}) == {"fridge:4": "az://c/v4", "x:1": "/x"}
+
+
+def test_wasbs_urls_are_read_as_abfs():
+    url = "wasbs://images@myaccount.blob.core.windows.net/fridge/a.png"
+    assert resolve_url(url, "/x", {}, "f:1") == "abfs://images@myaccount.blob.core.windows.net/fridge/a.png"
+    assert resolve_url(url.replace("wasbs", "wasb"), "/x", {}, "f:1").startswith("abfs://images@myaccount.")
+
+
+def test_invalid_text_names_its_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b'{"image_url": "a.png", "label": "a"}\n{"image_url": "b.png", "label": "\xff"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid utf8 text"):
+        load_records(str(f), MC, "label")
+
+
 def test_fsspec_urls_are_read_through_fsspec(sample):
     # A real fsspec filesystem (in-memory) holding an MLTable, its JSONL and the images.
     fs = fsspec.filesystem("memory")

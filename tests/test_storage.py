@@ -72,6 +72,15 @@ def test_azurite_reads_with_the_connection_string_from_the_environment(azurite, 
         storage.check_access(f"{scheme}://data/fm")
 
 
+def test_a_wasbs_url_with_account_reads_from_azurite(azurite, az_data):
+    # the service's wasbs://<container>@<account>.blob.core.windows.net/<path> goes through adlfs as abfs://
+    from trainers.data.urls import resolve_url
+
+    url = resolve_url(f"wasbs://data@{azurite.account}.blob.core.windows.net/fm/images/{PNG[0].name}", "/", {}, "x")
+    with azurite.env():
+        assert storage.read_bytes(url) == PNG[0].read_bytes()
+
+
 def test_moto_reads_with_keys_and_endpoint_from_the_environment(moto_s3, s3_data):
     with moto_s3.env():
         assert storage.read_bytes(f"{s3_data}/images/{PNG[1].name}") == PNG[1].read_bytes()

@@ -59,7 +59,9 @@ visionsweep:
   tracking: {{enabled: false}}
   cache: {{dir: {cache}, max_size_gb: 0.0005}}
 """, epochs=1)
-    job.spec.training_data.path = url
+    # the data named as a registered data asset, as the service's jobs do: its latest version is the store's URL
+    job.spec.training_data.path = "azureml:small-set@latest"
+    job.spec.visionsweep.data_assets = {"small-set:1": "/no/such/folder", "small-set:2": url}
     job.training_parameters["model_name"] = "resnet18"
     job.advanced.stream_image_files = stream
     lines: list[str] = []

@@ -95,6 +95,10 @@ class Extensions(BaseModel):
         description="datastore name -> storage URL, used to resolve azureml://.../datastores/<name>/paths/<p> "
                     "and AmlDatastore://<p> (datastore 'default' or 'workspaceblobstore') image URLs",
     )
+    data_assets: dict[str, str] = Field(
+        default_factory=dict,
+        description="'<name>:<version>' -> path or storage URL, used to resolve a data input's path "
+                    "azureml:<name>:<version> and azureml:<name>@latest (the highest version)")
     storage_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="fsspec protocol -> keyword arguments for that filesystem")
     bad_images: Literal["error", "skip"] = Field(

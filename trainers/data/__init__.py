@@ -14,8 +14,8 @@ One concept per module:
 from trainers.data.images import ImageStore, check_images, decode_image, read_image
 from trainers.data.prepare import MIN_TRAINING_IMAGES, PreparedData, prepare_data
 from trainers.data.tables import Record, class_list, label_counts, load_records, split_records, table_files
-from trainers.data.urls import load_datastores, resolve_url
+from trainers.data.urls import load_data_assets, load_datastores, resolve_data_asset, resolve_url
 
 __all__ = ["ImageStore", "MIN_TRAINING_IMAGES", "PreparedData", "Record", "check_images", "class_list",
-           "decode_image", "label_counts", "load_datastores", "load_records", "prepare_data", "read_image",
+           "decode_image", "label_counts", "load_data_assets", "load_datastores", "load_records", "prepare_data", "read_image", "resolve_data_asset",
            "resolve_url", "split_records", "table_files"]

@@ -1,0 +1,167 @@
+"""How visionsweep's costs grow with the data (issue 18, "Scale"): each table prints cost per unit of work as the
+work grows, so that growth faster than the work shows as a rising column.
+
+* ``data-prep``: ``trainers.data.prepare.prepare_data`` (JSONL parsing and validation, the split, the image check,
+  the class list) plus writing the run's ``data/train.jsonl`` / ``valid.jsonl`` as the controller does, at each
+  ``--lines``. Every line names its own image file: a real 64x64 JPEG hard-linked under a new name per line, so
+  the image check opens as many files as there are lines without the disk holding a million images. Each size runs
+  in a fresh process; peak RSS is that process's ``ru_maxrss``.
+* ``image-check``: what the pre-sweep image check costs against a real S3 server (moto_server) behind a counting
+  HTTP proxy (``tests.storage_servers.Proxy``), for ``--images`` photo-sized JPEGs (noise, about 1.3 MB): requests
+  and bytes per image of the check as it is (headers) against the check as it was (every image read in full and
+  decoded at reduced size), in the same command. Target: bytes read before a streaming job's first trial <= 10 % of
+  the images' bytes.
+
+    .venv/bin/python bench/scale.py data-prep [--lines 10000 100000 1000000]
+    .venv/bin/python bench/scale.py image-check [--images 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _jpeg(seed: int, side: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------- data-prep
+
+LINKS_PER_FILE = 50_000
+
+
+def _make_dataset(folder: Path, lines: int) -> Path:
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.jsonl", "w") as f:
+        for i in range(lines):
+            name = f"img_{i:07d}.jpg"
+            source = folder / f"src_{i // LINKS_PER_FILE}.jpg"  # file systems cap the links to one inode
+            if i % LINKS_PER_FILE == 0:
+                source.write_bytes(_jpeg(i, 64))
+            os.link(source, images / name)
+            f.write(json.dumps({"image_url": f"images/{name}", "image_details": {"format": "jpg", "width": 64,
+                                                                                 "height": 64},
+                                "label": f"class_{i % 50}"}) + "\n")
+    return folder / "train.jsonl"
+
+
+def _prep_once(jsonl: str, out: str) -> None:
+    """One measurement, in this (fresh) process: prints one JSON line."""
+    from trainers.data.prepare import prepare_data
+    from trainers.labels import label_json
+
+    t0 = time.perf_counter()
+    data = prepare_data("image_classification", "label", jsonl, None, 0.2, 0)
+    t1 = time.perf_counter()
+    for name, recs in (("train", data.train), ("valid", data.valid)):
+        with open(Path(out) / f"{name}.jsonl", "w") as f:
+            for r in recs:
+                f.write(json.dumps({"image_url": r.image_url, "label": label_json(r.label), "source": r.source}) + "\n")
+    t2 = time.perf_counter()
+    print(json.dumps({"prepare_s": t1 - t0, "write_s": t2 - t1, "rss_mb": resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss / 1024, "images": len(data.train) + len(data.valid)}))
+
+
+def data_prep(sizes: list[int]) -> None:
+    print(f"{'lines':>9} {'prepare s':>10} {'write s':>8} {'total s':>8} {'us/line':>8} {'peak RSS MB':>12}")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="vs-scale-") as d:
+            jsonl = _make_dataset(Path(d) / "data", n)
+            out = Path(d) / "run"
+            out.mkdir()
+            proc = subprocess.run([sys.executable, __file__, "_prep_once", str(jsonl), str(out)], check=True,
+                                  capture_output=True, text=True, cwd=ROOT)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert r["images"] == n, r
+            total = r["prepare_s"] + r["write_s"]
+            print(f"{n:>9} {r['prepare_s']:>10.1f} {r['write_s']:>8.1f} {total:>8.1f} {total / n * 1e6:>8.1f} "
+                  f"{r['rss_mb']:>12.0f}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- image-check
+
+def image_check(n_images: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from tests.storage_servers import Proxy, moto_s3_server
+    from trainers.data import storage
+    from trainers.data.images import ImageStore
+    from trainers.data.prepare import prepare_data
+
+    with tempfile.TemporaryDirectory(prefix="vs-check-") as d, moto_s3_server(Path(d) / "moto") as s3:
+        tree = Path(d) / "tree"
+        (tree / "images").mkdir(parents=True)
+        with open(tree / "train.jsonl", "w") as f:
+            for i in range(n_images):
+                (tree / "images" / f"p{i}.jpg").write_bytes(_jpeg(i, 1000))
+                f.write(json.dumps({"image_url": f"images/p{i}.jpg", "label": "ab"[i % 2]}) + "\n")
+        image_bytes = sum(p.stat().st_size for p in (tree / "images").iterdir())
+        s3.create("bench")
+        url = s3.upload_tree("bench", tree, "set")
+        with Proxy(s3.endpoint) as proxy, s3.env(AWS_ENDPOINT_URL=proxy.url):
+            storage.clear_cache()
+            t0 = time.perf_counter()
+            data = prepare_data("image_classification", "label", f"{url}/train.jsonl", None, 0.2, 0,
+                                store=ImageStore(stream=True))
+            headers = (dict(proxy.requests), proxy.bytes_out, time.perf_counter() - t0)
+            urls = [r.image_url for r in (*data.train, *data.valid)]
+            proxy.reset()
+            t0 = time.perf_counter()
+
+            def full(u: str) -> None:  # the check as it was: the whole object, decoded at reduced size
+                img = Image.open(io.BytesIO(storage.read_bytes(u)))
+                img.draft("RGB", (64, 64))
+                img.load()
+
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(full, urls))
+            whole = (dict(proxy.requests), proxy.bytes_out, time.perf_counter() - t0)
+    print(f"{n_images} JPEGs of {image_bytes / n_images / 1e6:.2f} MB on moto S3 ({image_bytes / 1e6:.1f} MB in all)")
+    print(f"{'check':<28} {'requests/image':>15} {'bytes/image':>12} {'share of bytes':>15} {'seconds':>8}")
+    for name, (reqs, nbytes, secs) in (("headers (prepare_data, all)", headers), ("whole images (as it was)", whole)):
+        per = sum(reqs.values()) / n_images
+        print(f"{name:<28} {per:>15.2f} {nbytes / n_images:>12.0f} {nbytes / image_bytes:>14.1%} {secs:>8.2f}  "
+              f"{reqs}")
+    print(f"bytes ratio headers / whole: {headers[1] / whole[1]:.4f}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_prep_once":
+        _prep_once(sys.argv[2], sys.argv[3])
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    dp = sub.add_parser("data-prep")
+    dp.add_argument("--lines", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ic = sub.add_parser("image-check")
+    ic.add_argument("--images", type=int, default=100)
+    a = p.parse_args()
+    if a.cmd == "data-prep":
+        data_prep(a.lines)
+    else:
+        image_check(a.images)
+
+
+if __name__ == "__main__":
+    main()
