@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -80,10 +81,15 @@ def _resume(args) -> int:
 def _report(args) -> int:
     from scheduler.report import write_report
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "trials").is_dir():
-        raise VisionsweepError(f"{run_dir}: not a visionsweep run folder (no trials/)")
-    print(write_report(run_dir))
+    from scheduler.runstore import RunStore
+
+    store = RunStore.at(args.run_dir)  # a storage URL: its own files (not the models) are staged here first
+    store.pull(skip=("best", "outputs"))
+    if not (store.local / "trials").is_dir():
+        raise VisionsweepError(f"{store.where}: not a visionsweep run folder (no trials/)")
+    path = write_report(store.local)
+    store.push()
+    print(f"{store.remote}/{path.name}" if store.remote else path)
     return 0
 
 
@@ -108,6 +114,8 @@ def _read(path: str) -> bytes:
 
 def _predict(args) -> int:
     from serving.predictor import Predictor
+    from trainers.data import storage
+    from trainers.data.urls import is_remote
 
     predictor = Predictor(args.package, device=args.device, settings=_settings(args.setting))
     images = [_read(p) for p in args.images]
@@ -121,7 +129,10 @@ def _predict(args) -> int:
         out = to_coco_results(out, args.images, sizes, predictor.labels, gt=args.coco_gt)
     text = json.dumps(out, indent=None if args.compact else 2)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        if is_remote(args.output):
+            storage.write_bytes(args.output, (text + "\n").encode())
+        else:
+            Path(args.output).write_text(text + "\n")
         print(f"wrote {len(out)} {'results' if args.format == 'coco' else 'responses'} to {args.output}")
     else:
         print(text)
@@ -157,13 +168,24 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
+    from trainers.data import storage
+    from trainers.data.urls import is_remote
     from trainers.package.onnx import export_onnx
 
     norm = None if args.onnx_normalization is None else args.onnx_normalization == "true"
-    r = export_onnx(args.package, args.output, batch_size=args.batch_size, normalization=norm,
-                    image_size=args.image_size, check=not args.no_check, settings=_settings(args.setting))
+    target = args.output or (f"{args.package.rstrip('/')}/model.onnx" if is_remote(args.package) else None)
+    with tempfile.TemporaryDirectory(prefix="visionsweep-onnx-") as tmp:
+        # a storage URL (given, or the default beside a package on storage): written here, then uploaded
+        local = str(Path(tmp) / "model.onnx") if target and is_remote(target) else target
+        r = export_onnx(args.package, local, batch_size=args.batch_size, normalization=norm,
+                        image_size=args.image_size, check=not args.no_check, settings=_settings(args.setting))
+        where = str(r.path)
+        if target and is_remote(target):
+            for suffix in ("", ".json"):
+                storage.write_bytes(target + suffix, Path(str(r.path) + suffix).read_bytes())
+            where = target
     check = "" if r.max_abs_diff is None else f"; onnxruntime vs PyTorch: max |diff| {r.max_abs_diff:.2e}"
-    print(f"wrote {r.path} and {r.path}.json ({r.metadata['task']}, {r.metadata['model_name']}, "
+    print(f"wrote {where} and {where}.json ({r.metadata['task']}, {r.metadata['model_name']}, "
           f"input {r.metadata['input']['name']} {r.metadata['input']['shape']}{check})")
     return 0
 

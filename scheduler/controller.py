@@ -44,11 +44,14 @@ from scheduler.runstore import SWEEP, RunStore, mirror_callback
 from scheduler.spec import Job, parse_job, redact
 from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
                            resolve_data_asset, resolve_url)
+from trainers.data import storage
 from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
+from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
 from trainers.labels import label_json
 from trainers.package import package_root
+from trainers.package.folder import remote_package_root
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +104,21 @@ def _prepare(job: Job, run_dir: Path, datastores_file: str | None = None,
     return data
 
 
-def resolve_checkpoint_run(ref: str, base_dir: Path) -> Path:
+def resolve_checkpoint_run(ref: str, base_dir: Path, storage_options=None) -> str:
     """``checkpoint_run_id``: a model package (either layout), a run folder (its best/), or a run folder name under
-    runs/."""
+    runs/; any of them may be a storage URL (``az://``, ``s3://`` ...), which stays a URL: each node fetches it
+    once (``trainers.package.fetch_package``)."""
+    if is_remote(ref):
+        root = remote_package_root(ref, storage_options)
+        if root is None:
+            raise VisionsweepError(f"training_parameters.checkpoint_run_id: {ref!r} is neither a model package nor "
+                                   f"a run folder with best/ (no model.json there, under artifacts/ or best/)")
+        return root
     candidates = [Path(ref), base_dir / ref, Path("runs") / ref]
     for c in candidates:
         for pkg in (c, c / "best"):
             if (package_root(pkg) / "model.json").is_file():
-                return package_root(pkg).resolve()
+                return str(package_root(pkg).resolve())
     raise VisionsweepError(f"training_parameters.checkpoint_run_id: {ref!r} is neither a model package nor a run "
                            f"folder with best/ (looked in {', '.join(str(c) for c in candidates)})")
 
@@ -117,8 +127,10 @@ def _init_package(job: Job) -> str | None:
     ref = job.training_parameters.get("checkpoint_run_id")
     if not ref:
         return None
-    pkg = resolve_checkpoint_run(ref, job.base_dir)
-    meta = json.loads((pkg / "model.json").read_text())
+    options = dict(job.spec.visionsweep.storage_options)
+    pkg = resolve_checkpoint_run(ref, job.base_dir, options)
+    meta = json.loads(storage.read_bytes(f"{pkg}/model.json", options) if is_remote(pkg)
+                      else (Path(pkg) / "model.json").read_text())
     if meta["task"] != job.task:
         raise VisionsweepError(f"training_parameters.checkpoint_run_id: {pkg} was trained for {meta['task']}, "
                                f"not {job.task}")
@@ -127,7 +139,7 @@ def _init_package(job: Job) -> str | None:
         raise VisionsweepError(f"training_parameters.checkpoint_run_id: {pkg} is a {meta['model_name']}, "
                                f"but model_name is {fixed}")
     job.training_parameters.setdefault("model_name", meta["model_name"])
-    return str(pkg)
+    return pkg
 
 
 def _echo_default(s: str) -> None:

@@ -125,14 +125,16 @@ class RunStore:
 
     # --- mirroring the controller's files --------------------------------------------------------
 
-    def pull(self) -> int:
-        """Copy the remote run folder's own files (not Ray's storage) into the staging folder."""
+    def pull(self, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> int:
+        """Copy the remote run folder's own files (not Ray's storage) into the staging folder: all of them, or
+        those under the top-level names ``only``, less those under ``skip``."""
         if self.remote is None:
             return 0
         n = 0
         for f in self._fs.find(self._root):
             rel = f[len(self._root):].lstrip("/")
-            if not rel or rel.split("/", 1)[0] == RAY:
+            top = rel.split("/", 1)[0]
+            if not rel or top == RAY or top in skip or (only is not None and top not in only):
                 continue
             dest = self.local / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

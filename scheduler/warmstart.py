@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.runstore import RunStore
+from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
 
 MAX_PARENTS = 5
@@ -34,7 +36,7 @@ def load_prior_trials(run_dirs: list[str], primary: str) -> list[PriorTrial]:
         raise VisionsweepError(f"visionsweep.resume_from: at most {MAX_PARENTS} earlier runs, but got {len(run_dirs)}")
     out = []
     for rd in run_dirs:
-        trials = Path(rd) / "trials"
+        trials = _local_run(rd) / "trials"
         if not trials.is_dir():
             raise VisionsweepError(f"visionsweep.resume_from: {rd} is not a visionsweep run folder (no trials/)")
         for t in sorted(trials.iterdir()):
@@ -46,3 +48,13 @@ def load_prior_trials(run_dirs: list[str], primary: str) -> list[PriorTrial]:
             if values:
                 out.append(PriorTrial(str(rd), t.name, json.loads(pfile.read_text()), values))
     return out
+
+
+def _local_run(run_dir: str) -> Path:
+    """A run folder to read: itself, or for a storage URL a staging copy of its ``trials/`` (metrics and
+    parameters only; checkpoints stay where they are)."""
+    if not is_remote(run_dir):
+        return Path(run_dir)
+    store = RunStore.at(run_dir)
+    store.pull(only=("trials",))
+    return store.local

@@ -98,3 +98,40 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
         assert key not in fs.cat_file(f), f
     assert azurite.account_key not in output + out.stdout + out.stderr
     assert "Request URL" not in output + out.stderr
+
+    # Every command that takes a run folder or a package takes its storage URL, from a machine that never held
+    # the run (issue 18): the report is rewritten on the store, predict and export read best/ from it, and a new
+    # job starts from its best model (checkpoint_run_id) and warm-starts from its trials (resume_from).
+    image = str(next((small_mltable / "images").iterdir()))
+    with azurite.env():
+        env = {**os.environ, "VISIONSWEEP_CACHE_DIR": str(tmp_path / "laptop")}
+        fs.rm(f"{root}/report.html")
+        rep = subprocess.run(CLI + ["report", url], env=env, capture_output=True, text=True, timeout=300)
+        assert rep.returncode == 0, rep.stderr[-3000:]
+        assert rep.stdout.strip() == f"{url}/report.html"
+        fs.invalidate_cache()
+        assert b"visionsweep report" in fs.cat_file(f"{root}/report.html")
+        assert not list((tmp_path / "laptop").rglob("model.safetensors"))  # the report staged no model
+
+        pred = subprocess.run(CLI + ["predict", f"{url}/best", image], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert pred.returncode == 0, pred.stderr[-3000:]
+        assert sorted(json.loads(pred.stdout)[0]["labels"]) == ["Bag", "Sneaker", "Trouser"]
+
+        exp = subprocess.run(CLI + ["export", f"{url}/best"], env=env, capture_output=True, text=True, timeout=300)
+        assert exp.returncode == 0, exp.stderr[-3000:]
+        assert exp.stdout.startswith(f"wrote {url}/best/model.onnx and {url}/best/model.onnx.json")
+        fs.invalidate_cache()
+        assert fs.exists(f"{root}/best/model.onnx") and fs.exists(f"{root}/best/model.onnx.json")
+
+        again = tmp_path / "again.yml"
+        again.write_text(sequential_grid_job(small_mltable, epochs=1).replace(
+            "max_trials: 3", "max_trials: 1").replace(
+            "model_name: resnet18", f"model_name: resnet18\n  checkpoint_run_id: {url}").replace(
+            "visionsweep: {pretrained: false,", f"visionsweep: {{resume_from: [{url}], pretrained: false,"))
+        second = subprocess.run(CLI + ["run", str(again), "--output", str(tmp_path / "second")], env=env,
+                                capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"weights: from checkpoint_run_id {url}/best" in second.stderr + second.stdout
+    assert "warm start: 3 trial(s) from 1 earlier run(s)" in second.stderr + second.stdout
+    assert list((tmp_path / "laptop" / "packages").iterdir())  # the model was fetched once to this node

@@ -21,12 +21,14 @@ from typing import Any, Callable
 
 from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
+from trainers.data.urls import is_remote
 from trainers.engine import train
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
 from trainers.logs import apply_in_worker
 from trainers.models.weights.resolve import initial_weights
 from trainers.models.weights.sources import WeightsConfig
+from trainers.package.folder import fetch_package
 from trainers.workers import Workers
 
 
@@ -93,6 +95,8 @@ def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers
     report = _package_report(session.report, session.checkpoint_cls)
     ckpt = session.get_checkpoint()
     if ckpt is None:
+        if init_package and is_remote(init_package):  # an earlier model on storage: once per node
+            init_package = str(fetch_package(init_package, data.storage_options))
         init = init_package or initial_weights(h, data.task, weights)
         train(h, data, report, weights=init, device=device, workers=workers)
         return

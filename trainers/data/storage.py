@@ -247,6 +247,16 @@ def read_head(url: str, n: int, storage_options: StorageOptions | None = None,
                  missing=missing), size
 
 
+def write_bytes(url: str, data: bytes, storage_options: StorageOptions | None = None) -> None:
+    """Write a whole object (a local file when ``url`` is a path), with the retries of reads."""
+    if not is_remote(url):
+        with open(url.removeprefix("file://"), "wb") as f:
+            f.write(data)
+        return
+    fs, path = filesystem(url, storage_options)
+    _call(lambda: fs.pipe_file(path, data), url, fs, storage_options)
+
+
 def check_access(url: str, storage_options: StorageOptions | None = None) -> None:
     """One cheap call (``info`` of the URL) so that missing credentials, refused credentials or an unreachable
     endpoint are one clear ``DataError`` before any work starts; also when ``url`` does not exist."""

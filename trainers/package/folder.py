@@ -145,19 +145,59 @@ def write_service_layout(package: str | Path, dst: str | Path, model_name: str) 
     return dst
 
 
-def _local_copy(uri: str, tmp: Path) -> Path:
-    import fsspec
+def remote_package_root(uri: str, storage_options=None) -> str | None:
+    """The URL holding a package's files on storage: ``uri`` itself, its ``artifacts/`` (the service's layout), or
+    the same under ``best/`` (``uri`` a run folder); ``None`` when none holds a ``model.json``."""
+    from trainers.data import storage
 
-    fs, root = fsspec.core.url_to_fs(uri)
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/model.json") and fs.exists(f"{root}/{SERVICE_DATA}/model.json"):
-        root = f"{root}/{SERVICE_DATA}"  # the service's mlflow-model/ layout
+    fs, _ = storage.filesystem(uri, storage_options)
+    root = uri.rstrip("/")
+    for cand in (root, f"{root}/{SERVICE_DATA}", f"{root}/best", f"{root}/best/{SERVICE_DATA}"):
+        _, path = storage.filesystem(f"{cand}/model.json", storage_options)
+        if fs.exists(path):
+            return cand
+    return None
+
+
+def _local_copy(uri: str, tmp: Path, storage_options=None) -> Path:
+    from trainers.data import storage
+    from trainers.errors import ImageNotFound
+
+    root = remote_package_root(uri, storage_options)
+    if root is None:
+        raise VisionsweepError(f"{uri}: not a model package (no model.json there, under {SERVICE_DATA}/ or under "
+                               "best/)")
     for name in FILES:
         try:
-            fs.get(root + "/" + name, str(tmp / name))
-        except FileNotFoundError:
+            (tmp / name).write_bytes(storage.read_bytes(f"{root}/{name}", storage_options))
+        except ImageNotFound:  # an optional file (metrics.json, training_config.json ...)
             pass
     return tmp
+
+
+def fetch_package(uri: str, storage_options=None) -> Path:
+    """A node-local copy of the package at ``uri`` (a storage URL), fetched once per node and reused: the trials
+    of a job that starts from an earlier model on storage (``checkpoint_run_id``) read it from this node's
+    cache folder, not once each from storage. The copy appears whole or not at all (a rename)."""
+    import hashlib
+
+    from trainers.data.images import default_cache_dir
+
+    dest = Path(default_cache_dir()) / "packages" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    if (dest / "model.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    try:
+        _local_copy(uri, tmp, storage_options)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process of this node got there first: its copy is the same package
+            if not (dest / "model.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def load_package(path: str | Path, device: str = "cpu", settings_override: dict[str, Any] | None = None,
