@@ -30,8 +30,10 @@ def plan_group(job: Job, gpus_per_node: float, store: RunStore) -> Group:
     """The trial's worker group (one worker runs in-process)."""
     ext = job.spec.visionsweep
     nodes = job.spec.properties.node_count_per_trial
-    return Group(workers=workers_per_trial(job, gpus_per_node), use_gpu=gpus_per_node > 0,
-                 cpus_per_worker=ext.cpus_per_trial, spread=nodes > 1, max_failures=ext.trial_retries,
+    workers = workers_per_trial(job, gpus_per_node)
+    return Group(workers=workers, use_gpu=gpus_per_node > 0,
+                 cpus_per_worker=ext.cpus_per_trial, spread=nodes > 1 and workers == nodes,
+                 max_failures=ext.trial_retries,
                  amp=ext.mixed_precision, channels_last=ext.channels_last,
                  **dict(zip(("storage_path", "storage_filesystem"), store.ray_storage(TRAIN))))
 

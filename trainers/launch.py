@@ -39,7 +39,7 @@ class Group:
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    spread: bool = False  # node_count_per_trial > 1: place the workers on different nodes
+    spread: bool = False  # one worker per node on several nodes: place the workers on different nodes
     max_failures: int = 0  # restarts of a data-parallel group after a worker dies
     amp: bool = True
     channels_last: bool = True
@@ -48,6 +48,19 @@ class Group:
 
     def engine_workers(self, rank: int = 0, world: int = 1) -> Workers:
         return Workers(rank, world, self.amp, self.channels_last)
+
+    def scaling_config(self):
+        """Ray Train's placement of the group: a bundle per worker, PACK, or SPREAD when each node runs one worker.
+
+        PACK fills whole nodes: ``node_count_per_trial: 4`` on 8-GPU nodes is 32 workers on 4 nodes, 8 each (SPREAD
+        would put 2 on each of 16 nodes, scattering one trial's all-reduce over the cluster). With one worker per
+        node (CPU nodes, ``distributed: false``) PACK would put them all on one node, so they spread."""
+        import ray.train
+
+        resources = {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
+        return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
+                                       resources_per_worker=resources,
+                                       placement_strategy="SPREAD" if self.spread else "PACK")
 
 
 def _threads(cpus: float) -> None:
@@ -136,12 +149,9 @@ def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, 
 
     loop = functools.partial(_worker_loop, h=h, data=data, init_package=init_package, weights=weights,
                              group=group, credentials=credentials, log_level=log_level)
-    resources = {"CPU": group.cpus_per_worker, **({"GPU": 1} if group.use_gpu else {})}
     trainer = TorchTrainer(
         loop,
-        scaling_config=ray.train.ScalingConfig(num_workers=group.workers, use_gpu=group.use_gpu,
-                                               resources_per_worker=resources,
-                                               placement_strategy="SPREAD" if group.spread else "PACK"),
+        scaling_config=group.scaling_config(),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(), storage_path=group.storage_path,
             storage_filesystem=group.storage_filesystem, callbacks=[TuneReportCallback()],
