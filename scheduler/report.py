@@ -142,12 +142,26 @@ def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
     return fig
 
 
+CURVES_SHOWN = 25  # trials drawn one curve each (the best ones); the others as one band: median and range
+
+
+def _points(t: _Trial, primary: str) -> list[tuple[Any, float]]:
+    return [(m.get("epoch", i + 1), m[primary]) for i, m in enumerate(t.metrics) if _number(m.get(primary))]
+
+
 def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure | str:
+    """One curve per trial up to :data:`CURVES_SHOWN` trials; beyond, the best ones (the leaderboard's top)
+    each with its curve and the rest summarised per epoch by their median and range, so that a sweep of a
+    thousand trials stays a page a browser draws at once and a reader can read."""
     fig = go.Figure()
-    for t in trials:
-        pts = [(m.get("epoch", i + 1), m[primary]) for i, m in enumerate(t.metrics) if _number(m.get(primary))]
-        if not pts:
-            continue
+    with_points = [t for t in trials if _points(t, primary)]
+    shown = with_points
+    if len(with_points) > CURVES_SHOWN:
+        ranked = sorted(with_points, key=lambda t: -t.best if t.best is not None else math.inf)
+        shown = ranked[:CURVES_SHOWN]
+        _band(fig, ranked[CURVES_SHOWN:], primary)
+    for t in shown:
+        pts = _points(t, primary)
         model = t.params.get("model_name", default_model)
         name = " ".join(str(s) for s in (t.trial_id, model, "(stopped)" if t.stopped else
                                          "(error)" if t.status == "error" else "") if s)
@@ -160,8 +174,30 @@ def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure
                           f"<br>{html.escape(t.status)}<extra></extra>"))
     if not fig.data:
         return "No evaluation has been recorded yet."
-    return _layout(fig, f"{primary} per epoch (dashed, ending in x: stopped early)",
+    top = f"the best {len(shown)} of {len(with_points)} trials; the others as a band, " \
+        if len(shown) < len(with_points) else ""
+    return _layout(fig, f"{primary} per epoch ({top}dashed, ending in x: stopped early)",
                    xaxis_title="epoch", yaxis_title=primary, legend_title="trial")
+
+
+def _band(fig: go.Figure, rest: list[_Trial], primary: str) -> None:
+    """The trials not drawn one by one: per epoch, the range (min to max) as a shaded band and the median."""
+    by_epoch: dict[Any, list[float]] = {}
+    for t in rest:
+        for epoch, value in _points(t, primary):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    lo, hi = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
+    mid = [sorted(by_epoch[e])[len(by_epoch[e]) // 2] for e in epochs]
+    name = f"the other {len(rest)} trials"
+    fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=hi + lo[::-1], fill="toself", mode="lines",
+                             line=dict(width=0), fillcolor="rgba(128,128,128,0.2)", name=f"{name}: range",
+                             legendgroup="rest", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=epochs, y=mid, mode="lines", line=dict(color="grey", width=2),
+                             name=f"{name}: median", legendgroup="rest",
+                             customdata=[len(by_epoch[e]) for e in epochs],
+                             hovertemplate=f"median of %{{customdata}} trials<br>epoch %{{x}}<br>"
+                                           f"{html.escape(primary)} %{{y:.4f}}<extra></extra>"))
 
 
 def _axis(label: str, values: list[Any]) -> dict[str, Any]:

@@ -148,3 +148,25 @@ def test_single_trial_defaults_and_escaping(tmp_path):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
     assert "t&lt;1&gt;" in page
     assert len(parsed.rows) == 1
+
+
+def test_a_thousand_trial_sweep_draws_the_best_curves_and_a_band_for_the_rest(tmp_path):
+    from scheduler.report import CURVES_SHOWN
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    n = CURVES_SHOWN + 15
+    for i in range(n):  # trial i reaches i / n: the last CURVES_SHOWN trials are the best
+        _trial(run, f"t{i:03d}", {"learning_rate": 0.001 * (i + 1)},
+               [{"epoch": e, "accuracy": i / n * e / 3} for e in (1, 2, 3)], "completed")
+    page, _ = _parse(write_report(run))
+    traces = _traces(page, "metric-curves")
+    curves = [t for t in traces if t.get("legendgroup") != "rest"]
+    band = [t for t in traces if t.get("legendgroup") == "rest"]
+    assert sorted(t["legendgroup"] for t in curves) == [f"t{i:03d}" for i in range(15, n)]
+    assert [t["name"] for t in band] == ["the other 15 trials: range", "the other 15 trials: median"]
+    median = band[1]
+    assert median["x"] == [1, 2, 3] and median["customdata"] == [15, 15, 15]
+    assert abs(median["y"][2] - 7 / n) < 1e-9  # trials 0..14 at epoch 3: median of i / n is trial 7's
+    assert f"the best {CURVES_SHOWN} of {n} trials" in page
