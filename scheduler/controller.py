@@ -50,8 +50,6 @@ from trainers.data.images import default_cache_dir
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
 from trainers.labels import label_json
-from trainers.package import package_root
-from trainers.package.folder import remote_package_root
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +106,8 @@ def resolve_checkpoint_run(ref: str, base_dir: Path, storage_options=None) -> st
     """``checkpoint_run_id``: a model package (either layout), a run folder (its best/), or a run folder name under
     runs/; any of them may be a storage URL (``az://``, ``s3://`` ...), which stays a URL: each node fetches it
     once (``trainers.package.fetch_package``)."""
+    from trainers.package.folder import package_root, remote_package_root  # torchvision: only with this key
+
     if is_remote(ref):
         root = remote_package_root(ref, storage_options)
         if root is None:

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
-from scheduler.report import write_report
 from scheduler.runfolder import read_json, read_trials
 from scheduler.runstore import SWEEP, TRAIN, RunStore
 from scheduler.spec import Job
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
-from trainers.package import copy_package, write_service_layout
 
 SERVICE_MODEL = "outputs/mlflow-model"  # where the service keeps a trial's MLflow model (§9.1)
 
@@ -87,6 +85,8 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
                 summary["tracking"] = {"error": str(e)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # the report reads it
     with phase("report"):
+        from scheduler.report import write_report  # plotly: imported when the report is written, not at start
+
         try:
             write_report(run_dir)
         except Exception as e:  # the report is a view; never fail the run for it
@@ -105,6 +105,8 @@ def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
 
 def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
     """Copy the best trial's best checkpoint (a model package) to ``<run>/best``."""
+    from trainers.package import copy_package, write_service_layout  # torchvision, timm: after the trials only
+
     run_dir = store.local
     best_dir = run_dir / "best"
     for row in rows:  # best first: the first trial with a checkpoint wins

@@ -22,13 +22,10 @@ from typing import Any, Callable
 from trainers.data import PreparedData
 from trainers.data.credentials import EnvCredentials
 from trainers.data.urls import is_remote
-from trainers.engine import train
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
 from trainers.logs import apply_in_worker
-from trainers.models.weights.resolve import initial_weights
 from trainers.models.weights.sources import WeightsConfig
-from trainers.package.folder import fetch_package
 from trainers.workers import Workers
 
 
@@ -103,6 +100,12 @@ def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers
     """The trial body, in this process: threads, this node's images, then the engine from the last checkpoint
     (a restarted trial or worker, §8.7) or from what a fresh trial starts from: an earlier model
     (``checkpoint_run_id``) wins over the published weights, which are fetched here, once per node."""
+    # the engine, the models and the weights resolver import sklearn, timm and torchvision: only the trial's
+    # process needs them, not the driver that pickles this trainable
+    from trainers.engine import train
+    from trainers.models.weights.resolve import initial_weights
+    from trainers.package.folder import fetch_package
+
     _threads(cpus)
     _materialize(data)
     report = _package_report(session.report, session.checkpoint_cls)
