@@ -12,8 +12,16 @@ work grows, so that growth faster than the work shows as a rising column.
   decoded at reduced size), in the same command. Target: bytes read before a streaming job's first trial <= 10 % of
   the images' bytes.
 
+* ``controller``: ``--trials`` trivial trials (5 reports each, no sleep, 1 CPU, 2 at a time) through the
+  controller's own pieces as ``scheduler.controller.run_job`` assembles them (``bench/controller_overhead.py``'s
+  visionsweep side: searcher, early-termination policy, run-folder callback, MLflow tracker, leaderboard), then
+  ``report.html``. Per size, in a fresh process: the driver-side hooks' time per trial event (Tune's event loop is
+  blocked while they run), wall seconds per trial, the driver's peak RSS, the run folder's size, and the report's
+  size and time to write.
+
     .venv/bin/python bench/scale.py data-prep [--lines 10000 100000 1000000]
     .venv/bin/python bench/scale.py image-check [--images 100]
+    .venv/bin/python bench/scale.py controller [--trials 10 100 1000]
 """
 
 from __future__ import annotations
@@ -146,9 +154,62 @@ def image_check(n_images: int) -> None:
     print(f"bytes ratio headers / whole: {headers[1] / whole[1]:.4f}")
 
 
+# ------------------------------------------------------------------------------------------------ controller
+
+def _controller_once(n: int) -> None:
+    """One size, in this (fresh) process: prints one JSON line."""
+    import logging
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from controller_overhead import instrument, run_visionsweep
+
+    from scheduler.report import write_report
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    acc = instrument()
+    with tempfile.TemporaryDirectory(prefix="vs-ctl-") as d:
+        t = run_visionsweep(Path(d), n, seed=0)
+        events = acc["RunFolderCallback.on_trial_result"][0] + acc["RunFolderCallback.on_trial_start"][0] + \
+            acc["RunFolderCallback.on_trial_complete"][0]
+        hooks = sum(sec for name, (_, sec) in acc.items() if not name.startswith("  "))
+        run = Path(d) / "run"
+        t0 = time.perf_counter()
+        report = write_report(run)
+        report_s = time.perf_counter() - t0
+        own = [p for p in run.rglob("*") if p.is_file() and "ray" not in p.relative_to(run).parts[:1]]
+        print(json.dumps({
+            "trials": n, "events": events, "fit_s": t["setup+fit"], "post_s": t["post"],
+            "hooks_ms_per_event": hooks / max(1, events) * 1e3,
+            "by_hook_ms_per_call": {k.strip(): v[1] / max(1, v[0]) * 1e3 for k, v in acc.items()},
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "run_folder_mb": sum(p.stat().st_size for p in own) / 1e6,
+            "report_mb": report.stat().st_size / 1e6, "report_s": report_s}))
+    ray.shutdown()
+
+
+def controller(sizes: list[int]) -> None:
+    print(f"{'trials':>7} {'events':>7} {'s/trial':>8} {'hooks ms/event':>15} {'post s':>7} {'peak RSS MB':>12} "
+          f"{'run MB':>7} {'report MB':>10} {'report s':>9}")
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "_controller_once", str(n)], check=True,
+                              capture_output=True, text=True, cwd=ROOT)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{n:>7} {r['events']:>7} {r['fit_s'] / n:>8.3f} {r['hooks_ms_per_event']:>15.2f} {r['post_s']:>7.1f} "
+              f"{r['rss_mb']:>12.0f} {r['run_folder_mb']:>7.1f} {r['report_mb']:>10.2f} {r['report_s']:>9.2f}",
+              flush=True)
+        slow = sorted(r["by_hook_ms_per_call"].items(), key=lambda kv: -kv[1])[:4]
+        print("        slowest hooks (ms/call): " + ", ".join(f"{k} {v:.1f}" for k, v in slow), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_prep_once":
         _prep_once(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_controller_once":
+        _controller_once(int(sys.argv[2]))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -156,11 +217,15 @@ def main() -> None:
     dp.add_argument("--lines", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ic = sub.add_parser("image-check")
     ic.add_argument("--images", type=int, default=100)
+    ct = sub.add_parser("controller")
+    ct.add_argument("--trials", type=int, nargs="+", default=[10, 100, 1000])
     a = p.parse_args()
     if a.cmd == "data-prep":
         data_prep(a.lines)
-    else:
+    elif a.cmd == "image-check":
         image_check(a.images)
+    else:
+        controller(a.trials)
 
 
 if __name__ == "__main__":
