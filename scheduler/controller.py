@@ -203,7 +203,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     group, has_gpu = res.group, res.has_gpu
     short = capacity_shortfall(group)
     if short and not os.environ.get("RAY_ADDRESS"):  # an embedded Ray never grows: the trials would wait forever
-        raise VisionsweepError(short.split(" now:")[0] + "; " + short.split("(", 1)[-1].rstrip(")"))
+        raise VisionsweepError(short.split(" now:")[0] + "; " + short.rsplit(" (", 1)[-1].rstrip(")"))
     if short:
         echo(f"warning: {short}")
     plan = build_plan(job, has_gpu, run_dir, weights_available(job, wcfg))

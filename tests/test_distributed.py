@@ -55,8 +55,11 @@ def test_a_group_that_cannot_be_placed_is_an_error_not_a_wait(ray_session, small
 
     # 2 nodes x 1 CPU per worker + the driver's 0.1 CPU do not fit the 2-CPU embedded Ray, which never grows
     job = make_job(small_mltable, "properties: {node_count_per_trial: '2'}\nvisionsweep: {tracking: {enabled: false}}\n")
-    with pytest.raises(VisionsweepError, match=r"needs 2 workers x 1 CPU .* = 2.1 CPUs, but the cluster has 2"):
+    with pytest.raises(VisionsweepError) as e:
         run_job(job, tmp_path / "run", echo=lambda s: None)
+    assert str(e.value) == ("a data-parallel trial needs 2 workers x 1 CPU (visionsweep.cpus_per_trial) + 0.1 CPU for "
+                            "its driver = 2.1 CPUs, but the cluster has 2; lower cpus_per_trial, workers_per_node or "
+                            "node_count_per_trial to fit")
 
 
 def test_a_data_parallel_detection_trial_validates_the_whole_set(ray_session, shapes_detection, tmp_path):
