@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -19,12 +20,26 @@ def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=_address_env(address))
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
                      configure_logging=True, logging_level=logging.WARNING)
     res = ray.cluster_resources()
     return f"{len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+
+
+def _address_env(address: str) -> dict | None:
+    """The job's processes are told which cluster they belong to: Ray Train's placement-group cleaner (and any
+    state-API call in an actor) otherwise looks for "the" Ray instance on its machine and fails where several run
+    (a node shared by two clusters: "Found multiple active Ray instances"). Only a GCS address (host:port) is
+    passed on, and only when the job's own runtime env does not set the variable already (Ray refuses a
+    conflicting key)."""
+    if "://" in address or address == "auto" or ":" not in address:
+        return None
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    if "RAY_ADDRESS" in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {"RAY_ADDRESS": address}}
 
 
 def cluster_gpus() -> float:

@@ -170,6 +170,11 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
 
     run_dir = store.local
     phase = Phases()
+    if store.remote is None and in_job_package(run_dir):
+        echo(f"warning: the run folder {run_dir} is inside this Ray job's working directory as Ray unpacked it "
+             "(runtime_resources/working_dir_files/...): Ray deletes that copy with the cluster's session, or sooner "
+             "to make room for other jobs' packages. Give --output an absolute path on a disk that stays, or a "
+             "storage URL (az://..., s3://...)")
     if not resume:
         (run_dir / "job.yml").write_text(job.redacted_text())
         (run_dir / "run.json").write_text(json.dumps({
@@ -280,6 +285,13 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
     return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase)
+
+
+def in_job_package(path: Path) -> bool:
+    """Whether ``path`` lies in the working directory of a Ray job as Ray unpacked it on this node (``ray job
+    submit --working-dir``, where a relative ``--output`` lands): Ray's temporary copy, not the user's folder."""
+    parts = Path(path).resolve().parts
+    return any(a == "runtime_resources" and b == "working_dir_files" for a, b in zip(parts, parts[1:]))
 
 
 def _labels(job: Job) -> dict[str, Any]:

@@ -19,6 +19,23 @@ def test_bad_job_prints_the_field_and_exits_2(tmp_path):
     assert r.stderr.startswith(f"error: {job}:5: limits.max_trials:") and "Traceback" not in r.stderr
 
 
+def test_a_run_folder_inside_a_ray_job_working_directory_is_warned_about(tmp_path):
+    # `ray job submit --working-dir .` runs the command in Ray's unpacked copy of the folder: a relative --output
+    # lands there, and Ray deletes that copy. (The job then fails on its data, after the warning.)
+    pkg = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    pkg.mkdir(parents=True)
+    (pkg / "d.jsonl").write_text('{"image_url": 3}\n')
+    (pkg / "job.yml").write_text("task: image_classification\ntarget_column_name: label\n"
+                                 "training_data: {path: d.jsonl}\nvisionsweep: {pretrained: false}\n")
+    r = cli("run", "job.yml", "--output", "runs/my-sweep", cwd=pkg)
+    assert r.returncode == 2 and "d.jsonl:1: expected an 'image_url' string" in r.stderr
+    assert f"warning: the run folder {pkg / 'runs' / 'my-sweep'} is inside this Ray job's working directory" \
+        in r.stderr
+    assert "give --output an absolute path" in r.stderr.lower()
+    ok = cli("run", "job.yml", "--output", str(tmp_path / "runs" / "kept"), cwd=pkg)
+    assert ok.returncode == 2 and "working directory" not in ok.stderr
+
+
 def test_missing_job_file(tmp_path):
     r = cli("validate", str(tmp_path / "nope.yml"))
     assert r.returncode == 2 and "cannot read the job file" in r.stderr

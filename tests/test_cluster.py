@@ -108,14 +108,14 @@ def test_token_auth_is_on(cluster, tmp_path):
     assert ok.stdout.count("node_") == 2
 
 
-@pytest.mark.ray
-def test_job_submit_runs_a_sweep_to_a_complete_run_folder(cluster, tmp_path):
-    # the README's job folder: the bundled sample as data/, the README's job.yml next to it
+def _submit(cluster, tmp_path, job_text: str) -> tuple[Path, str]:
+    """The README's path: the job folder (the bundled sample as data/, the weights, job.yml) submitted with
+    ``ray job submit --working-dir``; returns the run folder and the job's logs once it has succeeded."""
     work = tmp_path / "my-job"
     work.mkdir()
     shutil.copytree(SAMPLE, work / "data")
     shutil.copytree(ROOT / ".weights", work / "weights")  # `make setup` filled it (the README copies it too)
-    (work / "job.yml").write_text(_readme_block("cat > /tmp/my-job/job.yml <<'YML'"))
+    (work / "job.yml").write_text(job_text)
     out = tmp_path / "runs" / "my-sweep"
     env = _client_env(cluster.env())
     sub_id = f"vs-test-{uuid.uuid4().hex[:8]}"
@@ -128,27 +128,51 @@ def test_job_submit_runs_a_sweep_to_a_complete_run_folder(cluster, tmp_path):
     # cluster from hanging the suite)
     _run([RAY, "job", "logs", "--follow", sub_id], env=env, timeout=1800)
     status = cluster.api(f"/api/jobs/{sub_id}")["status"]
+    logs = cluster.api(f"/api/jobs/{sub_id}/logs").get("logs", "")
     if status != "SUCCEEDED":
-        logs = cluster.api(f"/api/jobs/{sub_id}/logs").get("logs", "")
         pytest.fail(f"job {sub_id} ended {status}:\n{logs[-4000:]}")
     # the README's status command agrees
     st = _run([RAY, "job", "status", sub_id], env=env)
     assert st.returncode == 0 and "succeeded" in (st.stdout + st.stderr).lower()
+    return out, logs
 
-    # a complete run folder
+
+def _assert_complete(out: Path, n_trials: int) -> list[dict]:
     for f in ("job.yml", "job.resolved.yaml", "leaderboard.csv", "summary.json", "best/model.json",
               "best/model.safetensors", "best/labels.json"):
         assert (out / f).is_file(), f
     trials = sorted((out / "trials").iterdir())
-    assert len(trials) == 2
+    assert len(trials) == n_trials
     for t in trials:
         assert json.loads((t / "status.json").read_text())["status"] == "completed"
         assert (t / "params.json").is_file() and (t / "metrics.jsonl").read_text().strip()
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
-    assert len(rows) == 2 and rows[0]["rank"] == "1"
+    assert len(rows) == n_trials and rows[0]["rank"] == "1"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trials"] == 2 and summary["best_trial"] == rows[0]["trial_id"]
+    assert summary["trials"] == n_trials and summary["best_trial"] == rows[0]["trial_id"]
     assert {t.name for t in trials} == {r["trial_id"] for r in rows}
+    return [json.loads(line) for t in trials for line in (t / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.ray
+def test_job_submit_runs_a_sweep_to_a_complete_run_folder(cluster, tmp_path):
+    out, _ = _submit(cluster, tmp_path, _readme_block("cat > /tmp/my-job/job.yml <<'YML'"))
+    _assert_complete(out, 2)
+
+
+@pytest.mark.ray
+def test_job_submit_of_data_parallel_trials_across_both_nodes(cluster, tmp_path):
+    # the README's job with node_count_per_trial: "2": each trial a Ray Train group of one worker per node
+    job = _readme_block("cat > /tmp/my-job/job.yml <<'YML'").replace(
+        "visionsweep: {weights_store: weights}", "visionsweep: {weights_store: weights, cpus_per_trial: 0.4}")
+    job += 'properties: {node_count_per_trial: "2"}\n'
+    out, logs = _submit(cluster, tmp_path, job)
+    metrics = _assert_complete(out, 2)
+    assert all(m.get("workers") == 2 for m in metrics), metrics
+    # the driver kept its working directory (the job's files) to the end: no lost file on any progress line
+    assert "No such file or directory" not in logs, logs[-4000:]
+    # Ray Train's placement-group cleaner knows its cluster even where another Ray runs on the same machine
+    assert "Found multiple active Ray instances" not in logs, logs[-4000:]
 
 
 @pytest.mark.ray
