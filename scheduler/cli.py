@@ -19,6 +19,7 @@ logs shows credentials as ``***`` (:func:`scheduler.spec.redact`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -112,14 +113,32 @@ def _read(path: str) -> bytes:
         raise VisionsweepError(f"{path}: cannot read the image ({e.strerror})") from None
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Everything written to stdout inside the block goes to stderr: the file descriptor (C code, subprocesses)
+    and ``sys.stdout`` (prints, and loggers created inside the block, such as mmengine's, which binds the stream
+    it finds). Commands that print JSON run their libraries in it, so that stdout carries their JSON only."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _predict(args) -> int:
     from serving.predictor import Predictor
     from trainers.data import storage
     from trainers.data.urls import is_remote
 
-    predictor = Predictor(args.package, device=args.device, settings=_settings(args.setting))
-    images = [_read(p) for p in args.images]
-    out = predictor.predict_images(images)
+    with _stdout_to_stderr():
+        predictor = Predictor(args.package, device=args.device, settings=_settings(args.setting))
+        images = [_read(p) for p in args.images]
+        out = predictor.predict_images(images)
     if args.format == "coco":
         from PIL import Image
 
@@ -177,8 +196,9 @@ def _export(args) -> int:
     with tempfile.TemporaryDirectory(prefix="visionsweep-onnx-") as tmp:
         # a storage URL (given, or the default beside a package on storage): written here, then uploaded
         local = str(Path(tmp) / "model.onnx") if target and is_remote(target) else target
-        r = export_onnx(args.package, local, batch_size=args.batch_size, normalization=norm,
-                        image_size=args.image_size, check=not args.no_check, settings=_settings(args.setting))
+        with _stdout_to_stderr():
+            r = export_onnx(args.package, local, batch_size=args.batch_size, normalization=norm,
+                            image_size=args.image_size, check=not args.no_check, settings=_settings(args.setting))
         where = str(r.path)
         if target and is_remote(target):
             for suffix in ("", ".json"):
@@ -190,8 +210,18 @@ def _export(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("visionsweep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionsweep", description="AutoML for computer vision on your own Ray cluster.")
+    p.add_argument("--version", action="version", version=f"visionsweep {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a job YAML (the managed service's AutoML image job, unchanged)")
     r.add_argument("job")

@@ -36,6 +36,13 @@ def test_a_run_folder_inside_a_ray_job_working_directory_is_warned_about(tmp_pat
     assert ok.returncode == 2 and "working directory" not in ok.stderr
 
 
+def test_version():
+    from importlib.metadata import version
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"visionsweep {version('visionsweep')}"
+
+
 def test_missing_job_file(tmp_path):
     r = cli("validate", str(tmp_path / "nope.yml"))
     assert r.returncode == 2 and "cannot read the job file" in r.stderr

@@ -263,3 +263,26 @@ def test_families_beyond_fpn_train_predict_and_package(name, tmp_path):
     with torch.no_grad():
         (again,) = load_package(pkg).model([image])
     assert torch.allclose(again["scores"], out["scores"]) and torch.allclose(again["boxes"], out["boxes"])
+
+
+def test_predict_and_export_of_a_yolov5_package_print_only_their_output_on_stdout(tmp_path, sample):
+    # mmengine logs every layer's initialisation when the model is built: to stderr, so that `predict | jq` works
+    import subprocess
+    import sys
+
+    from trainers.models.detectors import build_detector
+    from trainers.package import save_package
+
+    h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
+    pkg = save_package(tmp_path / "pkg", model=build_detector("yolov5", 2, h), task=hp.DETECTION,
+                       classes=["disc", "square"], hyperparameters=h, metrics={})
+    cli = [sys.executable, "-m", "scheduler.cli"]
+    pred = subprocess.run(cli + ["predict", str(pkg), str(sample / "images" / "test_0000.png")],
+                          capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert isinstance(json.loads(pred.stdout)[0]["boxes"], list)  # stdout is the JSON and nothing else
+    assert "mmengine" in pred.stderr  # the library's log went to stderr
+    exp = subprocess.run(cli + ["export", str(pkg), "--no-check", "--output", str(tmp_path / "y.onnx")],
+                         capture_output=True, text=True, timeout=300)
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    assert exp.stdout.splitlines() == [exp.stdout.strip()] and exp.stdout.startswith(f"wrote {tmp_path / 'y.onnx'}")
