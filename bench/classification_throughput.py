@@ -87,8 +87,9 @@ class JsonlImages(torch.utils.data.Dataset):
         return self.transform(decode_image(path, mode=ImageReadMode.RGB)), label
 
 
-def run_plain(h: dict, workers: int) -> list[float]:
-    """Per-epoch training images/s of the plain torchvision loop (no visionsweep code)."""
+def run_plain(h: dict, workers: int, device: str = "cpu") -> list[float]:
+    """Per-epoch training images/s of the plain torchvision loop (no visionsweep code), on ``device`` (``bench/gpu.py``
+    runs it on CUDA: pinned memory, batches moved as a user moves them, the device synchronised per epoch)."""
     import torchvision
     from torchvision.transforms import v2
 
@@ -101,8 +102,9 @@ def run_plain(h: dict, workers: int) -> list[float]:
     ])
     ds = JsonlImages(TRAIN_JSONL, transform)
     loader = DataLoader(ds, batch_size=h["training_batch_size"], shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(SEED))
-    model = getattr(torchvision.models, h["model_name"])(num_classes=len(ds.classes))
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(SEED),
+                        pin_memory=device != "cpu")
+    model = getattr(torchvision.models, h["model_name"])(num_classes=len(ds.classes)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=h["learning_rate"], momentum=h["momentum"],
                           nesterov=h["nesterov"], weight_decay=h["weight_decay"])
     rates = []
@@ -110,11 +112,14 @@ def run_plain(h: dict, workers: int) -> list[float]:
         model.train()
         t0, seen = time.perf_counter(), 0
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             seen += len(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - t0))
     return rates
 

@@ -101,10 +101,11 @@ class PlainDetectionDataset(Dataset):
         return image, {"boxes": boxes[keep], "labels": labels[keep]}
 
 
-def run_plain(h: dict, data) -> list[float]:
-    """Per-epoch training images/s of torchvision's reference loop on the same model, data and optimiser."""
+def run_plain(h: dict, data, device: str = "cpu") -> list[float]:
+    """Per-epoch training images/s of torchvision's reference loop on the same model, data and optimiser, on
+    ``device``."""
     torch.manual_seed(SEED)
-    model = build_detector(h["model_name"], len(data.classes), h)
+    model = build_detector(h["model_name"], len(data.classes), h).to(device)
     ds = PlainDetectionDataset(data.train, data.classes)
     batch = h["training_batch_size"]
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, num_workers=0,
@@ -115,11 +116,15 @@ def run_plain(h: dict, data) -> list[float]:
         model.train()
         t0, seen = time.perf_counter(), 0
         for images, targets in loader:
-            loss = sum(model(list(images), list(targets)).values())
+            images = [i.to(device) for i in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            loss = sum(model(images, targets).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
             seen += len(images)
+        if device != "cpu":
+            torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - t0))
     return rates
 

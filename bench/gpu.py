@@ -82,36 +82,10 @@ def trainer_rate(data, amp: bool = True, channels_last: bool = True) -> float:
 
 
 def plain_rate(workers: int = 2) -> float:
-    """The user's loop of classification_throughput.run_plain, on this device."""
-    import torchvision
-    from classification_throughput import TRAIN_JSONL, JsonlImages
-    from torch.utils.data import DataLoader
-    from torchvision.transforms import v2
+    """The user's loop of ``classification_throughput.run_plain``, on this device."""
+    from classification_throughput import run_plain
 
-    model_name, crop, batch, epochs = CLS
-    h = _cls_h(epochs)
-    transform = v2.Compose([
-        v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    ds = JsonlImages(TRAIN_JSONL, transform)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=CUDA)
-    model = getattr(torchvision.models, model_name)(num_classes=len(ds.classes)).to(DEV)
-    opt = torch.optim.SGD(model.parameters(), lr=h["learning_rate"], momentum=h["momentum"])
-    rates = []
-    for _ in range(epochs):
-        t0, seen = time.perf_counter(), 0
-        for x, y in loader:
-            x, y = x.to(DEV, non_blocking=True), y.to(DEV, non_blocking=True)
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            seen += len(x)
-        if CUDA:
-            torch.cuda.synchronize()
-        rates.append(seen / (time.perf_counter() - t0))
-    return _median_after_warmup(rates)
+    return _median_after_warmup(run_plain(_cls_h(CLS[3]), workers, DEV))
 
 
 def ceiling_rate(classes: int, steps: int = 30) -> float:
@@ -198,31 +172,7 @@ def detection_rates() -> tuple[float, float]:
     train(h, data, lambda m, _s: rates.__setitem__(m["epoch"], m["train_images_per_sec"]), device=DEV)
     ours = _median_after_warmup([rates[e] for e in sorted(rates)])
 
-    from torch.utils.data import DataLoader
-
-    from trainers.engine import make_optimizer
-    from trainers.models.detectors import build_detector
-
-    net = build_detector(model, len(data.classes), h).to(DEV)
-    loader = DataLoader(det.PlainDetectionDataset(data.train, data.classes), batch_size=batch, shuffle=True,
-                        drop_last=True, collate_fn=lambda b: tuple(zip(*b)))
-    opt = make_optimizer([p for p in net.parameters() if p.requires_grad], h)
-    plain = []
-    for _ in range(epochs):
-        t0, seen = time.perf_counter(), 0
-        net.train()
-        for images, targets in loader:
-            images = [i.to(DEV) for i in images]
-            targets = [{k: v.to(DEV) for k, v in t.items()} for t in targets]
-            loss = sum(net(images, targets).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen += len(images)
-        if CUDA:
-            torch.cuda.synchronize()
-        plain.append(seen / (time.perf_counter() - t0))
-    return ours, _median_after_warmup(plain)
+    return ours, _median_after_warmup(det.run_plain(h, data, DEV))
 
 
 # ------------------------------------------------------------------------------------------------- 5: serving

@@ -154,14 +154,15 @@ def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure
     each with its curve and the rest summarised per epoch by their median and range, so that a sweep of a
     thousand trials stays a page a browser draws at once and a reader can read."""
     fig = go.Figure()
-    with_points = [t for t in trials if _points(t, primary)]
+    points = {t.trial_id: pts for t in trials if (pts := _points(t, primary))}
+    with_points = [t for t in trials if t.trial_id in points]
     shown = with_points
     if len(with_points) > CURVES_SHOWN:
         ranked = sorted(with_points, key=lambda t: -t.best if t.best is not None else math.inf)
         shown = ranked[:CURVES_SHOWN]
-        _band(fig, ranked[CURVES_SHOWN:], primary)
+        _band(fig, [points[t.trial_id] for t in ranked[CURVES_SHOWN:]], primary)
     for t in shown:
-        pts = _points(t, primary)
+        pts = points[t.trial_id]
         model = t.params.get("model_name", default_model)
         name = " ".join(str(s) for s in (t.trial_id, model, "(stopped)" if t.stopped else
                                          "(error)" if t.status == "error" else "") if s)
@@ -180,11 +181,11 @@ def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure
                    xaxis_title="epoch", yaxis_title=primary, legend_title="trial")
 
 
-def _band(fig: go.Figure, rest: list[_Trial], primary: str) -> None:
-    """The trials not drawn one by one: per epoch, the range (min to max) as a shaded band and the median."""
+def _band(fig: go.Figure, rest: list[list[tuple[Any, float]]], primary: str) -> None:
+    """The trials not drawn one by one (their points): per epoch, the range as a shaded band and the median."""
     by_epoch: dict[Any, list[float]] = {}
-    for t in rest:
-        for epoch, value in _points(t, primary):
+    for pts in rest:
+        for epoch, value in pts:
             by_epoch.setdefault(epoch, []).append(value)
     epochs = sorted(by_epoch)
     lo, hi = [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]

@@ -66,6 +66,29 @@ def _data(task, shapes):
     return data
 
 
+def _step_and_predict(model, image: torch.Tensor, target: dict) -> dict:
+    """One training step (a finite loss, gradients) and one prediction of well-formed boxes."""
+    model.train()
+    loss = sum(model([image], [target]).values())
+    loss.backward()
+    assert math.isfinite(float(loss)) and any(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([image])
+    assert out["boxes"].shape[1] == 4 and len(out["labels"]) == len(out["scores"]) == len(out["boxes"])
+    return out
+
+
+def _yolov5_package(tmp_path, h: dict):
+    """An untrained yolov5 (small) package with two classes."""
+    from trainers.models.detectors import build_detector
+    from trainers.package import save_package
+
+    torch.manual_seed(0)
+    return save_package(tmp_path / "pkg", model=build_detector("yolov5", 2, h), task=hp.DETECTION,
+                        classes=["disc", "square"], hyperparameters=h, metrics={})
+
+
 @pytest.mark.parametrize("task,model,extra", [
     (hp.DETECTION, "retinanet_r18_fpn_1x_coco", {"min_size": 64, "max_size": 64}),
     (hp.SEGMENTATION, "mask-rcnn_r18_fpn_8xb8-amp-lsj-200e_coco", {"min_size": 64, "max_size": 64}),
@@ -169,13 +192,10 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     import onnxruntime as ort
 
     from trainers.models.detectors import build_detector
-    from trainers.package import save_package
     from trainers.package.onnx import export_onnx
 
-    torch.manual_seed(0)
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
-    pkg = save_package(tmp_path / "pkg", model=build_detector("yolov5", 2, h), task=hp.DETECTION,
-                       classes=["disc", "square"], hyperparameters=h, metrics={})
+    pkg = _yolov5_package(tmp_path, h)
     x = torch.rand(2, 3, 64, 64)
     # untrained, the boxes are large, overlap and score alike, so which of two near-twins NMS keeps flips on
     # float noise: the check runs with NMS at IoU 1 (only exact duplicates go) over the ~15 most confident
@@ -220,14 +240,7 @@ def test_each_curated_mmdetection_model_takes_a_training_step_and_predicts(name)
     if seg:
         target["masks"] = torch.zeros(1, 128, 128, dtype=torch.uint8)
         target["masks"][0, 10:70, 10:60] = 1
-    model.train()
-    loss = sum(model([image], [target]).values())
-    loss.backward()
-    assert math.isfinite(float(loss)) and any(p.grad is not None for p in model.parameters())
-    model.eval()
-    with torch.no_grad():
-        (out,) = model([image])
-    assert out["boxes"].shape[1] == 4 and len(out["labels"]) == len(out["scores"]) == len(out["boxes"])
+    out = _step_and_predict(model, image, target)
     assert ("masks" in out) == seg
 
 
@@ -250,14 +263,8 @@ def test_families_beyond_fpn_train_predict_and_package(name, tmp_path):
     torch.manual_seed(0)
     model = build_detector(name, 2, h)
     image = torch.rand(3, 70, 83)
-    model.train()
-    loss = sum(model([image], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}]).values())
-    loss.backward()
-    assert math.isfinite(float(loss)) and any(p.grad is not None for p in model.parameters())
-    model.eval()
-    with torch.no_grad():
-        (out,) = model([image])
-    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) == len(out["labels"])
+    out = _step_and_predict(model, image, {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]),
+                                           "labels": torch.tensor([1])})
     pkg = save_package(tmp_path / "pkg", model=model, task=hp.DETECTION, classes=["a", "b"], hyperparameters=h,
                        metrics={})
     with torch.no_grad():
@@ -270,12 +277,8 @@ def test_predict_and_export_of_a_yolov5_package_print_only_their_output_on_stdou
     import subprocess
     import sys
 
-    from trainers.models.detectors import build_detector
-    from trainers.package import save_package
-
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
-    pkg = save_package(tmp_path / "pkg", model=build_detector("yolov5", 2, h), task=hp.DETECTION,
-                       classes=["disc", "square"], hyperparameters=h, metrics={})
+    pkg = _yolov5_package(tmp_path, h)
     cli = [sys.executable, "-m", "scheduler.cli"]
     pred = subprocess.run(cli + ["predict", str(pkg), str(sample / "images" / "test_0000.png")],
                           capture_output=True, text=True, timeout=300)

@@ -85,6 +85,22 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def ledger_bytes(root: str, strict: bool = False) -> int | None:
+    """The bytes a cache folder holds by its ledger, ``None`` when there is none or it is damaged (the cache then
+    rescans). ``strict``: other ``OSError``s propagate (the cache disables itself on them); else ``None``."""
+    try:
+        with open(os.path.join(root, LEDGER_FILE), "rb") as f:
+            return int(f.read().decode("ascii").strip())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return None  # torn or damaged: rescan
+    except OSError:
+        if strict:
+            raise
+        return None
+
+
 def url_key(url: str) -> str:
     """The object name of ``url``: its SHA-256 in hex (the bytes are unknown before the fetch)."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
@@ -461,14 +477,7 @@ class NodeCache:
                 continue
 
     def _read_ledger(self) -> int | None:
-        try:
-            with open(os.path.join(self.root, LEDGER_FILE), "rb") as f:
-                return int(f.read().decode("ascii").strip())
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError):
-            return None  # torn or damaged: rescan
-        # other OSErrors propagate to _store, which disables caching
+        return ledger_bytes(self.root, strict=True)
 
     def _write_ledger(self, total: int) -> None:
         """Under the lock: the new total (a damaged ledger is rescanned, so no temp file + rename)."""

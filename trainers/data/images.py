@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from trainers.data import storage
-from trainers.data.cache import LEDGER_FILE, NodeCache
+from trainers.data.cache import NodeCache, ledger_bytes
 from trainers.data.urls import is_remote
 from trainers.errors import DataError, ImageNotFound
 
@@ -45,13 +45,14 @@ class ImageTooLarge(DataError):
     """An image that declares more pixels than the cap (a decompression bomb; a 413 when served)."""
 
 
-def decode_image(data: bytes, where: str = "image", max_pixels: int = TRAINING_MAX_PIXELS,
-                 cap_name: str = "trainers.data.images.TRAINING_MAX_PIXELS") -> Image.Image:
-    """Image file bytes -> RGB image; ``DataError`` naming ``where`` when they are not an image, and
-    ``ImageTooLarge`` when they declare more than ``max_pixels`` pixels.
+def open_image(data: bytes, where: str = "image", max_pixels: int = TRAINING_MAX_PIXELS,
+               cap_name: str = "trainers.data.images.TRAINING_MAX_PIXELS") -> Image.Image:
+    """Image file bytes -> an opened image whose header was read and whose size was checked, no pixel decoded:
+    ``DataError`` naming ``where`` when they are not an image, ``ImageTooLarge`` when they declare more than
+    ``max_pixels`` pixels.
 
-    The one decoder of training data and served requests, with one policy for decompression bombs: the size is
-    read from the header and checked before any pixel is decoded (a few kB of PNG can declare 20000 x 20000
+    The one decompression-bomb policy of training data, served requests and the pre-sweep header check: the size
+    is read from the header and checked before any pixel is decoded (a few kB of PNG can declare 20000 x 20000
     pixels, 1.2 GB as RGB). PIL's own guard (``Image.MAX_IMAGE_PIXELS``) only warns below twice its limit and is
     process-wide, so the cap is a parameter here.
     """
@@ -64,11 +65,19 @@ def decode_image(data: bytes, where: str = "image", max_pixels: int = TRAINING_M
         declared = re.search(r"\d+ pixels", str(e))
         raise ImageTooLarge(f"{where}: too many pixels: {declared.group(0) if declared else 'more than PIL decodes'} "
                             f"declared; {too_large}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{where}: not a decodable image ({e})") from None
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"{where}: too many pixels: {width} x {height} = {width * height} pixels; {too_large}")
+    return img
+
+
+def decode_image(data: bytes, where: str = "image", max_pixels: int = TRAINING_MAX_PIXELS,
+                 cap_name: str = "trainers.data.images.TRAINING_MAX_PIXELS") -> Image.Image:
+    """Image file bytes -> RGB image (:func:`open_image`'s checks, then the pixels); ``DataError`` naming
+    ``where`` when they are not a decodable image."""
+    img = open_image(data, where, max_pixels, cap_name)
     try:
         img.load()
         return img.convert("RGB")
@@ -121,14 +130,14 @@ class ImageStore:
         if total_bytes > limit:
             where = f"{self.cache_dir} on {socket.gethostname()}"
             if self.cache_max_bytes is None:
-                room = (f"the node cache at {where} can hold {_size(limit)} (the disk's free space "
-                        f"and what the cache holds now, less {_size(DISK_RESERVE_BYTES)} kept free)")
+                room = (f"the node cache at {where} can hold {human_size(limit)} (the disk's free space "
+                        f"and what the cache holds now, less {human_size(DISK_RESERVE_BYTES)} kept free)")
                 fix = "Free disk space there or point visionsweep.cache.dir at a larger disk"
             else:
-                room = f"the node cache at {where} is limited to {_size(limit)} (visionsweep.cache.max_size_gb)"
+                room = f"the node cache at {where} is limited to {human_size(limit)} (visionsweep.cache.max_size_gb)"
                 fix = "Raise visionsweep.cache.max_size_gb"
-            raise DataError(f"the job's images take {_size(total_bytes)} and {room}: "
-                            f"{_size(total_bytes - limit)} missing to download them before training "
+            raise DataError(f"the job's images take {human_size(total_bytes)} and {room}: "
+                            f"{human_size(total_bytes - limit)} missing to download them before training "
                             f"(§11.2). {fix}, or set advanced_settings {{\"stream_image_files\": true}} to read "
                             "them from storage while training")
         cache = self.cache()
@@ -146,26 +155,6 @@ HEAD_BYTES = 16 * 1024  # the first read of an image check: PNG's size is at byt
 HEAD_MAX_BYTES = 1024 * 1024  # ... grown (x4) up to this when the header goes on (a JPEG's EXIF and ICC segments)
 
 
-def header_problem(head: bytes, size: int, grow: bool) -> str | None:
-    """What is wrong with an image whose first bytes are ``head`` (``None`` when its header decodes);
-    ``'?'`` when the header may simply go on past ``head`` and ``grow`` allows a longer read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(head))
-            width, height = img.size
-    except Image.DecompressionBombError as e:
-        declared = re.search(r"\d+ pixels", str(e))
-        return f"too many pixels ({declared.group(0) if declared else 'more than PIL decodes'} declared)"
-    except Exception as e:  # any decoder error: report, do not crash
-        if grow and len(head) < size:
-            return "?"
-        return f"cannot decode ({type(e).__name__}: {e})"
-    if width * height > TRAINING_MAX_PIXELS:
-        return f"too many pixels ({width} x {height} declared; at most {TRAINING_MAX_PIXELS} are decoded)"
-    return None
-
-
 def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
     """``(problem or None, size in bytes)`` from the image's header alone: it exists, is an image format PIL
     reads, and declares a size we decode. The body is read by the trials (a broken one is handled there).
@@ -181,10 +170,16 @@ def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
         except ImageNotFound:
             return "file not found", 0
         # any other DataError is storage-wide (credentials, endpoint): one error, not a list of images
-        problem = header_problem(head, size, grow=n < HEAD_MAX_BYTES)
-        if problem != "?":
-            return problem, size
-        n *= 4
+        try:
+            open_image(head, "header")
+            return None, size
+        except ImageTooLarge as e:
+            return str(e).removeprefix("header: "), size
+        except DataError as e:
+            if len(head) < size and n < HEAD_MAX_BYTES:  # the header may go on past what was read
+                n *= 4
+                continue
+            return "cannot decode: " + str(e).removeprefix("header: "), size
 
 
 def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: str = "error",
@@ -237,7 +232,7 @@ DISK_RESERVE_BYTES = 2 * 2**30  # what a disk-sized cache leaves free on its dis
 _BUDGETS: dict[tuple[int, str], int] = {}
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
@@ -249,17 +244,12 @@ def disk_budget(cache_dir: str) -> int:
     plus what the cache holds now, less :data:`DISK_RESERVE_BYTES`. Measured once per process, so that every
     read of a process opens the same cache; processes started later see the same figure, as the cache's own
     bytes are counted back in."""
-    key = (os.getpid(), os.path.abspath(cache_dir))
+    key = (os.getpid(), cache_dir)  # read on every image read: no path computed on a hit
     if key not in _BUDGETS:
-        probe = key[1]
+        probe = root = os.path.abspath(cache_dir)
         while not os.path.exists(probe) and probe != os.path.dirname(probe):
             probe = os.path.dirname(probe)
-        held = 0
-        try:
-            with open(os.path.join(cache_dir, LEDGER_FILE), "rb") as f:
-                held = int(f.read().decode("ascii").strip() or 0)
-        except (OSError, ValueError, UnicodeDecodeError):
-            pass
+        held = ledger_bytes(root) or 0
         _BUDGETS[key] = max(0, shutil.disk_usage(probe).free + held - DISK_RESERVE_BYTES)
     return _BUDGETS[key]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from trainers import hyperparameters as hp
-from trainers.data.images import ImageStore, check_images
+from trainers.data.images import ImageStore, check_images, human_size
 from trainers.data.tables import Record, class_list, label_counts, load_records, split_records
 from trainers.data.urls import is_remote
 from trainers.errors import DataError
@@ -36,10 +36,6 @@ class PreparedData:
         return self.store.storage_options
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def prepare_data(task: str, target_column: str, training_path: str, validation_path: str | None,
                  validation_fraction: float, seed: int, datastores: Mapping[str, str] | None = None,
                  storage_options=None, bad_images: str = "error", store: ImageStore | None = None) -> PreparedData:
@@ -65,8 +61,8 @@ def prepare_data(task: str, target_column: str, training_path: str, validation_p
     remote_bytes = sum(n for u, n in sizes.items() if is_remote(u))
     if remote_bytes and not store.stream and store.cache_dir and store.cache_max_bytes is not None \
             and remote_bytes > store.cache_max_bytes:  # a limit the job set: said now; the disk's, by each node
-        raise DataError(f"the job's images take {_gib(remote_bytes)}, more than the node cache holds "
-                        f"({_gib(store.cache_max_bytes)} at {store.cache_dir}): they cannot all be downloaded "
+        raise DataError(f"the job's images take {human_size(remote_bytes)}, more than the node cache holds "
+                        f"({human_size(store.cache_max_bytes)} at {store.cache_dir}): they cannot all be downloaded "
                         "before training (§11.2). Raise visionsweep.cache.max_size_gb, or set "
                         "advanced_settings {\"stream_image_files\": true} to stream them")
     classes = class_list(task, train, valid)
