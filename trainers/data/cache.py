@@ -60,6 +60,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+from trainers.progress import Progress
+
 log = logging.getLogger(__name__)
 
 OBJECTS = "objects"
@@ -212,20 +214,27 @@ class NodeCache:
             if not todo:
                 return
 
+            # a dataset's download takes minutes before the first trial trains: say how far along it is
+            progress = Progress("downloading images into the node cache", len(todo))
+
             def one(url: str) -> bool:
                 self._count("fetches")
-                return self._store(url, fetch(url))
+                data = fetch(url)
+                kept = self._store(url, data)
+                progress.update(1, nbytes=len(data))
+                return kept
 
             pool = ThreadPoolExecutor(max(1, min(threads, len(todo))), thread_name_prefix="cache-fill")
-            try:
-                futures = [pool.submit(one, u) for u in todo]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    if f.exception() is not None:
-                        raise f.exception()
-                kept = sum(f.result() for f in futures)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            with progress:
+                try:
+                    futures = [pool.submit(one, u) for u in todo]
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        if f.exception() is not None:
+                            raise f.exception()
+                    kept = sum(f.result() for f in futures)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
         if kept < len(todo):
             log.warning("node cache %s: kept %d of %d downloaded images (limit %d bytes); the rest will be "
                         "fetched again when read", self.root, kept, len(todo), self.max_bytes)

@@ -30,6 +30,7 @@ from trainers.data import storage
 from trainers.data.cache import NodeCache, ledger_bytes
 from trainers.data.urls import is_remote
 from trainers.errors import DataError, ImageNotFound
+from trainers.progress import Progress, human_size  # noqa: F401 - human_size: this module's name for it too
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +185,12 @@ def _probe(store: ImageStore, url: str, where: str) -> tuple[str | None, int]:
 
 def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: str = "error",
                  warnings: list[str] | None = None, threads: int = IO_THREADS,
-                 sizes: dict[str, int] | None = None) -> list[Any]:
+                 sizes: dict[str, int] | None = None, what: str = "image") -> list[Any]:
     """Check every image's header, in parallel, before any trial (the bodies are the trials' to read).
 
     ``mode='error'`` raises listing the first offenders; ``'skip'`` drops them. ``sizes`` collects
-    each image's size in bytes, for the does-it-fit check of the non-streaming mode.
+    each image's size in bytes, for the does-it-fit check of the non-streaming mode. ``what`` names the images
+    in the progress line (``training image``).
     """
     store = store if isinstance(store, ImageStore) else ImageStore(dict(store or {}))
     first: dict[str, str] = {}  # an image named by several lines is checked once, errors naming its first line
@@ -197,9 +199,17 @@ def check_images(records: Sequence[Any], store: ImageStore | None = None, mode: 
     # remote headers on threads (each is two round trips of latency); local ones in this thread: a local header
     # costs ~35 us of Python, and threads contending for the GIL made that ~120 us
     remote = [u for u in first if is_remote(u)]
-    with ThreadPoolExecutor(threads) as pool:
-        found = dict(zip(remote, pool.map(lambda u: _probe(store, u, first[u]), remote)))
-    found.update((u, _probe(store, u, where)) for u, where in first.items() if u not in found)
+
+    def probe(u: str, where: str) -> tuple[str | None, int]:
+        out = _probe(store, u, where)
+        progress.update(1)
+        return out
+
+    # tens of thousands of remote headers take minutes: say how far along (nothing when it is quick)
+    with Progress(f"checking {what} headers", len(first)) as progress:
+        with ThreadPoolExecutor(threads) as pool:
+            found = dict(zip(remote, pool.map(lambda u: probe(u, first[u]), remote)))
+        found.update((u, probe(u, where)) for u, where in first.items() if u not in found)
     if sizes is not None:
         sizes.update({u: n for u, (_, n) in found.items()})
     bad = [(r, found[r.image_url][0]) for r in records if found[r.image_url][0]]
@@ -230,13 +240,6 @@ def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 DISK_RESERVE_BYTES = 2 * 2**30  # what a disk-sized cache leaves free on its disk (logs, checkpoints, temp files)
 _BUDGETS: dict[tuple[int, str], int] = {}
-
-
-def human_size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} bytes"
 
 
 def disk_budget(cache_dir: str) -> int:

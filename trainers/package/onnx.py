@@ -36,6 +36,7 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
+from trainers.progress import phase
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
     if batch_size < 1:
         raise VisionsweepError(f"--batch-size: expected a positive integer, but got {batch_size}")
     size = _parse_size(image_size)
-    pkg = load_package(package, "cpu", settings)
+    with phase("loading the model package"):
+        pkg = load_package(package, "cpu", settings)
     task, name = pkg.task, pkg.model_name
     out = Path(output) if output else Path(str(package).removeprefix("file://")) / "model.onnx"
     if is_url(str(out)):
@@ -207,8 +209,8 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
                                "(ONNX export covers the classifiers, the Faster R-CNN / RetinaNet / Mask R-CNN "
                                "detectors and yolov5; MMDetection models need OpenMMLab's mmdeploy)")
     module.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+    try:  # tracing a detector takes a minute or more: the phase lines say it is alive
+        with phase(f"tracing {name} and writing {out.name}"), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about data-dependent shapes in torchvision
             torch.onnx.export(module, (example,), str(out), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
@@ -221,7 +223,8 @@ def export_onnx(package: str, output: str | Path | None = None, *, batch_size: i
     Path(str(out) + ".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     result = Exported(out, meta)
     if check:
-        result.max_abs_diff = _check(module, out, check_images or [example], task)
+        with phase(f"checking {out.name} with onnxruntime"):
+            result.max_abs_diff = _check(module, out, check_images or [example], task)
     return result
 
 

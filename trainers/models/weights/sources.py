@@ -42,6 +42,7 @@ from trainers.errors import VisionsweepError
 from trainers.models.weights import verify as check
 from trainers.models.weights.initial import InitialWeights, public
 from trainers.models.weights.manifest import WeightsEntry
+from trainers.progress import Progress
 
 log = logging.getLogger("trainers.models.weights")
 
@@ -360,21 +361,47 @@ def _fetch_remote(url: str, dest: Path, cfg: WeightsConfig, folder: bool = False
                 names = [p.rsplit("/", 1)[-1] for p in _call(lambda: fs.ls(path, detail=False), url, fs,
                                                               cfg.storage_options)]
                 tmp = Path(tempfile.mkdtemp(dir=_parent(dest), prefix=".fetch-"))
-                for n in names:
-                    _call(lambda n=n: fs.get_file(f"{path.rstrip('/')}/{n}", str(tmp / n)), url, fs,
-                          cfg.storage_options)
+                with Progress(f"fetching {dest.name}/", len(names)) as progress:
+                    for n in names:
+                        _call(lambda n=n: fs.get_file(f"{path.rstrip('/')}/{n}", str(tmp / n)), url, fs,
+                              cfg.storage_options)
+                        progress.update(1, nbytes=(tmp / n).stat().st_size)
                 _replace_dir(tmp, dest)
         elif not dest.is_file():
             log.info("fetching %s into this node's weights cache", public(url))
             fd, tmp = tempfile.mkstemp(dir=_parent(dest), prefix=".fetch-")
             os.close(fd)
             try:
-                _call(lambda: fs.get_file(path, tmp), url, fs, cfg.storage_options)
+                with Progress(f"fetching {dest.name}", None, "bytes") as progress:
+                    _call(lambda: fs.get_file(path, tmp, callback=_transfer_callback(progress)), url, fs,
+                          cfg.storage_options)
                 os.replace(tmp, dest)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
     return dest
+
+
+def _transfer_callback(progress: Progress):
+    """A fresh fsspec transfer callback feeding ``progress`` (bytes) for one attempt of a transfer: the size when
+    the filesystem learns it, each block as it lands. Made per attempt, and the count starts again from zero, so
+    a retried transfer does not count its bytes twice. (Async filesystems call it from their I/O thread.)"""
+    from fsspec.callbacks import Callback
+
+    progress.reset()
+
+    class _Feed(Callback):
+        reported = 0
+
+        def call(self, *args, **kwargs):
+            if self.size and not progress.total:
+                progress.total = int(self.size)
+            value = int(self.value or 0)
+            if value > self.reported:
+                progress.update(value - self.reported)
+                self.reported = value
+
+    return _Feed()
 
 
 def _parent(dest: Path) -> Path:
@@ -393,7 +420,13 @@ def download(url: str, dest: Path, timeout_s: float) -> None:
     fd, tmp = tempfile.mkstemp(dir=_parent(dest), prefix=".download-")
     try:
         with os.fdopen(fd, "wb") as f, _urlopen(url, timeout_s) as r:
-            shutil.copyfileobj(r, f, 1 << 20)
+            length = r.headers.get("Content-Length")
+            # a detector's weights are hundreds of MB: a minute of silence otherwise
+            with Progress(f"downloading {dest.name}", int(length) if length and length.isdigit() else None,
+                          "bytes") as progress:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    progress.update(len(chunk))
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
         raise WeightsError(f"{url}: download failed ({getattr(e, 'reason', None) or e})") from None

@@ -23,7 +23,8 @@ from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
 from trainers.models.weights import verify as check
 from trainers.models.weights.manifest import HASH_IN_NAME, WeightsEntry
-from trainers.models.weights.sources import SOURCES, WeightsConfig, WeightsError, locate
+from trainers.models.weights.sources import SOURCES, WeightsConfig, WeightsError, _transfer_callback, locate
+from trainers.progress import Progress
 
 log = logging.getLogger("trainers.models.weights")
 
@@ -95,7 +96,10 @@ def _upload(local: Path, url: str, cfg: WeightsConfig) -> None:
         return
 
     fs, path = filesystem(url, cfg.storage_options)
-    _call(lambda: fs.put_file(str(local), path), url, fs, cfg.storage_options)
+    # a copy to a local store is quick; an upload of hundreds of MB to a bucket is not
+    with Progress(f"uploading {local.name}", local.stat().st_size, "bytes") as progress:
+        _call(lambda: fs.put_file(str(local), path, callback=_transfer_callback(progress)), url, fs,
+              cfg.storage_options)
 
 
 def _write_index(to: str, index: dict[str, Any], cfg: WeightsConfig) -> None:
