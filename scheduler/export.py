@@ -84,6 +84,11 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
                 log.warning("MLflow tracking could not be finished: %s", e)
                 summary["tracking"] = {"error": str(e)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # the report reads it
+    if best_trial:
+        from scheduler.predictions import predict_after_sweep
+
+        with phase("predictions"):
+            predict_after_sweep(run_dir, job)  # RUN/predictions/ for the report; logs, never raises
     with phase("report"):
         from scheduler.report import write_report  # plotly: imported when the report is written, not at start
 
