@@ -22,6 +22,9 @@ def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
         if address:
             ray.init(address=address, log_to_driver=True, runtime_env=_address_env(address))
         else:
+            # An embedded Ray lives and dies with this command and its token never leaves the machine: Ray's notice
+            # that token authentication is on (printed at every start) tells its user nothing to act on.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
                      configure_logging=True, logging_level=logging.WARNING)
     res = ray.cluster_resources()

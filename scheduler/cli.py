@@ -3,9 +3,11 @@
     visionsweep run JOB.yml [--output DIR]      run a job on Ray (RAY_ADDRESS, or an embedded local Ray)
     visionsweep resume RUN_DIR                  continue a sweep whose controller died or was cancelled
     visionsweep report RUN_DIR                  (re)write RUN_DIR/report.html
+    visionsweep status RUN_DIR [--watch]        the trials and progress of a running or finished sweep
     visionsweep validate JOB.yml                check a job file and print it as it would run
     visionsweep predict PACKAGE IMAGE...        print the response JSON for images (§15); --format coco
-                                                for COCO results JSON, --setting NAME=VALUE overrides
+                                                for COCO results JSON, --setting NAME=VALUE overrides,
+                                                --draw OUTDIR the images with their predictions drawn
     visionsweep serve PACKAGE                   serve a model package over HTTP until Ctrl-C
     visionsweep endpoint ... / deployment ...   keyed endpoints with weighted deployments (serving.cli)
     visionsweep demo [--output DIR]             the embedded default: sweeps, leaderboards, serving
@@ -94,13 +96,20 @@ def _report(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    from scheduler.status import show_status
+
+    return show_status(args.run_dir, watch=args.watch, as_json=args.json, interval_s=args.interval, limit=args.limit)
+
+
 def _validate(args) -> int:
     import yaml
 
-    from scheduler.spec import load_job
+    from scheduler.spec import check_data_paths, load_job
 
     job = load_job(args.job)
     REDACTION.add(job.secrets())
+    check_data_paths(job)
     _print_notes(job, prefix="# ")  # as YAML comments: the output stays a YAML document
     print(yaml.safe_dump(job.resolved(), sort_keys=False), end="")
     return 0
@@ -139,6 +148,12 @@ def _predict(args) -> int:
         predictor = Predictor(args.package, device=args.device, settings=_settings(args.setting))
         images = [_read(p) for p in args.images]
         out = predictor.predict_images(images)
+    if args.draw:  # from the §15 responses, whatever --format prints; stdout stays the JSON alone
+        from serving.draw import save_drawings
+        from trainers.hyperparameters import MULTILABEL
+
+        save_drawings(images, args.images, out, args.draw, predictor.labels, predictor.pkg.task == MULTILABEL)
+        print(f"drew {len(images)} images to {args.draw}", file=sys.stderr)
     if args.format == "coco":
         from PIL import Image
 
@@ -239,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)write RUN_DIR/report.html, the sweep report")
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_report)
+    st = sub.add_parser("status", help="a sweep's trials and progress (state, epoch, metric, policy decision, ETA)")
+    st.add_argument("run_dir", help="a run folder, or its storage URL (az://..., s3://...)")
+    st.add_argument("--watch", "-w", action="store_true", help="keep it updated until the sweep ends (Ctrl-C leaves)")
+    st.add_argument("--json", action="store_true", help="print JSON only (with --watch: one document a line)")
+    st.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between updates (--watch)")
+    st.add_argument("--limit", type=int, default=30, metavar="N", help="trials shown in the table (running first, "
+                    "then the best)")
+    st.set_defaults(fn=_status)
     v = sub.add_parser("validate", help="check a job YAML and print it as it would run")
     v.add_argument("job")
     v.set_defaults(fn=_validate)
@@ -254,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--coco-gt", metavar="ANNOTATIONS", help="with --format coco: take image and category ids "
                     "from this COCO annotation file (matched by file name and class name)")
     pr.add_argument("--output", "-o", metavar="FILE", help="write the JSON to FILE instead of stdout")
+    pr.add_argument("--draw", metavar="OUTDIR", help="also write each image with its predictions drawn on it "
+                    "(labels and scores, boxes, masks) as OUTDIR/<image stem>.png; OUTDIR: a folder or storage URL")
     pr.set_defaults(fn=_predict)
     ex = sub.add_parser("export", help="export a model package to ONNX (the service's input/output conventions)")
     ex.add_argument("package")

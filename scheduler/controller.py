@@ -5,7 +5,8 @@ Run folder::
                             display_name, description and tags)
     job.resolved.yaml       the job as it runs (defaults, clamped limits, v2 names, mode)
     data/                   summary.json (classes, counts, warnings) and the train/valid split as JSONL
-    trials/<id>/            params.json, metrics.jsonl (one line per evaluation), status.json
+    trials/<id>/            params.json (sampled, fixed and default hyperparameters), metrics.jsonl (one line per
+                            evaluation), status.json
     ray/                    Ray Tune's experiment storage (trial checkpoints, searcher state)
     weights.json            where each model's initial weights were found before the trials (or that every model
                             starts from random initialisation: visionsweep.pretrained: false)
@@ -14,7 +15,9 @@ Run folder::
     best/                   the model package of the best trial
     outputs/mlflow-model/   the same model in the managed service's layout (§9.1): MLflow files, artifacts/ with
                             the package's files (artifacts/settings.json: its inference settings)
-    report.html             the sweep report (``visionsweep report RUN`` rewrites it)
+    trials/<id>/log.txt     what the trial printed (warnings and errors included)
+    sweep.json              the sweep while it runs: its size, start and heartbeat (``visionsweep status``)
+    report.html             the sweep report, rewritten while the sweep runs (``visionsweep report RUN`` rewrites it)
     mlflow.db, tracking.json  MLflow tracking (parent run = sweep, child runs = trials)
     summary.json            mode, timings, best trial, where everything is
 
@@ -24,6 +27,7 @@ record it writes itself is rebuilt from the per-trial files, never kept only in 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -36,12 +40,13 @@ import yaml
 
 from cluster.connect import connect, gpus_per_node
 from scheduler.export import Phases, RunResult, finish_run
+from scheduler.live import LiveView, write_sweep_file
 from scheduler.plan import build_plan, trial_fixed
 from scheduler.preflight import check_supported, check_weights, weights_available, weights_config, weights_lines
 from scheduler.resources import capacity_shortfall, local_gpus, trial_resources, workers_per_trial
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
 from scheduler.runstore import SWEEP, RunStore, mirror_callback
-from scheduler.spec import Job, parse_job, redact
+from scheduler.spec import Job, check_data_paths, parse_job, redact
 from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
                            resolve_data_asset, resolve_url)
 from trainers.data import storage
@@ -49,6 +54,7 @@ from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
+from trainers.hyperparameters import resolve_hyperparameters
 from trainers.labels import label_json
 
 log = logging.getLogger(__name__)
@@ -152,6 +158,7 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
     echo = echo or _echo_default
     t0 = clock()  # limits.timeout_minutes covers the whole job: checks, data preparation, Ray start, trials
     check_supported(job)
+    check_data_paths(job)
     store = output if isinstance(output, RunStore) else RunStore.at(output or default_run_dir(job))
     run_dir = store.local
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,12 +238,21 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                                      if t.status == "error" and not t.retry}),
         {"cpu": res.cpus, "gpu": res.gpus},
     )
-    callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo), mirror_callback(store)]
+    fixed = trial_fixed(job)
+    everything = functools.partial(resolve_hyperparameters, job.task, fixed)  # params.json and MLflow: all of them
+    callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo, everything, fixed),
+                            mirror_callback(store)]
     tracker = None
     if ext.tracking.enabled:
         tracker = MlflowTracker(run_dir, ext.tracking.uri, ext.tracking.experiment or spec.experiment_name or
-                                "visionsweep", spec.display_name or spec.name or run_dir.name, primary, job_tags(spec))
+                                "visionsweep", spec.display_name or spec.name or run_dir.name, primary, job_tags(spec),
+                                resolve=everything)
         callbacks.append(tracker)
+    write_sweep_file(run_dir, task=job.task, mode=job.mode, primary_metric=primary, total_trials=plan.total_trials,
+                     max_concurrent_trials=spec.limits.max_concurrent_trials, started=time.time(),
+                     updated=time.time())
+    live = LiveView(store)
+    callbacks.append(live)
     budget_s = spec.limits.timeout_minutes * 60
     left_s = budget_s - (clock() - t0)  # what data preparation and the cluster's start left to the trials
     if left_s <= 0 and not resume:
@@ -278,10 +294,13 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
          f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {res.describe()}, "
          f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
+    echo(f"report: {store.where}/report.html (live: it refreshes itself while the sweep runs); "
+         f"`visionsweep status {store.where} --watch` follows the trials here")
     try:
         with phase("trials"):
             tuner.fit()
     finally:
+        live.stop()
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
     return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase)

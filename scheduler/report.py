@@ -8,8 +8,13 @@ sweep, a crashed one or one that is still running, and writes ``RUN/report.html`
    and end in an "x", so a reader sees which ones a policy cut short and where;
 3. parallel coordinates: one axis per hyperparameter plus the best metric (also the colour scale),
    to see which regions of the search space did well;
-4. a scatter of the two numeric hyperparameters with the most distinct values, coloured by the metric;
-5. the leaderboard as a table, best first, stopped trials marked.
+4. a 2-D scatter of two hyperparameters, coloured by the metric (its range fitted to the values), whose axes the
+   reader picks from menus, and a rotatable 3-D scatter of three (§8.8);
+5. the leaderboard as a table, best first, stopped trials marked, each trial's log linked;
+6. every hyperparameter of every trial (sampled ones marked), and what the best model predicts on validation
+   images (``scheduler.predictions``), once the sweep has ended.
+
+While the sweep runs, ``scheduler.live`` rewrites the page (``live=True``): it says so and reloads itself.
 
 Plotly draws the figures: its parallel-coordinates plot lets the reader drag axes and brush ranges,
 and plotly.js is inlined once into the page, so the report is one file that opens offline.
@@ -44,8 +49,13 @@ class _Trial(TrialRecord):
         return self.status.startswith("stopped")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` (self-contained, works offline) and return its path."""
+def write_report(run_dir: str | Path, live: bool = False) -> Path:
+    """Write ``run_dir/report.html`` (self-contained, works offline) and return its path.
+
+    ``live``: the sweep is running (``scheduler.live``): the page says so and reloads itself every
+    :data:`REFRESH_S` seconds. The file is replaced atomically: a browser reloading it never reads half a page."""
+    from scheduler.live import report_interval_s, write_atomic
+
     run = Path(run_dir)
     summary = read_json(run / "summary.json", {})
     primary = summary.get("primary_metric") or _resolved(run).get("primary_metric") or "accuracy"
@@ -54,7 +64,8 @@ def write_report(run_dir: str | Path) -> Path:
 
     figures = [("metric-curves", "Metric curves", _curves(trials, primary, default_model)),
                ("parallel-coordinates", "Parallel coordinates", _parcoords(trials, primary)),
-               ("scatter", "Hyperparameters", _scatter(trials, primary))]
+               ("scatter", "Hyperparameters, two at a time", _scatter(trials, primary)),
+               ("scatter-3d", "Hyperparameters, three at a time", _scatter3d(trials, primary))]
     parts, plotlyjs = [], True
     for div_id, title, fig in figures:
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -65,13 +76,37 @@ def write_report(run_dir: str | Path) -> Path:
                                  default_height=f"{_HEIGHT}px", config={"displaylogo": False}))
         plotlyjs = False
     parts.append("<h2>Leaderboard</h2>")
-    parts.append(_table(_leaderboard(run, trials, primary, default_model)))
+    parts.append(_table(_leaderboard(run, trials, primary, default_model), run))
+    parts.append("<h2>Trials: every hyperparameter</h2>")
+    parts.append(_details(run, trials))
+    if not live:
+        parts.append("<h2>What the best model predicts</h2>")
+        parts.append(_predictions(run))
 
+    refresh = max(REFRESH_S, round(report_interval_s()))
+    banner = (f'<p class="live" id="live">Live: the sweep is running. This page reloads itself every {refresh} s '
+              f'(written {time.strftime("%H:%M:%S")}).</p>') if live else ""
     page = _PAGE.format(title=html.escape(f"visionsweep report: {run.resolve().name}"),
-                        header=_header(run, summary, trials, primary), body="\n".join(parts))
+                        refresh=f'<meta http-equiv="refresh" content="{refresh}">' if live else "",
+                        live=banner, header=_header(run, summary, trials, primary, live), body="\n".join(parts))
     out = run / "report.html"
-    out.write_text(page, encoding="utf-8")
+    write_atomic(out, page)
     return out
+
+
+REFRESH_S = 10  # the live page's reload period, at least (the rewrite period when that is longer)
+
+
+def _predictions(run: Path) -> str:
+    """The best model on validation images (``scheduler.predictions``, written when the sweep ends)."""
+    try:
+        from scheduler.predictions import predictions_section
+    except ImportError:
+        return '<p class="note" id="predictions">No predictions: this installation cannot draw them.</p>'
+    try:
+        return predictions_section(run)
+    except Exception as e:  # the report is a view: a broken part is a note, not a missing report
+        return f'<p class="note" id="predictions">Predictions could not be shown: {html.escape(str(e))}</p>'
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -104,7 +139,7 @@ def _load_trials(run: Path, primary: str) -> list[_Trial]:
 
 # ----------------------------------------------------------------------------------------------- header
 
-def _header(run: Path, summary: dict, trials: list[_Trial], primary: str) -> str:
+def _header(run: Path, summary: dict, trials: list[_Trial], primary: str, live: bool = False) -> str:
     best_id, best = summary.get("best_trial"), summary.get("best_metric")
     if best_id is None:
         scored = [t for t in trials if t.best is not None]
@@ -122,7 +157,8 @@ def _header(run: Path, summary: dict, trials: list[_Trial], primary: str) -> str
              ("Mode", summary.get("mode") or "?"),
              ("Trials", f"{len(trials)}" + (f" ({stopped} stopped early)" if stopped else "")),
              ("Best trial", f"{best_id} ({primary} {best:.4f})" if best_id and _number(best) else "none yet"),
-             ("Elapsed", _duration(elapsed) + ("" if summary else " (still running)"))]
+             ("Elapsed", _duration(elapsed) + (" (still running)" if live else "" if summary else
+                                                " (no summary.json: still running, or its controller died)"))]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
     return f'<table class="summary">{rows}</table>'
 
@@ -234,43 +270,119 @@ def _parcoords(trials: list[_Trial], primary: str) -> go.Figure | str:
     if not scored:
         return "No trial has a result yet."
     best = [t.best for t in scored]
-    dims = [_axis(n, [t.params.get(n) for t in scored]) for n in names] + [dict(label=primary, values=best)]
+    dims = [_axis(n, [t.params.get(n) for t in scored]) for n in names] + [_axis(primary, best)]
     fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=best, colorscale="Viridis", showscale=True,
-                                                               colorbar=dict(title=primary))))
+                                                               colorbar=dict(title=primary), **_fitted(best))))
     left = len(trials) - len(scored)
     note = f" ({left} trial(s) without a result not shown)" if left else ""
     return _layout(fig, f"Hyperparameters vs best {primary}: drag axes, brush ranges{note}",
                    margin=dict(l=80, r=80, t=90, b=40))
 
 
+def _fitted(values: list[float]) -> dict[str, float]:
+    """A colour scale's range fitted to the values it shows: accuracies of 0.13 to 0.15 use the whole scale, not a
+    sliver of one that runs from -0.2 to 0.6."""
+    lo, hi = min(values), max(values)
+    pad = 0.0 if hi > lo else max(abs(lo) * 0.01, 1e-3)
+    return dict(cmin=lo - pad, cmax=hi + pad)
+
+
+def _ranked_params(trials: list[_Trial], scored: list[_Trial]) -> tuple[list[str], list[str]]:
+    """Hyperparameters that vary, the most distinct values first (stable), and which of them are numeric."""
+    names = [n for n in _param_names(scored)
+             if len({json.dumps(t.params.get(n), default=str) for t in scored}) > 1 or len(scored) == 1]
+    names.sort(key=lambda n: -len({json.dumps(t.params.get(n), default=str) for t in scored}))
+    numeric = [n for n in names if all(_number(t.params[n]) for t in scored if n in t.params)]
+    return names, numeric
+
+
+def _values(trials: list[_Trial], pts: list[_Trial], name: str, primary: str) -> list[Any]:
+    """One axis's values: a hyperparameter (a label for a non-number), the trial index or the best metric."""
+    if name == "trial index":
+        return [trials.index(t) + 1 for t in pts]
+    if name == f"best {primary}":
+        return [t.best for t in pts]
+    out = []
+    for t in pts:
+        v = t.params.get(name)
+        out.append(v if v is None or _number(v) else v if isinstance(v, str) else json.dumps(v, default=str))
+    return out
+
+
+def _log_axis(vals: list[Any]) -> bool:
+    nums = [v for v in vals if _number(v)]
+    return bool(nums) and len(nums) == len(vals) and all(v > 0 for v in nums) and max(nums) / min(nums) >= 100
+
+
 def _scatter(trials: list[_Trial], primary: str) -> go.Figure | str:
+    """Two hyperparameters against the primary metric (its colour), §8.8. Menus above the plot pick each axis among
+    every hyperparameter that varies, the trial index and the best metric; the two with the most distinct values
+    (numbers before labels) are shown first."""
     scored = [t for t in trials if t.best is not None]
     if not scored:
         return "No trial has a result yet."
-    numeric = [n for n in _param_names(scored)
-               if all(_number(t.params[n]) for t in scored if n in t.params)
-               and any(n in t.params for t in scored)]
-    numeric.sort(key=lambda n: -len({t.params[n] for t in scored if n in t.params}))  # stable: ties keep order
-    marker = dict(size=12, colorscale="Viridis", showscale=True, colorbar=dict(title=primary))
-    if len(numeric) >= 2:
-        x, y = numeric[:2]
-        pts = [t for t in scored if x in t.params and y in t.params]
-        xs, ys, title = [t.params[x] for t in pts], [t.params[y] for t in pts], f"{x} vs {y}"
-    elif numeric:
-        (y,) = numeric
-        pts = [t for t in scored if y in t.params]
-        x, xs, ys, title = "trial index", [trials.index(t) + 1 for t in pts], [t.params[y] for t in pts], y
+    names, numeric = _ranked_params(trials, scored)
+    ordered = numeric + [n for n in names if n not in numeric]
+    choices = ordered + ["trial index", f"best {primary}"]
+    if len(ordered) >= 2:
+        x, y = ordered[:2]
+    elif ordered:
+        x, y = "trial index", ordered[0]
     else:
-        pts, x, y = scored, "trial", f"best {primary}"
-        xs, ys, title = [t.trial_id for t in pts], [t.best for t in pts], f"best {primary} per trial"
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=[t.trial_id for t in pts],
-                               marker=dict(marker, color=[t.best for t in pts]),
-                               hovertemplate=f"%{{text}}<br>{html.escape(x)} %{{x}}<br>{html.escape(y)} %{{y}}"
+        x, y = "trial index", f"best {primary}"
+    pts, colour = scored, [t.best for t in scored]
+    xs, ys = _values(trials, pts, x, primary), _values(trials, pts, y, primary)
+    marker = dict(size=12, colorscale="Viridis", showscale=True, colorbar=dict(title=primary), color=colour,
+                  **_fitted(colour))
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=[t.trial_id for t in pts], marker=marker,
+                               hovertemplate=f"%{{text}}<br>x %{{x}}<br>y %{{y}}"
                                              f"<br>{html.escape(primary)} %{{marker.color:.4f}}<extra></extra>"))
     for axis, name, vals in (("xaxis", x, xs), ("yaxis", y, ys)):
-        log = name in numeric and all(v > 0 for v in vals) and max(vals) / min(vals) >= 100
-        fig.update_layout({axis: dict(title=name, type="log" if log else None)})
-    return _layout(fig, f"{title}, colour = best {primary}")
+        fig.update_layout({axis: dict(title=name, type="log" if _log_axis(vals) else "-")})
+    menus = []
+    for i, (axis, current) in enumerate((("x", x), ("y", y))):
+        buttons = []
+        for name in choices:
+            vals = _values(trials, pts, name, primary)
+            buttons.append(dict(label=name, method="update",
+                                args=[{axis: [vals]}, {f"{axis}axis.title.text": name,
+                                                       f"{axis}axis.type": "log" if _log_axis(vals) else "-"}]))
+        menus.append(dict(buttons=buttons, direction="down", active=choices.index(current), x=0.0 + 0.3 * i,
+                          xanchor="left", y=1.18, yanchor="top", showactive=True, name=f"{axis} axis"))
+    fig.update_layout(updatemenus=menus, annotations=[
+        dict(text="x:", x=-0.03, xref="paper", y=1.16, yref="paper", showarrow=False, xanchor="right"),
+        dict(text="y:", x=0.27, xref="paper", y=1.16, yref="paper", showarrow=False, xanchor="right")])
+    return _layout(fig, f"pick the axes; colour = best {primary}", margin=dict(l=60, r=30, t=110, b=50))
+
+
+def _scatter3d(trials: list[_Trial], primary: str) -> go.Figure | str:
+    """Three hyperparameters against the primary metric (its colour), rotatable (§8.8): the three with the most
+    distinct values; with fewer than three varying, the best metric is the last axis."""
+    scored = [t for t in trials if t.best is not None]
+    if not scored:
+        return "No trial has a result yet."
+    names, numeric = _ranked_params(trials, scored)
+    ordered = numeric + [n for n in names if n not in numeric]
+    if not ordered:
+        return "No hyperparameter varies between the trials: nothing to plot in three dimensions."
+    if len(ordered) >= 3:
+        axes = ordered[:3]
+    elif len(ordered) == 2:
+        axes = [*ordered, f"best {primary}"]
+    else:
+        axes = [ordered[0], "trial index", f"best {primary}"]
+    colour = [t.best for t in scored]
+    vals = [_values(trials, scored, a, primary) for a in axes]
+    fig = go.Figure(go.Scatter3d(
+        x=vals[0], y=vals[1], z=vals[2], mode="markers", text=[t.trial_id for t in scored],
+        marker=dict(size=6, color=colour, colorscale="Viridis", showscale=True, colorbar=dict(title=primary),
+                    **_fitted(colour)),
+        hovertemplate=f"%{{text}}<br>{html.escape(axes[0])} %{{x}}<br>{html.escape(axes[1])} %{{y}}<br>"
+                      f"{html.escape(axes[2])} %{{z}}<extra></extra>"))
+    fig.update_layout(scene=dict(
+        **{f"{k}axis": dict(title=a, type="log" if _log_axis(v) else "-") for k, a, v in zip("xyz", axes, vals)}))
+    return _layout(fig, f"{', '.join(axes)}; colour = best {primary}; drag to rotate",
+                   height=560, margin=dict(l=10, r=10, t=60, b=10))
 
 
 # ----------------------------------------------------------------------------------------------- leaderboard
@@ -287,14 +399,26 @@ def _leaderboard(run: Path, trials: list[_Trial], primary: str, default_model: s
     return leaderboard_rows({t.trial_id: t for t in trials}, primary, default_model)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _log_link(run: Path | None, trial_id: str) -> str:
+    """A link to the trial's ``log.txt`` (relative: it works wherever the run folder is opened)."""
+    if run is None or not (run / "trials" / trial_id / "log.txt").is_file():
+        return ""
+    href = html.escape(f"trials/{trial_id}/log.txt", quote=True)
+    return f'<a href="{href}" class="log">log</a>'
+
+
+def _table(rows: list[dict[str, Any]], run: Path | None = None) -> str:
     if not rows:
         return '<p class="note">No trials yet.</p>'
     cols: list[str] = ["rank"]
     for r in rows:
         cols += [k for k in r if k not in cols and k is not None]
+    cols.append("log")
+    rows = [{**r, "log": _log_link(run, str(r.get("trial_id", "")))} for r in rows]
 
-    def cell(v: Any) -> str:
+    def cell(v: Any, col: str = "") -> str:
+        if col == "log":
+            return str(v)  # markup made by _log_link, names escaped there
         return html.escape(f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
@@ -303,14 +427,62 @@ def _table(rows: list[dict[str, Any]]) -> str:
         stopped = str(r.get("status", "")).startswith("stopped")
         cls = ' class="stopped"' if stopped else ' class="error"' if r.get("status") == "error" else ""
         mark = ' <span class="tag">stopped early</span>' if stopped else ""
-        tds = "".join(f"<td>{cell(r.get(c))}{mark if c == 'status' else ''}</td>" for c in cols)
+        tds = "".join(f"<td>{cell(r.get(c), c)}{mark if c == 'status' else ''}</td>" for c in cols)
         body.append(f"<tr{cls}>{tds}</tr>")
     return f'<table class="leaderboard" id="leaderboard"><thead><tr>{head}</tr></thead><tbody>' \
            + "\n".join(body) + "</tbody></table>"
 
 
+DETAILS_SHOWN = 200  # trials listed one row each in "every hyperparameter" (the best first); the rest counted
+
+
+def _details(run: Path, trials: list[_Trial]) -> str:
+    """Every hyperparameter of every trial (params.json: sampled, fixed, default): those the same in every trial
+    once, then one row per trial with those that differ, sampled ones marked, and a link to its log."""
+    if not trials:
+        return '<p class="note" id="trial-details">No trials yet.</p>'
+    full = {t.trial_id: (t.hyperparameters or t.params) for t in trials}
+    names: list[str] = []
+    for h in full.values():
+        names += [k for k in h if k not in names]
+    same = [n for n in names if len({json.dumps(h.get(n), default=str, sort_keys=True) for h in full.values()}) == 1]
+    differ = [n for n in names if n not in same]
+
+    def value(v: Any) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else _MISSING if v is None else \
+            v if isinstance(v, str) else json.dumps(v, default=str)
+        return html.escape(str(text))
+
+    common = "".join(f"<tr><th>{html.escape(n)}</th><td>{value(next(iter(full.values())).get(n))}</td></tr>"
+                     for n in same)
+    ranked = sorted(trials, key=lambda t: -t.best if t.best is not None else math.inf)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "status", *differ, "log"])
+    body = []
+    for t in ranked[:DETAILS_SHOWN]:
+        h = full[t.trial_id]
+        tds = "".join(f'<td{" class=sampled" if n in t.params else ""}>{value(h.get(n))}</td>' for n in differ)
+        body.append(f"<tr><td>{html.escape(t.trial_id)}</td><td>{html.escape(t.status)}</td>{tds}"
+                    f"<td>{_log_link(run, t.trial_id)}</td></tr>")
+    more = len(ranked) - DETAILS_SHOWN
+    note = f'<p class="note">and {more} more trials: see trials/&lt;id&gt;/params.json</p>' if more > 0 else ""
+    return (f'<div id="trial-details"><p class="note">Values in <b>bold</b> were sampled by the sweep; the others '
+            f'are the job\'s training_parameters or the defaults of the task and model (trials/&lt;id&gt;/params.json '
+            f'says which).</p>'
+            + (f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{note}'
+               if differ else "")
+            + f'<details{" open" if not differ else ""}><summary>The same in every trial ({len(same)})</summary>'
+              f'<table class="summary common">{common}</table></details></div>')
+
+
 _PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>{refresh}
+<script>
+// a figure that fails to draw says so on the page, instead of leaving a blank space
+window.addEventListener("error", function (e) {{
+  var box = document.getElementById("script-errors");
+  if (box) {{ box.hidden = false; box.textContent += (e.message || String(e)) + "\\n"; }}
+}});
+</script>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 14px; }}
@@ -320,8 +492,13 @@ table.leaderboard tr.stopped td {{ color: #777; font-style: italic; }}
 table.leaderboard tr.error td {{ color: #b00; }}
 .tag {{ font-size: 11px; background: #eee; border-radius: 3px; padding: 0 4px; font-style: normal; }}
 .note {{ color: #777; }}
+.live {{ background: #e6f4ea; border: 1px solid #9c9; padding: 6px 10px; border-radius: 4px; }}
+#script-errors {{ background: #fee; color: #900; padding: 6px 10px; }}
+table.trials td.sampled {{ font-weight: bold; }}
 </style></head>
 <body><h1>{title}</h1>
+<pre id="script-errors" hidden></pre>
+{live}
 {header}
 {body}
 </body></html>

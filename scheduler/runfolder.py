@@ -1,9 +1,12 @@
 """The run folder's per-trial files, written live while a sweep runs, and the terminal progress lines.
 
 ``RunFolderCallback`` is a Ray Tune callback on the driver. For every trial it writes
-``trials/<id>/params.json`` when the trial starts, appends one line per evaluation to
-``trials/<id>/metrics.jsonl``, keeps ``trials/<id>/status.json`` current and writes
-``trials/<id>/initial_weights.json`` (where the trial's weights came from) from its first report. Everything after the
+``trials/<id>/params.json`` when the trial starts (every hyperparameter the trial runs with, in three parts:
+``sampled`` by the sweep, ``fixed`` by the job's training_parameters, and the task's and model's ``default``),
+appends one line per evaluation to ``trials/<id>/metrics.jsonl``, appends what the trial printed to
+``trials/<id>/log.txt`` (it arrives with each evaluation, so a trial on any node of the cluster has its log here),
+keeps ``trials/<id>/status.json`` current and writes ``trials/<id>/initial_weights.json`` (where the trial's
+weights came from) from its first report. Everything after the
 sweep (leaderboard, best model, report, resume) reads these files, never the controller's memory,
 so a crashed, cancelled or resumed sweep keeps every finished trial's parameters and metrics.
 
@@ -27,6 +30,8 @@ _RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "
              "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
              "experiment_tag", "should_checkpoint"}
 INITIAL_WEIGHTS = "initial_weights"  # the provenance a trial's first evaluation reports (trainers.engine)
+LOG = "log"  # what the trial printed since its last evaluation (trainers.launch: a result key, not a metric)
+PARAM_PARTS = ("sampled", "fixed", "default")  # params.json's parts
 FINAL = ("completed", "error")  # statuses a trial never leaves; "stopped..." ones are final too
 
 
@@ -41,6 +46,7 @@ class TrialRecord:
     ended: float | None = None
     retry: bool = True  # False: resume does not train it again (see RunFolderCallback.on_trial_error)
     errors: int = 0  # sweeps (the first and each resume) in which the trial ended in an error
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # all of them: sampled, fixed and default
 
     @property
     def finished(self) -> bool:
@@ -88,11 +94,29 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
             continue
         st = read_json(d / "status.json", {})
         st = st if isinstance(st, dict) else {}
-        params = read_json(d / "params.json", {})
-        out[d.name] = TrialRecord(d.name, params if isinstance(params, dict) else {}, read_metrics(d),
+        sampled, everything = read_params(d)
+        out[d.name] = TrialRecord(d.name, sampled, read_metrics(d),
                                   str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"),
-                                  st.get("retry", True), int(st.get("errors") or 0))
+                                  st.get("retry", True), int(st.get("errors") or 0), everything)
     return out
+
+
+def read_params(d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial folder's sampled values and all its hyperparameters (``params.json``; a run folder written before
+    params.json had its three parts holds the sampled values only, which are then all that is known)."""
+    doc = read_json(Path(d) / "params.json", {})
+    doc = doc if isinstance(doc, dict) else {}
+    if doc and set(doc) <= set(PARAM_PARTS) and all(isinstance(v, dict) for v in doc.values()):
+        sampled = dict(doc.get("sampled") or {})
+        return sampled, {**(doc.get("default") or {}), **(doc.get("fixed") or {}), **sampled}
+    return doc, dict(doc)
+
+
+def params_doc(sampled: dict[str, Any], everything: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """``params.json``: every hyperparameter of a trial, each under where its value came from."""
+    rest = {k: v for k, v in everything.items() if k not in sampled}
+    return {"sampled": dict(sampled), "fixed": {k: v for k, v in rest.items() if k in fixed},
+            "default": {k: v for k, v in rest.items() if k not in fixed}}
 
 
 def write_status(run_dir: Path, rec: TrialRecord) -> None:
@@ -124,12 +148,35 @@ def _stderr(s: str) -> None:
     print(s, file=sys.stderr, flush=True)
 
 
+def better(value: float, trial_id: str, best: tuple[float, str] | None) -> bool:
+    """Whether ``trial_id``'s ``value`` beats ``best``: a higher value, or the same value by a trial whose id sorts
+    first, the order in which the leaderboard and the best model's export break ties (one best everywhere)."""
+    return best is None or value > best[0] or (value == best[0] and trial_id < best[1])
+
+
+def progress_line(event: str, width: int = 46) -> str:
+    """``event`` in at most ``width`` characters, cut after a whole word or ``name=value`` (ending in …), never
+    inside one: a cut parameter value reads as another value."""
+    if len(event) <= width:
+        return event
+    cut = event[: width - 1]
+    for sep in (", ", " "):
+        i = cut.rfind(sep)
+        if i > 0:
+            return cut[:i].rstrip(",(") + "…"
+    return cut + "…"
+
+
 class RunFolderCallback(Callback):
-    def __init__(self, run_dir: Any, primary: str, total: int, echo: Callable[[str], None] = _stderr):
+    def __init__(self, run_dir: Any, primary: str, total: int, echo: Callable[[str], None] = _stderr,
+                 resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 fixed: dict[str, Any] | None = None):
         # A path, or a RunStore: Tune pickles its callbacks with the experiment, and a sweep resumed from
         # storage on another machine must write to that machine's staging folder, not the lost one's.
         self._where = run_dir if hasattr(run_dir, "local") else Path(run_dir)
         self.primary, self.total, self.echo = primary, total, echo
+        # resolve: a trial's sampled values -> all its hyperparameters (trainers.hyperparameters); fixed: the job's
+        self.resolve, self.fixed = resolve, dict(fixed or {})
         self.t0 = time.time()
         self._trials: dict[str, TrialRecord] | None = None  # loaded from the files on first use (resume)
         self._seq: int | None = None
@@ -154,8 +201,11 @@ class RunFolderCallback(Callback):
         recs = self.trials.values()
         self._running = {r.trial_id for r in recs if r.status == "running"}
         self._done = {r.trial_id for r in recs if r.finished}
-        scored = [(m[self.primary], r.trial_id) for r in recs for m in r.metrics if self.primary in m]
-        self._best = max(scored) if scored else None
+        self._best = None
+        for r in recs:
+            for m in r.metrics:
+                if self.primary in m and better(m[self.primary], r.trial_id, self._best):
+                    self._best = (m[self.primary], r.trial_id)
 
     def _tally(self, rec: TrialRecord) -> None:
         """``rec`` changed status: move it between the running and finished sets."""
@@ -170,7 +220,7 @@ class RunFolderCallback(Callback):
             self._recount()
         best = self._best
         best_s = f"best {self.primary} {best[0]:.4f} ({best[1]})" if best else "no result yet"
-        self.echo(f"[{time.time() - self.t0:6.1f}s] {event[:46]:<46} | running {len(self._running)}, done "
+        self.echo(f"[{time.time() - self.t0:6.1f}s] {progress_line(event):<46} | running {len(self._running)}, done "
                   f"{len(self._done)}/{self.total} | {best_s}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -181,19 +231,34 @@ class RunFolderCallback(Callback):
         rec.status, rec.started, rec.ended = "running", rec.started or time.time(), None
         self._tally(rec)
         d = trial_dir(self.run_dir, trial.trial_id)
-        (d / "params.json").write_text(json.dumps(rec.params, indent=2, default=str) + "\n")
+        if not rec.hyperparameters:
+            rec.hyperparameters = self._everything(rec.params)
+        doc = params_doc(rec.params, rec.hyperparameters, self.fixed)
+        (d / "params.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         write_status(self.run_dir, rec)
         desc = ", ".join(f"{k}={_short(v)}" for k, v in rec.params.items()) or "defaults"
         self._progress(("resume " if resumed else "start ") + f"{trial.trial_id} ({desc})")
 
+    def _everything(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        if self.resolve is None:
+            return dict(sampled)
+        try:
+            return self.resolve(sampled)
+        except Exception:  # a value the trial itself will refuse, with its own error: record what was sampled
+            return dict(sampled)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.trials.get(trial.trial_id)
-        if rec is None or self.primary not in result:
+        if rec is None:
+            return
+        if result.get(LOG):
+            append_log(self.run_dir, trial.trial_id, result[LOG])
+        if self.primary not in result:
             return
         if isinstance(result.get(INITIAL_WEIGHTS), dict):
             (trial_dir(self.run_dir, trial.trial_id) / f"{INITIAL_WEIGHTS}.json").write_text(
                 json.dumps(result[INITIAL_WEIGHTS], indent=2) + "\n")
-        row = {k: v for k, v in result.items() if k not in _RAY_KEYS and k != INITIAL_WEIGHTS}
+        row = {k: v for k, v in result.items() if k not in _RAY_KEYS and k not in (INITIAL_WEIGHTS, LOG)}
         row["time_total_s"] = result.get("time_total_s")
         # The sweep-wide order of reports: Tune hands each result to the scheduler and then to the callbacks,
         # in one thread, so this is the order the early-termination policy saw (its decisions can be replayed).
@@ -209,7 +274,7 @@ class RunFolderCallback(Callback):
             path.write_text("".join(json.dumps(m, default=float) + "\n" for m in rec.metrics))
             self._running = None  # the best may have been among the values dropped: recount once
         rec.metrics.append(row)
-        if self._running is not None and (self._best is None or (result[self.primary], trial.trial_id) > self._best):
+        if self._running is not None and better(result[self.primary], trial.trial_id, self._best):
             self._best = (result[self.primary], trial.trial_id)
         with open(path, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
@@ -240,6 +305,9 @@ class RunFolderCallback(Callback):
         # error of the job's own settings or data, or a second error, is final: the same trial would fail
         # the same way at every resume.
         message, transient = _error_summary(trial)
+        text = _error_text(trial)
+        if text:  # the traceback, after what the trial printed: log.txt tells the whole story of the trial
+            append_log(self.run_dir, trial.trial_id, f"\n--- the trial failed ---\n{text}\n")
         rec = self.trials.setdefault(trial.trial_id, TrialRecord(trial.trial_id, dict(trial.config)))
         rec.errors += 1
         self._end(trial, "error", message, transient and rec.errors < MAX_ERRORED_SWEEPS)
@@ -256,13 +324,22 @@ MAX_ERRORED_SWEEPS = 2  # an errored trial is trained again by one resume, not b
 SETTINGS_ERRORS = ("VisionsweepError", "SpecError", "DataError", "NotSupportedYet", "TrainingError")
 
 
+def append_log(run_dir: Path, trial_id: str, text: str) -> None:
+    with open(trial_dir(run_dir, trial_id) / "log.txt", "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _error_text(trial) -> str:
+    try:
+        return Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        return ""
+
+
 def _error_summary(trial) -> tuple[str, bool]:
     """The user-facing message of a trial's error (its last exception line, not the Ray traceback), and
     whether a retry could help (False for errors of the job's settings or data)."""
-    try:
-        text = Path(trial.error_file).read_text() if trial.error_file else ""
-    except OSError:
-        text = ""
+    text = _error_text(trial)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
         head = ln.split(": ", 1)[0]

@@ -1,7 +1,9 @@
 """MLflow tracking: the sweep is a parent run, each trial a child run (SPEC §8.8, §9.1, §9.2).
 
-Children get the trial's sampled hyperparameters as params (:func:`trial_params`: nothing of the
-job's storage settings, and any credential inside a value as ``***``) and every evaluation's metrics
+Children get every hyperparameter of the trial as params, sampled, fixed and default alike (:func:`trial_params`:
+nothing of the job's storage settings, and any credential inside a value as ``***``; the tag
+``visionsweep.sampled`` names the sampled ones), the trial's ``log.txt`` as an artifact when it ends, and every
+evaluation's metrics
 with ``step`` = epoch (``train_<metric>`` too when the trial has ``log_training_metrics``). When the
 sweep ends the parent gets the best trial as a tag, its metric, the best model package as artifacts
 and, when asked, a registered model version in the MLflow model registry.
@@ -38,8 +40,9 @@ class MlflowTracker(Callback):
     """
 
     def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, resolve=None):
         self.run_dir = Path(run_dir)
+        self.resolve = resolve  # sampled values -> every hyperparameter of the trial (as in params.json)
         self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
         self.experiment, self.parent_name, self.primary = experiment, parent_name, primary
         self.tags = dict(tags or {})  # the job's tags, description (mlflow.note.content) and display name
@@ -85,6 +88,9 @@ class MlflowTracker(Callback):
             logging.getLogger("alembic").setLevel(logging.WARNING)
             from mlflow.tracking import MlflowClient
 
+            # "Creating initial MLflow database tables" at every sweep: MLflow's INFO, not the user's news
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -99,7 +105,11 @@ class MlflowTracker(Callback):
             self._ids = json.loads(f.read_text()) if f.is_file() else {}
             if not self._ids.get("parent"):
                 exp = self.client.get_experiment_by_name(self.experiment)
-                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+                # the run folder's own store keeps its artifacts (best model, trial logs) in the run folder too,
+                # not in ./mlruns of whatever folder the command was started from
+                where = (self.run_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:///") and \
+                    Path(self.uri.removeprefix("sqlite:///")).parent == self.run_dir else None
+                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment, where)
                 parent = self.client.create_run(exp_id, run_name=self.parent_name,
                                                 tags={**self.tags, "visionsweep.run_dir": str(self.run_dir)})
                 self._ids = {"uri": self.uri, "experiment_id": exp_id, "parent": parent.info.run_id, "trials": {}}
@@ -114,13 +124,30 @@ class MlflowTracker(Callback):
         rid = ids["trials"].get(trial.trial_id)
         if rid is None:
             run = self.client.create_run(ids["experiment_id"], run_name=trial.trial_id,
-                                         tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id})
+                                         tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id,
+                                               "visionsweep.sampled": ",".join(sorted(trial.config))})
             rid = ids["trials"][trial.trial_id] = run.info.run_id
             from mlflow.entities import Param
 
-            self.client.log_batch(rid, params=[Param(k, v) for k, v in trial_params(trial.config).items()])
+            params = list(trial_params(self._everything(trial.config)).items())
+            for i in range(0, len(params), _PARAMS_PER_BATCH):
+                self.client.log_batch(rid, params=[Param(k, v) for k, v in params[i:i + _PARAMS_PER_BATCH]])
             self._save()
         return rid
+
+    def _everything(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self.resolve is None:
+            return dict(config)
+        try:
+            return self.resolve(config)
+        except Exception:  # the trial refuses the value with its own error: log what was sampled
+            return dict(config)
+
+    def _log_file(self, trial_id: str, run_id: str) -> None:
+        """The trial's ``log.txt`` as an artifact of its child run (what it printed, warnings and errors)."""
+        log_txt = self.run_dir / "trials" / trial_id / "log.txt"
+        if log_txt.is_file():
+            self.client.log_artifact(run_id, str(log_txt))
 
     # --- Tune events --------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -154,13 +181,20 @@ class MlflowTracker(Callback):
         if new:
             self.client.log_batch(run_id, params=new)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def _end(self, trial, status: str) -> None:
         t = _TrialRef(trial)
-        self._submit(lambda: self.client.set_terminated(self._child(t), "FINISHED"))
+
+        def end():
+            rid = self._child(t)
+            self._log_file(t.trial_id, rid)
+            self.client.set_terminated(rid, status)
+        self._submit(end)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        t = _TrialRef(trial)
-        self._submit(lambda: self.client.set_terminated(self._child(t), "FAILED"))
+        self._end(trial, "FAILED")
 
     def drain(self) -> list[str]:
         """Wait until every queued write is done; returns the errors met on the way."""
@@ -205,11 +239,19 @@ class _TrialRef:
         self.trial_id, self.config = trial.trial_id, dict(trial.config)
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, str]:
-    """A trial's MLflow params: its sampled hyperparameters as strings, credentials in them as ``***``
-    (a value could be a URL with a SAS signature, e.g. a model folder on storage)."""
+_PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch
 
-    return {k: redact(str(v)) for k, v in config.items()}
+
+def trial_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A trial's MLflow params: its hyperparameters as strings (a nested setting as ``advanced_settings.<name>``),
+    credentials in them as ``***`` (a value could be a URL with a SAS signature, e.g. a model folder on storage)."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(trial_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = redact(str(v))[:6000]
+    return out
 
 
 def job_tags(spec) -> dict[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.runfolder import read_params
 from scheduler.runstore import RunStore
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
@@ -46,7 +47,7 @@ def load_prior_trials(run_dirs: list[str], primary: str) -> list[PriorTrial]:
             rows = [json.loads(x) for x in mfile.read_text().splitlines() if x.strip()]
             values = [float(r[primary]) for r in rows if primary in r]
             if values:
-                out.append(PriorTrial(str(rd), t.name, json.loads(pfile.read_text()), values))
+                out.append(PriorTrial(str(rd), t.name, read_params(t)[0], values))
     return out
 
 

@@ -16,6 +16,9 @@ SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# The best model's validation predictions (scheduler.predictions) cost seconds per sweep; the suite runs dozens of
+# sweeps about other things. tests/test_predictions_report.py and tests/test_live_view.py switch them on.
+os.environ.setdefault("VISIONSWEEP_REPORT_PREDICTIONS", "0")
 
 
 def from_scratch(text: str) -> str:

@@ -21,6 +21,7 @@ def validate(tmp_path, text: str, capsys) -> str:
 
     path = tmp_path / "job.yml"
     path.write_text(text)
+    (tmp_path / "data" / "train").mkdir(parents=True, exist_ok=True)  # BASE's training_data.path
     capsys.readouterr()
     assert main(["validate", str(path)]) == 0
     return capsys.readouterr().out
@@ -443,3 +444,21 @@ def test_yolov5_settings_do_not_apply_to_mmdetection_models():
 def test_job_level_settings_cannot_be_swept(key, value):
     msg = error(f"search_space:\n  - {key}: {{type: choice, values: {value}}}\nsweep: {{sampling_algorithm: grid}}\n")
     assert f"search_space[0].{key}: {key!r} cannot be swept" in msg and "set it in training_parameters" in msg
+
+
+def test_validate_and_run_refuse_a_data_path_that_does_not_exist_naming_its_line(tmp_path, capsys):
+    from scheduler.cli import main
+    from scheduler.controller import run_job
+    from scheduler.spec import load_job
+
+    path = tmp_path / "job.yml"
+    path.write_text(BASE + "validation_data:\n  path: data/valid.jsonl\n")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6: validation_data.path: data/valid.jsonl does not exist" in err
+    assert "expected an MLTable folder, an MLTable file or a JSONL file" in err
+    with pytest.raises(Exception, match="validation_data.path: data/valid.jsonl does not exist"):
+        run_job(load_job(path), tmp_path / "run")  # before any run folder, Ray or data preparation
+    assert not (tmp_path / "run").exists()

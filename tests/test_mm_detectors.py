@@ -178,7 +178,7 @@ sweep:
 """, source=tmp_path / "job.yml")
     result = run_job(job, tmp_path / "run", echo=lambda s: None)
     assert sorted(r["status"] for r in result.rows) == ["completed", "completed"]
-    models = sorted(json.loads((t / "params.json").read_text()).get("model_name", "yolov5")
+    models = sorted(json.loads((t / "params.json").read_text())["sampled"].get("model_name", "yolov5")
                     for t in (tmp_path / "run" / "trials").iterdir())
     assert models == ["retinanet_r18_fpn_1x_coco", "yolov5"]
     cfg = json.loads((tmp_path / "run" / "best" / "training_config.json").read_text())

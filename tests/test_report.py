@@ -73,6 +73,15 @@ def _traces(page: str, div_id: str) -> list[dict]:
     return traces
 
 
+def _layout_of(page: str, div_id: str) -> dict:
+    """The layout passed to Plotly.newPlot for one div (the argument after the traces)."""
+    m = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(div_id) + r'",\s*', page)
+    dec = json.JSONDecoder()
+    _, end = dec.raw_decode(page, m.end())
+    layout, _ = dec.raw_decode(page, page.index("{", end))
+    return layout
+
+
 def _parse(path: Path) -> tuple[str, _Page]:
     page = path.read_text(encoding="utf-8")
     parser = _Page()
@@ -120,9 +129,25 @@ def test_report_from_run_folder(tmp_path):
     assert dims["model_name"]["ticktext"] == ["mobilenetv2", "resnet18"]
     assert sorted(dims["accuracy"]["values"]) == [0.2, 0.6] == sorted(parcoords["line"]["color"])
 
-    # scatter: the only numeric hyperparameter against trial index, coloured by the metric
+    # 2-D scatter: the numeric hyperparameter on x, the label one on y, coloured by the metric on a scale fitted to
+    # the values (0.2..0.6, not plotly's padded default); menus pick each axis among the varying hyperparameters
     (scatter,) = _traces(page, "scatter")
-    assert sorted(scatter["y"]) == [0.01, 0.05] and sorted(scatter["marker"]["color"]) == [0.2, 0.6]
+    assert sorted(scatter["x"]) == [0.01, 0.05] and sorted(scatter["y"]) == ["mobilenetv2", "resnet18"]
+    assert sorted(scatter["marker"]["color"]) == [0.2, 0.6]
+    assert (scatter["marker"]["cmin"], scatter["marker"]["cmax"]) == (0.2, 0.6)
+    layout = _layout_of(page, "scatter")
+    x_menu, y_menu = layout["updatemenus"]
+    assert [b["label"] for b in x_menu["buttons"]] == ["learning_rate", "model_name", "trial index", "best accuracy"]
+    best_button = y_menu["buttons"][3]
+    assert sorted(best_button["args"][0]["y"][0]) == [0.2, 0.6]
+    assert best_button["args"][1]["yaxis.title.text"] == "best accuracy"
+
+    # 3-D scatter: the two varying hyperparameters and the best metric, rotatable
+    (scatter3d,) = _traces(page, "scatter-3d")
+    assert scatter3d["type"] == "scatter3d" and sorted(scatter3d["z"]) == [0.2, 0.6]
+
+    # every hyperparameter of every trial: those that differ per trial (sampled ones bold), the rest once
+    assert "trial-details" in parsed.ids and "The same in every trial" in page
 
     # leaderboard built from the trial files: 3 rows, best first, the stopped trial marked
     assert [r[1] for r in parsed.rows] == ["aaa1", "bbb2", "ccc3"]
@@ -144,7 +169,9 @@ def test_single_trial_defaults_and_escaping(tmp_path):
     assert [t["name"] for t in _traces(page, "metric-curves")] == ["t1 (error)"]
     assert "parallel-coordinates" in parsed.ids  # a note: no hyperparameters were sampled
     (scatter,) = _traces(page, "scatter")  # best metric per trial instead
-    assert scatter["x"] == ["t1"] and scatter["y"] == [0.5]
+    assert scatter["x"] == [1] and scatter["y"] == [0.5]
+    # one value: the colour scale still spans a range around it
+    assert scatter["marker"]["cmin"] < 0.5 < scatter["marker"]["cmax"]
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
     assert "t&lt;1&gt;" in page
     assert len(parsed.rows) == 1
@@ -170,3 +197,32 @@ def test_a_thousand_trial_sweep_draws_the_best_curves_and_a_band_for_the_rest(tm
     assert median["x"] == [1, 2, 3] and median["customdata"] == [15, 15, 15]
     assert abs(median["y"][2] - 7 / n) < 1e-9  # trials 0..14 at epoch 3: median of i / n is trial 7's
     assert f"the best {CURVES_SHOWN} of {n} trials" in page
+
+
+def test_full_parameters_logs_and_the_live_marker(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    for tid, lr, acc in (("t1", 0.01, 0.5), ("t2", 0.1, 0.7)):
+        d = run / "trials" / tid
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"sampled": {"learning_rate": lr},
+                                                   "fixed": {"number_of_epochs": 3},
+                                                   "default": {"optimizer": "sgd", "momentum": 0.9}}))
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "accuracy": acc}) + "\n")
+        (d / "status.json").write_text(json.dumps({"status": "running"}))
+    (run / "trials" / "t2" / "log.txt").write_text("epoch 1 done\n")
+
+    page, parsed = _parse(write_report(run, live=True))
+    assert "live" in parsed.ids and 'http-equiv="refresh"' in page
+    # the trial table: learning_rate differs (sampled, bold), the others are listed once as the same everywhere
+    details = page[page.index('id="trial-details"'):]
+    assert "<td class=sampled>0.1</td>" in details and "<th>optimizer</th><td>sgd</td>" in details
+    assert "<th>number_of_epochs</th><td>3</td>" in details
+    assert details.count('href="trials/t2/log.txt"') == 1 and 'href="trials/t1/log.txt"' not in page
+    assert 'href="trials/t2/log.txt"' in page[:page.index('id="trial-details"')]  # linked from the leaderboard too
+    assert "What the best model predicts" not in page  # drawn once the sweep has ended
+
+    page, parsed = _parse(write_report(run))
+    assert "live" not in parsed.ids and 'http-equiv="refresh"' not in page
+    assert not list(run.glob(".*.tmp"))  # written atomically: no temporary file left

@@ -247,6 +247,7 @@ visionsweep:
         assert secret not in resolved and secret not in parsed.redacted_text()
     assert "account_name: acct" in resolved and "region_name: eu-west-1" in resolved
     capsys.readouterr()
+    (job.parent / "data" / "train").mkdir(parents=True)
     assert main(["validate", str(job)]) == 0
     printed = capsys.readouterr().out
     assert "account_key: '***'" in printed and "S3cr3tK3y==" not in printed and "wJalrXUtnFEMI" not in printed

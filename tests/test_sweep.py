@@ -64,7 +64,11 @@ sweep:
     assert len(trials) == 4
     best_per_trial = {}
     for t in trials:
-        params = json.loads((t / "params.json").read_text())
+        doc = json.loads((t / "params.json").read_text())
+        params = doc["sampled"]
+        # params.json holds every hyperparameter the trial ran with, each under where it came from
+        assert doc["fixed"]["number_of_epochs"] == 2 and "optimizer" in doc["default"]
+        assert not set(doc["sampled"]) & (set(doc["fixed"]) | set(doc["default"]))
         metrics = read_metrics(t)
         status = json.loads((t / "status.json").read_text())
         assert status["status"] == "completed" and [m["epoch"] for m in metrics] == [1, 2]

@@ -15,6 +15,7 @@ is restarted from it by Train's ``FailureConfig``.
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,9 +25,11 @@ from trainers.data.credentials import EnvCredentials
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.logs import apply_in_worker
+from trainers.logs import TrialOutput, apply_in_worker
 from trainers.models.weights.sources import WeightsConfig
 from trainers.workers import Workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,16 @@ def _threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _package_report(report_fn: Callable[..., None], checkpoint_cls) -> Callable:
-    """The engine's ``report(metrics, save)`` seam: ``save`` writes a package into a temp dir checkpoint."""
+def _package_report(report_fn: Callable[..., None], checkpoint_cls, output: TrialOutput | None = None) -> Callable:
+    """The engine's ``report(metrics, save)`` seam: ``save`` writes a package into a temp dir checkpoint; each
+    report carries what the trial printed since the last one (``log``, for the run folder's ``log.txt``)."""
 
     def report(metrics: dict[str, Any], save) -> None:
+        if output is not None:
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool))
+            log.info("evaluation: %s", shown)
+            metrics = {**metrics, "log": output.take()}
         if save is None:
             report_fn(metrics)
             return
@@ -96,7 +105,8 @@ class Session:
 
 
 def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers: Workers, cpus: float,
-                weights: WeightsConfig, init_package: str | None, device: str | None = None) -> None:
+                weights: WeightsConfig, init_package: str | None, device: str | None = None,
+                log_level: str = "info") -> None:
     """The trial body, in this process: threads, this node's images, then the engine from the last checkpoint
     (a restarted trial or worker, §8.7) or from what a fresh trial starts from: an earlier model
     (``checkpoint_run_id``) wins over the published weights, which are fetched here, once per node."""
@@ -106,18 +116,23 @@ def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers
     from trainers.models.weights.resolve import initial_weights
     from trainers.package.folder import fetch_package
 
-    _threads(cpus)
-    _materialize(data)
-    report = _package_report(session.report, session.checkpoint_cls)
-    ckpt = session.get_checkpoint()
-    if ckpt is None:
-        if init_package and is_remote(init_package):  # an earlier model on storage: once per node
-            init_package = str(fetch_package(init_package, data.storage_options))
-        init = init_package or initial_weights(h, data.task, weights)
-        train(h, data, report, weights=init, device=device, workers=workers)
-        return
-    with ckpt.as_directory() as d:
-        train(h, data, report, resume_from=d, device=device, workers=workers)
+    with TrialOutput(log_level) as output:
+        _threads(cpus)
+        _materialize(data)
+        report = _package_report(session.report, session.checkpoint_cls, output)
+        ckpt = session.get_checkpoint()
+        log.info("trial: %s for %s on %d training / %d validation images; hyperparameters: %s", h.get("model_name"),
+                 data.task, len(data.train), len(data.valid),
+                 ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("model_name", "advanced_settings")))
+        if ckpt is None:
+            if init_package and is_remote(init_package):  # an earlier model on storage: once per node
+                init_package = str(fetch_package(init_package, data.storage_options))
+            init = init_package or initial_weights(h, data.task, weights)
+            train(h, data, report, weights=init, device=device, workers=workers)
+            return
+        log.info("trial: goes on from its last checkpoint")
+        with ckpt.as_directory() as d:
+            train(h, data, report, resume_from=d, device=device, workers=workers)
 
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
@@ -140,7 +155,7 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
         _run_group(h, data, init_package, weights, group, primary, credentials, log_level)
         return
     _train_here(h, data, Session(tune.report, tune.Checkpoint, tune.get_checkpoint), group.engine_workers(), cpus,
-                weights, init_package)
+                weights, init_package, log_level=log_level)
 
 
 def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, weights: WeightsConfig, group: Group,
@@ -178,4 +193,5 @@ def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], dat
     ctx = ray.train.get_context()
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
     _train_here(h, data, Session(ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint), workers,
-                group.cpus_per_worker, weights, init_package, device=str(ray.train.torch.get_device()))
+                group.cpus_per_worker, weights, init_package, device=str(ray.train.torch.get_device()),
+                log_level=log_level)

@@ -104,3 +104,29 @@ def _format_errors(e: ValidationError, loc: Locator) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             msgs.append(f"{loc(path)}: {msg}, but got {got!r}" if not isinstance(got, dict) else f"{loc(path)}: {msg}")
     return "invalid job file:\n  " + "\n  ".join(msgs) if len(msgs) > 1 else msgs[0]
+
+
+def locate(job: Job, path: tuple) -> str:
+    """``FILE:LINE: dotted.path`` of a key of a parsed job (for errors found after parsing: a data path that does not
+    exist, found by ``validate`` and by ``run`` before anything else)."""
+    try:
+        lines = _line_map(yaml.compose(job.text))
+    except yaml.YAMLError:
+        lines = {}
+    return Locator(str(job.source) if job.source else "<job>", lines)(path)
+
+
+def check_data_paths(job: Job) -> None:
+    """A local ``training_data.path`` / ``validation_data.path`` must exist (relative paths from the job file's
+    folder); storage URLs and data assets are looked up when the data is read."""
+    from trainers.data.urls import is_url
+
+    for key in ("training_data", "validation_data"):
+        data = getattr(job.spec, key)
+        if data is None or is_url(data.path) or data.path.startswith(("azureml:", "file://")):
+            continue
+        where = job.base_dir / data.path
+        if not where.exists():
+            raise SpecError(f"{locate(job, (key, 'path'))}: {data.path} does not exist (looked for {where.resolve()}); "
+                            f"expected an MLTable folder, an MLTable file or a JSONL file"
+                            + (", relative to the job file's folder" if not Path(data.path).is_absolute() else ""))

@@ -54,8 +54,8 @@ def prepare_data(task: str, target_column: str, training_path: str, validation_p
     else:
         train, valid = split_records(train, validation_fraction, seed)
     sizes: dict[str, int] = {}
-    train = check_images(train, store, bad_images, warnings, sizes=sizes)
-    valid = check_images(valid, store, bad_images, warnings, sizes=sizes)
+    train = check_images(train, store, bad_images, warnings, sizes=sizes, what="training image")
+    valid = check_images(valid, store, bad_images, warnings, sizes=sizes, what="validation image")
     if len(train) + len(valid) < MIN_TRAINING_IMAGES or not train or not valid:
         raise DataError(f"too few readable images left ({len(train)} train, {len(valid)} validation)")
     remote_bytes = sum(n for u, n in sizes.items() if is_remote(u))
@@ -76,6 +76,6 @@ def prepare_data(task: str, target_column: str, training_path: str, validation_p
     if few:
         warnings.append(f"labels with fewer than {FEW_SAMPLES_WARNING} training samples "
                         f"(10-15 per label recommended): {', '.join(few)}")
-    for w in warnings:
-        log.warning(w)
+    for w in warnings:  # the caller shows them (the controller prints each once): here for debugging only
+        log.debug(w)
     return PreparedData(task, classes, train, valid, store, warnings, sum(sizes.values()), remote_bytes)

@@ -1,0 +1,117 @@
+"""The live view of a running sweep: ``report.html`` rewritten while the trials run, and ``sweep.json``'s heartbeat.
+
+A user who moves from a managed service expects to watch a sweep, not to wait for its end. ``LiveView`` is a Ray
+Tune callback on the driver: every trial event marks the view stale, and a background thread rewrites the report
+(marked live: it refreshes itself in the browser) at most every ``VISIONSWEEP_REPORT_S`` seconds (default 10),
+so a burst of events costs one rewrite and Tune's event loop never waits for plotly. The same thread refreshes
+``sweep.json``'s ``updated`` time, by which ``visionsweep status`` tells a running sweep from one whose controller
+died. For a run folder on storage, each rewrite is mirrored to the URL like every other file.
+
+The final report (not live) is written by ``finish_run`` after :meth:`LiveView.stop`, so a late live rewrite can
+never replace it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"  # the running sweep: its size, start and heartbeat (summary.json replaces it as truth)
+
+
+def report_interval_s() -> float:
+    """Seconds between two live rewrites of the report (``$VISIONSWEEP_REPORT_S``, default 10)."""
+    try:
+        return max(0.0, float(os.environ.get("VISIONSWEEP_REPORT_S", "10")))
+    except ValueError:
+        return 10.0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (a browser refreshing the page, ``status``, the storage mirror) see the old file or the new one,
+    never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_sweep_file(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Create or update ``sweep.json`` (fields merged into what is there)."""
+    path = Path(run_dir) / SWEEP_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc.update(fields)
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+class LiveView(Callback):
+    def __init__(self, store: Any, interval_s: float | None = None):
+        self.store = store  # a RunStore: .local is the folder written here, .changed() mirrors it
+        self.interval_s = report_interval_s() if interval_s is None else interval_s
+        self._start()
+
+    def _start(self) -> None:
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self.writes = 0
+        self._thread = threading.Thread(target=self._loop, name="visionsweep-live-report", daemon=True)
+        self._thread.start()
+        self._dirty.set()  # a first page at once: the user opens it while the first trial starts
+
+    def __getstate__(self):
+        return {"store": self.store, "interval_s": self.interval_s}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._start()
+
+    def _loop(self) -> None:
+        last = 0.0
+        while not self._stopping.is_set():
+            # wake on an event, or after an interval anyway for the heartbeat
+            self._dirty.wait(timeout=max(self.interval_s, 1.0))
+            if self._stopping.is_set():
+                return
+            wait = last + self.interval_s - time.monotonic()
+            if wait > 0 and self._stopping.wait(wait):  # debounce: events in the meantime are one rewrite
+                return
+            stale = self._dirty.is_set()
+            self._dirty.clear()
+            last = time.monotonic()
+            self._write(stale)
+
+    def _write(self, stale: bool) -> None:
+        from scheduler.report import write_report  # plotly: in the view's thread, not at import
+
+        run_dir = Path(self.store.local)
+        try:
+            write_sweep_file(run_dir, updated=time.time())
+            if stale:
+                write_report(run_dir, live=True)
+                self.writes += 1
+        except Exception as e:  # the view must never break the sweep
+            log.warning("live report not written: %s", e)
+        self.store.changed()
+
+    def _event(self, *args, **kwargs) -> None:
+        self._dirty.set()
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _event
+
+    def stop(self) -> None:
+        """Stop rewriting (before the final report is written); waits for a rewrite in progress."""
+        self._stopping.set()
+        self._dirty.set()
+        self._thread.join()
