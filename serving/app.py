@@ -48,6 +48,7 @@ logger = logging.getLogger("ray.serve")
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None, cpus: float = 1.0,
                  registry_uri: str | None = None):
+        self.started = time.monotonic()  # the readiness probe's initial_delay counts from here (serving.probes)
         self.package, self.error, self.predictor = package, None, None
         self.predicted = self.batches = 0
         import torch
@@ -74,7 +75,7 @@ class ModelServer:
         self._batched.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
 
     def ready(self) -> dict[str, Any]:
-        return {"ready": self.error is None, "error": self.error}
+        return {"ready": self.error is None, "error": self.error, "uptime_s": time.monotonic() - self.started}
 
     def stats(self) -> dict[str, int]:
         """Images predicted and batches run by this replica (mirror checks, batching monitoring)."""
@@ -148,7 +149,8 @@ class EndpointRouter:
             was, t0 = (probe.ready, probe.reason), time.monotonic()
             try:
                 state = await asyncio.wait_for(self.servers[name].ready.remote(), timeout=probe.timeout)
-                probe.record(bool(state["ready"]), time.monotonic() - t0, state.get("error") or "")
+                probe.record(bool(state["ready"]), time.monotonic() - t0, state.get("error") or "",
+                             uptime_s=state.get("uptime_s"))
             except Exception as e:  # timeout or replica trouble count as failed checks
                 probe.record(False, time.monotonic() - t0, type(e).__name__)
             if (probe.ready, probe.reason) != was:  # the reason goes to the log (and GET /status), not to probes

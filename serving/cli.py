@@ -2,22 +2,32 @@
 
     visionsweep serve PACKAGE [--host H] [--port P] [--auth-mode key|none]
     visionsweep endpoint create --file endpoint.yml
-    visionsweep endpoint update NAME --traffic blue=90,green=10 [--mirror green=10]
-    visionsweep endpoint show|delete|get-credentials NAME
+    visionsweep endpoint update NAME --traffic blue=90,green=10 [--mirror green=10] [--no-wait] [--timeout S]
+    visionsweep endpoint show NAME [--json]
+    visionsweep endpoint delete|get-credentials NAME
     visionsweep endpoint regenerate-keys NAME [--key-type primary|secondary]
-    visionsweep deployment create|update --file deployment.yml
-    visionsweep deployment delete ENDPOINT NAME
+    visionsweep deployment create|update --file deployment.yml [--no-wait] [--timeout S]
+    visionsweep deployment show|delete ENDPOINT NAME
 
-``serve`` runs in the foreground on an embedded Ray (or ``RAY_ADDRESS``) until Ctrl-C. The endpoint
-commands work against a running Ray cluster (``ray start --head``, or ``RAY_ADDRESS``) whose Serve
-HTTP proxy listens on ``$VISIONSWEEP_SERVE_HOST:$VISIONSWEEP_SERVE_PORT`` (default 127.0.0.1:8000).
-Keys are printed only by ``create``, ``get-credentials`` and ``regenerate-keys``, never logged.
+``serve`` runs in the foreground on an embedded Ray (or ``RAY_ADDRESS``) until Ctrl-C or SIGTERM. The
+endpoint commands work against a running Ray cluster (``ray start --head``, or ``RAY_ADDRESS``) whose Serve
+HTTP proxy listens on ``$VISIONSWEEP_SERVE_HOST:$VISIONSWEEP_SERVE_PORT`` (default 127.0.0.1:8000); the
+endpoints' state, keys included, is kept in that cluster (``serving.endpoints``), so every operator of the
+cluster sees the same endpoints. Keys are printed only by ``create``, ``get-credentials`` and
+``regenerate-keys`` (as ``primary_key`` / ``secondary_key``), never logged.
+
+Changes wait until Serve runs them (progress on stderr, at most ``--timeout`` seconds, default
+``$VISIONSWEEP_DEPLOY_TIMEOUT_S`` or 300); on failure or Ctrl-C Serve is rolled back to the saved state and
+the command says what did not happen. ``--no-wait`` returns as soon as Serve has accepted the change.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +36,18 @@ from cluster.connect import connect
 from trainers.errors import VisionsweepError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+AUTH_HELP = ("set RAY_AUTH_MODE=token and give this cluster's token, as RAY_AUTH_TOKEN_PATH=<file> (`ray start "
+             "--head` writes ~/.ray/auth_token on the head machine) or RAY_AUTH_TOKEN=<token>")
 
 
 def http_address() -> tuple[str, int]:
     return os.environ.get("VISIONSWEEP_SERVE_HOST", DEFAULT_HOST), int(os.environ.get("VISIONSWEEP_SERVE_PORT", DEFAULT_PORT))
+
+
+def quiet_serve_logs() -> None:
+    """Serve logs "Connecting to existing Serve app ..." at INFO on every ``serve.start``/``run`` of a client:
+    noise on an operator's terminal. Warnings and errors still show (on stderr)."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def start_serve(host: str, port: int, detached: bool) -> None:
@@ -39,31 +57,72 @@ def start_serve(host: str, port: int, detached: bool) -> None:
 
     from serving.specs import MAX_REQUEST_TIMEOUT_MS
 
+    quiet_serve_logs()
     serve.start(detached=detached, http_options={"host": host, "port": port,
                                                  "request_timeout_s": MAX_REQUEST_TIMEOUT_MS / 1000})
 
 
-def connect_cluster() -> None:
-    """Connect to the long-lived cluster that hosts endpoints."""
-    import ray
+def check_auth(address: str | None) -> None:
+    """Fail at once, saying so, when the cluster refuses us for want of a (right) token.
 
-    if ray.is_initialized():
+    Ray's own ``ray.init`` retries an unauthenticated GCS for 20 s, printing ``InvalidAuthToken`` each second,
+    then raises a bare "Failed to connect"; one direct request to the GCS raises Ray's ``AuthenticationError``
+    at once. Only done when the GCS port answers (otherwise ``ray.init`` reports the missing cluster)."""
+    import socket
+
+    if not address or "://" in address:
         return
     try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False,
-                 logging_level="WARNING")
-    except ConnectionError:
-        raise VisionsweepError("no running Ray cluster to host endpoints: start one with `ray start --head` "
-                               "(or set RAY_ADDRESS)") from None
-    start_serve(*http_address(), detached=True)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        addr = canonicalize_bootstrap_address(address)
+        host, port = addr.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except Exception:
+        return
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=addr)
+    except AuthenticationError as e:
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        raise VisionsweepError(f"the Ray cluster at {addr} refused the connection: an authentication problem "
+                               f"(the cluster uses token authentication; RAY_AUTH_MODE is {mode}; Ray says: "
+                               f"{e.message}). Expected a valid token: {AUTH_HELP}") from None
+    except Exception:
+        return
+
+
+def connect_cluster(serve: bool = True) -> None:
+    """Connect to the long-lived cluster that hosts endpoints (and, with ``serve``, start or join its Serve)."""
+    import ray
+
+    quiet_serve_logs()
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS", "auto")
+        check_auth(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except ConnectionError:
+            raise VisionsweepError("no running Ray cluster to host endpoints: start one with `ray start --head` "
+                                   "(or set RAY_ADDRESS). If the cluster uses token authentication: "
+                                   f"{AUTH_HELP}") from None
+    if serve:
+        start_serve(*http_address(), detached=True)
 
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def _keys(keys: dict[str, str], which: tuple[str, ...] = ("primary", "secondary")) -> dict[str, str]:
+    """Keys as every command prints them: ``{"primary_key": ..., "secondary_key": ...}``."""
+    return {f"{k}_key": keys[k] for k in which}
+
+
 def serve_package(package: str, host: str, port: int, auth_mode: str, name: str = "local",
-                  cpus: float = 1.0) -> dict[str, Any]:
+                  cpus: float | None = None) -> dict[str, Any]:
     """Deploy one model package as endpoint ``name`` with deployment ``main`` at 100 % traffic."""
     from serving import endpoints
     from serving.specs import DeploymentSpec, EndpointSpec
@@ -73,40 +132,111 @@ def serve_package(package: str, host: str, port: int, auth_mode: str, name: str 
     except VisionsweepError:
         pass
     endpoints.create_endpoint(EndpointSpec(name=name, auth_mode=auth_mode))
-    endpoints.create_deployment(DeploymentSpec(name="main", endpoint_name=name, model=package,
-                                               cpus_per_instance=cpus))
+    spec = DeploymentSpec(name="main", endpoint_name=name, model=package,
+                          **({"cpus_per_instance": cpus} if cpus is not None else {}))
+    endpoints.create_deployment(spec)
     state = endpoints.set_traffic(name, {"main": 100})
     return {"url": f"http://{host}:{port}/{name}/score", "key": state["keys"]["primary"] if auth_mode == "key" else None}
 
 
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM: ends ``serve`` like Ctrl-C."""
+
+
 def cmd_serve(args) -> int:
+    """Serve until Ctrl-C or SIGTERM, then stop Serve and Ray and exit 0 ("stopped" on stderr).
+
+    SIGTERM is turned into an exception in the main thread so the same clean shutdown runs (Python's default
+    would end the process without it, leaving Ray's agents behind). While Serve stops, its controller kills
+    the replicas; Ray reports that on the console, so Ray's loggers are limited to errors on stderr then."""
     import ray
     from ray import serve
 
+    def on_term(signum, frame):
+        raise _Stop()
 
-    connect()
-    start_serve(args.host, args.port, detached=False)
-    from serving.specs import local_model_path
-
-    info = serve_package(local_model_path(args.package, Path.cwd()), args.host, args.port, args.auth_mode)
-    print(f"serving {args.package} at {info['url']}")
-    if info["key"]:
-        print(f"key: {info['key']}")
-        print(f"try: curl -H 'Authorization: Bearer {info['key']}' -H 'Content-Type: image/png' "
-              f"--data-binary @image.png {info['url']}")
-    print("Ctrl-C to stop", flush=True)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    started = False
     try:
+        connect()
+        started = True
+        # ray.init installs its own SIGTERM handler (it logs a stack and aborts: rc -6, Ray's agents left
+        # running): ours again, now that Ray is up
+        signal.signal(signal.SIGTERM, on_term)
+        start_serve(args.host, args.port, detached=False)
+        from serving.specs import local_model_path
+
+        info = serve_package(local_model_path(args.package, Path.cwd()), args.host, args.port, args.auth_mode)
+        print(f"serving {args.package} at {info['url']}")
+        if info["key"]:
+            print(f"key: {info['key']}")
+            print(f"try: curl -H 'Authorization: Bearer {info['key']}' -H 'Content-Type: image/png' "
+                  f"--data-binary @image.png {info['url']}")
+        print("Ctrl-C (or SIGTERM) to stop", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        stdout = sys.stdout
+        try:
+            if started:
+                _quiet_ray_for_shutdown()
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
+        finally:
+            sys.stdout = stdout
+            signal.signal(signal.SIGTERM, previous)
+    print("stopped", file=sys.stderr, flush=True)
     return 0
 
 
+def _quiet_ray_for_shutdown() -> None:
+    """Nothing of Ray's shutdown reaches stdout (the caller restores ``sys.stdout``): Ray's driver prints the
+    errors its raylet publishes (e.g. "(raylet) Task ServeController.graceful_shutdown failed ... killed by
+    `ray.kill`", in colour, as Serve's controller ends itself) to whatever ``sys.stdout`` is at that moment, so
+    that is stderr while Serve and Ray stop; Ray's and Serve's loggers log errors only, on stderr."""
+    sys.stdout.flush()
+    sys.stdout = sys.stderr
+    for name in ("ray", "ray.serve"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.ERROR)
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
+                h.setStream(sys.stderr)
+
+
+def _cancelled(what: str) -> int:
+    print(f"cancelled: {what}", file=sys.stderr, flush=True)
+    return 130
+
+
+def _timeout(args) -> float | None:
+    t = getattr(args, "timeout", None)
+    if t is not None and t <= 0:
+        raise VisionsweepError(f"--timeout: expected a number of seconds above 0, but got {t:g}")
+    return t
+
+
 def cmd_endpoint(args) -> int:
+    """``endpoint`` actions; Ctrl-C says which change did not happen (the state is unchanged: Serve is rolled
+    back to it, see ``serving.endpoints.apply``)."""
+    what = {"create": "the endpoint was not created; no endpoint state saved",
+            "update": f"endpoint {args.name} was not updated; endpoint state unchanged",
+            "regenerate-keys": f"the {args.key_type} key of endpoint {args.name} was not regenerated; "
+                               "endpoint state unchanged",
+            "delete": f"deleting endpoint {args.name} was interrupted; `visionsweep endpoint show {args.name}` "
+                      "says whether it is still there"}.get(args.action, f"endpoint {args.action} {args.name or ''}")
+    try:
+        return _endpoint(args)
+    except KeyboardInterrupt:
+        return _cancelled(what)
+
+
+def _endpoint(args) -> int:
     from serving import endpoints
     from serving.specs import load_endpoint, parse_traffic
 
@@ -115,36 +245,62 @@ def cmd_endpoint(args) -> int:
         if not args.file:
             raise VisionsweepError("endpoint create: --file endpoint.yml is required")
         spec = load_endpoint(args.file)
+        connect_cluster(serve=False)
         state = endpoints.create_endpoint(spec)
         host, port = http_address()
         _print({"name": spec.name, "scoring_uri": f"http://{host}:{port}/{spec.name}/score",
-                "auth_mode": spec.auth_mode, "primary_key": state["keys"]["primary"]})
+                "auth_mode": spec.auth_mode, **_keys(state["keys"])})
         return 0
     if not args.name:
         raise VisionsweepError(f"endpoint {action}: the endpoint NAME is required")
+    if action == "get-credentials":
+        connect_cluster(serve=False)
+        _print(_keys(endpoints.load_state(args.name)["keys"]))
+        return 0
+    connect_cluster()
     if action == "show":
-        _print(endpoints.show(args.name))
-    elif action == "get-credentials":
-        _print(endpoints.load_state(args.name)["keys"])
-    else:
-        connect_cluster()
-        if action == "update":
-            traffic = parse_traffic(args.traffic) if args.traffic else None
-            mirror = parse_traffic(args.mirror) if args.mirror is not None else None
-            if traffic is None and mirror is None:
-                raise VisionsweepError("endpoint update: give --traffic NAME=PCT,... and/or --mirror NAME=PCT")
-            state = endpoints.set_traffic(args.name, traffic, mirror)
-            _print({"traffic": state["traffic"], "mirror": state["mirror"]})
-        elif action == "regenerate-keys":
-            state = endpoints.regenerate_keys(args.name, args.key_type)
-            _print({args.key_type: state["keys"][args.key_type]})
-        elif action == "delete":
-            endpoints.delete_endpoint(args.name)
-            print(f"deleted endpoint {args.name}")
+        if args.json:
+            _print(endpoints.show(args.name))
+        else:
+            host, port = http_address()
+            _print(endpoints.summary(args.name, f"http://{host}:{port}/{args.name}/score"))
+    elif action == "update":
+        traffic = parse_traffic(args.traffic) if args.traffic else None
+        mirror = parse_traffic(args.mirror) if args.mirror is not None else None
+        if traffic is None and mirror is None:
+            raise VisionsweepError("endpoint update: give --traffic NAME=PCT,... and/or --mirror NAME=PCT")
+        state = endpoints.set_traffic(args.name, traffic, mirror, wait=not args.no_wait, timeout_s=_timeout(args))
+        _print({"traffic": state["traffic"], "mirror": state["mirror"]})
+    elif action == "regenerate-keys":
+        state = endpoints.regenerate_keys(args.name, args.key_type)
+        _print(_keys(state["keys"], (args.key_type,)))
+    elif action == "delete":
+        endpoints.delete_endpoint(args.name)
+        print(f"deleted endpoint {args.name}")
     return 0
 
 
 def cmd_deployment(args) -> int:
+    """``deployment`` actions; Ctrl-C says which change did not happen (see ``cmd_endpoint``)."""
+    target = f"deployment {args.name or '?'} of endpoint {args.endpoint or '?'}"
+    if args.action in ("create", "update") and args.file:
+        try:
+            from serving.specs import load_deployment
+
+            spec = load_deployment(args.file)
+            target = f"deployment {spec.name} of endpoint {spec.endpoint_name}"
+        except Exception:
+            pass  # reported by _deployment
+    what = {"create": f"{target} was not created; endpoint state unchanged",
+            "update": f"{target} was not updated; endpoint state unchanged",
+            "delete": f"{target} was not deleted; endpoint state unchanged"}.get(args.action, f"deployment {args.action}")
+    try:
+        return _deployment(args)
+    except KeyboardInterrupt:
+        return _cancelled(what)
+
+
+def _deployment(args) -> int:
     from serving import endpoints
     from serving.specs import load_deployment
 
@@ -153,24 +309,43 @@ def cmd_deployment(args) -> int:
             raise VisionsweepError(f"deployment {args.action}: --file deployment.yml is required")
         spec = load_deployment(args.file)
         connect_cluster()
-        state = endpoints.create_deployment(spec, update=args.action == "update")
-        _print({"endpoint": spec.endpoint_name, "deployment": spec.name, "traffic": state["traffic"]})
+        state = endpoints.create_deployment(spec, update=args.action == "update", wait=not args.no_wait,
+                                            timeout_s=_timeout(args))
+        out = {"endpoint": spec.endpoint_name, "deployment": spec.name, "traffic": state["traffic"]}
+        if args.no_wait:
+            out["progress"] = f"visionsweep deployment show {spec.endpoint_name} {spec.name}"
+        _print(out)
+        return 0
+    if not (args.endpoint and args.name):
+        raise VisionsweepError(f"deployment {args.action}: ENDPOINT and NAME are required")
+    connect_cluster()
+    if args.action == "show":
+        state = endpoints.load_state(args.endpoint)
+        if args.name not in state["deployments"]:
+            raise VisionsweepError(f"no deployment named {args.name!r} in {args.endpoint} (deployments: "
+                                   f"{', '.join(sorted(state['deployments'])) or 'none'})")
+        progress = endpoints.deployment_progress(state, args.name, endpoints._app_status(args.endpoint))
+        ready = ((endpoints.readiness(args.endpoint) or {}).get("deployments") or {}).get(args.name)
+        progress["ready"] = bool(ready and ready["ready"])
+        if ready and not ready["ready"]:
+            progress["reason"] = ready["reason"]
+        _print(progress)
     else:
-        if not (args.endpoint and args.name):
-            raise VisionsweepError("deployment delete: ENDPOINT and NAME are required")
-        connect_cluster()
-        endpoints.delete_deployment(args.endpoint, args.name)
+        endpoints.delete_deployment(args.endpoint, args.name, timeout_s=_timeout(args))
         print(f"deleted deployment {args.name} of {args.endpoint}")
     return 0
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("serve", help="serve one model package over HTTP until Ctrl-C")
+    s = sub.add_parser("serve", help="serve one model package over HTTP until Ctrl-C or SIGTERM")
     s.add_argument("package")
     s.add_argument("--host", default=DEFAULT_HOST)
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
     s.add_argument("--auth-mode", choices=("key", "none"), default="key")
     s.set_defaults(fn=cmd_serve)
+    wait_help = "return once Serve has accepted the change (follow it with `deployment show`)"
+    timeout_help = ("seconds to wait for the deployments to run before failing and rolling Serve back "
+                    "(default: $VISIONSWEEP_DEPLOY_TIMEOUT_S or 300)")
     e = sub.add_parser("endpoint", help="create, update (traffic), show, delete endpoints; manage keys")
     e.add_argument("action", choices=("create", "update", "show", "delete", "get-credentials", "regenerate-keys"))
     e.add_argument("name", nargs="?")
@@ -178,10 +353,15 @@ def add_parsers(sub) -> None:
     e.add_argument("--traffic", help="e.g. blue=90,green=10 (weights sum to at most 100)")
     e.add_argument("--mirror", help="e.g. green=10: copy 10 %% of requests to green, responses discarded")
     e.add_argument("--key-type", default="primary", choices=("primary", "secondary"))
+    e.add_argument("--no-wait", action="store_true", help=wait_help)
+    e.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
+    e.add_argument("--json", action="store_true", help="show: the stored state (without keys) as it is")
     e.set_defaults(fn=cmd_endpoint)
-    d = sub.add_parser("deployment", help="create, update or delete a deployment of an endpoint")
-    d.add_argument("action", choices=("create", "update", "delete"))
+    d = sub.add_parser("deployment", help="create, update, show (progress) or delete a deployment of an endpoint")
+    d.add_argument("action", choices=("create", "update", "show", "delete"))
     d.add_argument("endpoint", nargs="?")
     d.add_argument("name", nargs="?")
     d.add_argument("--file", "-f")
+    d.add_argument("--no-wait", action="store_true", help=wait_help)
+    d.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
     d.set_defaults(fn=cmd_deployment)

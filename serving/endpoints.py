@@ -1,62 +1,138 @@
 """Endpoints and their deployments: stored state, keys, traffic, and (re)deploying on Ray Serve.
 
-State lives in ``$VISIONSWEEP_HOME/endpoints/<name>.json`` (default ``~/.visionsweep``), written with
-owner-only permissions because it holds the endpoint's keys, the only place they are kept: the router is
-given salted digests of them (``serving.keys``). Every change is validated first, then
-stored, then applied with ``serve.run`` of the endpoint's application: traffic, mirror and key changes
-only reconfigure the running router; adding or removing a deployment rolls the router over while
-in-flight requests finish.
+State lives in the cluster, in Ray's internal key-value store (GCS, namespace ``visionsweep-endpoints``, one
+JSON value per endpoint), so every operator of a cluster (any ``$VISIONSWEEP_HOME``, the same
+``RAY_ADDRESS``) sees the same endpoints and keys; reading or changing it needs a Ray connection
+(``serving.cli.connect_cluster``). The store is readable by whoever can connect to the cluster as a
+driver (with token auth, Ray 2.60's default, only holders of its token), and the dashboard's REST API does
+not serve it, so it is where the keys are kept; the router is given only salted digests of them
+(``serving.keys``), because Serve's config is shown by the dashboard. A state file of an older visionsweep (``$VISIONSWEEP_HOME/endpoints/<name>.json``) is
+moved into the cluster the first time its endpoint is used.
+
+Every change is validated first, then submitted to Serve (``serve.run_many`` without Serve's own waits),
+then, unless the caller asked not to wait, waited for (progress on stderr, a time limit, the scheduling
+reason on failure), then stored. Traffic, mirror and key changes only reconfigure the running router;
+adding or removing a deployment rolls the router over while in-flight requests finish.
+
+State and Serve are kept in step by rolling Serve back: when the wait fails (time limit, failed deploy)
+or is interrupted (Ctrl-C, SIGTERM), the stored state, unchanged, is submitted to Serve again (or the
+application deleted when it had no deployment), so Serve returns to what the store says. With
+``wait=False`` the new state is stored as soon as Serve has accepted it; ``deployment show`` reports its
+progress.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import tempfile
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from serving.keys import key_check, new_key, new_salt
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
 from trainers.package.references import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
 
+NAMESPACE = "visionsweep-endpoints"
+DEFAULT_WAIT_S = 300.0
+PROGRESS_EVERY_S = 3.0
+
 
 def home() -> Path:
     return Path(os.environ.get("VISIONSWEEP_HOME", Path.home() / ".visionsweep"))
 
 
-def _path(name: str) -> Path:
+def default_timeout_s() -> float:
+    """How long a change waits for its deployments to run: ``$VISIONSWEEP_DEPLOY_TIMEOUT_S`` or 300 s."""
+    raw = os.environ.get("VISIONSWEEP_DEPLOY_TIMEOUT_S")
+    try:
+        return float(raw) if raw else DEFAULT_WAIT_S
+    except ValueError:
+        raise VisionsweepError(f"VISIONSWEEP_DEPLOY_TIMEOUT_S: expected seconds (a number), but got {raw!r}") from None
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+def _kv():
+    import ray
+    from ray.experimental import internal_kv
+
+    if not ray.is_initialized():
+        raise VisionsweepError("endpoint state is kept in the Ray cluster: connect to it first "
+                               "(serving.cli.connect_cluster, or ray.init)")
+    return internal_kv
+
+
+def _legacy_path(name: str) -> Path:
     return home() / "endpoints" / f"{name}.json"
 
 
-def load_state(name: str) -> dict[str, Any]:
-    p = _path(name)
+def _import_legacy(name: str) -> dict[str, Any] | None:
+    """An older visionsweep's local state file of ``name``, moved into the cluster (the file is renamed
+    ``<name>.json.imported`` so it is not imported twice)."""
+    p = _legacy_path(name)
     if not p.is_file():
-        raise VisionsweepError(f"no endpoint named {name!r} (create it with `visionsweep endpoint create`)")
-    return json.loads(p.read_text())
+        return None
+    state = json.loads(p.read_text())
+    if _kv()._internal_kv_put(name, json.dumps(state), overwrite=False, namespace=NAMESPACE):
+        return None  # the cluster has one already (another operator's): it wins
+    p.replace(p.with_name(p.name + ".imported"))
+    return state
 
 
-def save_state(state: dict[str, Any]) -> None:
-    p = _path(state["endpoint"]["name"])
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=2)
-    tmp.replace(p)
+def load_state(name: str) -> dict[str, Any]:
+    raw = _kv()._internal_kv_get(name, namespace=NAMESPACE)
+    if raw is None:
+        state = _import_legacy(name)
+        if state is None:
+            raise VisionsweepError(f"no endpoint named {name!r} in this Ray cluster "
+                                   "(create it with `visionsweep endpoint create`)")
+        return state
+    return json.loads(raw)
+
+
+def save_state(state: dict[str, Any], create: bool = False) -> None:
+    """Store the endpoint's state in the cluster; ``create``: only if no endpoint of that name exists."""
+    name = state["endpoint"]["name"]
+    existed = _kv()._internal_kv_put(name, json.dumps(state), overwrite=not create, namespace=NAMESPACE)
+    if create and existed:
+        raise VisionsweepError(f"endpoint {name!r} exists already (use `visionsweep endpoint update`)")
+
+
+def list_endpoints() -> list[str]:
+    return sorted(k.decode() for k in _kv()._internal_kv_list("", namespace=NAMESPACE))
+
+
+def _forget(name: str) -> None:
+    _kv()._internal_kv_del(name, namespace=NAMESPACE)
 
 
 def router_config(state: dict[str, Any]) -> dict[str, Any]:
     """The router's ``user_config``: shown by Ray's dashboard and Serve's REST API, so no key in it, only
-    digests under the endpoint's salt (made here for a state file written before there was one)."""
+    digests under the endpoint's salt (made here for a state written before there was one)."""
     salt = state.setdefault("key_salt", new_salt())
     return {"traffic": state["traffic"], "mirror": state["mirror"], "auth_mode": state["endpoint"]["auth_mode"],
             "key_check": key_check([state["keys"]["primary"], state["keys"]["secondary"]], salt)}
 
 
-def apply(state: dict[str, Any], blocking_wait_s: float = 300) -> None:
-    """Deploy (or update) the endpoint's Serve application from its state."""
+# --- Serve ----------------------------------------------------------------------------------------
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _name(x: Any) -> str:
+    """An enum of Serve's status (or its name) as its plain name: ``RUNNING``, ``HEALTHY`` ..."""
+    return str(getattr(x, "value", x))
+
+
+def _submit(state: dict[str, Any]) -> None:
+    """Hand the endpoint's application to Serve and return: ``serve.run`` (even with ``blocking=False``)
+    waits inside Ray until the application runs, with no limit, which is why a deployment that cannot be
+    scheduled used to hang; ``run_many`` with both of its waits off only submits."""
     from ray import serve
 
     from serving.app import build_app
@@ -64,45 +140,146 @@ def apply(state: dict[str, Any], blocking_wait_s: float = 300) -> None:
     name = state["endpoint"]["name"]
     if not state["deployments"]:
         try:
-            serve.delete(name)
+            serve.delete(name, _blocking=False)
         except Exception:
             pass
         return
     app = build_app(name, state["deployments"], router_config(state))
-    serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-    _wait_running(name, blocking_wait_s)
+    serve.run_many([serve.RunTarget(target=app, name=name, route_prefix=f"/{name}")],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
 
-def _wait_running(name: str, timeout_s: float) -> None:
-    import time
+def apply(state: dict[str, Any], previous: dict[str, Any] | None = None, wait: bool = True,
+          timeout_s: float | None = None, progress: Callable[[str], None] | None = None) -> None:
+    """Deploy (or update) the endpoint's Serve application from ``state``.
 
+    ``wait``: until every deployment runs its target replicas (progress lines to ``progress``, stderr by
+    default, every few seconds), at most ``timeout_s`` (default ``default_timeout_s()``). When the wait fails
+    or is interrupted, Serve is rolled back to ``previous`` (the stored state, which the caller has not
+    changed yet; ``None``: the endpoint had no application) and the error raised again: the store is never
+    ahead of or behind Serve because of a failed change."""
+    _submit(state)
+    if not wait or not state["deployments"]:
+        return
+    try:
+        _wait_running(state, default_timeout_s() if timeout_s is None else timeout_s, progress or _stderr)
+    except VisionsweepError as e:
+        _roll_back(state["endpoint"]["name"], previous)
+        raise VisionsweepError(f"{e}. Serve was rolled back to the endpoint's saved state") from None
+    except BaseException:  # Ctrl-C, SIGTERM: the command's caller says what was cancelled
+        _roll_back(state["endpoint"]["name"], previous)
+        raise
+
+
+def _roll_back(name: str, previous: dict[str, Any] | None) -> None:
+    try:
+        _submit(previous or {"endpoint": {"name": name}, "deployments": {}})
+    except Exception as e:  # the original error matters more; say that Serve may differ from the store
+        _stderr(f"warning: could not roll Serve back for endpoint {name} ({type(e).__name__}: {e}); "
+                f"`visionsweep endpoint show {name}` shows what runs")
+
+
+def _target_replicas(d: dict[str, Any]) -> int:
+    scale = d["scale_settings"]
+    return scale["min_instances"] if scale["type"] == "target_utilization" else d["instance_count"]
+
+
+def _app_status(name: str):
     from ray import serve
 
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        st = serve.status().applications.get(name)
-        if st is not None and str(st.status).endswith("RUNNING"):
+    return serve.status().applications.get(name)
+
+
+def deployment_progress(state: dict[str, Any], deployment: str, app: Any = None) -> dict[str, Any]:
+    """Serve's view of one deployment: its status, replicas running / target, and Serve's message."""
+    name = state["endpoint"]["name"]
+    d = state["deployments"][deployment]
+    st = app.deployments.get(f"{name}-{deployment}") if app is not None else None
+    running = sum(n for s, n in (st.replica_states or {}).items() if _name(s) == "RUNNING") if st else 0
+    return {"endpoint": name, "deployment": deployment, "status": _name(st.status) if st else "NOT_DEPLOYED",
+            "replicas_running": running, "replicas_target": _target_replicas(d),
+            "message": (st.message if st else "") or "", "cpus_per_instance": d.get("cpus_per_instance"),
+            "traffic": state["traffic"].get(deployment, 0)}
+
+
+def _all_running(state: dict[str, Any], app: Any) -> bool:
+    if app is None or _name(app.status) != "RUNNING":
+        return False
+    return all(p["status"] == "HEALTHY" and p["replicas_running"] >= p["replicas_target"]
+               for p in (deployment_progress(state, n, app) for n in state["deployments"]))
+
+
+def _resource_hint(state: dict[str, Any], waiting: list[str]) -> str:
+    """Why replicas of ``waiting`` may not be scheduled: what each asks for against what the cluster has free."""
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    hints = []
+    for n in waiting:
+        d = state["deployments"][n]
+        cpus, gpus = float(d.get("cpus_per_instance", 1.0)), float(d.get("num_gpus", 0.0))
+        if cpus > free.get("CPU", 0) + 1e-9:
+            hints.append(f"each replica of {n} asks for {cpus:g} CPU (cpus_per_instance) and the cluster has "
+                         f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPU free: lower cpus_per_instance in "
+                         "the deployment YAML (or instance_count), or free or add CPUs")
+        if gpus > free.get("GPU", 0) + 1e-9:
+            hints.append(f"each replica of {n} asks for {gpus:g} GPU (instance_type: "
+                         f"{d.get('instance_type')}) and the cluster has {free.get('GPU', 0):g} GPU free: use a "
+                         "cpu instance_type or add GPUs")
+    return "; ".join(hints)
+
+
+def _progress_line(state: dict[str, Any], app: Any) -> str:
+    parts = []
+    for n in state["deployments"]:
+        p = deployment_progress(state, n, app)
+        msg = f" - {p['message']}" if p["message"] else ""
+        parts.append(f"{n}: {p['replicas_running']}/{p['replicas_target']} replicas running ({p['status']}{msg})")
+    return f"endpoint {state['endpoint']['name']}: " + "; ".join(parts)
+
+
+def _wait_running(state: dict[str, Any], timeout_s: float, progress: Callable[[str], None]) -> None:
+    name = state["endpoint"]["name"]
+    t0 = time.monotonic()
+    printed = None
+    while True:
+        app = _app_status(name)
+        if _all_running(state, app):
             return
-        if st is not None and str(st.status).endswith("DEPLOY_FAILED"):
-            raise VisionsweepError(f"endpoint {name}: deployment failed: {st.message}")
-        time.sleep(0.5)
-    raise VisionsweepError(f"endpoint {name}: not running after {timeout_s:.0f}s")
+        if app is not None and _name(app.status) == "DEPLOY_FAILED":
+            raise VisionsweepError(f"endpoint {name}: Serve could not deploy it: {app.message}")
+        now = time.monotonic()
+        waiting = [n for n in state["deployments"]
+                   if (p := deployment_progress(state, n, app))["replicas_running"] < p["replicas_target"]]
+        if now - t0 >= timeout_s:
+            hint = _resource_hint(state, waiting) or ("raise the limit (--timeout SECONDS or "
+                                                      "VISIONSWEEP_DEPLOY_TIMEOUT_S) if the model is slow to load")
+            raise VisionsweepError(f"endpoint {name}: not running after {timeout_s:g} s, the limit "
+                                   f"(--timeout / VISIONSWEEP_DEPLOY_TIMEOUT_S): {_progress_line(state, app)}. {hint}")
+        if now - (printed or t0) >= PROGRESS_EVERY_S:  # nothing for a quick change
+            hint = _resource_hint(state, waiting) if now - t0 >= PROGRESS_EVERY_S else ""
+            progress(_progress_line(state, app) + (f" [waiting for resources: {hint}]" if hint else ""))
+            printed = now
+        time.sleep(0.25)
 
 
 # --- operations -----------------------------------------------------------------------------------
 
 def create_endpoint(spec: EndpointSpec) -> dict[str, Any]:
-    if _path(spec.name).is_file():
-        raise VisionsweepError(f"endpoint {spec.name!r} exists already (use `visionsweep endpoint update`)")
     state = {"endpoint": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
              "keys": {"primary": new_key(), "secondary": new_key()}, "key_salt": new_salt(),
              "deployments": {}, "traffic": {}, "mirror": {}}
-    save_state(state)
+    if _legacy_path(spec.name).is_file():
+        raise VisionsweepError(f"endpoint {spec.name!r} exists already in {_legacy_path(spec.name)} "
+                               "(use `visionsweep endpoint update`)")
+    save_state(state, create=True)
     return state
 
 
-def create_deployment(spec: DeploymentSpec, update: bool = False) -> dict[str, Any]:
-    state = load_state(spec.endpoint_name)
+def create_deployment(spec: DeploymentSpec, update: bool = False, wait: bool = True,
+                      timeout_s: float | None = None) -> dict[str, Any]:
+    saved = load_state(spec.endpoint_name)
+    state = copy.deepcopy(saved)
     exists = spec.name in state["deployments"]
     if exists and not update:
         raise VisionsweepError(f"deployment {spec.name!r} exists already in {spec.endpoint_name} "
@@ -120,19 +297,22 @@ def create_deployment(spec: DeploymentSpec, update: bool = False) -> dict[str, A
                                    "MLFLOW_TRACKING_URI or model_registry_uri to the MLflow registry holding it")
         d["model_registry_uri"], d["model_reference"] = registry, spec.model
         d["model"] = pin_registered(spec.model, registry)
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="visionsweep-pkg-") as tmp:
             if not (fetch_registered(d["model"], tmp, registry) / "model.json").is_file():
                 raise VisionsweepError(f"deployment {spec.name}: {spec.model} ({d['model']}) is registered, but its "
                                        "files are not a model package (no model.json)")
     state["deployments"][spec.name] = d
     state["traffic"].setdefault(spec.name, 0)  # a new deployment starts at 0 % (§9.3)
-    apply(state)
+    apply(state, saved, wait, timeout_s)
     save_state(state)
     return state
 
 
-def delete_deployment(endpoint: str, name: str) -> dict[str, Any]:
-    state = load_state(endpoint)
+def delete_deployment(endpoint: str, name: str, wait: bool = True, timeout_s: float | None = None) -> dict[str, Any]:
+    saved = load_state(endpoint)
+    state = copy.deepcopy(saved)
     if name not in state["deployments"]:
         raise VisionsweepError(f"no deployment named {name!r} in {endpoint}")
     if state["traffic"].get(name, 0) > 0:
@@ -141,14 +321,15 @@ def delete_deployment(endpoint: str, name: str) -> dict[str, Any]:
     del state["deployments"][name]
     state["traffic"].pop(name, None)
     state["mirror"].pop(name, None)
-    apply(state)
+    apply(state, saved, wait, timeout_s)
     save_state(state)
     return state
 
 
-def set_traffic(endpoint: str, traffic: dict[str, int] | None = None,
-                mirror: dict[str, int] | None = None) -> dict[str, Any]:
-    state = load_state(endpoint)
+def set_traffic(endpoint: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None,
+                wait: bool = True, timeout_s: float | None = None) -> dict[str, Any]:
+    saved = load_state(endpoint)
+    state = copy.deepcopy(saved)
     names = set(state["deployments"])
     if traffic is not None:
         state["traffic"] = {**{n: 0 for n in names}, **check_traffic(traffic, names)}
@@ -158,7 +339,7 @@ def set_traffic(endpoint: str, traffic: dict[str, int] | None = None,
             if p and state["traffic"].get(n, 0) > 0:
                 raise SpecError(f"mirror: {n} receives live traffic; mirror traffic goes to a deployment at 0 %")
         state["mirror"] = {n: p for n, p in mirror.items() if p}
-    apply(state)
+    apply(state, saved, wait, timeout_s)
     save_state(state)
     return state
 
@@ -166,9 +347,10 @@ def set_traffic(endpoint: str, traffic: dict[str, int] | None = None,
 def regenerate_keys(endpoint: str, which: str = "primary") -> dict[str, Any]:
     if which not in ("primary", "secondary"):
         raise SpecError(f"--key-type: expected primary or secondary, but got {which!r}")
-    state = load_state(endpoint)
+    saved = load_state(endpoint)
+    state = copy.deepcopy(saved)
     state["keys"][which] = new_key()
-    apply(state)
+    apply(state, saved)
     save_state(state)
     return state
 
@@ -176,14 +358,45 @@ def regenerate_keys(endpoint: str, which: str = "primary") -> dict[str, Any]:
 def delete_endpoint(endpoint: str) -> None:
     from ray import serve
 
-    load_state(endpoint)
+    state = load_state(endpoint)
     try:
-        serve.delete(endpoint)
+        # With no deployment stored, the application is gone or going already (a rollback, the last
+        # `deployment delete`): nothing to wait for (Serve waits graceful_shutdown_timeout_s, 20 s, for a
+        # replica that never started)
+        serve.delete(endpoint, _blocking=bool(state["deployments"]))
     finally:
-        _path(endpoint).unlink(missing_ok=True)
+        _forget(endpoint)
 
 
 def show(endpoint: str) -> dict[str, Any]:
-    """The endpoint without its keys (nor their salt)."""
+    """The endpoint's stored state without its keys (nor their salt)."""
     state = load_state(endpoint)
     return {k: v for k, v in state.items() if k not in ("keys", "key_salt")}
+
+
+def readiness(endpoint: str, timeout_s: float = 10) -> dict[str, Any] | None:
+    """The router's readiness of each deployment (its probes, §9.3), or None when the router does not answer."""
+    from ray import serve
+
+    try:
+        handle = serve.get_deployment_handle(f"{endpoint}-router", app_name=endpoint)
+        return handle.readiness.remote().result(timeout_s=timeout_s)
+    except Exception:
+        return None
+
+
+def summary(endpoint: str, scoring_uri: str) -> dict[str, Any]:
+    """What ``endpoint show`` prints: the endpoint, each deployment's progress and readiness, traffic, mirror."""
+    state = load_state(endpoint)
+    app = _app_status(endpoint) if state["deployments"] else None
+    ready = (readiness(endpoint) or {}).get("deployments", {}) if app is not None else {}
+    deployments = {}
+    for n in state["deployments"]:
+        p = deployment_progress(state, n, app)
+        r = ready.get(n)
+        deployments[n] = {"status": p["status"], "replicas": f"{p['replicas_running']}/{p['replicas_target']}",
+                          "ready": r["ready"] if r else False,
+                          **({"reason": r["reason"]} if r and not r["ready"] else {}),
+                          **({"message": p["message"]} if p["message"] and p["status"] != "HEALTHY" else {})}
+    return {"name": endpoint, "scoring_uri": scoring_uri, "auth_mode": state["endpoint"]["auth_mode"],
+            "deployments": deployments, "traffic": state["traffic"], "mirror": state["mirror"]}

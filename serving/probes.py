@@ -1,9 +1,18 @@
 """Readiness as the managed service's probes define it (SPEC §9.3), as a small state machine.
 
-A deployment is not ready before ``initial_delay`` (milliseconds) has passed since it started; after
-that it becomes ready after ``success_threshold`` consecutive successful checks and stops being ready
+A deployment is not ready before ``initial_delay`` (milliseconds) has passed since its replica started;
+after that it becomes ready after ``success_threshold`` consecutive successful checks and stops being ready
 after ``failure_threshold`` consecutive failures. A check slower than ``timeout`` seconds is a failure.
 Checks are made at most every ``period`` seconds; in between, the last answer holds.
+
+The replica's start is the one its checks report (``uptime_s``), not the router's: an endpoint's router is
+replaced whenever a deployment is added or removed, and its new probes must not hold every deployment that
+has long been running out of traffic for another ``initial_delay``. Until a check has reported it, the
+start is unknown and a check is due at once; a check made within the delay counts for nothing.
+
+Liveness is Serve's replica health check: ``period`` and ``timeout`` map to ``health_check_period_s`` /
+``health_check_timeout_s``; Serve restarts a replica after its own fixed 3 failed checks in a row and checks
+a replica only once it has started (``serving.app``).
 """
 
 from __future__ import annotations
@@ -18,21 +27,30 @@ class ProbeState:
         self.failure_threshold, self.success_threshold = failure_threshold, success_threshold
         self.timeout, self.period, self.initial_delay_s = timeout, period, initial_delay / 1000.0
         self.clock = clock
-        self.started = clock()
+        self.started: float | None = None  # the replica's start on our clock, once a check has reported it
         self.ready = False
         self._successes = self._failures = 0
         self._last_check: float | None = None
         self.reason = "starting"
 
+    def _delayed(self, now: float) -> bool:
+        return self.started is not None and now - self.started < self.initial_delay_s
+
     def due(self) -> bool:
         now = self.clock()
-        if now - self.started < self.initial_delay_s:
+        if self._delayed(now):
             return False
         return self._last_check is None or now - self._last_check >= self.period
 
-    def record(self, ok: bool, elapsed_s: float = 0.0, reason: str = "") -> bool:
-        """Record one check's outcome; returns the readiness after it."""
-        self._last_check = self.clock()
+    def record(self, ok: bool, elapsed_s: float = 0.0, reason: str = "", uptime_s: float | None = None) -> bool:
+        """Record one check's outcome (``uptime_s``: how long the replica that answered has been up); returns
+        the readiness after it."""
+        now = self._last_check = self.clock()
+        if uptime_s is not None:
+            self.started = now - uptime_s
+        if self._delayed(now):  # within initial_delay: not ready, and the check does not count
+            self.ready, self.reason, self._successes, self._failures = False, "starting", 0, 0
+            return self.ready
         ok = ok and elapsed_s <= self.timeout
         if ok:
             self._successes, self._failures = self._successes + 1, 0

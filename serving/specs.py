@@ -16,6 +16,7 @@ Deployment::
     scale_settings: {type: target_utilization, min_instances: 1, max_instances: 4, target_ongoing_requests: 4}
     batching: {max_batch_size: 8, batch_wait_timeout_s: 0.01}     # visionsweep's own
     inference_settings: {validation_crop_size: 224}              # overrides the package's settings.json
+    cpus_per_instance: 0.5    # CPU cores reserved per replica (Ray's CPU unit; fractions allowed), visionsweep's own
 
 Traffic: a new deployment starts at 0 %; weights are integers 0..100 whose sum is at most 100.
 """
@@ -58,6 +59,7 @@ class Probe(BaseModel):
 
 
 MAX_REQUEST_TIMEOUT_MS = 180000
+DEFAULT_CPUS_PER_INSTANCE = 0.5
 
 
 class RequestSettings(BaseModel):
@@ -97,7 +99,10 @@ class DeploymentSpec(BaseModel):
     scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
     batching: Batching = Field(default_factory=Batching)
     inference_settings: dict[str, Any] = Field(default_factory=dict)
-    cpus_per_instance: float = Field(1.0, gt=0)
+    # CPU cores Ray reserves for each replica (fractions allowed). 0.5 lets two deployments (blue and green)
+    # and the endpoint's router (0.1) fit a 2-core `ray start --head` with room to spare; a replica uses
+    # max(1, round(cpus_per_instance)) torch threads.
+    cpus_per_instance: float = Field(DEFAULT_CPUS_PER_INSTANCE, gt=0)
     description: Optional[str] = None
     tags: dict[str, Any] = Field(default_factory=dict)
 

@@ -75,9 +75,9 @@ def _free_cluster(request):
     yield
     if "serve_url" not in request.fixturenames:
         return
-    for f in (endpoints.home() / "endpoints").glob("*.json"):
-        if f.stem != "ep-xai":  # shared by the parametrised explanation tests
-            endpoints.delete_endpoint(f.stem)
+    for name in endpoints.list_endpoints():
+        if name != "ep-xai":  # shared by the parametrised explanation tests
+            endpoints.delete_endpoint(name)
 
 
 def answer(raw: bytes):
@@ -427,7 +427,7 @@ def test_response_bodies_of_all_four_tasks(serve_url, package, trained_box_packa
 
 def xai_endpoint(package) -> str:
     """The explanation tests' shared endpoint ``ep-xai`` (one deployment at 100 %) -> its key."""
-    if "ep-xai" not in {p.stem for p in (endpoints.home() / "endpoints").glob("*.json")}:
+    if "ep-xai" not in endpoints.list_endpoints():
         make_endpoint("ep-xai", package, deployments=("blue",))
         endpoints.set_traffic("ep-xai", {"blue": 100})
     return endpoints.load_state("ep-xai")["keys"]["primary"]
@@ -536,3 +536,220 @@ def test_images_over_the_pixel_cap_are_refused_before_they_are_decoded():
     with pytest.raises(BadImage, match=f"8000 x 8000 = 64000000 pixels; at most {MAX_IMAGE_PIXELS}"):
         decode_image(png_bomb(8000), "image")
     assert decode_image(IMAGE).size == (28, 28)
+
+
+# --- the CLI against a running cluster (issue 19) --------------------------------------------------
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``visionsweep ARGV`` in this process (its Ray connection is the test cluster) -> (rc, stdout, stderr)."""
+    from scheduler.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def operator_env(home: Path, auth: bool = True, **extra: str) -> dict[str, str]:
+    """Another operator's environment: its own VISIONSWEEP_HOME, the test cluster's address and (``auth``) its
+    token, as README's serving section says (RAY_AUTH_MODE=token; the token file of a local cluster is
+    ~/.ray/auth_token), nothing else of ours."""
+    import os
+
+    import ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
+    if auth:
+        env.update({k: v for k, v in os.environ.items() if k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")})
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            env["RAY_AUTH_MODE"] = "token"
+    return {**env, "VISIONSWEEP_HOME": str(home), "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def visionsweep_bin() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / "visionsweep")
+
+
+def deployment_yml(tmp_path: Path, endpoint: str, name: str, model: str, **fields) -> Path:
+    import yaml
+
+    f = tmp_path / f"{endpoint}-{name}.yml"
+    f.write_text(yaml.safe_dump({"name": name, "endpoint_name": endpoint, "model": model, "cpus_per_instance": 0.25,
+                                 "readiness_probe": FAST, "batching": {"max_batch_size": 4}, **fields}))
+    return f
+
+
+def rolled_back(endpoint: str) -> bool:
+    """Serve is deleting (or has deleted) the application of an endpoint whose first deployment never ran.
+    (Its end takes Serve's graceful_shutdown_timeout_s, 20 s, for a replica that never started: not waited for.)"""
+    from ray import serve
+
+    app = serve.status().applications.get(endpoint)
+    return app is None or str(getattr(app.status, "value", app.status)) == "DELETING"
+
+
+@pytest.fixture
+def serve_port(serve_url, monkeypatch):
+    """The CLI's endpoint commands join the test's Serve (VISIONSWEEP_SERVE_PORT)."""
+    monkeypatch.setenv("VISIONSWEEP_SERVE_PORT", serve_url.rsplit(":", 1)[1])
+    return serve_url
+
+
+def test_two_operators_see_one_endpoint_and_the_same_keys(serve_port, tmp_path, capsys):
+    """Endpoint state lives in the cluster, not in one operator's $VISIONSWEEP_HOME: a second operator (another
+    home, another process, the same RAY_ADDRESS) sees the endpoint and gets the same keys, under the same names
+    as ``endpoint create`` prints them; ``endpoint show`` is a short summary without keys."""
+    import subprocess
+
+    (tmp_path / "ep.yml").write_text("name: ep-shared\nauth_mode: key\n")
+    rc, out, err = cli(capsys, "endpoint", "create", "-f", str(tmp_path / "ep.yml"))
+    assert rc == 0, err
+    created = json.loads(out)
+    assert created["scoring_uri"] == f"{serve_port}/ep-shared/score" and created["auth_mode"] == "key"
+    code = ("import sys; from scheduler.cli import main; "
+            "sys.exit(main(['endpoint', 'get-credentials', 'ep-shared']) or main(['endpoint', 'show', 'ep-shared']))")
+    import sys
+
+    env = operator_env(tmp_path / "other-home", VISIONSWEEP_SERVE_PORT=serve_port.rsplit(":", 1)[1])
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    decoder = json.JSONDecoder()
+    creds, end = decoder.raw_decode(r.stdout)
+    shown = json.loads(r.stdout[end:])
+    assert creds == {"primary_key": created["primary_key"], "secondary_key": created["secondary_key"]}
+    assert shown == {"name": "ep-shared", "scoring_uri": f"{serve_port}/ep-shared/score", "auth_mode": "key",
+                     "deployments": {}, "traffic": {}, "mirror": {}}
+    assert not (tmp_path / "other-home" / "endpoints").exists()  # nothing kept in the other operator's home
+    for k in creds.values():  # keys only where asked for: not in show, not on stderr
+        assert k not in r.stdout[end:] and k not in r.stderr
+    assert "Connecting to existing Serve app" not in r.stderr  # Serve's INFO noise stays off the terminal
+
+
+def test_deployment_create_no_wait_returns_before_running_and_show_follows_it(serve_port, package, tmp_path, capsys):
+    """``--no-wait`` returns once Serve has accepted the deployment (state saved); ``deployment show`` then
+    reports Serve's progress until the replica runs, and the router's readiness."""
+    endpoints.create_endpoint(EndpointSpec(name="ep-nowait"))
+    yml = deployment_yml(tmp_path, "ep-nowait", "blue", str(package))
+    rc, out, err = cli(capsys, "deployment", "create", "-f", str(yml), "--no-wait")
+    assert rc == 0, err
+    assert json.loads(out)["traffic"] == {"blue": 0}
+    assert "blue" in endpoints.load_state("ep-nowait")["deployments"]
+
+    def show():
+        rc, out, err = cli(capsys, "deployment", "show", "ep-nowait", "blue")
+        assert rc == 0, err
+        return json.loads(out)
+
+    first = show()  # the replica loads a model: it cannot be running yet
+    assert first["replicas_target"] == 1 and first["replicas_running"] == 0, first
+    assert first["status"] in ("NOT_DEPLOYED", "UPDATING"), first
+    done = wait_for(lambda: (s := show())["status"] == "HEALTHY" and s["ready"] and s, "blue to run and be ready", 120)
+    assert done["replicas_running"] == 1 and done["cpus_per_instance"] == 0.25
+    rc, out, _ = cli(capsys, "endpoint", "show", "ep-nowait")
+    assert json.loads(out)["deployments"] == {"blue": {"status": "HEALTHY", "replicas": "1/1", "ready": True}}
+
+
+def test_an_unschedulable_deployment_fails_in_time_and_names_cpus_per_instance(serve_port, package, tmp_path, capsys):
+    """A replica asking for more CPUs than the cluster has never starts; the command must not hang silently:
+    progress on stderr, then a failure within --timeout that names the field to change, Serve rolled back and
+    the stored state unchanged."""
+    endpoints.create_endpoint(EndpointSpec(name="ep-big"))
+    yml = deployment_yml(tmp_path, "ep-big", "huge", str(package), cpus_per_instance=64)
+    t0 = time.monotonic()
+    rc, out, err = cli(capsys, "deployment", "create", "-f", str(yml), "--timeout", "4")
+    elapsed = time.monotonic() - t0
+    assert rc == 2 and out == "", (rc, out, err)
+    assert "huge: 0/1 replicas running" in err  # a progress line came first
+    assert "not running after 4 s" in err and "asks for 64 CPU (cpus_per_instance)" in err, err
+    assert "lower cpus_per_instance in the deployment YAML" in err and "rolled back" in err
+    assert elapsed < 4 + 30, elapsed  # the limit holds (with room for a loaded machine)
+    assert endpoints.load_state("ep-big")["deployments"] == {}
+    wait_for(lambda: rolled_back("ep-big"), "Serve to delete the rolled-back application")
+
+
+def test_ctrl_c_during_deployment_create_says_what_was_not_done(serve_port, package, tmp_path):
+    """Ctrl-C while a deployment is waited for: its own message (not the sweep's), rc 130, Serve rolled back
+    and the stored state unchanged, as the message says."""
+    import signal
+    import subprocess
+
+    endpoints.create_endpoint(EndpointSpec(name="ep-cancel"))
+    yml = deployment_yml(tmp_path, "ep-cancel", "green", str(package), cpus_per_instance=64)
+    p = subprocess.Popen([visionsweep_bin(), "deployment", "create", "-f", str(yml), "--timeout", "120"],
+                         env=operator_env(tmp_path / "home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in p.stderr:  # wait for the first progress line: the command is waiting for Serve
+            lines.append(line)
+            if "replicas running" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    err = "".join(lines) + err
+    assert p.returncode == 130, (p.returncode, err[-2000:])
+    assert ("cancelled: deployment green of endpoint ep-cancel was not created; endpoint state unchanged" in err
+            and "finished trials" not in err), err[-2000:]
+    assert endpoints.load_state("ep-cancel")["deployments"] == {}
+    wait_for(lambda: rolled_back("ep-cancel"), "Serve to delete the rolled-back application")
+
+
+def test_a_token_auth_cluster_without_the_token_is_an_authentication_error(ray_session, tmp_path):
+    """Ray retries an unauthenticated connection for 20 s and then says only that it cannot connect; the
+    command says at once that it is an authentication problem and how to fix it."""
+    import subprocess
+
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        pytest.skip("the test cluster does not use token authentication")
+    (tmp_path / "home").mkdir()
+    env = operator_env(tmp_path / "vs", auth=False, HOME=str(tmp_path / "home"))  # no ~/.ray/auth_token there
+    t0 = time.monotonic()
+    r = subprocess.run([visionsweep_bin(), "endpoint", "get-credentials", "any"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "an authentication problem" in r.stderr and "RAY_AUTH_MODE=token" in r.stderr, \
+        r.stderr[-2000:]
+    assert time.monotonic() - t0 < 18, "it waited for Ray's connection retries"
+
+
+def test_serve_stops_cleanly_on_sigterm(package, tmp_path):
+    """``visionsweep serve`` under SIGTERM (a service manager, ``kill``) shuts Serve and Ray down as Ctrl-C does:
+    rc 0, "stopped" on stderr, nothing of Ray's shutdown on stdout, no Ray process of its own left."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
+    # its own embedded Ray: a temp dir of its own, so it finds no other cluster to join (short: socket paths)
+    ray_tmp = tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp")
+    env.update(VISIONSWEEP_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([visionsweep_bin(), "serve", str(package), "--port", str(free_port())], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        url = next(ln.split(" at ")[1].strip() for ln in lines if ln.startswith("serving "))
+        assert get(url.replace("/score", "/health/live"))[0] == 200
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, (p.returncode, err[-3000:])
+    assert err.rstrip().endswith("stopped") and "SIGTERM received" not in err, err[-3000:]
+    assert out == "" and "graceful_shutdown" not in out, out  # stdout: only what was printed before the signal
+    def gone():  # Ray's daemons and workers run in the server's session; they end with it
+        return not subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+
+    wait_for(gone, "the stopped server's Ray processes to end", 30)
+    shutil.rmtree(ray_tmp, ignore_errors=True)

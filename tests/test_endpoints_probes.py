@@ -1,0 +1,66 @@
+"""Readiness probes as SPEC §9.3 defines them: ``initial_delay`` (milliseconds), ``success_threshold`` and
+``failure_threshold`` consecutive checks, ``period`` between checks, ``timeout`` per check (pure logic, a fake
+clock: the router's ``serving.probes.ProbeState``)."""
+
+from __future__ import annotations
+
+from serving.probes import ProbeState
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_initial_delay_is_in_milliseconds_from_the_replicas_start():
+    """The first check learns how long the replica has been up; checks within ``initial_delay`` (ms) do not
+    count, and none is made until it has passed."""
+    clock = Clock()
+    p = ProbeState(initial_delay=2000, period=1, clock=clock)
+    assert p.due()  # the replica's start is not known yet: ask it
+    assert p.record(True, uptime_s=0.5) is False and p.reason == "starting"
+    clock.t += 1.499
+    assert not p.due()
+    clock.t += 0.001
+    assert p.due() and p.record(True, uptime_s=2.0) is True
+
+
+def test_a_new_router_does_not_delay_a_deployment_that_runs_already():
+    """Adding a deployment replaces the endpoint's router; its probes must not take the running deployments
+    out of traffic for another ``initial_delay``."""
+    p = ProbeState(initial_delay=2000, period=10, clock=Clock())
+    assert p.record(True, uptime_s=600) is True
+
+
+def test_ready_after_success_threshold_consecutive_successes():
+    clock = Clock()
+    p = ProbeState(success_threshold=3, failure_threshold=2, period=1, clock=clock)
+    assert [p.record(ok) for ok in (True, True, False, True, True)] == [False] * 5  # the failure restarts the count
+    assert p.record(True) is True and p.reason == "ready"
+
+
+def test_not_ready_only_after_failure_threshold_consecutive_failures():
+    clock = Clock()
+    p = ProbeState(success_threshold=1, failure_threshold=3, period=1, timeout=2, clock=clock)
+    assert p.record(True)
+    assert p.record(False) and p.record(False)  # two failures: still ready
+    assert p.record(True)  # a success resets the count
+    assert p.record(False) and p.record(True, elapsed_s=5) is True  # a check over the timeout is a failure ...
+    assert p.record(False) is False and p.reason == "check failed"  # ... the third in a row
+    # before its first success, a failing deployment is simply not ready (no threshold to wait for)
+    q = ProbeState(failure_threshold=10, clock=clock)
+    assert q.record(False) is False
+
+
+def test_checks_are_made_at_most_every_period():
+    clock = Clock()
+    p = ProbeState(period=10, clock=clock)
+    assert p.due()
+    p.record(True)
+    clock.t += 9.9
+    assert not p.due()
+    clock.t += 0.1
+    assert p.due()
