@@ -17,7 +17,10 @@ TOOLS  ?= .test-tools
 AZURITE_VERSION ?= 3.35.0
 AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
 
-.PHONY: setup openmmlab demo test bench clean
+# Debian's Chromium renders the sweep report in the tests (a real browser: every figure drawn, no script error).
+BROWSER_MSG := "chromium not found: the report's browser test needs Debian's chromium (apt-get install chromium); it skips"
+
+.PHONY: setup openmmlab browser demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,12 +45,20 @@ $(OPENMMLAB): $(STAMP) cluster/install_openmmlab.py
 
 openmmlab: $(OPENMMLAB)
 
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	  echo $(BROWSER_MSG); \
+	else echo $(BROWSER_MSG); fi
+
 setup: $(STAMP) $(AZURITE) $(MOBILENET)
 
 demo: setup
 	$(VENV)/bin/visionsweep demo
 
-test: setup $(OPENMMLAB)
+test: setup $(OPENMMLAB) browser
 	$(PY) -m pytest -q tests
 
 bench: setup

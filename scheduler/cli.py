@@ -161,6 +161,8 @@ def _predict(args) -> int:
 
         sizes = [Image.open(io.BytesIO(b)).size for b in images]
         out = to_coco_results(out, args.images, sizes, predictor.labels, gt=args.coco_gt)
+    else:  # each response names its image first (§15's objects otherwise as the endpoint returns them)
+        out = [{"filename": name, **r} for name, r in zip(args.images, out)]
     text = json.dumps(out, indent=None if args.compact else 2)
     if args.output:
         if is_remote(args.output):
@@ -333,8 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {REDACTION.redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cancelled; finished trials are kept in the run folder", file=sys.stderr)
+        print(_CANCELLED.get(args.command, f"cancelled: {args.command} did not finish"), file=sys.stderr)
         return 130
+
+
+# What Ctrl-C leaves behind, per command (the serving commands say it themselves: serving.cli)
+_CANCELLED = {
+    "run": "cancelled; finished trials are kept in the run folder (`visionsweep resume RUN` goes on)",
+    "resume": "cancelled; finished trials are kept in the run folder (`visionsweep resume RUN` goes on)",
+    "predict": "cancelled: no predictions were printed or written",
+    "export": "cancelled: the export was not written",
+    "report": "cancelled: report.html is as it was (it is replaced whole, never half-written)",
+    "convert": "cancelled: the output folder may hold part of the conversion; run it again",
+    "demo": "cancelled; the demo's finished sweeps are kept in their run folders",
+}
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def test_predict_draw_writes_one_png_per_image_and_keeps_stdout_json(tmp_path, c
     assert code == 0, r.err
     responses = json.loads(r.out)  # stdout is the JSON alone
     assert len(responses) == 2 and responses[0]["labels"] == ["a", "b", "c"]
+    assert [r["filename"] for r in responses] == images  # each response names its image
     assert f"drew 2 images to {out}" in r.err
     assert sorted(p.name for p in out.iterdir()) == ["test_0000.png", "test_0001.png"]
     with Image.open(out / "test_0000.png") as im:

@@ -65,6 +65,14 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
                     proc.wait(timeout=0.2)  # returns at once if the sweep ends
                 except subprocess.TimeoutExpired:
                     pass
+            # watched from another machine while it runs: status and the live report read the blob store
+            watch = subprocess.run(CLI + ["status", url, "--json"], capture_output=True, text=True, timeout=300,
+                                   env={**env, "VISIONSWEEP_CACHE_DIR": str(tmp_path / "watcher")})
+            assert watch.returncode == 0, watch.stderr[-3000:]
+            st = json.loads(watch.stdout)
+            assert st["state"] == "running" and st["total_trials"] == 3 and st["run"] == url
+            assert {t["trial_id"]: t["status"] for t in st["trials"]}[progress[1]] == "running"
+            assert b'id="live"' in fs.cat_file(f"{root}/report.html")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the controller and its Ray die at once
             output = proc.communicate()[0].decode(errors="replace")
@@ -91,6 +99,7 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
     summary = json.loads(fs.cat_file(f"{root}/summary.json"))
     assert summary["trials"] == 3 and summary["best_package"] == f"{url}/best"
     assert fs.exists(f"{root}/best/model.safetensors") and fs.exists(f"{root}/report.html")
+    assert b'id="live"' not in fs.cat_file(f"{root}/report.html")  # the final report, not a live one
     # the account key is in no file of the run folder and in no output; log_verbosity: debug did not
     # turn on the storage SDK's request logs
     key = azurite.account_key.encode()
