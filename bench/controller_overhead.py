@@ -84,7 +84,10 @@ def run_plain(root: Path, n: int, seed: int) -> dict[str, float]:
     return {"total": time.perf_counter() - t0}
 
 
-def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolder: bool = True) -> dict[str, float]:
+def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolder: bool = True,
+                    live_s: float | None = None) -> dict[str, float]:
+    """``live_s``: with the live view (``scheduler.live.LiveView``) rewriting the report at most every ``live_s``
+    seconds, as ``run_job`` runs it (None: without it)."""
     from pydantic import TypeAdapter
 
     from scheduler.controller import _trial_dirname
@@ -108,6 +111,13 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     callbacks = [RunFolderCallback(run_dir, PRIMARY, n, echo=lambda s: None)] if runfolder else []
     tracker = MlflowTracker(run_dir, None, "bench", "controller-overhead", PRIMARY) if mlflow else None
     callbacks += [tracker] if tracker else []
+    live = None
+    if live_s is not None:
+        from scheduler.live import LiveView
+        from scheduler.runstore import RunStore
+
+        live = LiveView(RunStore.at(run_dir), interval_s=live_s)
+        callbacks.append(live)
     tuner = tune.Tuner(
         TRAINABLE,
         tune_config=tune.TuneConfig(
@@ -119,6 +129,8 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
                                                     checkpoint_score_order="max")),
     )
     results = tuner.fit()
+    if live is not None:
+        live.stop()
     t_fit = time.perf_counter()
     assert len(results) == n and not results.errors, results.errors
     if runfolder:

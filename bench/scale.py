@@ -19,9 +19,16 @@ work grows, so that growth faster than the work shows as a rising column.
   blocked while they run), wall seconds per trial, the driver's peak RSS, the run folder's size, and the report's
   size and time to write.
 
+* ``live-view``: what watching a sweep costs. (a) For a run folder of ``--trials`` finished trials (5 evaluations
+  each, files as the controller writes them): seconds to write the live report and to read ``visionsweep status``.
+  (b) ``--sweep-trials`` trivial trials through the controller's pieces (as ``controller``) with and without the
+  live view rewriting the report every ``--live-s`` seconds, side by side in fresh processes: wall seconds per
+  trial and the hooks' time per event.
+
     .venv/bin/python bench/scale.py data-prep [--lines 10000 100000 1000000]
     .venv/bin/python bench/scale.py image-check [--images 100]
     .venv/bin/python bench/scale.py controller [--trials 10 100 1000]
+    .venv/bin/python bench/scale.py live-view [--trials 100 1000] [--sweep-trials 100] [--live-s 0.5]
 """
 
 from __future__ import annotations
@@ -156,7 +163,7 @@ def image_check(n_images: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ controller
 
-def _controller_once(n: int) -> None:
+def _controller_once(n: int, live_s: float | None = None) -> None:
     """One size, in this (fresh) process: prints one JSON line."""
     import logging
 
@@ -171,7 +178,7 @@ def _controller_once(n: int) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     acc = instrument()
     with tempfile.TemporaryDirectory(prefix="vs-ctl-") as d:
-        t = run_visionsweep(Path(d), n, seed=0)
+        t = run_visionsweep(Path(d), n, seed=0, live_s=live_s)
         events = acc["RunFolderCallback.on_trial_result"][0] + acc["RunFolderCallback.on_trial_start"][0] + \
             acc["RunFolderCallback.on_trial_complete"][0]
         hooks = sum(sec for name, (_, sec) in acc.items() if not name.startswith("  "))
@@ -204,12 +211,67 @@ def controller(sizes: list[int]) -> None:
         print("        slowest hooks (ms/call): " + ", ".join(f"{k} {v:.1f}" for k, v in slow), flush=True)
 
 
+# ------------------------------------------------------------------------------------------------ live view
+
+def _finished_run(root: Path, n: int) -> Path:
+    """A run folder of ``n`` finished trials, 5 evaluations each, in the controller's file layout."""
+    import random
+
+    rng = random.Random(0)
+    run = root / "run"
+    (run / "trials").mkdir(parents=True)
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    (run / "sweep.json").write_text(json.dumps({"primary_metric": "accuracy", "total_trials": n,
+                                               "started": time.time() - 600, "updated": time.time()}))
+    for i in range(n):
+        d = run / "trials" / f"t{i:05d}"
+        d.mkdir()
+        sampled = {"learning_rate": 10 ** rng.uniform(-4, -1), "optimizer": rng.choice(["sgd", "adamw"]),
+                   "weight_decay": rng.uniform(0, 0.01)}
+        (d / "params.json").write_text(json.dumps({"sampled": sampled, "fixed": {"number_of_epochs": 5},
+                                                   "default": {"momentum": 0.9, "training_batch_size": 78}}))
+        top = rng.uniform(0.1, 0.9)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "accuracy": top * e / 5}) + "\n"
+                                                 for e in range(1, 6)))
+        (d / "status.json").write_text(json.dumps({"status": "completed", "started": 0.0, "ended": 30.0}))
+        (d / "log.txt").write_text("evaluation: ...\n")
+    return run
+
+
+def live_view(sizes: list[int], sweep_trials: int, live_s: float) -> None:
+    from scheduler.report import write_report
+    from scheduler.status import format_status, read_status
+
+    print(f"{'trials':>7} {'live report s':>14} {'report MB':>10} {'status s':>9}")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="vs-live-") as d:
+            run = _finished_run(Path(d), n)
+            t0 = time.perf_counter()
+            page = write_report(run, live=True)
+            t1 = time.perf_counter()
+            format_status(read_status(run))
+            t2 = time.perf_counter()
+            print(f"{n:>7} {t1 - t0:>14.2f} {page.stat().st_size / 1e6:>10.2f} {t2 - t1:>9.3f}", flush=True)
+    print(f"\n{sweep_trials} trivial trials through the controller's pieces, each way in a fresh process:")
+    print(f"{'live view':>22} {'s/trial':>8} {'hooks ms/event':>15} {'peak RSS MB':>12}")
+    rows = {}
+    for label, arg in (("without", []), (f"every {live_s:g} s", [str(live_s)])):
+        proc = subprocess.run([sys.executable, __file__, "_controller_once", str(sweep_trials), *arg], check=True,
+                              capture_output=True, text=True, cwd=ROOT)
+        r = rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{label:>22} {r['fit_s'] / sweep_trials:>8.3f} {r['hooks_ms_per_event']:>15.2f} {r['rss_mb']:>12.0f}",
+              flush=True)
+    a, b = rows["without"], rows[f"every {live_s:g} s"]
+    print(f"ratio (with / without): s/trial {b['fit_s'] / a['fit_s']:.3f}, "
+          f"hooks per event {b['hooks_ms_per_event'] / a['hooks_ms_per_event']:.3f}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_prep_once":
         _prep_once(sys.argv[2], sys.argv[3])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_controller_once":
-        _controller_once(int(sys.argv[2]))
+        _controller_once(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else None)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -219,11 +281,17 @@ def main() -> None:
     ic.add_argument("--images", type=int, default=100)
     ct = sub.add_parser("controller")
     ct.add_argument("--trials", type=int, nargs="+", default=[10, 100, 1000])
+    lv = sub.add_parser("live-view")
+    lv.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
+    lv.add_argument("--sweep-trials", type=int, default=100)
+    lv.add_argument("--live-s", type=float, default=0.5)
     a = p.parse_args()
     if a.cmd == "data-prep":
         data_prep(a.lines)
     elif a.cmd == "image-check":
         image_check(a.images)
+    elif a.cmd == "live-view":
+        live_view(a.trials, a.sweep_trials, a.live_s)
     else:
         controller(a.trials)
 

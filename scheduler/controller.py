@@ -303,7 +303,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         live.stop()
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
-    return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase)
+    return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase, data.store)
 
 
 def in_job_package(path: Path) -> bool:

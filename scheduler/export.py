@@ -51,8 +51,9 @@ class Phases(dict):
 
 
 def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=None,
-               notes: list[str] | None = None, phase: Phases | None = None) -> RunResult:
-    """Leaderboard, best model package, report, tracking and summary, all from the run folder's files."""
+               notes: list[str] | None = None, phase: Phases | None = None, images=None) -> RunResult:
+    """Leaderboard, best model package, report, tracking and summary, all from the run folder's files (``images``:
+    how the job reads its images, for the best model's predictions on validation images)."""
     primary, ext = job.primary_metric, job.spec.visionsweep
     run_dir = store.local
     phase = phase if phase is not None else Phases()
@@ -88,7 +89,7 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         from scheduler.predictions import predict_after_sweep
 
         with phase("predictions"):
-            predict_after_sweep(run_dir, job)  # RUN/predictions/ for the report; logs, never raises
+            predict_after_sweep(run_dir, images)  # RUN/predictions/ for the report; logs, never raises
     with phase("report"):
         from scheduler.report import write_report  # plotly: imported when the report is written, not at start
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from scheduler.runfolder import write_atomic
+
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"  # the running sweep: its size, start and heartbeat (summary.json replaces it as truth)
@@ -34,14 +36,6 @@ def report_interval_s() -> float:
         return max(0.0, float(os.environ.get("VISIONSWEEP_REPORT_S", "10")))
     except ValueError:
         return 10.0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Readers (a browser refreshing the page, ``status``, the storage mirror) see the old file or the new one,
-    never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_sweep_file(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -99,7 +93,7 @@ class LiveView(Callback):
         try:
             write_sweep_file(run_dir, updated=time.time())
             if stale:
-                write_report(run_dir, live=True)
+                write_report(run_dir, live=True, refresh_s=self.interval_s)
                 self.writes += 1
         except Exception as e:  # the view must never break the sweep
             log.warning("live report not written: %s", e)

@@ -59,17 +59,15 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- computing
 
-def predict_after_sweep(run_dir: Path, job) -> None:
+def predict_after_sweep(run_dir: Path, images=None) -> None:
     """:func:`write_predictions` at the end of a sweep (``scheduler.export.finish_run``), reading images as the
-    job's trials did; any failure is a logged warning: the predictions are a view of the result, like the report,
-    and must never fail a finished sweep."""
+    job's trials did (``images``: the job's ``ImageStore``); any failure is a logged warning: the predictions are a
+    view of the result, like the report, and must never fail a finished sweep."""
     if os.environ.get(OFF_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         log.info("%s=%s: the best model's validation predictions are not written", OFF_ENV, os.environ[OFF_ENV])
         return
     try:
-        from scheduler.controller import image_store  # (here: the controller imports the module that calls this)
-
-        write_predictions(run_dir, image_store(job))
+        write_predictions(run_dir, images)
     except Exception as e:
         log.warning("the best model's validation predictions (RUN/%s/) were not written: %s", DIR, e)
 

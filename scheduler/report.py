@@ -34,7 +34,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
-from scheduler.runfolder import TrialRecord, read_json, read_trials
+from scheduler.runfolder import TrialRecord, read_json, read_trials, write_atomic
 
 _HEIGHT = 440
 _MISSING = "—"
@@ -49,13 +49,12 @@ class _Trial(TrialRecord):
         return self.status.startswith("stopped")
 
 
-def write_report(run_dir: str | Path, live: bool = False) -> Path:
+def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0) -> Path:
     """Write ``run_dir/report.html`` (self-contained, works offline) and return its path.
 
-    ``live``: the sweep is running (``scheduler.live``): the page says so and reloads itself every
-    :data:`REFRESH_S` seconds. The file is replaced atomically: a browser reloading it never reads half a page."""
-    from scheduler.live import report_interval_s, write_atomic
-
+    ``live``: the sweep is running (``scheduler.live``, which rewrites the page every ``refresh_s`` seconds): the
+    page says so and reloads itself every :data:`REFRESH_S` seconds, or ``refresh_s`` when longer. The file is
+    replaced atomically: a browser reloading it never reads half a page."""
     run = Path(run_dir)
     summary = read_json(run / "summary.json", {})
     primary = summary.get("primary_metric") or _resolved(run).get("primary_metric") or "accuracy"
@@ -83,7 +82,7 @@ def write_report(run_dir: str | Path, live: bool = False) -> Path:
         parts.append("<h2>What the best model predicts</h2>")
         parts.append(_predictions(run))
 
-    refresh = max(REFRESH_S, round(report_interval_s()))
+    refresh = max(REFRESH_S, round(refresh_s))
     banner = (f'<p class="live" id="live">Live: the sweep is running. This page reloads itself every {refresh} s '
               f'(written {time.strftime("%H:%M:%S")}).</p>') if live else ""
     page = _PAGE.format(title=html.escape(f"visionsweep report: {run.resolve().name}"),

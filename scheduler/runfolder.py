@@ -17,6 +17,7 @@ trial's final status says which policy stopped it and at which epoch.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,14 @@ def params_doc(sampled: dict[str, Any], everything: dict[str, Any], fixed: dict[
     rest = {k: v for k, v in everything.items() if k not in sampled}
     return {"sampled": dict(sampled), "fixed": {k: v for k, v in rest.items() if k in fixed},
             "default": {k: v for k, v in rest.items() if k not in fixed}}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (a browser reloading the report, ``status``, the storage mirror) see the old file or the new one,
+    never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def write_status(run_dir: Path, rec: TrialRecord) -> None:

@@ -184,10 +184,8 @@ def test_nothing_to_show_is_a_note(tmp_path):
 
 
 def test_a_failure_after_a_sweep_is_a_warning_not_an_error(tmp_path, caplog, monkeypatch):
-    import scheduler.controller
     from trainers.data.images import ImageStore
 
-    monkeypatch.setattr(scheduler.controller, "image_store", lambda job: ImageStore())
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
     (run / "best" / "model.json").write_text("{not json")
@@ -195,11 +193,11 @@ def test_a_failure_after_a_sweep_is_a_warning_not_an_error(tmp_path, caplog, mon
     (run / "data" / "valid.jsonl").write_text('{"image_url": "x.png", "label": "a"}\n')
     monkeypatch.setenv("VISIONSWEEP_REPORT_PREDICTIONS", "0")  # switched off: not even tried
     with caplog.at_level(logging.WARNING):
-        predict_after_sweep(run, job=None)
+        predict_after_sweep(run, ImageStore())
     assert not caplog.text
     monkeypatch.delenv("VISIONSWEEP_REPORT_PREDICTIONS")
     with caplog.at_level(logging.WARNING):
-        predict_after_sweep(run, job=None)
+        predict_after_sweep(run, ImageStore())
     assert "validation predictions (RUN/predictions/) were not written" in caplog.text
     assert "not a model package" in caplog.text  # the model's own error, not the missing job's
     assert not (run / DIR).exists() and not list(run.glob(".predictions-*"))
