@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse
 
 from serving import keys
 from serving.mirror import Mirror
-from serving.probes import ProbeState
+from serving.probes import Liveness, ProbeState
 from serving.schema import BadRequest, parse_request, read_body
 from serving.specs import Batching
 from trainers.data.images import ImageTooLarge
@@ -47,8 +47,10 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None, cpus: float = 1.0,
-                 registry_uri: str | None = None):
+                 registry_uri: str | None = None, liveness: dict[str, Any] | None = None):
         self.started = time.monotonic()  # the readiness probe's initial_delay counts from here (serving.probes)
+        self.liveness = Liveness(**(liveness or {}))  # counts from here too
+        self.liveness_timeout_s = float((liveness or {}).get("timeout", 2))
         self.package, self.error, self.predictor = package, None, None
         self.predicted = self.batches = 0
         import torch
@@ -73,6 +75,20 @@ class ModelServer:
         b = Batching(**(config.get("batching") or {}))
         self._batched.set_max_batch_size(b.max_batch_size)
         self._batched.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
+
+    async def check_health(self) -> None:
+        """Serve's replica health check, as the deployment's ``liveness_probe`` (§9.3): the replica is alive when
+        its worker threads, which decode images and run the model, still take work within ``timeout`` seconds.
+        A package that failed to load stays alive (and not ready: the readiness probe's business), so that it
+        is not restarted over and over."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(time.monotonic), timeout=self.liveness_timeout_s)
+            ok = True
+        except asyncio.TimeoutError:
+            ok = False
+        if not self.liveness.record(ok):
+            raise RuntimeError(f"liveness probe: {self.liveness.failures} failed checks in a row "
+                               f"(worker threads took no work within {self.liveness_timeout_s:g} s)")
 
     def ready(self) -> dict[str, Any]:
         return {"ready": self.error is None, "error": self.error, "uptime_s": time.monotonic() - self.started}
@@ -262,7 +278,8 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
                                 "ray_actor_options": {"num_cpus": d.get("cpus_per_instance", 1.0),
                                                       "num_gpus": d.get("num_gpus", 0.0)},
                                 "health_check_period_s": d["liveness_probe"]["period"],
-                                "health_check_timeout_s": d["liveness_probe"]["timeout"],
+                                # our own check times out first (and counts it): ModelServer.check_health
+                                "health_check_timeout_s": d["liveness_probe"]["timeout"] + 1,
                                 # the router calls a replica once per image, and a request may carry several
                                 "max_ongoing_requests": d["request_settings"]["max_concurrent_requests_per_instance"] * 4,
                                 "user_config": {"batching": d["batching"]}}
@@ -275,7 +292,8 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
         code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"),
                 "actor": opts["ray_actor_options"], "probe": d["liveness_probe"]}
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
-            d["model"], d.get("inference_settings") or {}, d.get("cpus_per_instance", 1.0), d.get("model_registry_uri"))
+            d["model"], d.get("inference_settings") or {}, d.get("cpus_per_instance", 1.0), d.get("model_registry_uri"),
+            d["liveness_probe"])
         probes[name] = dict(d["readiness_probe"])
         timeouts[name] = d["request_settings"]["request_timeout_ms"] / 1000.0
         instances = scale["max_instances"] if scale["type"] == "target_utilization" else d["instance_count"]

@@ -10,9 +10,13 @@ replaced whenever a deployment is added or removed, and its new probes must not 
 has long been running out of traffic for another ``initial_delay``. Until a check has reported it, the
 start is unknown and a check is due at once; a check made within the delay counts for nothing.
 
-Liveness is Serve's replica health check: ``period`` and ``timeout`` map to ``health_check_period_s`` /
-``health_check_timeout_s``; Serve restarts a replica after its own fixed 3 failed checks in a row and checks
-a replica only once it has started (``serving.app``).
+Liveness (:class:`Liveness`) rides on Serve's replica health check: Serve calls the replica's ``check_health``
+every ``period`` seconds and restarts the replica after :data:`SERVE_RESTARTS_AFTER` failed calls in a row, a
+constant of Serve, not a setting. The replica's own check (``serving.app``) therefore counts its failures itself and
+fails Serve's call only from the ``failure_threshold - 2``-th on, so that Serve's restart comes at the
+``failure_threshold``-th failed check (at the 3rd at the earliest: Serve's count); no check counts within
+``initial_delay`` of the replica's start; and once failing, the replica counts as alive again only after
+``success_threshold`` good checks in a row (until then Serve's calls keep failing).
 """
 
 from __future__ import annotations
@@ -63,3 +67,35 @@ class ProbeState:
             if self._failures >= self.failure_threshold or not self.ready:
                 self.ready = False
         return self.ready
+
+
+SERVE_RESTARTS_AFTER = 3  # Serve restarts a replica after this many failed health checks in a row (Ray 2.60)
+
+
+class Liveness:
+    """The liveness probe's count, inside the replica: :meth:`record` takes one check's outcome and says whether
+    Serve's health check should pass (see the module's docstring for why it fails before ``failure_threshold``)."""
+
+    def __init__(self, failure_threshold: int = 30, success_threshold: int = 1, initial_delay: float = 0,
+                 clock: Callable[[], float] = time.monotonic, **_ignored):
+        self.failure_threshold, self.success_threshold = failure_threshold, success_threshold
+        self.initial_delay_s = initial_delay / 1000.0
+        self.clock = clock
+        self.started = clock()
+        self.failures = self.successes = 0
+
+    @property
+    def failing_from(self) -> int:
+        """The failed check from which Serve's calls fail: Serve's own count then ends at ``failure_threshold``."""
+        return max(1, self.failure_threshold - (SERVE_RESTARTS_AFTER - 1))
+
+    def record(self, ok: bool) -> bool:
+        if self.clock() - self.started < self.initial_delay_s:
+            return True  # starting: no check counts yet
+        if ok:
+            self.successes += 1
+            if self.successes >= self.success_threshold:
+                self.failures = 0
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+        return self.failures < self.failing_from

@@ -64,3 +64,26 @@ def test_checks_are_made_at_most_every_period():
     assert not p.due()
     clock.t += 0.1
     assert p.due()
+
+
+def test_liveness_fails_serves_check_so_that_its_restart_comes_at_failure_threshold():
+    """Serve restarts a replica after 3 failed health checks in a row (its constant): the replica's own count
+    fails Serve's check from failure 28 of 30 on, so Serve's third failure in a row is the 30th."""
+    from serving.probes import SERVE_RESTARTS_AFTER, Liveness
+
+    live = Liveness(failure_threshold=30, clock=Clock())
+    passed = [live.record(False) for _ in range(30)]
+    assert passed.index(False) == 27 and passed[27:] == [False] * SERVE_RESTARTS_AFTER
+    assert live.record(True) and live.failures == 0  # one good check: alive again (success_threshold 1)
+
+
+def test_liveness_counts_nothing_within_initial_delay_and_needs_success_threshold_to_recover():
+    from serving.probes import Liveness
+
+    clock = Clock()
+    live = Liveness(failure_threshold=3, success_threshold=2, initial_delay=2000, clock=clock)
+    assert all(live.record(False) for _ in range(10)) and live.failures == 0  # starting: no check counts
+    clock.t += 2.0
+    assert live.record(False) is False  # failure_threshold 3 <= Serve's 3: Serve's calls fail from the first
+    assert live.record(True) is False  # one success of two: still failing (Serve's count goes on)
+    assert live.record(True) is True and live.failures == 0

@@ -53,6 +53,7 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
         fs = adlfs.AzureBlobFileSystem(connection_string=azurite.connection_string)
         proc = subprocess.Popen(CLI + ["run", job, "--output", url], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        watch, live_page = None, b""
         try:
             # one trial finished and the next two evaluations in, as seen on the blob store, and the snapshot
             # of Tune's state there (what a resume restores) has caught up with both
@@ -60,22 +61,27 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
                     [fs.cat_file(f).decode() for f in fs.glob(f"{root}/ray/sweep/experiment_state-*.json")],
                     *progress):
                 assert proc.poll() is None, "the sweep ended before it could be interrupted"
+                if watch is None and any(m for _, m in _remote_trials(fs, root).values()):  # a first evaluation
+                    # watched from another machine while it runs (beside it: the interruption point stays as
+                    # it was): status and the live report read the blob store
+                    watch = subprocess.Popen(CLI + ["status", url, "--json"], stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True,
+                                             env={**env, "VISIONSWEEP_CACHE_DIR": str(tmp_path / "watcher")})
+                    live_page = fs.cat_file(f"{root}/report.html")
                 fs.invalidate_cache()
                 try:
                     proc.wait(timeout=0.2)  # returns at once if the sweep ends
                 except subprocess.TimeoutExpired:
                     pass
-            # watched from another machine while it runs: status and the live report read the blob store
-            watch = subprocess.run(CLI + ["status", url, "--json"], capture_output=True, text=True, timeout=300,
-                                   env={**env, "VISIONSWEEP_CACHE_DIR": str(tmp_path / "watcher")})
-            assert watch.returncode == 0, watch.stderr[-3000:]
-            st = json.loads(watch.stdout)
-            assert st["state"] == "running" and st["total_trials"] == 3 and st["run"] == url
-            assert {t["trial_id"]: t["status"] for t in st["trials"]}[progress[1]] == "running"
-            assert b'id="live"' in fs.cat_file(f"{root}/report.html")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the controller and its Ray die at once
             output = proc.communicate()[0].decode(errors="replace")
+        assert watch is not None and b'id="live"' in live_page
+        watched, watch_err = watch.communicate(timeout=300)
+        assert watch.returncode == 0, watch_err[-3000:]
+        st = json.loads(watched)  # the JSON alone on stdout
+        assert st["state"] == "running" and st["total_trials"] == 3 and st["run"] == url
+        assert any(t["latest"] is not None for t in st["trials"])  # a trial with an evaluation
         shutil.rmtree(tmp_path / "head-a")  # ... and the machine's disk with them
 
         before = _remote_trials(fs, root)

@@ -21,7 +21,7 @@ import pytest
 
 from serving import endpoints
 from serving.schema import MAX_BODY_BYTES
-from serving.specs import DeploymentSpec, EndpointSpec
+from serving.specs import DeploymentSpec, EndpointSpec, load_deployment
 from trainers.errors import SpecError
 
 pytestmark = pytest.mark.ray
@@ -650,6 +650,31 @@ def test_deployment_create_no_wait_returns_before_running_and_show_follows_it(se
     assert done["replicas_running"] == 1 and done["cpus_per_instance"] == 0.25
     rc, out, _ = cli(capsys, "endpoint", "show", "ep-nowait")
     assert json.loads(out)["deployments"] == {"blue": {"status": "HEALTHY", "replicas": "1/1", "ready": True}}
+
+
+def test_liveness_restarts_a_replica_after_failure_threshold_failed_checks_only(serve_port, package, tmp_path):
+    """Two deployments whose liveness checks all fail (a 1 microsecond timeout: the replica's worker threads can
+    never answer in time): the one with failure_threshold 4 is restarted by Serve, the one with 1000 is not."""
+    from ray import serve
+
+    endpoints.create_endpoint(EndpointSpec(name="ep-live"))
+    for name, threshold in (("wedged", 4), ("patient", 1000)):
+        probe = {"failure_threshold": threshold, "success_threshold": 1, "timeout": 1e-6, "period": 0.5,
+                 "initial_delay": 0}
+        endpoints.create_deployment(load_deployment(deployment_yml(tmp_path, "ep-live", name, str(package),
+                                                                   liveness_probe=probe)))
+
+    def uptime(name: str) -> float:
+        handle = serve.get_deployment_handle(f"ep-live-{name}", app_name="ep-live")
+        return handle.ready.remote().result(timeout_s=30)["uptime_s"]
+
+    seen = [uptime("wedged")]
+
+    def restarted() -> bool:  # a restart is a new replica: its uptime starts again from 0
+        seen.append(uptime("wedged"))
+        return seen[-1] < seen[-2]
+    wait_for(restarted, "Serve to restart the replica that failed 4 liveness checks", 120)
+    assert uptime("patient") > max(seen)  # failed every check for longer, and was never restarted
 
 
 def test_an_unschedulable_deployment_fails_in_time_and_names_cpus_per_instance(serve_port, package, tmp_path, capsys):
