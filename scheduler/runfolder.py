@@ -164,9 +164,10 @@ def better(value: float, trial_id: str, best: tuple[float, str] | None) -> bool:
 
 
 def progress_line(event: str, width: int = 46) -> str:
-    """``event`` in at most ``width`` characters, cut after a whole word or ``name=value`` (ending in …), never
-    inside one: a cut parameter value reads as another value."""
-    if len(event) <= width:
+    """``event`` in at most ``width`` characters where it lists a trial's parameters (``start t1 (a=1, b=2)``), cut
+    after a whole ``name=value`` (ending in …), never inside one: a cut value reads as another value. Any other
+    event (a metric and its value) is kept whole, however long."""
+    if len(event) <= width or "(" not in event:
         return event
     cut = event[: width - 1]
     for sep in (", ", " "):
