@@ -41,7 +41,7 @@ import yaml
 from cluster.connect import connect, gpus_per_node
 from scheduler.export import Phases, RunResult, finish_run
 from scheduler.live import LiveView, write_sweep_file
-from scheduler.plan import build_plan, trial_fixed
+from scheduler.plan import all_hyperparameters, build_plan, trial_fixed
 from scheduler.preflight import check_supported, check_weights, weights_available, weights_config, weights_lines
 from scheduler.resources import capacity_shortfall, local_gpus, trial_resources, workers_per_trial
 from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
@@ -54,7 +54,6 @@ from trainers.data.credentials import EnvCredentials
 from trainers.data.images import default_cache_dir
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
-from trainers.hyperparameters import resolve_hyperparameters
 from trainers.labels import label_json
 
 log = logging.getLogger(__name__)
@@ -239,7 +238,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         {"cpu": res.cpus, "gpu": res.gpus},
     )
     fixed = trial_fixed(job)
-    everything = functools.partial(resolve_hyperparameters, job.task, fixed)  # params.json and MLflow: all of them
+    everything = functools.partial(all_hyperparameters, job.task, fixed)  # params.json and MLflow: all of them
     callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo, everything, fixed),
                             mirror_callback(store)]
     tracker = None

@@ -35,6 +35,15 @@ def trial_fixed(job: Job) -> dict[str, Any]:
     return {**job.training_parameters, "advanced_settings": job.advanced.model_dump()}
 
 
+def all_hyperparameters(task: str, fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter a trial runs with (for params.json and MLflow); a sampled value the trial itself will
+    refuse, with its own error, leaves what was sampled."""
+    try:
+        return hp.resolve_hyperparameters(task, fixed, sampled)
+    except Exception:
+        return dict(sampled)
+
+
 def trial_epochs(task: str, fixed: dict[str, Any], config: dict[str, Any]) -> int:
     return int(hp.resolve_hyperparameters(task, fixed, config)["number_of_epochs"])
 

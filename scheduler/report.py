@@ -34,7 +34,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
-from scheduler.runfolder import TrialRecord, read_json, read_trials, write_atomic
+from scheduler.runfolder import TrialRecord, duration, finite, read_json, read_trials, write_atomic
 
 _HEIGHT = 440
 _MISSING = "—"
@@ -75,9 +75,10 @@ def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0
                                  default_height=f"{_HEIGHT}px", config={"displaylogo": False}))
         plotlyjs = False
     parts.append("<h2>Leaderboard</h2>")
-    parts.append(_table(_leaderboard(run, trials, primary, default_model), run))
+    logs = {p.parent.name for p in run.glob("trials/*/log.txt")}
+    parts.append(_table(_leaderboard(run, trials, primary, default_model), logs))
     parts.append("<h2>Trials: every hyperparameter</h2>")
-    parts.append(_details(run, trials))
+    parts.append(_details(trials, logs))
     if not live:
         parts.append("<h2>What the best model predicts</h2>")
         parts.append(_predictions(run))
@@ -120,19 +121,15 @@ def _resolved(run: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _load_trials(run: Path, primary: str) -> list[_Trial]:
     trials = []
     for rec in read_trials(run).values():
         if rec.status == "pending" and rec.metrics:
             rec.status = "running"
-        scores = [m[primary] for m in rec.metrics if _number(m.get(primary))]
+        scores = [m[primary] for m in rec.metrics if finite(m.get(primary))]
         trials.append(_Trial(**vars(rec), best=max(scores) if scores else None))
     # trial index = start order (directory name where no start time was recorded)
-    trials.sort(key=lambda t: (not _number(t.started), t.started or 0.0, t.trial_id))
+    trials.sort(key=lambda t: (not finite(t.started), t.started or 0.0, t.trial_id))
     return trials
 
 
@@ -146,27 +143,20 @@ def _header(run: Path, summary: dict, trials: list[_Trial], primary: str, live: 
             top = max(scored, key=lambda t: t.best)
             best_id, best = top.trial_id, top.best
     elapsed = summary.get("elapsed_s")
-    if not _number(elapsed):
-        starts = [t.started for t in trials if _number(t.started)]
-        ends = [t.ended for t in trials if _number(t.ended)] or ([time.time()] if starts else [])
+    if not finite(elapsed):
+        starts = [t.started for t in trials if finite(t.started)]
+        ends = [t.ended for t in trials if finite(t.ended)] or ([time.time()] if starts else [])
         elapsed = max(ends) - min(starts) if starts else None
     stopped = sum(t.stopped for t in trials)
     items = [("Task", summary.get("task") or _resolved(run).get("task") or "?"),
              ("Primary metric", primary),
              ("Mode", summary.get("mode") or "?"),
              ("Trials", f"{len(trials)}" + (f" ({stopped} stopped early)" if stopped else "")),
-             ("Best trial", f"{best_id} ({primary} {best:.4f})" if best_id and _number(best) else "none yet"),
-             ("Elapsed", _duration(elapsed) + (" (still running)" if live else "" if summary else
+             ("Best trial", f"{best_id} ({primary} {best:.4f})" if best_id and finite(best) else "none yet"),
+             ("Elapsed", duration(elapsed) + (" (still running)" if live else "" if summary else
                                                 " (no summary.json: still running, or its controller died)"))]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
     return f'<table class="summary">{rows}</table>'
-
-
-def _duration(s: Any) -> str:
-    if not _number(s):
-        return "?"
-    m, sec = divmod(round(s), 60)
-    return f"{s:.1f} s" if m == 0 else (f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min")
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -181,7 +171,7 @@ CURVES_SHOWN = 25  # trials drawn one curve each (the best ones); the others as 
 
 
 def _points(t: _Trial, primary: str) -> list[tuple[Any, float]]:
-    return [(m.get("epoch", i + 1), m[primary]) for i, m in enumerate(t.metrics) if _number(m.get(primary))]
+    return [(m.get("epoch", i + 1), m[primary]) for i, m in enumerate(t.metrics) if finite(m.get(primary))]
 
 
 def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure | str:
@@ -239,7 +229,7 @@ def _band(fig: go.Figure, rest: list[list[tuple[Any, float]]], primary: str) -> 
 def _axis(label: str, values: list[Any]) -> dict[str, Any]:
     """A parcoords dimension: numeric values as they are, anything else as integer codes with tick labels."""
     present = [v for v in values if v is not None]
-    if present and all(_number(v) for v in present):
+    if present and all(finite(v) for v in present):
         lo, hi = min(present), max(present)
         pad = (hi - lo) * 0.1 or abs(lo) * 0.1 or 1.0
         if len(present) == len(values):
@@ -291,7 +281,7 @@ def _ranked_params(trials: list[_Trial], scored: list[_Trial]) -> tuple[list[str
     names = [n for n in _param_names(scored)
              if len({json.dumps(t.params.get(n), default=str) for t in scored}) > 1 or len(scored) == 1]
     names.sort(key=lambda n: -len({json.dumps(t.params.get(n), default=str) for t in scored}))
-    numeric = [n for n in names if all(_number(t.params[n]) for t in scored if n in t.params)]
+    numeric = [n for n in names if all(finite(t.params[n]) for t in scored if n in t.params)]
     return names, numeric
 
 
@@ -304,12 +294,12 @@ def _values(trials: list[_Trial], pts: list[_Trial], name: str, primary: str) ->
     out = []
     for t in pts:
         v = t.params.get(name)
-        out.append(v if v is None or _number(v) else v if isinstance(v, str) else json.dumps(v, default=str))
+        out.append(v if v is None or finite(v) else v if isinstance(v, str) else json.dumps(v, default=str))
     return out
 
 
 def _log_axis(vals: list[Any]) -> bool:
-    nums = [v for v in vals if _number(v)]
+    nums = [v for v in vals if finite(v)]
     return bool(nums) and len(nums) == len(vals) and all(v > 0 for v in nums) and max(nums) / min(nums) >= 100
 
 
@@ -398,22 +388,23 @@ def _leaderboard(run: Path, trials: list[_Trial], primary: str, default_model: s
     return leaderboard_rows({t.trial_id: t for t in trials}, primary, default_model)
 
 
-def _log_link(run: Path | None, trial_id: str) -> str:
-    """A link to the trial's ``log.txt`` (relative: it works wherever the run folder is opened)."""
-    if run is None or not (run / "trials" / trial_id / "log.txt").is_file():
+def _log_link(logs: set[str], trial_id: str) -> str:
+    """A link to the trial's ``log.txt`` (relative: it works wherever the run folder is opened); ``logs``: the
+    trials that have one (listed once per page)."""
+    if trial_id not in logs:
         return ""
     href = html.escape(f"trials/{trial_id}/log.txt", quote=True)
     return f'<a href="{href}" class="log">log</a>'
 
 
-def _table(rows: list[dict[str, Any]], run: Path | None = None) -> str:
+def _table(rows: list[dict[str, Any]], logs: set[str] = frozenset()) -> str:
     if not rows:
         return '<p class="note">No trials yet.</p>'
     cols: list[str] = ["rank"]
     for r in rows:
         cols += [k for k in r if k not in cols and k is not None]
     cols.append("log")
-    rows = [{**r, "log": _log_link(run, str(r.get("trial_id", "")))} for r in rows]
+    rows = [{**r, "log": _log_link(logs, str(r.get("trial_id", "")))} for r in rows]
 
     def cell(v: Any, col: str = "") -> str:
         if col == "log":
@@ -435,7 +426,7 @@ def _table(rows: list[dict[str, Any]], run: Path | None = None) -> str:
 DETAILS_SHOWN = 200  # trials listed one row each in "every hyperparameter" (the best first); the rest counted
 
 
-def _details(run: Path, trials: list[_Trial]) -> str:
+def _details(trials: list[_Trial], logs: set[str]) -> str:
     """Every hyperparameter of every trial (params.json: sampled, fixed, default): those the same in every trial
     once, then one row per trial with those that differ, sampled ones marked, and a link to its log."""
     if not trials:
@@ -461,12 +452,12 @@ def _details(run: Path, trials: list[_Trial]) -> str:
         h = full[t.trial_id]
         tds = "".join(f'<td{" class=sampled" if n in t.params else ""}>{value(h.get(n))}</td>' for n in differ)
         body.append(f"<tr><td>{html.escape(t.trial_id)}</td><td>{html.escape(t.status)}</td>{tds}"
-                    f"<td>{_log_link(run, t.trial_id)}</td></tr>")
+                    f"<td>{_log_link(logs, t.trial_id)}</td></tr>")
     more = len(ranked) - DETAILS_SHOWN
     note = f'<p class="note">and {more} more trials: see trials/&lt;id&gt;/params.json</p>' if more > 0 else ""
-    return (f'<div id="trial-details"><p class="note">Values in <b>bold</b> were sampled by the sweep; the others '
-            f'are the job\'s training_parameters or the defaults of the task and model (trials/&lt;id&gt;/params.json '
-            f'says which).</p>'
+    return ('<div id="trial-details"><p class="note">Values in <b>bold</b> were sampled by the sweep; the others '
+            'are the job\'s training_parameters or the defaults of the task and model (trials/&lt;id&gt;/params.json '
+            'says which).</p>'
             + (f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{note}'
                if differ else "")
             + f'<details{" open" if not differ else ""}><summary>The same in every trial ({len(same)})</summary>'

@@ -17,6 +17,7 @@ trial's final status says which policy stopped it and at which epoch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -118,6 +119,19 @@ def params_doc(sampled: dict[str, Any], everything: dict[str, Any], fixed: dict[
     rest = {k: v for k, v in everything.items() if k not in sampled}
     return {"sampled": dict(sampled), "fixed": {k: v for k, v in rest.items() if k in fixed},
             "default": {k: v for k, v in rest.items() if k not in fixed}}
+
+
+def finite(v: Any) -> bool:
+    """A real number (not a bool, NaN or infinity): what a metric or time in the run folder's files must be to use."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def duration(s: Any) -> str:
+    """Seconds as a reader wants them: ``12.5 s``, ``3 min 20 s``, ``2 h 5 min``; ``?`` when unknown."""
+    if not finite(s):
+        return "?"
+    m, sec = divmod(round(s), 60)
+    return f"{s:.1f} s" if m == 0 else (f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -242,20 +256,12 @@ class RunFolderCallback(Callback):
         self._tally(rec)
         d = trial_dir(self.run_dir, trial.trial_id)
         if not rec.hyperparameters:
-            rec.hyperparameters = self._everything(rec.params)
+            rec.hyperparameters = self.resolve(rec.params) if self.resolve else dict(rec.params)
         doc = params_doc(rec.params, rec.hyperparameters, self.fixed)
         (d / "params.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         write_status(self.run_dir, rec)
         desc = ", ".join(f"{k}={_short(v)}" for k, v in rec.params.items()) or "defaults"
         self._progress(("resume " if resumed else "start ") + f"{trial.trial_id} ({desc})")
-
-    def _everything(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        if self.resolve is None:
-            return dict(sampled)
-        try:
-            return self.resolve(sampled)
-        except Exception:  # a value the trial itself will refuse, with its own error: record what was sampled
-            return dict(sampled)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.trials.get(trial.trial_id)

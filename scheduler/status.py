@@ -13,7 +13,6 @@ trials stopped early by the policy count as done.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.live import SWEEP_FILE, report_interval_s
-from scheduler.runfolder import better, read_json, read_trials
+from scheduler.runfolder import better, duration, finite, read_json, read_trials
 from trainers.errors import VisionsweepError
 
 FILES = ("trials", "summary.json", SWEEP_FILE, "job.resolved.yaml")  # what status reads of a run on storage
@@ -64,10 +63,6 @@ class Status:
         return asdict(self)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _decision(run: Path, trial_id: str, status: str, error: str | None) -> str:
     """What the sweep decided about the trial, in words."""
     if status.startswith("stopped"):
@@ -94,14 +89,14 @@ def read_status(run_dir: Path, where: str | None = None, now: float | None = Non
         status = rec.status
         if status == "pending" and rec.metrics:
             status = "running"
-        scores = [m[primary] for m in rec.metrics if _num(m.get(primary))]
+        scores = [m[primary] for m in rec.metrics if finite(m.get(primary))]
         epochs = rec.hyperparameters.get("number_of_epochs")
-        epochs = int(epochs) if _num(epochs) else None
+        epochs = int(epochs) if finite(epochs) else None
         epoch = rec.metrics[-1].get("epoch") if rec.metrics else None
-        end = rec.ended if _num(rec.ended) else now
+        end = rec.ended if finite(rec.ended) else now
         row = TrialRow(rec.trial_id, status, epoch, epochs, scores[-1] if scores else None,
                        max(scores) if scores else None, _decision(run, rec.trial_id, status, rec.error),
-                       round(end - rec.started, 1) if _num(rec.started) else None)
+                       round(end - rec.started, 1) if finite(rec.started) else None)
         rows.append(row)
         if row.best is not None and better(row.best, row.trial_id, best):
             best = (row.best, row.trial_id)
@@ -111,47 +106,40 @@ def read_status(run_dir: Path, where: str | None = None, now: float | None = Non
     done = sum(1 for r in rows if r.status in ("completed", "error") or r.status.startswith("stopped"))
     running = sum(1 for r in rows if r.status == "running")
     started = sweep.get("started")
-    elapsed = summary.get("elapsed_s") if summary else (now - started if _num(started) else None)
+    elapsed = summary.get("elapsed_s") if summary else (now - started if finite(started) else None)
     if summary:
         state, note, eta = "finished", "", 0.0
         if summary.get("best_trial"):
             best = (summary.get("best_metric"), summary["best_trial"])
     else:
         updated = sweep.get("updated")
-        quiet = now - updated if _num(updated) else None
+        quiet = now - updated if finite(updated) else None
         if quiet is not None and quiet > stale_after_s():
             state = "stopped"
-            note = (f"no word from the sweep's controller for {_duration(quiet)}: it stopped before the end; "
+            note = (f"no word from the sweep's controller for {duration(quiet)}: it stopped before the end; "
                     f"`visionsweep resume {where or run}` goes on from its last state")
         else:
             state = "running" if rows else "starting"
             note = ""
-        frac = progress / total if _num(total) and total else None
-        eta = elapsed * (1 - frac) / frac if frac and _num(elapsed) and state == "running" else None
+        frac = progress / total if finite(total) and total else None
+        eta = elapsed * (1 - frac) / frac if frac and finite(elapsed) and state == "running" else None
     order = {"running": 0}
     rows.sort(key=lambda r: (order.get(r.status, 1), r.best is None, -(r.best or 0.0), r.trial_id))
-    return Status(where or str(run), state, primary, int(total) if _num(total) else None, done, running,
-                  max(0, int(total) - len(rows)) + sum(r.status == "pending" for r in rows) if _num(total) else
-                  sum(r.status == "pending" for r in rows), round(elapsed, 1) if _num(elapsed) else None,
-                  round(eta, 1) if _num(eta) else None, best[1] if best else None, best[0] if best else None,
+    return Status(where or str(run), state, primary, int(total) if finite(total) else None, done, running,
+                  max(0, int(total) - len(rows)) + sum(r.status == "pending" for r in rows) if finite(total) else
+                  sum(r.status == "pending" for r in rows), round(elapsed, 1) if finite(elapsed) else None,
+                  round(eta, 1) if finite(eta) else None, best[1] if best else None, best[0] if best else None,
                   note, rows)
 
 
-def _duration(s: float | None) -> str:
-    if not _num(s):
-        return "?"
-    m, sec = divmod(round(s), 60)
-    return f"{s:.0f} s" if m == 0 else (f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min")
-
-
 def _score(v: float | None) -> str:
-    return f"{v:.4f}" if _num(v) else "-"
+    return f"{v:.4f}" if finite(v) else "-"
 
 
 def format_status(st: Status, limit: int = 30) -> str:
     total = st.total_trials if st.total_trials is not None else "?"
     head = (f"{st.run}: {st.state}; {st.done}/{total} trials done, {st.running} running, {st.pending} waiting; "
-            f"elapsed {_duration(st.elapsed_s)}" + (f", about {_duration(st.eta_s)} left" if st.eta_s else ""))
+            f"elapsed {duration(st.elapsed_s)}" + (f", about {duration(st.eta_s)} left" if st.eta_s else ""))
     lines = [head]
     if st.best_trial:
         lines.append(f"best: {st.best_trial} ({st.primary_metric} {_score(st.best_metric)})")
@@ -162,7 +150,7 @@ def format_status(st: Status, limit: int = 30) -> str:
     for r in st.trials[:limit]:
         epoch = f"{r.epoch or 0}/{r.epochs}" if r.epochs else str(r.epoch or "-")
         lines.append(f"{r.trial_id:<14} {r.status[:22]:<22} {epoch:>7} {_score(r.latest):>8} {_score(r.best):>8}  "
-                     f"{_duration(r.time_s):>9}  {r.decision[:70]}")
+                     f"{duration(r.time_s):>9}  {r.decision[:70]}")
     if len(st.trials) > limit:
         lines.append(f"... and {len(st.trials) - limit} more trials (--limit N, or --json for all)")
     return "\n".join(lines)

@@ -129,19 +129,11 @@ class MlflowTracker(Callback):
             rid = ids["trials"][trial.trial_id] = run.info.run_id
             from mlflow.entities import Param
 
-            params = list(trial_params(self._everything(trial.config)).items())
+            params = list(trial_params(self.resolve(trial.config) if self.resolve else dict(trial.config)).items())
             for i in range(0, len(params), _PARAMS_PER_BATCH):
                 self.client.log_batch(rid, params=[Param(k, v) for k, v in params[i:i + _PARAMS_PER_BATCH]])
             self._save()
         return rid
-
-    def _everything(self, config: dict[str, Any]) -> dict[str, Any]:
-        if self.resolve is None:
-            return dict(config)
-        try:
-            return self.resolve(config)
-        except Exception:  # the trial refuses the value with its own error: log what was sampled
-            return dict(config)
 
     def _log_file(self, trial_id: str, run_id: str) -> None:
         """The trial's ``log.txt`` as an artifact of its child run (what it printed, warnings and errors)."""
