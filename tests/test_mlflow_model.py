@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+import tempfile
 
 import pandas as pd
 import pytest
@@ -39,6 +40,7 @@ def test_mlflow_loads_a_package_and_predicts_what_the_endpoint_would(classifier,
     version = register(registry, package, "fashion")
     mlflow.set_tracking_uri(registry)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # MLflow downloads it to a mkdtemp it never removes
     registered = mlflow.pyfunc.load_model(f"models:/fashion/{version}")
     assert registered.predict(frame)[0]["probs"] == pytest.approx(expected[0]["probs"], abs=1e-6)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
 from trainers.logs import TrialOutput, apply_in_worker
 from trainers.models.weights.sources import WeightsConfig
+from trainers.staging import reclaim, staging_dir
 from trainers.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _package_report(report_fn: Callable[..., None], checkpoint_cls, output: Tria
         if save is None:
             report_fn(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="visionsweep-ckpt-") as d:
+        with staging_dir() as d:
             save(d)
             report_fn(metrics, checkpoint=checkpoint_cls.from_directory(d))
     return report
@@ -118,6 +118,7 @@ def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers
 
     with TrialOutput(log_level) as output:
         _threads(cpus)
+        reclaim()  # what trials stopped on this node before this one left behind
         _materialize(data)
         report = _package_report(session.report, session.checkpoint_cls, output)
         ckpt = session.get_checkpoint()
