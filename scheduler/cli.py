@@ -319,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format=FORMAT)
+def process_defaults() -> None:
+    """Logging (warnings to stderr, credentials as ``***`` in every record) and Ray settings of a process that runs
+    sweeps: the CLI, and ``visionsweep.run`` in a notebook."""
+    logging.basicConfig(level=logging.WARNING, format=FORMAT)  # a no-op where the process set up its own logging
     for handler in logging.getLogger().handlers:
         if REDACTION not in handler.filters:
             handler.addFilter(REDACTION)
@@ -328,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot the sweep's state often: `visionsweep resume` can only continue from the last snapshot.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    process_defaults()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

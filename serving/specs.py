@@ -120,14 +120,20 @@ def _load(path: str | Path, model):
         raise SpecError(f"{p}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{p}: not valid YAML ({e})") from None
+    return validate_spec(model, data, str(p))
+
+
+def validate_spec(model, data: Any, source: str):
+    """An endpoint or deployment mapping validated; the error names ``source`` (a file, or the Python object that
+    wrote the mapping) and the key."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "<top>"
         kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise SpecError(f"{p}: {where}: {kind}" + (f", but got {err.get('input')!r}"
-                                                   if err["type"] not in ("extra_forbidden", "missing") else "")) from None
+        raise SpecError(f"{source}: {where}: {kind}" + (f", but got {err.get('input')!r}"
+                                                        if err["type"] not in ("extra_forbidden", "missing") else "")) from None
 
 
 def load_endpoint(path: str | Path) -> EndpointSpec:

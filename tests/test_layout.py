@@ -1,5 +1,5 @@
 """The house: no import circle among visionsweep's modules, and the top level only imports downwards
-(scheduler -> serving -> trainers; cluster beside them).
+(visionsweep, the public Python API -> scheduler -> serving -> trainers; cluster beside them).
 
 Read from the source with ``ast`` (nothing is imported): every ``import`` and ``from ... import`` of a project
 module, at module level or inside a function, is an edge (an import inside a function still ties the two
@@ -13,9 +13,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("scheduler", "trainers", "serving", "cluster")
+PACKAGES = ("visionsweep", "scheduler", "trainers", "serving", "cluster")
 # what each top-level package may import (besides itself)
-ALLOWED = {"scheduler": {"trainers", "serving", "cluster"}, "serving": {"trainers", "cluster"},
+ALLOWED = {"visionsweep": {"scheduler", "trainers", "serving", "cluster"},
+           "scheduler": {"trainers", "serving", "cluster"}, "serving": {"trainers", "cluster"},
            "trainers": set(), "cluster": {"trainers"}}
 
 

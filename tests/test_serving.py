@@ -778,3 +778,63 @@ def test_serve_stops_cleanly_on_sigterm(package, tmp_path):
 
     wait_for(gone, "the stopped server's Ray processes to end", 30)
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_notebooks_endpoint_cells_run_on_mlclient(serve_port, package, tmp_path, monkeypatch):
+    """The notebook's deployment cells (``azure.ai.ml`` imports changed to ``visionsweep``): endpoint, deployment
+    with the service's probes and request settings, traffic to 100 %, ``invoke`` with a request file; the endpoint
+    is the one ``visionsweep endpoint`` sees."""
+    from visionsweep import MLClient
+    from visionsweep.entities import (ManagedOnlineDeployment, ManagedOnlineEndpoint, Model, OnlineRequestSettings,
+                                      ProbeSettings)
+
+    monkeypatch.chdir(tmp_path)
+    ml_client = MLClient(credential=None, subscription_id="sub", resource_group_name="rg", workspace_name="ws")
+    online_endpoint_name = "ep-notebook"
+    endpoint = ManagedOnlineEndpoint(name=online_endpoint_name, description="fashion items", auth_mode="key",
+                                     tags={"foo": "bar"})
+    ml_client.begin_create_or_update(endpoint).result()
+
+    deployment = ManagedOnlineDeployment(
+        name="fashion-mlflow-deploy", endpoint_name=online_endpoint_name, model=Model(path=str(package)),
+        instance_type="Standard_DS3_V2", instance_count=1,
+        request_settings=OnlineRequestSettings(request_timeout_ms=90000),
+        liveness_probe=ProbeSettings(failure_threshold=30, success_threshold=1, timeout=2, period=10, initial_delay=2000),
+        readiness_probe=ProbeSettings(failure_threshold=10, success_threshold=1, timeout=10, period=10,
+                                      initial_delay=0),
+        cpus_per_instance=0.25)
+    ml_client.online_deployments.begin_create_or_update(deployment).result()
+    endpoint.traffic = {"fashion-mlflow-deploy": 100}
+    ml_client.begin_create_or_update(endpoint).result()
+
+    state = endpoints.load_state(online_endpoint_name)  # what `visionsweep endpoint show` reads
+    assert state["traffic"] == {"fashion-mlflow-deploy": 100}
+    d = state["deployments"]["fashion-mlflow-deploy"]
+    assert d["liveness_probe"]["initial_delay"] == 2000 and d["request_settings"]["request_timeout_ms"] == 90000
+    keys = ml_client.online_endpoints.get_keys(online_endpoint_name)
+    assert (keys.primary_key, keys.secondary_key) == (state["keys"]["primary"], state["keys"]["secondary"])
+    assert ml_client.online_endpoints.get(online_endpoint_name).scoring_uri == f"{serve_port}/{online_endpoint_name}/score"
+
+    (tmp_path / "sample_request_data.json").write_bytes(body(IMAGE))
+    resp = wait_for(lambda: _invoke_when_ready(ml_client, online_endpoint_name), "the deployment to answer", 120)
+    predictions = json.loads(resp)
+    assert predictions[0]["labels"] == json.loads((package / "labels.json").read_text())
+    assert abs(sum(predictions[0]["probs"]) - 1) < 1e-4
+
+    with pytest.raises(SpecError, match=r"^ManagedOnlineDeployment: instance_count: Input should be greater than or "
+                                        r"equal to 1, but got 0$"):
+        ml_client.online_deployments.begin_create_or_update(ManagedOnlineDeployment(
+            name="green", endpoint_name=online_endpoint_name, model=str(package), instance_count=0))
+    ml_client.online_endpoints.begin_delete(name=online_endpoint_name).result()
+    assert online_endpoint_name not in endpoints.list_endpoints()
+
+
+def _invoke_when_ready(ml_client, name: str):
+    from trainers.errors import VisionsweepError
+
+    try:
+        return ml_client.online_endpoints.invoke(endpoint_name=name, deployment_name="fashion-mlflow-deploy",
+                                                 request_file="sample_request_data.json")
+    except VisionsweepError as e:
+        assert "HTTP 503" in str(e), e  # not ready yet is the only answer to wait through
+        return None

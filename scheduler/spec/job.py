@@ -104,6 +104,13 @@ class Job:
         if "compute" in self.spec.model_fields_set and self.spec.compute != "local":
             out.append(f"compute: {self.spec.compute!r} names the managed service's compute target; visionsweep "
                        "runs the trials on the Ray cluster instead (RAY_ADDRESS, else an embedded local Ray)")
+        for key in ("training_data", "validation_data"):
+            data = getattr(self.spec, key)
+            if data is not None and data.mode is not None:
+                out.append(f"{key}.mode: {data.mode!r} is the service's way to hand data to a trial; visionsweep reads "
+                           "the images from their URLs, "
+                           + ("streamed (advanced_settings.stream_image_files: true)" if self.advanced.stream_image_files
+                              else "downloaded to the node cache first (advanced_settings.stream_image_files: false)"))
         if not self.spec.visionsweep.pretrained:
             out.append("visionsweep.pretrained: false: every model starts from random initialisation, not from its "
                        "published pretrained weights")

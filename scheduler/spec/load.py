@@ -37,13 +37,18 @@ def parse_job(text: str, source: Path | None = None, base_dir: Path | None = Non
     if not isinstance(data, dict):
         raise SpecError(f"{name}: expected a mapping of job keys at the top level, but got {type(data).__name__}")
     loc = Locator(name, lines)
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(_format_errors(e, loc)) from None
+    spec = check_schema(data, loc)
     if base_dir is None:
         base_dir = source.parent.resolve() if source else Path.cwd()
     return check_job(spec, loc, source, base_dir, text)
+
+
+def check_schema(data: dict, loc: Locator | None = None) -> JobSpec:
+    """The keys, types and ranges of a job mapping (not yet the rules across keys: ``check_job``)."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, loc or Locator("<job>", {}))) from None
 
 
 class Locator:

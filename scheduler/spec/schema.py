@@ -23,6 +23,9 @@ class DataInput(BaseModel):
     model_config = FORBID
     path: str = Field(min_length=1)
     type: Literal["mltable", "uri_file", "uri_folder"] = "mltable"
+    # the service's input mode: kept, with a note (images are read from their URLs whatever the mode, downloaded to
+    # the node cache first unless advanced_settings.stream_image_files is true)
+    mode: Optional[Literal["ro_mount", "rw_mount", "download", "direct", "eval_mount", "eval_download"]] = None
 
 
 class Limits(BaseModel):

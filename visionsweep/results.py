@@ -1,0 +1,80 @@
+"""What a finished job gives back in Python: the best trial and its hyperparameters, the leaderboard as rows, the
+model package and the run folder (read from the run folder's files, so a job run elsewhere reads the same)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.runfolder import read_params, trial_dir
+
+
+def _value(s: str) -> Any:
+    if s == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(s)
+        except ValueError:
+            pass
+    return s
+
+
+@dataclass
+class Result:
+    """A finished (or stopped) job.
+
+    Attributes:
+        run_folder: the run folder as named (a local path or a storage URL).
+        local_folder: the run folder on this machine (for a storage URL: its staged copy).
+        primary_metric: the task's metric (``accuracy``, ``iou``, ``mean_average_precision``).
+        best_trial / best_metric: the trial with the best primary metric at any evaluation, and that value.
+        best_params: every hyperparameter of the best trial (sampled, fixed and default values).
+        best_sampled: the values the sweep sampled for it.
+        package: the best model's package (``RUN/best``): serve it, export it, ``predict`` with it.
+        leaderboard: one dict per trial, best first (the rows of ``leaderboard.csv``).
+        summary: ``summary.json`` (mode, trial counts, timings, where the initial weights came from ...).
+    """
+
+    run_folder: str
+    local_folder: Path
+    primary_metric: str
+    best_trial: str | None
+    best_metric: float | None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_sampled: dict[str, Any] = field(default_factory=dict)
+    package: str | None = None
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_folder(cls, local: str | Path, where: str | None = None) -> Result:
+        local = Path(local)
+        summary = json.loads((local / "summary.json").read_text())
+        rows = []
+        if (local / "leaderboard.csv").exists():
+            with open(local / "leaderboard.csv", newline="") as f:
+                rows = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        best = summary.get("best_trial")
+        sampled, everything = read_params(trial_dir(local, best)) if best else ({}, {})
+        return cls(run_folder=where or str(local), local_folder=local, primary_metric=summary["primary_metric"],
+                   best_trial=best, best_metric=summary.get("best_metric"), best_params=everything,
+                   best_sampled=sampled, package=summary.get("best_package"), leaderboard=rows, summary=summary)
+
+    @classmethod
+    def load(cls, where: str | Path) -> Result:
+        """The result in a run folder: a local path or a storage URL (whose files, less the models, are staged)."""
+        from scheduler.runstore import RunStore
+
+        store = RunStore.at(where)
+        if store.remote:
+            store.pull(skip=("best", "outputs"))
+        return cls.from_folder(store.local, store.where)
+
+    def __repr__(self) -> str:
+        metric = f"{self.best_metric:.4f}" if isinstance(self.best_metric, (int, float)) else "none"
+        return (f"Result(best_trial={self.best_trial!r}, {self.primary_metric}={metric}, trials={len(self.leaderboard)},"
+                f" package={self.package!r}, run_folder={self.run_folder!r})")

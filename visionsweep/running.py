@@ -1,0 +1,36 @@
+"""``visionsweep.run(job)``: the short path for Ray users: build a job in Python, run it here, get a result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from visionsweep.automl import ImageJob
+from visionsweep.results import Result
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(job: ImageJob | str | Path, output: str | Path | None = None,
+        echo: Callable[[str], None] | None = _stderr) -> Result:
+    """Run a job on the connected Ray cluster (``RAY_ADDRESS``, an already started ``ray.init()``, or else an
+    embedded local Ray) and wait for it; returns its :class:`~visionsweep.results.Result`.
+
+    Args:
+        job: a job object (``visionsweep.automl``) or the path of a CLI job file.
+        output: the run folder, a local path or a storage URL (default: ``runs/<experiment or task>-<time>``).
+        echo: where the sweep's progress lines go (default: stderr; None: nowhere).
+    """
+    from scheduler.cli import process_defaults
+    from scheduler.controller import run_job
+    from scheduler.joblog import apply_job_logging
+    from scheduler.spec import load_job
+
+    process_defaults()
+    spec = load_job(job) if isinstance(job, (str, Path)) else job.validated()
+    apply_job_logging(spec)
+    result = run_job(spec, output, echo=echo or (lambda line: None))
+    return Result.from_folder(result.run_dir, result.location or str(result.run_dir))
