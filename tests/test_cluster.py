@@ -175,6 +175,39 @@ def test_job_submit_of_data_parallel_trials_across_both_nodes(cluster, tmp_path)
     assert "Found multiple active Ray instances" not in logs, logs[-4000:]
 
 
+NOTEBOOK_SUBMIT = """
+import json, sys
+from visionsweep import Input, MLClient, automl
+
+job = automl.image_classification(training_data=Input(path=sys.argv[1]), target_column_name="label",
+                                  experiment_name="notebook", visionsweep={"weights_store": sys.argv[2]})
+job.set_training_parameters(model_name="mobilenetv2", number_of_epochs=1, training_crop_size=32,
+                            validation_resize_size=32, validation_crop_size=32)
+ml_client = MLClient()
+returned_job = ml_client.jobs.create_or_update(job)
+ml_client.jobs.stream(returned_job.name)
+got = ml_client.jobs.get(returned_job.name)
+print(json.dumps({"name": got.name, "status": got.status, "where": got.where, "run_folder": got.run_folder,
+                  "best": got.best_trial, "package": got.result.package}))
+"""
+
+
+@pytest.mark.ray
+def test_a_notebooks_mlclient_submits_through_the_jobs_api(cluster, tmp_path):
+    """``MLClient().jobs`` with RAY_ADDRESS set to the cluster's Jobs API (token auth on): the job is a Ray job
+    named as the notebook's job, `ray job status` sees it, and the run folder holds the model package."""
+    env = {**_client_env(cluster.env()), "VISIONSWEEP_HOME": str(tmp_path / "home")}
+    r = _run([sys.executable, "-c", NOTEBOOK_SUBMIT, str(SAMPLE / "train"), str(ROOT / ".weights")], env=env,
+             timeout=1800, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["status"] == "Completed" and got["where"] == "ray" and got["name"].startswith("notebook-")
+    assert r.stdout.startswith(f"RunId: {got['name']}\n") and "sweep: single mode" in r.stdout
+    assert (Path(got["package"]) / "model.json").is_file()
+    st = _run([RAY, "job", "status", got["name"]], env=env)
+    assert st.returncode == 0 and "succeeded" in (st.stdout + st.stderr).lower()
+
+
 @pytest.mark.ray
 def test_stop_worker_leaves_the_head_running(cluster):
     head_before = cluster.pids("head")

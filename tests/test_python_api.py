@@ -292,3 +292,20 @@ def test_a_failed_job_streams_its_error_and_raises(tmp_path, monkeypatch):
         ml_client.jobs.stream(submitted.name, file=out)
     assert "error: " in out.getvalue() and "missing.jsonl" in out.getvalue()
     assert ml_client.jobs.get("doomed").status == "Failed" and ml_client.jobs.get("doomed").result is None
+
+
+def test_the_readmes_notebook_cells_build_a_valid_sweep(monkeypatch):
+    """README.md's side-by-side: the right column's imports and the job cells (up to the submission) make a
+    manual sweep that validates; the left column's imports are the service's, one for one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## From Python"):readme.index("## Watching a sweep")]
+    rows = [ln.split("|")[1:3] for ln in section.splitlines() if ln.startswith("| `from azure")]
+    imports = [right.strip().strip("`") for _, right in rows]
+    assert [left.strip().strip("`").replace("azure.ai.ml", "visionsweep") for left, _ in rows] == imports
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    cells = code[:code.index("returned_job")].replace("ml_client = MLClient(", "ml_client = MLClient  # (")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    scope: dict = {}
+    exec("\n".join(imports) + "\n" + cells, scope)
+    job = scope["job"].validated()
+    assert job.mode == "manual" and len(job.search_space) == 2 and job.policy.type == "bandit"

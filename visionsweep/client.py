@@ -167,21 +167,31 @@ class OnlineDeploymentOperations:
         return _Done()
 
 
+def jobs_api_address() -> str | None:
+    """The cluster's Jobs API, where ``ray job submit`` finds it: ``$RAY_API_SERVER_ADDRESS``, else ``$RAY_ADDRESS``
+    when it is an ``http(s)://`` address."""
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        v = os.environ.get(var, "")
+        if v.startswith(("http://", "https://")):
+            return v
+    return None
+
+
 class MLClient:
     """The notebook's client. The service's arguments (credential, subscription, resource group, workspace) are
-    accepted so the cell runs unchanged, and name nothing here: jobs run on the Ray cluster of ``RAY_ADDRESS``
-    (its Jobs API, ``http://head:8265``) or, unset, on this machine; endpoints live on the Ray cluster's Serve
-    (``RAY_ADDRESS``, else the local cluster ``ray start --head`` started).
+    accepted so the cell runs unchanged, and name nothing here. Jobs go to the Ray cluster's Jobs API
+    (:func:`jobs_api_address`, as ``ray job submit``); without one they run in a process on this machine, on the
+    cluster of a ``RAY_ADDRESS`` (``host:6379``) or an embedded local Ray. Endpoints live on the Ray cluster's
+    Serve (``RAY_ADDRESS``, else the local cluster ``ray start --head`` started).
 
     Args:
-        ray_address: the Jobs API address (default ``$RAY_ADDRESS`` when it is an ``http(s)://`` address).
+        ray_address: the Jobs API address (default: :func:`jobs_api_address`).
     """
 
     def __init__(self, credential: Any = None, subscription_id: str | None = None,
                  resource_group_name: str | None = None, workspace_name: str | None = None, *,
                  ray_address: str | None = None, **kwargs: Any):
-        env = os.environ.get("RAY_ADDRESS", "")
-        self.ray_address = ray_address or (env if env.startswith(("http://", "https://")) else None)
+        self.ray_address = ray_address or jobs_api_address()
         self.workspace_name = workspace_name
         self.jobs = JobOperations(self.ray_address)
         self.online_endpoints = OnlineEndpointOperations()

@@ -66,6 +66,10 @@ class SubmittedJob:
     def best_trial(self) -> str | None:
         return self.result.best_trial if self.result else None
 
+    def __repr__(self) -> str:
+        return (f"SubmittedJob(name={self.name!r}, status={self.status!r}, run_folder={self.run_folder!r}"
+                + (f", best_trial={self.best_trial!r}" if self.best_trial else "") + ")")
+
 
 class JobOperations:
     """``ml_client.jobs``."""
