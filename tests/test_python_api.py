@@ -186,7 +186,8 @@ def test_a_wrong_argument_fails_with_the_yaml_paths_message(tmp_path, case):
     with pytest.raises(SpecError) as e:
         call()
     where, _, message = str(e.value).partition(": ")
-    assert where in ("set_limits", "primary_metric", "set_training_parameters", "extend_search_space", "set_sweep")
+    assert where in ("set_limits", "setting primary_metric", "set_training_parameters", "extend_search_space",
+                     "set_sweep")
     assert message == _yaml_error(BASE_YAML + yml, tmp_path)
     if case != "policy":
         assert job._to_yaml() == before  # a refused change leaves the job as it was
@@ -205,10 +206,28 @@ def test_the_other_tasks_constructors_and_their_metrics(tmp_path):
             automl.image_instance_segmentation(training_data=data, target_column_name="label",
                                                primary_metric=InstanceSegmentationPrimaryMetrics.MEAN_AVERAGE_PRECISION)]
     assert [j.validated().primary_metric for j in made] == ["iou", "mean_average_precision", "mean_average_precision"]
+    assert made[0].task == "image_classification_multilabel" and type(made[2]).__name__ == "ImageInstanceSegmentationJob"
     made[1].set_training_parameters(model_name="yolov5", model_size="small")
     assert made[1].validated().training_parameters["model_size"] == "small"
     with pytest.raises(SpecError, match="^set_training_parameters: training_parameters.model_size: "):
         made[0].set_training_parameters(model_size="small")  # yolov5's setting, not a classifier's
+
+
+def test_an_input_mode_is_kept_with_a_note_and_credentials_are_not_shown(tmp_path):
+    from visionsweep import Input, automl
+    from visionsweep.constants import AssetTypes, InputOutputModes
+
+    job = automl.image_classification(
+        training_data=Input(type=AssetTypes.MLTABLE, path=str(Path(FIXTURES, SAMPLE, "train").resolve()),
+                            mode=InputOutputModes.RO_MOUNT),
+        target_column_name="label",
+        visionsweep={"storage_options": {"az": {"account_name": "acct", "account_key": "c2VjcmV0LWtleS12YWx1ZQ=="}}})
+    assert any(n.startswith("training_data.mode: 'ro_mount'") for n in job.validated().notes())
+    assert "c2VjcmV0LWtleS12YWx1ZQ==" not in repr(job) and "account_key: '***'" in repr(job)
+    job.dump(tmp_path / "job.yml")  # the file itself keeps them: it is what `visionsweep run` reads
+    assert "c2VjcmV0LWtleS12YWx1ZQ==" in (tmp_path / "job.yml").read_text()
+    with pytest.raises(SpecError, match=r"^Input|training_data.mode"):
+        automl.image_classification(training_data=Input(path="x", mode="sideways"), target_column_name="label")
 
 
 def tiny_job(small_mltable):
@@ -259,6 +278,7 @@ def test_mlclient_submits_streams_and_gets_a_job(small_mltable, tmp_path, monkey
     assert Path(job.run_folder) == tmp_path / "home" / "jobs" / returned_job.name / "run"
     submitted = (tmp_path / "home" / "jobs" / returned_job.name / "job.yml").read_text()
     assert f"path: {small_mltable}" in submitted  # the job file moved: its data path was made absolute
+    assert (tmp_path / "home" / "jobs" / returned_job.name / "job.yml").stat().st_mode & 0o077 == 0  # may hold keys
     assert [j.name for j in ml_client.jobs.list()] == [returned_job.name]
 
     with pytest.raises(VisionsweepError, match="no job named 'nope'"):

@@ -165,7 +165,7 @@ class ImageJob:
             self._data.pop(key, None)
         else:
             self._data[key] = _plain(value)
-        self._check(key, before)
+        self._check(f"setting {key}", before)
 
     @property
     def task(self) -> str:
@@ -301,7 +301,18 @@ class ImageJob:
         return self.validated().resolved() == other.validated().resolved()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(\n{yaml.safe_dump(self._data, sort_keys=False)})"
+        """The job file with credentials as ``***`` (a notebook shows a cell's last value)."""
+        from scheduler.spec.redact import mask_secret_keys, redact_strings
+
+        shown = copy.deepcopy(self._data)
+        ext = shown.get("visionsweep")
+        if isinstance(ext, dict) and "storage_options" in ext:
+            ext["storage_options"] = mask_secret_keys(ext["storage_options"])
+        try:
+            shown = redact_strings(shown, self._parse(self._data).secrets())
+        except SpecError:
+            shown = redact_strings(shown, [])  # still the secrets inside URLs
+        return f"{type(self).__name__}(\n{yaml.safe_dump(_in_file_order(shown), sort_keys=False)})"
 
 
 def _in_file_order(data: dict[str, Any]) -> dict[str, Any]:

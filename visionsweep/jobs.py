@@ -108,10 +108,11 @@ class JobOperations:
         folder = jobs_home() / name
         if folder.exists():
             raise VisionsweepError(f"a job named {name!r} exists already ({folder}); give the job another name")
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, mode=0o700)  # the job file may hold storage credentials: for this user only
         submitted = type(job)(base_dir=folder, _validate=False)
         submitted._data.update(data)
         submitted.validated()  # the same checks as `visionsweep validate` before anything starts
+        (folder / "job.yml").touch(mode=0o600)
         submitted.dump(folder / "job.yml")
         run_folder = output or str(folder / "run")
         info = {"name": name, "run_folder": run_folder,
