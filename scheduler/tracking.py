@@ -204,6 +204,8 @@ class MlflowTracker(Callback):
         if best_trial:
             c.set_tag(parent, "best_trial", best_trial)
             c.set_tag(parent, "best_trial_run_id", ids["trials"].get(best_trial, ""))
+            # the service's name for it, which its notebooks read to find the best child run
+            c.set_tag(parent, "automl_best_child_run_id", ids["trials"].get(best_trial, ""))
             c.log_metric(parent, f"best_{self.primary}", float(best_metric))
         if best_dir and best_dir.is_dir():
             c.log_artifacts(parent, str(best_dir), artifact_path="best_model")

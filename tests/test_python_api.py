@@ -280,6 +280,12 @@ def test_mlclient_submits_streams_and_gets_a_job(small_mltable, tmp_path, monkey
     assert f"path: {small_mltable}" in submitted  # the job file moved: its data path was made absolute
     assert (tmp_path / "home" / "jobs" / returned_job.name / "job.yml").stat().st_mode & 0o077 == 0  # may hold keys
     assert [j.name for j in ml_client.jobs.list()] == [returned_job.name]
+    # the notebook's MLflow cells: the parent run's tag names the best child run
+    from mlflow import MlflowClient
+
+    mlflow_client = MlflowClient(tracking_uri=job.mlflow_tracking_uri)
+    best_child_run_id = mlflow_client.get_run(job.mlflow_run_id).data.tags["automl_best_child_run_id"]
+    assert mlflow_client.get_run(best_child_run_id).info.run_name == job.best_trial
 
     with pytest.raises(VisionsweepError, match="no job named 'nope'"):
         ml_client.jobs.get("nope")

@@ -66,6 +66,18 @@ class SubmittedJob:
     def best_trial(self) -> str | None:
         return self.result.best_trial if self.result else None
 
+    @property
+    def mlflow_tracking_uri(self) -> str | None:
+        """The MLflow store of the run (the notebook's ``ml_client.workspaces.get(...).mlflow_tracking_uri``),
+        once it has ended."""
+        return ((self.result.summary.get("tracking") or {}).get("uri")) if self.result else None
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The sweep's parent run in that store (the service's parent run id is the job's name); its tag
+        ``automl_best_child_run_id`` names the best trial's run, as the service's does."""
+        return ((self.result.summary.get("tracking") or {}).get("parent_run_id")) if self.result else None
+
     def __repr__(self) -> str:
         return (f"SubmittedJob(name={self.name!r}, status={self.status!r}, run_folder={self.run_folder!r}"
                 + (f", best_trial={self.best_trial!r}" if self.best_trial else "") + ")")
