@@ -237,6 +237,14 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                                      if t.status == "error" and not t.retry}),
         {"cpu": res.cpus, "gpu": res.gpus},
     )
+    budget_s = spec.limits.timeout_minutes * 60
+    left_s = budget_s - (clock() - t0)  # what data preparation and the cluster's start left to the trials
+    # (checked before the tracker and the live view start: nothing of the sweep's is left running on this error)
+    if left_s <= 0 and not resume:
+        raise VisionsweepError(
+            f"limits.timeout_minutes ({spec.limits.timeout_minutes}) ran out before the first trial: data "
+            f"preparation and the cluster's start took {clock() - t0:.0f}s; the prepared data is in "
+            f"{store.where}/data. Raise limits.timeout_minutes.")
     fixed = trial_fixed(job)
     everything = functools.partial(all_hyperparameters, job.task, fixed)  # params.json and MLflow: all of them
     callbacks: list[Any] = [RunFolderCallback(store, primary, plan.total_trials, echo, everything, fixed),
@@ -252,50 +260,43 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                      updated=time.time())
     live = LiveView(store)
     callbacks.append(live)
-    budget_s = spec.limits.timeout_minutes * 60
-    left_s = budget_s - (clock() - t0)  # what data preparation and the cluster's start left to the trials
-    if left_s <= 0 and not resume:
-        raise VisionsweepError(
-            f"limits.timeout_minutes ({spec.limits.timeout_minutes}) ran out before the first trial: data "
-            f"preparation and the cluster's start took {clock() - t0:.0f}s; the prepared data is in "
-            f"{store.where}/data. Raise limits.timeout_minutes.")
-    storage_path, storage_fs = store.ray_storage()
-    if resume:
-        from ray.tune import Tuner
+    try:  # from here the live view runs: stopped on every path, or it rewrites the folder for the life of the process
+        storage_path, storage_fs = store.ray_storage()
+        if resume:
+            from ray.tune import Tuner
 
-        if not store.exists(f"ray/{SWEEP}/tuner.pkl"):
-            raise VisionsweepError(f"{store.where}: nothing to resume (no Ray Tune experiment in ray/{SWEEP})")
-        tuner = Tuner.restore(f"{storage_path}/{SWEEP}", trainable, resume_unfinished=True, resume_errored=True,
-                              storage_filesystem=storage_fs)
-        echo(f"resume: {sum(r.finished for r in read_trials(run_dir).values())} finished trial(s) kept")
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=primary, mode="max", search_alg=plan.searcher, scheduler=plan.scheduler,
-                num_samples=plan.total_trials, max_concurrent_trials=spec.limits.max_concurrent_trials,
-                time_budget_s=left_s, trial_dirname_creator=_trial_dirname,
-                # A finished trial's process takes the next trial of the same resources: no new Python,
-                # no torch import, no start-up of a Ray worker between trials (seconds each on a small node).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=SWEEP, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-                callbacks=callbacks,
-                # On storage, Tune uploads its experiment state at most every sync_period (default 5 min):
-                # resume can only go on from the last upload, so keep it as fresh as the local snapshot.
-                sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),
-                failure_config=tune.FailureConfig(max_failures=ext.trial_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
-                                                        checkpoint_score_order="max"),
-            ),
-        )
-    echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
-         f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {res.describe()}, "
-         f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
-    echo(f"report: {store.where}/report.html (live: it refreshes itself while the sweep runs); "
-         f"`visionsweep status {store.where} --watch` follows the trials here")
-    try:
+            if not store.exists(f"ray/{SWEEP}/tuner.pkl"):
+                raise VisionsweepError(f"{store.where}: nothing to resume (no Ray Tune experiment in ray/{SWEEP})")
+            tuner = Tuner.restore(f"{storage_path}/{SWEEP}", trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=storage_fs)
+            echo(f"resume: {sum(r.finished for r in read_trials(run_dir).values())} finished trial(s) kept")
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=primary, mode="max", search_alg=plan.searcher, scheduler=plan.scheduler,
+                    num_samples=plan.total_trials, max_concurrent_trials=spec.limits.max_concurrent_trials,
+                    time_budget_s=left_s, trial_dirname_creator=_trial_dirname,
+                    # A finished trial's process takes the next trial of the same resources: no new Python,
+                    # no torch import, no start-up of a Ray worker between trials (seconds each on a small node).
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=SWEEP, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+                    callbacks=callbacks,
+                    # On storage, Tune uploads its experiment state at most every sync_period (default 5 min):
+                    # resume can only go on from the last upload, so keep it as fresh as the local snapshot.
+                    sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),
+                    failure_config=tune.FailureConfig(max_failures=ext.trial_retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
+                                                            checkpoint_score_order="max"),
+                ),
+            )
+        echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
+             f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {res.describe()}, "
+             f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
+        echo(f"report: {store.where}/report.html (live: it refreshes itself while the sweep runs); "
+             f"`visionsweep status {store.where} --watch` follows the trials here")
         with phase("trials"):
             tuner.fit()
     finally:

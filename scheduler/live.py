@@ -50,26 +50,34 @@ def write_sweep_file(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return doc
 
 
+_VIEWS: dict[str, "LiveView"] = {}  # run folder (as named) -> the view this driver runs for it
+
+
 class LiveView(Callback):
+    """The view of one run folder, started with its sweep and stopped before the final report.
+
+    Tune pickles its callbacks with the experiment and a resumed sweep runs the unpickled ones: an unpickled view
+    starts no thread (nothing would stop it) but passes its events to the view the resuming run started for the
+    same folder."""
+
     def __init__(self, store: Any, interval_s: float | None = None):
         self.store = store  # a RunStore: .local is the folder written here, .changed() mirrors it
         self.interval_s = report_interval_s() if interval_s is None else interval_s
-        self._start()
-
-    def _start(self) -> None:
+        self.restored = False
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self.writes = 0
         self._thread = threading.Thread(target=self._loop, name="visionsweep-live-report", daemon=True)
         self._thread.start()
         self._dirty.set()  # a first page at once: the user opens it while the first trial starts
+        _VIEWS[self.store.where] = self
 
     def __getstate__(self):
         return {"store": self.store, "interval_s": self.interval_s}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._start()
+        self.restored = True
 
     def _loop(self) -> None:
         last = 0.0
@@ -100,12 +108,18 @@ class LiveView(Callback):
         self.store.changed()
 
     def _event(self, *args, **kwargs) -> None:
-        self._dirty.set()
+        view = _VIEWS.get(self.store.where) if self.restored else self
+        if view is not None:
+            view._dirty.set()
 
     on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _event
 
     def stop(self) -> None:
         """Stop rewriting (before the final report is written); waits for a rewrite in progress."""
+        if self.restored:
+            return
         self._stopping.set()
         self._dirty.set()
         self._thread.join()
+        if _VIEWS.get(self.store.where) is self:
+            del _VIEWS[self.store.where]

@@ -165,14 +165,22 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
         assert params["learning_rate"] in ("0.01", "0.05") and params["number_of_epochs"] == "4"
         assert "momentum" in params and _tags(child)["visionsweep.sampled"] == "learning_rate"
 
-        # the terminal: status names the running trial, its epoch of 4 and the sweep's size
+        # the terminal: status names a running trial with its epochs (of 4) and the sweep's size. Read in this
+        # process until a trial is seen running (the MLflow child above may have ended since, the next one not yet
+        # begun); then the command itself, whose stdout is the JSON only
+        from scheduler.status import read_status
+
+        def running_trial():
+            st = read_status(run)
+            return st if any(t.status == "running" for t in st.trials) else None
+        st = _wait(running_trial, "status to show a running trial", sweep)
+        assert st.total_trials == 2 and st.state == "running"
+        assert all(t.epochs == 4 for t in st.trials if t.status == "running")
         out = subprocess.run([sys.executable, "-m", "scheduler.cli", "status", str(run), "--json"],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        st = json.loads(out.stdout)  # stdout is the JSON only
-        assert st["total_trials"] == 2 and st["state"] in ("running", "finished")
-        if st["state"] == "running":
-            assert any(t["status"] == "running" and t["epochs"] == 4 for t in st["trials"])
+        shown = json.loads(out.stdout)  # stdout is the JSON only
+        assert shown["total_trials"] == 2 and shown["state"] in ("running", "finished")
 
         # the browser: the live page, every figure drawn, no script error, the live marker
         snapshot = tmp_path / "live.html"

@@ -5,14 +5,12 @@ the YAML path's message; ``visionsweep.run`` and ``MLClient().jobs`` run a tiny 
 from __future__ import annotations
 
 import io
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from scheduler.spec import load_job as load_spec
-from scheduler.spec import parse_job
 from trainers.errors import SpecError, VisionsweepError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "jobs"
@@ -199,14 +197,14 @@ def test_the_other_tasks_constructors_and_their_metrics(tmp_path):
                                     ObjectDetectionPrimaryMetrics)
 
     data = Input(path=str(Path(FIXTURES, SAMPLE, "train").resolve()))
-    made = [automl.image_classification_multilabel(training_data=data, target_column_name="label",
-                                                   primary_metric=ClassificationMultilabelPrimaryMetrics.IOU),
-            automl.image_object_detection(training_data=data, target_column_name="label",
-                                          primary_metric=ObjectDetectionPrimaryMetrics.MEAN_AVERAGE_PRECISION),
-            automl.image_instance_segmentation(training_data=data, target_column_name="label",
-                                               primary_metric=InstanceSegmentationPrimaryMetrics.MEAN_AVERAGE_PRECISION)]
+    common = {"training_data": data, "target_column_name": "label"}
+    made = [make(**common, primary_metric=metric) for make, metric in (
+        (automl.image_classification_multilabel, ClassificationMultilabelPrimaryMetrics.IOU),
+        (automl.image_object_detection, ObjectDetectionPrimaryMetrics.MEAN_AVERAGE_PRECISION),
+        (automl.image_instance_segmentation, InstanceSegmentationPrimaryMetrics.MEAN_AVERAGE_PRECISION))]
     assert [j.validated().primary_metric for j in made] == ["iou", "mean_average_precision", "mean_average_precision"]
-    assert made[0].task == "image_classification_multilabel" and type(made[2]).__name__ == "ImageInstanceSegmentationJob"
+    assert made[0].task == "image_classification_multilabel"
+    assert type(made[2]).__name__ == "ImageInstanceSegmentationJob"
     made[1].set_training_parameters(model_name="yolov5", model_size="small")
     assert made[1].validated().training_parameters["model_size"] == "small"
     with pytest.raises(SpecError, match="^set_training_parameters: training_parameters.model_size: "):

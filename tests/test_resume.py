@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -130,3 +131,5 @@ visionsweep: {tracking: {enabled: false}}
     failed = after["vits16r224"]
     assert failed.status == "error" and "not trained again" in failed.error and not failed.metrics
     assert after["resnet18"].status == "completed" and after["resnet18"].started == first["resnet18"].started
+    # the resumed sweep's views (its own, and the one Tune unpickled with the experiment) are all stopped
+    assert not [t for t in threading.enumerate() if t.name == "visionsweep-live-report"]

@@ -799,7 +799,8 @@ def test_the_notebooks_endpoint_cells_run_on_mlclient(serve_port, package, tmp_p
         name="fashion-mlflow-deploy", endpoint_name=online_endpoint_name, model=Model(path=str(package)),
         instance_type="Standard_DS3_V2", instance_count=1,
         request_settings=OnlineRequestSettings(request_timeout_ms=90000),
-        liveness_probe=ProbeSettings(failure_threshold=30, success_threshold=1, timeout=2, period=10, initial_delay=2000),
+        liveness_probe=ProbeSettings(failure_threshold=30, success_threshold=1, timeout=2, period=10,
+                                     initial_delay=2000),
         readiness_probe=ProbeSettings(failure_threshold=10, success_threshold=1, timeout=10, period=10,
                                       initial_delay=0),
         cpus_per_instance=0.25)
@@ -813,7 +814,8 @@ def test_the_notebooks_endpoint_cells_run_on_mlclient(serve_port, package, tmp_p
     assert d["liveness_probe"]["initial_delay"] == 2000 and d["request_settings"]["request_timeout_ms"] == 90000
     keys = ml_client.online_endpoints.get_keys(online_endpoint_name)
     assert (keys.primary_key, keys.secondary_key) == (state["keys"]["primary"], state["keys"]["secondary"])
-    assert ml_client.online_endpoints.get(online_endpoint_name).scoring_uri == f"{serve_port}/{online_endpoint_name}/score"
+    scoring_uri = ml_client.online_endpoints.get(online_endpoint_name).scoring_uri
+    assert scoring_uri == f"{serve_port}/{online_endpoint_name}/score"
 
     (tmp_path / "sample_request_data.json").write_bytes(body(IMAGE))
     resp = wait_for(lambda: _invoke_when_ready(ml_client, online_endpoint_name), "the deployment to answer", 120)

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,3 +174,4 @@ def test_timeout_covers_data_preparation(ray_session, small_mltable, tmp_path, m
         run_job(job, tmp_path / "run", echo=lambda s: None)
     assert (tmp_path / "run" / "data" / "summary.json").is_file()  # the prepared data is kept
     assert not (tmp_path / "run" / "trials").exists()
+    assert not [t for t in threading.enumerate() if t.name == "visionsweep-live-report"]  # no view left running

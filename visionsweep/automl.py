@@ -159,7 +159,8 @@ class ImageJob:
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key not in self._KEYS:
-            raise AttributeError(f"{type(self).__name__}: cannot set {key!r}; the job's keys are {', '.join(self._KEYS)}")
+            raise AttributeError(f"{type(self).__name__}: cannot set {key!r}; the job's keys are "
+                                 f"{', '.join(self._KEYS)}")
         before = copy.deepcopy(self._data)
         if value is None:
             self._data.pop(key, None)

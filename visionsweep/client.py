@@ -4,7 +4,6 @@ Serve (``serving.endpoints``, the same state the ``visionsweep endpoint`` comman
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.error
 import urllib.request
@@ -124,7 +123,8 @@ class OnlineEndpointOperations:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.read().decode()
         except urllib.error.HTTPError as e:
-            raise VisionsweepError(f"endpoint {endpoint_name}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from None
+            answer = e.read().decode(errors="replace")[:500]
+            raise VisionsweepError(f"endpoint {endpoint_name}: HTTP {e.code}: {answer}") from None
 
     def begin_delete(self, name: str) -> _Done:
         from serving import endpoints

@@ -137,4 +137,5 @@ class ManagedOnlineDeployment:
         return spec.model_copy(update={"model": local_model_path(spec.model, Path.cwd())})
 
     def __repr__(self) -> str:
-        return f"ManagedOnlineDeployment(name={self.name!r}, endpoint_name={self.endpoint_name!r}, model={self.model!r})"
+        return (f"ManagedOnlineDeployment(name={self.name!r}, endpoint_name={self.endpoint_name!r}, "
+                f"model={self.model!r})")

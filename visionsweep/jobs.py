@@ -200,8 +200,8 @@ class JobOperations:
                   file=out)
         out.flush()
         if job.status != "Completed":
-            raise VisionsweepError(f"job {name} {job.status.lower()}; its output: "
-                                   + (f"`ray job logs {name}`" if info["where"] == "ray" else str(folder / "output.log")))
+            where = f"`ray job logs {name}`" if info["where"] == "ray" else str(folder / "output.log")
+            raise VisionsweepError(f"job {name} {job.status.lower()}; its output: {where}")
 
     def begin_cancel(self, name: str) -> None:
         """Cancel the job as Ctrl-C would: finished trials, metrics and checkpoints stay in its run folder

@@ -76,5 +76,6 @@ class Result:
 
     def __repr__(self) -> str:
         metric = f"{self.best_metric:.4f}" if isinstance(self.best_metric, (int, float)) else "none"
-        return (f"Result(best_trial={self.best_trial!r}, {self.primary_metric}={metric}, trials={len(self.leaderboard)},"
+        return (f"Result(best_trial={self.best_trial!r}, {self.primary_metric}={metric}, "
+                f"trials={len(self.leaderboard)},"
                 f" package={self.package!r}, run_folder={self.run_folder!r})")
