@@ -26,6 +26,8 @@ from pathlib import Path
 
 from machine_info import describe, repeats_table
 
+from scheduler.demo import held_out_accuracy
+
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "scheduler" / "jobs" / "fashion_mnist_sweep.yml"
 
@@ -75,9 +77,6 @@ def run(side: str, tmp: Path) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{side} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    sys.path.insert(0, str(ROOT))
-    from scheduler.demo import held_out_accuracy
-
     correct, n = held_out_accuracy(out / "best")
     return wall, correct / n
 

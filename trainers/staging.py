@@ -5,7 +5,8 @@ storage) and removed when ``report`` returns. But a trial that an early-terminat
 inside that ``report`` when Tune ends its process, so the folder is never removed: about one package (tens to
 hundreds of MB) per stopped trial, on every node, for the life of the machine. The folders therefore carry
 the pid of the process that made them, and every trial starting on a node first removes those whose process
-is gone. No library does this: Ray leaves the caller's temporary folders to the caller.
+is gone (as the node cache does with its temporary files). No library does this: Ray leaves the caller's
+temporary folders to the caller.
 """
 
 from __future__ import annotations
@@ -19,20 +20,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from trainers.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 PREFIX = "visionsweep-ckpt-"
 _OWNED = re.compile(rf"^{re.escape(PREFIX)}(\d+)-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def reclaim(root: str | os.PathLike | None = None) -> int:
@@ -43,7 +36,7 @@ def reclaim(root: str | os.PathLike | None = None) -> int:
     with contextlib.suppress(OSError):
         for entry in base.iterdir():
             m = _OWNED.match(entry.name)
-            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += not entry.exists()
     if removed:

@@ -136,15 +136,11 @@ class ImageJob:
                  log_verbosity: str | None = None, properties: dict[str, Any] | None = None,
                  outputs: dict[str, Any] | None = None, visionsweep: dict[str, Any] | None = None,
                  base_dir: str | Path | None = None, _validate: bool = True):
+        given = {k: v for k, v in locals().items() if k in self._KEYS and v is not None}  # the job file's keys
         self.__dict__["_data"] = {"$schema": SCHEMA, "type": "automl", "task": self._TASK}
         # relative data paths are read from here (default: the working folder of the notebook or script)
         self.__dict__["_base_dir"] = Path(base_dir or Path.cwd()).resolve()
-        given = dict(training_data=training_data, target_column_name=target_column_name, primary_metric=primary_metric,
-                     validation_data=validation_data, validation_data_size=validation_data_size, compute=compute,
-                     experiment_name=experiment_name, name=name, display_name=display_name, description=description,
-                     tags=tags, log_verbosity=log_verbosity, properties=properties, outputs=outputs,
-                     visionsweep=visionsweep)
-        self._data.update({k: _plain(v) for k, v in given.items() if v is not None})
+        self._data.update({k: _plain(v) for k, v in given.items()})
         if _validate:
             self._check(f"automl.{self._TASK}")
 
@@ -374,8 +370,8 @@ def load_job(source: str | Path) -> ImageJob:
     from scheduler.spec import load_job as load_spec
 
     path = Path(source)
-    load_spec(path)  # the job file's own errors, with its lines
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = load_spec(path)  # the job file's own errors, with its lines
+    data = yaml.safe_load(spec.text)
     cls = JOBS[data["task"]]
     job = cls(base_dir=path.resolve().parent, _validate=False)
     job._data.clear()

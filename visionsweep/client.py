@@ -58,7 +58,7 @@ def _scoring_uri(name: str) -> str:
 class OnlineEndpointOperations:
     """``ml_client.online_endpoints``."""
 
-    def begin_create_or_update(self, endpoint: ManagedOnlineEndpoint, **kwargs: Any) -> _Done:
+    def begin_create_or_update(self, endpoint: ManagedOnlineEndpoint) -> _Done:
         """Create the endpoint (new keys), or apply its ``traffic`` / ``mirror_traffic`` if it exists."""
         from serving import endpoints
 
@@ -108,14 +108,11 @@ class OnlineEndpointOperations:
                timeout: float = 300) -> str:
         """POST the request file to the endpoint (with its primary key; to ``deployment_name`` alone if given)
         and return the response body; an error response raises :class:`VisionsweepError` with its status."""
-        state_keys = None
         ep = self.get(endpoint_name)
-        if ep.auth_mode == "key":
-            state_keys = self.get_keys(endpoint_name).primary_key
-        body = Path(request_file).read_bytes()
         headers = {"Content-Type": "application/json"}
-        if state_keys:
-            headers["Authorization"] = f"Bearer {state_keys}"
+        if ep.auth_mode == "key":
+            headers["Authorization"] = f"Bearer {self.get_keys(endpoint_name).primary_key}"
+        body = Path(request_file).read_bytes()
         if deployment_name:
             headers["azureml-model-deployment"] = deployment_name
         req = urllib.request.Request(ep.scoring_uri, data=body, method="POST", headers=headers)
@@ -137,7 +134,7 @@ class OnlineEndpointOperations:
 class OnlineDeploymentOperations:
     """``ml_client.online_deployments``."""
 
-    def begin_create_or_update(self, deployment: ManagedOnlineDeployment, **kwargs: Any) -> _Done:
+    def begin_create_or_update(self, deployment: ManagedOnlineDeployment) -> _Done:
         """Create the deployment (at 0 % traffic, as the service) or update it, and wait until its replicas run
         (``$VISIONSWEEP_DEPLOY_TIMEOUT_S``, default 300 s; a deployment that cannot run is rolled back and the
         error says why)."""
@@ -190,7 +187,7 @@ class MLClient:
 
     def __init__(self, credential: Any = None, subscription_id: str | None = None,
                  resource_group_name: str | None = None, workspace_name: str | None = None, *,
-                 ray_address: str | None = None, **kwargs: Any):
+                 ray_address: str | None = None):
         self.ray_address = ray_address or jobs_api_address()
         self.workspace_name = workspace_name
         self.jobs = JobOperations(self.ray_address)
@@ -198,15 +195,15 @@ class MLClient:
         self.online_deployments = OnlineDeploymentOperations()
 
     @classmethod
-    def from_config(cls, credential: Any = None, path: str | None = None, **kwargs: Any) -> MLClient:
+    def from_config(cls, credential: Any = None, path: str | None = None) -> MLClient:
         """The service reads the workspace from ``config.json``; here there is no workspace to read."""
-        return cls(credential, **kwargs)
+        return cls(credential)
 
     def create_or_update(self, entity: Any, **kwargs: Any) -> Any:
-        """A job (``jobs.create_or_update``)."""
+        """A job (``jobs.create_or_update``, which names the arguments it takes)."""
         return self.jobs.create_or_update(entity, **kwargs)
 
-    def begin_create_or_update(self, entity: Any, **kwargs: Any) -> _Done:
+    def begin_create_or_update(self, entity: Any) -> _Done:
         """An endpoint or a deployment (as ``online_endpoints`` / ``online_deployments``)."""
         if isinstance(entity, ManagedOnlineEndpoint):
             return self.online_endpoints.begin_create_or_update(entity)

@@ -4,7 +4,7 @@ validated by it, so a notebook's endpoint cells and the CLI's YAML make the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ class OnlineRequestSettings:
 
     request_timeout_ms: int | None = None
     max_concurrent_requests_per_instance: int | None = None
-    max_queue_wait_ms: int | None = None
 
 
 @dataclass
@@ -49,7 +48,8 @@ class DefaultScaleSettings:
 class Model:
     """A model for a deployment: ``path`` (a model package folder or URI; a run's ``best/``) or a registered
     ``name`` and ``version`` (``id`` is then ``azureml:name:version``, resolved in the MLflow registry at
-    ``MLFLOW_TRACKING_URI``)."""
+    ``MLFLOW_TRACKING_URI``). ``type`` and ``description`` are taken as the notebook gives them and change nothing:
+    every package is an MLflow model."""
 
     path: str | None = None
     name: str | None = None
@@ -119,11 +119,9 @@ class ManagedOnlineDeployment:
 
     def _to_yaml(self) -> dict[str, Any]:
         model = self.model.id if isinstance(self.model, Model) else str(self.model)
-        nested = {k: _clean(asdict(v)) if v is not None and not isinstance(v, dict) else v
+        nested = {k: _clean(asdict(v)) if is_dataclass(v) else v
                   for k, v in (("liveness_probe", self.liveness_probe), ("readiness_probe", self.readiness_probe),
                                ("request_settings", self.request_settings), ("scale_settings", self.scale_settings))}
-        if isinstance(nested.get("request_settings"), dict):
-            nested["request_settings"].pop("max_queue_wait_ms", None)  # the service's queue; Serve queues itself
         return _clean({"name": self.name, "endpoint_name": self.endpoint_name, "model": model,
                        "model_registry_uri": self.model_registry_uri, "instance_type": self.instance_type,
                        "instance_count": self.instance_count, **nested, "description": self.description,

@@ -16,17 +16,19 @@ import asyncio
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
+from trainers.processes import pid_alive
 from visionsweep.automl import ImageJob, load_job
 from visionsweep.results import Result
 
@@ -60,7 +62,6 @@ class SubmittedJob:
     job: ImageJob | None = None
     result: Result | None = None
     where: str = "local"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_trial(self) -> str | None:
@@ -123,9 +124,8 @@ class JobOperations:
         folder.mkdir(parents=True, mode=0o700)  # the job file may hold storage credentials: for this user only
         submitted = type(job)(base_dir=folder, _validate=False)
         submitted._data.update(data)
-        submitted.validated()  # the same checks as `visionsweep validate` before anything starts
         (folder / "job.yml").touch(mode=0o600)
-        submitted.dump(folder / "job.yml")
+        submitted.dump(folder / "job.yml")  # validates it again, as moved
         run_folder = output or str(folder / "run")
         info = {"name": name, "run_folder": run_folder,
                 "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -133,7 +133,7 @@ class JobOperations:
             from ray.job_submission import JobSubmissionClient
 
             client = JobSubmissionClient(self._address)
-            client.submit_job(entrypoint=f"visionsweep run job.yml --output {_quote(run_folder)}",
+            client.submit_job(entrypoint=f"visionsweep run job.yml --output {shlex.quote(run_folder)}",
                               submission_id=name, runtime_env={"working_dir": str(folder), "excludes": ["run"]})
             info.update(where="ray", address=self._address)
         else:
@@ -164,7 +164,7 @@ class JobOperations:
         """Every job submitted from this machine, newest first."""
         home = jobs_home()
         names = [p.name for p in home.iterdir() if (p / "submission.json").is_file()] if home.is_dir() else []
-        return sorted((self.get(n) for n in names), key=lambda j: _info(j.name)[1]["submitted"], reverse=True)
+        return [self.get(n) for n in sorted(names, key=lambda n: _info(n)[1]["submitted"], reverse=True)]
 
     def stream(self, name: str, file: TextIO | None = None) -> None:
         """Print the job's output (the sweep's progress lines) until it ends, then a summary; raises
@@ -231,16 +231,11 @@ class JobOperations:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a child of this process that ended stays a zombie until waited for
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    try:  # a child of this process that ended stays a zombie (alive to a signal) until waited for
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return True
+        pass  # not this process's child: another client started it
+    return pid_alive(pid)
 
 
 def _info(name: str) -> tuple[Path, dict[str, Any]]:
@@ -254,9 +249,3 @@ def _info(name: str) -> tuple[Path, dict[str, Any]]:
 def _new_name(data: dict[str, Any]) -> str:
     stem = str(data.get("experiment_name") or data["task"]).replace("_", "-").lower()
     return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)

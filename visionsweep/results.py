@@ -3,24 +3,16 @@ model package and the run folder (read from the run folder's files, so a job run
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.runfolder import read_params, trial_dir
+import yaml
 
-
-def _value(s: str) -> Any:
-    if s == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(s)
-        except ValueError:
-            pass
-    return s
+from scheduler.leaderboard import leaderboard_rows
+from scheduler.runfolder import read_params, read_trials, trial_dir
+from trainers import hyperparameters as hp
 
 
 @dataclass
@@ -35,7 +27,7 @@ class Result:
         best_params: every hyperparameter of the best trial (sampled, fixed and default values).
         best_sampled: the values the sweep sampled for it.
         package: the best model's package (``RUN/best``): serve it, export it, ``predict`` with it.
-        leaderboard: one dict per trial, best first (the rows of ``leaderboard.csv``).
+        leaderboard: one dict per trial, best first (the rows of ``leaderboard.csv``, with their types).
         summary: ``summary.json`` (mode, trial counts, timings, where the initial weights came from ...).
     """
 
@@ -51,13 +43,16 @@ class Result:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_folder(cls, local: str | Path, where: str | None = None) -> Result:
+    def from_folder(cls, local: str | Path, where: str | None = None,
+                    rows: list[dict[str, Any]] | None = None) -> Result:
+        """The result in a run folder on this machine; ``rows``: the leaderboard when the caller has it already
+        (the run that just wrote the folder), else it is read from the trials as ``leaderboard.csv`` was."""
         local = Path(local)
         summary = json.loads((local / "summary.json").read_text())
-        rows = []
-        if (local / "leaderboard.csv").exists():
-            with open(local / "leaderboard.csv", newline="") as f:
-                rows = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        if rows is None:
+            resolved = yaml.safe_load((local / "job.resolved.yaml").read_text())
+            default_model = resolved["training_parameters"].get("model_name") or hp.DEFAULT_MODEL[resolved["task"]]
+            rows = leaderboard_rows(read_trials(local), summary["primary_metric"], default_model)
         best = summary.get("best_trial")
         sampled, everything = read_params(trial_dir(local, best)) if best else ({}, {})
         return cls(run_folder=where or str(local), local_folder=local, primary_metric=summary["primary_metric"],

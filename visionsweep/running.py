@@ -14,6 +14,10 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
 def run(job: ImageJob | str | Path, output: str | Path | None = None,
         echo: Callable[[str], None] | None = _stderr) -> Result:
     """Run a job on the connected Ray cluster (``RAY_ADDRESS``, an already started ``ray.init()``, or else an
@@ -22,15 +26,16 @@ def run(job: ImageJob | str | Path, output: str | Path | None = None,
     Args:
         job: a job object (``visionsweep.automl``) or the path of a CLI job file.
         output: the run folder, a local path or a storage URL (default: ``runs/<experiment or task>-<time>``).
-        echo: where the sweep's progress lines go (default: stderr; None: nowhere).
+        echo: where the sweep's progress lines go, credentials shown as ``***`` (default: stderr; None: nowhere).
     """
     from scheduler.cli import process_defaults
     from scheduler.controller import run_job
-    from scheduler.joblog import apply_job_logging
+    from scheduler.joblog import REDACTION, apply_job_logging
     from scheduler.spec import load_job
 
     process_defaults()
     spec = load_job(job) if isinstance(job, (str, Path)) else job.validated()
-    apply_job_logging(spec)
-    result = run_job(spec, output, echo=echo or (lambda line: None))
-    return Result.from_folder(result.run_dir, result.location or str(result.run_dir))
+    apply_job_logging(spec)  # the job's credentials join REDACTION
+    out = echo or _quiet
+    result = run_job(spec, output, echo=lambda line: out(REDACTION.redact(line)))
+    return Result.from_folder(result.run_dir, result.location or str(result.run_dir), rows=result.rows)

@@ -60,6 +60,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+from trainers.processes import pid_alive
 from trainers.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -113,16 +114,6 @@ def _write_file(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, someone else's
-        return True
-    return True
 
 
 class NodeCache:
@@ -462,7 +453,7 @@ class NodeCache:
             size = max(size, st.st_size)
             if drop_stale:
                 age = now - st.st_mtime
-                if age > STALE_TMP_S and (pid < 0 or age > ABANDONED_TMP_S or not _pid_alive(pid)):
+                if age > STALE_TMP_S and (pid < 0 or age > ABANDONED_TMP_S or not pid_alive(pid)):
                     try:
                         os.unlink(entry.path)
                     except FileNotFoundError:
