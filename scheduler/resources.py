@@ -34,7 +34,7 @@ def plan_group(job: Job, gpus_per_node: float, store: RunStore) -> Group:
     return Group(workers=workers, use_gpu=gpus_per_node > 0,
                  cpus_per_worker=ext.cpus_per_trial, spread=nodes > 1 and workers == nodes,
                  max_failures=ext.trial_retries,
-                 amp=ext.mixed_precision, channels_last=ext.channels_last,
+                 amp=ext.mixed_precision, channels_last=ext.channels_last, sync_batchnorm=ext.sync_batchnorm,
                  **dict(zip(("storage_path", "storage_filesystem"), store.ray_storage(TRAIN))))
 
 

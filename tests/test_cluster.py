@@ -103,9 +103,15 @@ def test_token_auth_is_on(cluster, tmp_path):
     refused = _run([RAY, "status"], env=wrong)
     assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr
     # the README's client environment gets in
-    ok = _run([RAY, "status"], env={**_client_env(cluster.env()), "HOME": str(home)})
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.count("node_") == 2
+    # (`ray status` reads the autoscaler's view, which can lag the dashboard's: both nodes alive first, then a
+    # bounded number of reads until the view has caught up)
+    cluster.wait_for_nodes(2)
+    for _ in range(30):
+        ok = _run([RAY, "status"], env={**_client_env(cluster.env()), "HOME": str(home)})
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        if ok.stdout.count("node_") == 2:
+            break
+    assert ok.stdout.count("node_") == 2, ok.stdout
 
 
 def _submit(cluster, tmp_path, job_text: str) -> tuple[Path, str]:

@@ -12,16 +12,23 @@ from tests.test_sweep import make_job
 
 pytestmark = pytest.mark.ray
 
-# Same seed, same data; the 2-worker trial's per-worker batch is half the single worker's, so both take
-# the same global batches in the same order (one seeded permutation, split by DistributedSampler).
-ONE = "training_parameters:\n  model_name: resnet18\n  random_seed: 7\n"
+# Same seed, same data; the 2-worker trial's per-worker batch is half the single worker's, so both see the same
+# global batches in the same order (one seeded permutation, split by DistributedSampler), each image augmented
+# alike (seeded by trial seed, epoch and image: trainers.data.draws), and BatchNorm normalises with the global
+# batch's statistics (SyncBatchNorm, the default). learning_rate 0: training steps amplify rounding differences
+# chaotically (one process alone, with 1 vs 2 threads, differs by ~1e-2 in its epoch-2 losses here), so trained
+# metrics admit no rounding-derived tolerance; tests/test_batchnorm.py compares one step's gradients instead.
+# What may differ then is float32 rounding of the same sums (BatchNorm statistics, loss averages) added in
+# another order, a few units of 2^-24 (~6e-8) each: RTOL = 1e-5 is ~170 of them, room for the ~20 BatchNorm
+# layers in the way (seen: <= 2e-7). Per-worker statistics (sync_batchnorm: false) move the losses by 5e-3 to 9e-2.
+RTOL = 1e-5
 
 
 def _job(data, workers: int, batch: int, extra: str = ""):
     text = (f"visionsweep:\n  workers_per_node: {workers}\n  cpus_per_trial: 0.5\n  tracking: {{enabled: false}}\n"
             + extra)
     job = make_job(data, text, epochs=2, batch=batch)
-    job.training_parameters.update(model_name="resnet18", random_seed=7, learning_rate=0.001)
+    job.training_parameters.update(model_name="resnet18", random_seed=7, learning_rate=0.0)
     return job
 
 
@@ -41,10 +48,9 @@ def test_two_workers_match_one_worker_and_cover_the_whole_validation_set(ray_ses
     # validation metrics are gathered over every rank's slice, not rank 0's shard
     assert all(m["validation_images"] == n_valid for m in m1 + m2)
     for a, b in zip(m1, m2):
-        # Same global batches in the same order; only BatchNorm differs (its statistics come from each
-        # worker's half batch). Accuracy on 18 images near chance is too discrete to compare tightly.
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.1
-        assert abs(a["validation_loss"] - b["validation_loss"]) < 0.15
+        # the same batches and statistics (see RTOL); accuracy over 18 images is not compared: a near tie could flip
+        for k in ("train_loss", "validation_loss"):
+            assert b[k] == pytest.approx(a[k], rel=RTOL), (k, a["epoch"], a[k], b[k])
     # rank 0's checkpoint is the exported best package
     assert (two.run_dir / "best" / "model.safetensors").is_file()
     assert json.loads((two.run_dir / "best" / "metrics.json").read_text())["workers"] == 2

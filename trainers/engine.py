@@ -15,7 +15,10 @@ Data parallelism (``trainers.launch`` starts the workers; :class:`Workers` says 
 each worker trains on its shard of every epoch (a ``DistributedSampler`` over one seeded permutation,
 so the union of the workers' batches is the batch a single process would take), gradients are averaged
 by DDP, validation metrics are computed over the *whole* validation set (each worker predicts its
-shard, the predictions are gathered), and every worker takes the same early-stopping decision. Only
+shard, the predictions are gathered), and every worker takes the same early-stopping decision. BatchNorm
+layers normalise with the statistics of the whole global batch (``trainers.batchnorm``; ``Workers.sync_batchnorm``
+off: each worker's own), and each sample's augmentation is drawn from a seed of (trial seed, epoch, sample)
+(``trainers.data.draws``), so a group takes the steps a single process takes with the global batch. Only
 rank 0 writes checkpoints. On CUDA the loop uses mixed precision (bf16 where supported, else fp16
 with a gradient scaler) and ``channels_last``; ``Workers.amp`` / ``channels_last`` turn them off.
 
@@ -39,9 +42,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
+from trainers.batchnorm import sync_batchnorm
 from trainers.data import PreparedData
+from trainers.data.draws import SeededSampler
 from trainers.errors import TrainingError
 from trainers.models.weights.initial import InitialWeights
 from trainers.package import save_package
@@ -88,7 +93,8 @@ def _workers(h: dict[str, Any]) -> int:
 
 
 def make_loaders(h: dict[str, Any], data: PreparedData, task: Task, workers: Workers = SINGLE):
-    """Training loader over this worker's shard; validation loader over this worker's slice (rank::world)."""
+    """Training loader over this worker's shard, each sample augmented by its own seed (``trainers.data.draws``);
+    validation loader over this worker's slice (rank::world)."""
     seed = h.get("random_seed") or 0
     train_ds = task.train_dataset(h, data)
     valid_ds = task.valid_dataset(h, data)
@@ -98,8 +104,8 @@ def make_loaders(h: dict[str, Any], data: PreparedData, task: Task, workers: Wor
                   collate_fn=task.collate)
     batch = h["training_batch_size"]
     drop_last = len(train_ds) > batch * workers.world
-    sampler = DistributedSampler(train_ds, num_replicas=workers.world, rank=workers.rank, shuffle=True, seed=seed,
-                                 drop_last=drop_last)
+    sampler = SeededSampler(train_ds, num_replicas=workers.world, rank=workers.rank, shuffle=True, seed=seed,
+                            drop_last=drop_last)
     train = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last, **common)
     valid = DataLoader(valid_ds, batch_size=h["validation_batch_size"], shuffle=False, **common)
     return train, valid
@@ -250,6 +256,9 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     if workers.distributed:  # after loading: DDP broadcasts rank 0's weights to the others
         from torch.nn.parallel import DistributedDataParallel
 
+        if workers.sync_batchnorm:  # in place: the parameters, and so the optimiser's, stay the same tensors
+            n = sync_batchnorm(model, dev)
+            log.info("SyncBatchNorm: %d BatchNorm layers use the statistics of all %d workers", n, workers.world)
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     for epoch in range(start, epochs + 1):
         net.train()

@@ -43,11 +43,12 @@ class Group:
     max_failures: int = 0  # restarts of a data-parallel group after a worker dies
     amp: bool = True
     channels_last: bool = True
+    sync_batchnorm: bool = True
     storage_path: str = ""  # Ray Train's storage for the group's checkpoints
     storage_filesystem: Any = None  # pyarrow filesystem for storage_path (Azure Blob), else None
 
     def engine_workers(self, rank: int = 0, world: int = 1) -> Workers:
-        return Workers(rank, world, self.amp, self.channels_last)
+        return Workers(rank, world, self.amp, self.channels_last, self.sync_batchnorm)
 
     def scaling_config(self):
         """Ray Train's placement of the group: a bundle per worker, PACK, or SPREAD when each node runs one worker.

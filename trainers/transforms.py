@@ -2,6 +2,9 @@
 
 training: random resize-and-crop, horizontal flip, colour jitter, ImageNet normalisation;
 validation / inference: resize, center crop, normalisation.
+
+The random transforms draw from torch's generator, which the training dataset seeds for each sample
+(``trainers.data.draws``): a sample's crop, flip and jitter follow from the trial seed, the epoch and the sample.
 """
 
 from __future__ import annotations

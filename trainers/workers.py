@@ -3,7 +3,8 @@
 The engine and the tasks share this: the engine owns the loop, a task owns what a batch and an
 evaluation mean, and both need to know whether to gather across workers, which device to use and
 whether to autocast. ``world == 1`` is a plain single-process trial; otherwise ``torch.distributed``
-is initialised (Ray Train does it) and the engine wraps the model in DDP.
+is initialised (Ray Train does it) and the engine wraps the model in DDP (its BatchNorm layers made
+SyncBatchNorm first, unless ``sync_batchnorm`` is off).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import torch
 
 @dataclass(frozen=True)
 class Workers:
-    """This worker's rank among ``world`` workers, and the CUDA speed-ups it may use."""
+    """This worker's rank among ``world`` workers, the CUDA speed-ups it may use, and whether BatchNorm uses
+    the whole group's statistics."""
 
     rank: int = 0
     world: int = 1
     amp: bool = True  # autocast (bf16 / fp16) on CUDA
     channels_last: bool = True  # NHWC memory format on CUDA
+    sync_batchnorm: bool = True  # SyncBatchNorm in a data-parallel group (trainers.batchnorm)
 
     @property
     def distributed(self) -> bool:

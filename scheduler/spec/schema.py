@@ -38,7 +38,8 @@ class Limits(BaseModel):
 
     @model_validator(mode="after")
     def _clamp(self):
-        self.max_concurrent_trials = min(self.max_concurrent_trials, self.max_trials)
+        if self.max_concurrent_trials > self.max_trials:  # (only then: an assignment marks the field as set)
+            self.max_concurrent_trials = self.max_trials
         return self
 
 
@@ -132,6 +133,9 @@ class Extensions(BaseModel):
                                                     "are not retried")
     mixed_precision: bool = Field(True, description="autocast (bf16, else fp16) on CUDA")
     channels_last: bool = Field(True, description="NHWC memory format on CUDA")
+    sync_batchnorm: bool = Field(True, description="a data-parallel trial's BatchNorm layers normalise with the "
+                                                   "statistics of the whole global batch (SyncBatchNorm); false: "
+                                                   "each worker's own part of it")
     cache: Cache = Field(default_factory=Cache)
 
 
