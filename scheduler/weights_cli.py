@@ -34,6 +34,10 @@ def _list(args) -> int:
         print(f"{r.label}\n    {r.library} {r.weights} ({r.dataset}; {r.licence or 'licence: see the model card'})"
               f"\n    file {r.file}  ({size}; {r.hash_text})\n    origin {r.origin}"
               + ("\n    loads into the backbone; FPN and heads start fresh" if r.target == "backbone" else ""))
+        for sha, release, url in r.known_sha256:
+            print(f"    known  {release} {r.file}  sha256 {sha}  ({url})")
+        for a in r.alternatives:
+            print(f"    or     {a.library} {a.weights}: file {a.file}  ({a.hash_text})\n           origin {a.origin}")
     return 0
 
 

@@ -87,8 +87,12 @@ def test_the_manifest_is_read_from_the_libraries_that_publish_the_weights():
 def test_openmmlab_models_take_their_zoo_checkpoint_from_the_metafiles():
     pytest.importorskip("mmyolo")
     small, medium = (entry("yolov5", hp.DETECTION, {"model_size": s}) for s in ("small", "medium"))
-    assert small.library == "mmyolo" and small.file != medium.file and small.label == "yolov5 (small)"
-    assert small.url.startswith("https://download.openmmlab.com/mmyolo/") and small.sha256_prefix in small.file
+    # yolov5: ultralytics' release file first (tests/test_yolov5_weights.py), the mmyolo zoo's as the alternative
+    assert (small.library, small.file, medium.file, small.label) == ("ultralytics", "yolov5s.pt", "yolov5m.pt",
+                                                                     "yolov5 (small)")
+    (zoo,) = small.alternatives
+    assert zoo.library == "mmyolo" and zoo.file != medium.alternatives[0].file
+    assert zoo.url.startswith("https://download.openmmlab.com/mmyolo/") and zoo.sha256_prefix in zoo.file
     atss = entry("atss_r50_fpn_1x_coco", hp.DETECTION)
     assert atss.url.startswith("https://download.openmmlab.com/mmdetection/") and len(atss.sha256_prefix) == 8
 

@@ -48,6 +48,12 @@ def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "", trusted: b
                 break
     if not isinstance(state, dict):
         raise VisionsweepError(f"pretrained weights {uri}: expected a state_dict, but got {type(state).__name__}")
+    return load_state(model, state, uri, add_prefix)
+
+
+def load_state(model: nn.Module, state: dict, uri: str, add_prefix: str = "") -> int:
+    """``load_pretrained``'s second half, for tensors already read (a converted checkpoint): those whose name and
+    shape fit are loaded, the rest stays as initialised; ``uri`` names their file in messages."""
     own = model.state_dict()
     if add_prefix and not any(k.startswith(add_prefix) for k in state):
         state = {add_prefix + k: v for k, v in state.items()}

@@ -17,10 +17,14 @@ Models are named by the model zoo's config name (``atss_r50_fpn_1x_coco``), the 
 the model config, SyncBN becomes BN (one process per worker here), ``Pretrained`` initialisation (mmengine's own
 downloads) is dropped: the zoo's COCO checkpoint of the model comes through ``trainers.models.weights`` (found, fetched
 once per node and checked against its published hash), and the test-time config follows the §9.5 settings.
+``yolov5`` also starts from ultralytics' release files (``yolov5s.pt`` ...), recognised by their content, read
+without running their code and converted to mmyolo's names by mmyolo's own converter
+(``trainers.models.weights.ultralytics``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -33,8 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.errors import VisionsweepError
-from trainers.models.loading import load_pretrained
+from trainers.models.boxes import drop_degenerate
+from trainers.models.loading import load_pretrained, load_state
 from trainers.models.names import MMDET_PREFIX
+from trainers.models.weights import ultralytics
 from trainers.models.weights.initial import InitialWeights
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ YOLO_CONFIGS = {
     "xlarge": "yolov5_x-v61_syncbn_fast_8xb16-300e_coco",
 }
 YOLO_PAD = 114.0  # letterbox grey, as YOLOv5 pads
+YOLO_BASE_CLASSES, YOLO_BASE_SIZE = 80, 640  # what mmyolo's configs balance YOLOv5's losses for (COCO at 640 px)
 TEST_SCORE_FLOOR = 0.001  # the model keeps candidates down to this; the adapter applies score_thresh
 PAD_DIVISOR = 32  # batches are padded to a multiple of the largest feature-map stride
 
@@ -105,9 +112,12 @@ def _zoo(package: str) -> tuple[dict[str, Path], dict[Path, str]]:
 
 def checkpoint_url(name: str, settings: dict[str, Any]) -> str | None:
     """The zoo's COCO checkpoint of a model (its metafile's ``Weights``): the model's entry in the weights manifest."""
+    # the config first: it says when the OpenMMLab extra is missing, before the zoo's packages are imported
     if name == YOLO:
-        return _zoo("mmyolo")[1].get(yolo_config_path(str(settings.get("model_size", "medium"))))
-    return _zoo("mmdet")[1].get(config_path(name))
+        path = yolo_config_path(str(settings.get("model_size", "medium")))
+        return _zoo("mmyolo")[1].get(path)
+    path = config_path(name)
+    return _zoo("mmdet")[1].get(path)
 
 
 def config_path(name: str) -> Path:
@@ -172,6 +182,8 @@ def model_config(name: str, num_classes: int, settings: dict[str, Any]) -> dict[
         # pad_size_divisor is then often 1; the adapter resizes instead, so the batch is padded here to the
         # largest stride of the feature pyramids (32): a CSPNeXt-PAFPN upsamples and concatenates P5 with P4.
         pre["pad_size_divisor"] = max(int(pre.get("pad_size_divisor") or 1), PAD_DIVISOR)
+    if name == YOLO:
+        _scale_yolo_losses(cfg, num_classes, int(settings.get("image_size", YOLO_BASE_SIZE)))
     _set_test_cfg(cfg, settings)
     return ConfigDict(cfg)  # the heads read their train/test configs by attribute
 
@@ -200,6 +212,20 @@ def optimizer_defaults(name: str, batch_size: int) -> dict[str, Any]:
     if kind != "sgd" and "betas" in opt:
         out["beta1"], out["beta2"] = (float(b) for b in opt["betas"])
     return out
+
+
+def _scale_yolo_losses(cfg: dict, num_classes: int, image_size: int) -> None:
+    """YOLOv5 balances its three losses for the job's classes and image size: the classification loss by
+    ``num_classes / 80``, the objectness loss by ``(image_size / 640) ** 2`` (ultralytics' train.py scales its
+    ``hyp['cls']`` and ``hyp['obj']`` so). mmyolo's configs compute these weights from their own variables when the
+    file is read, for COCO's 80 classes at 640 px; setting ``num_classes`` afterwards leaves them at that: 3 tree
+    classes at 256 px would weigh classification 27x and objectness 6x too much against the boxes, and the boxes
+    then learn several times slower (bench/RESULTS.md, "Model quality")."""
+    head = cfg.get("bbox_head") or {}
+    if isinstance(head.get("loss_cls"), dict):
+        head["loss_cls"]["loss_weight"] = float(head["loss_cls"]["loss_weight"]) * num_classes / YOLO_BASE_CLASSES
+    if isinstance(head.get("loss_obj"), dict):
+        head["loss_obj"]["loss_weight"] = float(head["loss_obj"]["loss_weight"]) * (image_size / YOLO_BASE_SIZE) ** 2
 
 
 def _set_test_cfg(cfg: dict, settings: dict[str, Any]) -> None:
@@ -328,8 +354,23 @@ class MMDetector(nn.Module):
                 masks = p.masks[keep][order] if "masks" in p else torch.zeros((len(order), h, w), device=im.device)
                 masks = torch.as_tensor(masks, device=im.device).float()
                 out["masks"] = masks[:, None, :h, :w]
-            outs.append(out)
+            outs.append(drop_degenerate(out, *im.shape[-2:]))  # boxes rescaled past the border, or of no area
         return outs
+
+
+@contextlib.contextmanager
+def _quiet_init():
+    """mmengine logs every parameter's initialisation at INFO (hundreds of lines per model, on every trial and every
+    package load): only its warnings pass while a model is built."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], segmentation: bool = False,
@@ -353,17 +394,28 @@ def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], seg
 
         scope = "mmdet"
     # config types name the zoo's own registry ("DetDataPreprocessor"): build inside its scope
-    with DefaultScope.overwrite_default_scope(scope):
+    with DefaultScope.overwrite_default_scope(scope), _quiet_init():
         model = MODELS.build(cfg)
         model.init_weights()
     det = MMDetector(model, name, settings, segmentation)
     if weights is not None:
         init = weights.path if isinstance(weights, InitialWeights) else weights
+        if name == YOLO and ultralytics.is_release(init):
+            load_release(det, init, settings)
+            return det
         # a zoo checkpoint keeps mmengine metadata beside its tensors: unpickled only once its hash matched
         trusted = isinstance(weights, InitialWeights) and weights.verified
         # a visionsweep package's weights carry the adapter's "model." prefix; a zoo checkpoint does not
         load_pretrained(det, init, add_prefix="model.", trusted=trusted)
     return det
+
+
+def load_release(det: MMDetector, path: str, settings: dict[str, Any]) -> int:
+    """An ultralytics YOLOv5 release file (``yolov5s.pt`` ...) into ``yolov5``: read without running its code and
+    renamed by mmyolo's converter (``trainers.models.weights.ultralytics``); class heads for other than COCO's 80
+    classes stay as initialised. Returns how many tensors were loaded."""
+    state = ultralytics.mmyolo_state_dict(path, str(settings.get("model_size", "medium")))
+    return load_state(det, state, path, add_prefix="model.")
 
 
 def freeze_groups(model: nn.Module, name: str) -> list[tuple[str, ...]]:

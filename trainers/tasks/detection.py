@@ -36,6 +36,7 @@ from trainers import hyperparameters as hp
 from trainers.data.datasets import ImageDataset
 from trainers.detection_metrics import decode_masks, detection_metrics, encode_masks
 from trainers.errors import TrainingError
+from trainers.models.boxes import drop_degenerate
 from trainers.models.detectors import build_detector, detector_architecture, get_detector_entry, score_threshold
 from trainers.models.loading import freeze_prefix_groups
 from trainers.polygons import polygons_to_mask
@@ -135,10 +136,13 @@ class DetectionTask(Task):
         grid = parse_grid(h.get("tile_grid_size"))
         with rt.autocast():
             if grid is None:
-                return model(images)
-            return [predict_tiled(model, im, grid, float(h["tile_overlap_ratio"]),
-                                  float(h["tile_predictions_nms_threshold"]), int(h["box_detections_per_image"]))
-                    for im in images]
+                outs = model(images)
+            else:
+                outs = [predict_tiled(model, im, grid, float(h["tile_overlap_ratio"]),
+                                      float(h["tile_predictions_nms_threshold"]), int(h["box_detections_per_image"]))
+                        for im in images]
+        # every detector's output, for metrics, reports and serving alike: no box outside the image, none of no area
+        return [drop_degenerate(o, *im.shape[-2:]) for o, im in zip(outs, images)]
 
     def _loss_target(self, t: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """A validation target as training gives it: crowd boxes left out, masks decoded."""

@@ -35,11 +35,16 @@ class InitialWeights:
 
     def provenance(self) -> dict[str, Any]:
         e = self.entry
-        return {"model_name": self.model_name, "source": self.source, "location": public(self.location),
-                "file": e.file if e else Path(self.path).name, "weights": e.weights if e else None,
-                "library": e.library if e else None, "origin": e.origin if e else None,
-                "sha256": self.sha256, "verified": self.verified, "dataset": e.dataset if e else None,
-                "licence": e.licence if e else None}
+        # a YOLOv5 release file known by its hash names its own release (v6.0 ...) and that release's URL
+        release = e.release_of(self.sha256) if e else None
+        out = {"model_name": self.model_name, "source": self.source, "location": public(self.location),
+               "file": e.file if e else Path(self.path).name, "weights": e.weights if e else None,
+               "library": e.library if e else None, "origin": release[1] if release else e.origin if e else None,
+               "sha256": self.sha256, "verified": self.verified, "dataset": e.dataset if e else None,
+               "licence": e.licence if e else None}
+        if release:
+            out["release"] = release[0]
+        return out
 
 
 def public(where: str) -> str:

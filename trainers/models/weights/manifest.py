@@ -7,7 +7,10 @@ Nothing here is typed by hand: every entry is read from the library that publish
 * torchvision detectors with published COCO weights (the ResNet-50 Faster R-CNN, RetinaNet and Mask R-CNN):
   their ``COCO_V1`` enums; the other depths get the ImageNet ResNet under a fresh FPN and heads;
 * timm models (ResNeSt, SE-ResNeXt, the ViTs): timm's pretrained config (hub id, licence);
-* MMDetection zoo configs and ``yolov5`` (mmyolo): the ``Weights`` URL of the model in the zoo's metafile;
+* MMDetection zoo configs: the ``Weights`` URL of the model in the zoo's metafile;
+* ``yolov5``: ultralytics' release file of each ``model_size`` (``yolov5s.pt`` ...: file names, release URL and the
+  hashes known here, from ``trainers.models.weights.ultralytics``), with mmyolo's zoo checkpoint of the same
+  network (its metafile's URL) as the alternative a store or cache may hold instead;
 * Hugging Face classifiers: the hub id itself (a folder: config, weights, image-processor config).
 
 Which ImageNet weights: the ``IMAGENET1K_V1`` enum of every torchvision model, the original recipe and the
@@ -56,6 +59,10 @@ class WeightsEntry:
     target: str = "model"  # model: the whole model (heads of another shape re-initialised); backbone: its ResNet
     dataset: str = ""  # what the weights were trained on
     variant: str = ""  # yolov5: the model_size the entry is for
+    # files with no hash in their name whose SHA-256 is known: (sha256, release, its URL) (ultralytics releases)
+    known_sha256: tuple[tuple[str, str, str], ...] = ()
+    # other files that serve the same model, tried after this one in the store and the caches (never downloaded)
+    alternatives: tuple["WeightsEntry", ...] = ()
 
     @property
     def label(self) -> str:
@@ -69,10 +76,18 @@ class WeightsEntry:
     def origin(self) -> str:
         return self.url or (f"hf://{self.hub_id}" if self.hub_id else "")
 
+    def release_of(self, sha256: str | None) -> tuple[str, str] | None:
+        """(release, URL) of a file whose hash is one of ``known_sha256``."""
+        return next(((rel, url) for sha, rel, url in self.known_sha256 if sha == sha256), None)
+
     @property
     def hash_text(self) -> str:
         if self.sha256_prefix:
             return f"sha256 {self.sha256_prefix}… (published in the file name)"
+        if self.library == "ultralytics":
+            known = ", ".join(f"{rel} {sha[:16]}…" for sha, rel, _ in self.known_sha256)
+            return (f"sha256 of the {known} release, or " if known else "sha256 ") + \
+                "as recorded by `visionsweep weights pull` in a store's index"
         if self.hub_id:
             return "sha256 of the hub's LFS object (read when fetched)"
         return "none published"
@@ -81,6 +96,8 @@ class WeightsEntry:
         d = asdict(self)
         d["hub_files"] = list(self.hub_files)
         d["hash"] = self.hash_text
+        d["known_sha256"] = {sha: {"release": rel, "url": url} for sha, rel, url in self.known_sha256}
+        d["alternatives"] = [a.as_dict() for a in self.alternatives]
         return d
 
 
@@ -170,6 +187,23 @@ def _huggingface(model_name: str) -> WeightsEntry:
                         licence=None, dataset="see the model card")
 
 
+def _yolov5(settings: Mapping[str, Any]) -> WeightsEntry:
+    """ultralytics' release file of the model_size (the default release's URL; v6.0 to v7.0 files accepted), and
+    mmyolo's zoo checkpoint of the same network as the alternative where mmyolo is installed."""
+    from trainers.models.weights import ultralytics as ul
+
+    size = _yolo_size(settings)
+    file = ul.RELEASE_FILES[size]
+    try:
+        alternatives: tuple[WeightsEntry, ...] = (_openmmlab("yolov5", settings),)
+    except VisionsweepError:  # mmyolo is not installed here: its metafiles cannot be read
+        alternatives = ()
+    known = tuple((sha, rel, ul.release_url(file, rel)) for sha, rel in ul.known_releases(file).items())
+    return WeightsEntry("yolov5", ul.LIBRARY, f"YOLOv5 {ul.DEFAULT_RELEASE} {file}", file,
+                        url=ul.release_url(file), licence=ul.LICENCE, dataset="COCO 2017", variant=size,
+                        known_sha256=known, alternatives=alternatives)
+
+
 def entry(model_name: str, task: str | None = None, settings: Mapping[str, Any] | None = None) -> WeightsEntry:
     """The published weights of ``model_name`` (for ``yolov5``, of ``settings['model_size']``).
 
@@ -177,7 +211,9 @@ def entry(model_name: str, task: str | None = None, settings: Mapping[str, Any] 
     backend = hp.model_backend(model_name)
     if backend == "huggingface":
         return _huggingface(model_name)
-    if backend == "mmdetection" or model_name == "yolov5":
+    if model_name == "yolov5":
+        return _yolov5(settings or {})
+    if backend == "mmdetection":
         return _openmmlab(model_name, settings or {})
     if task in hp.BOX_TASKS or model_name in hp.DETECTION_MODELS or model_name in hp.SEGMENTATION_MODELS:
         return _detector(model_name)

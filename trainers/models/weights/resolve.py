@@ -45,7 +45,7 @@ def check(task: str, models: Iterable[tuple[str, Iterable[str] | None]], cfg: We
             if where is None:
                 missing.append((e, looked))
             else:
-                found.append((e, where))
+                found.append((where.entry or e, where))  # an alternative's file, where that was found
     if missing:
         raise WeightsError(missing_message(missing, cfg))
     return found

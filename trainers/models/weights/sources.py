@@ -5,8 +5,12 @@
    storage URL (``az://``, ``s3://`` ...) holding files under the manifest's names. This is how an air-gapped
    cluster gets them (``visionsweep weights pull`` fills one where there is internet);
 3. ``cache``: the libraries' own caches, used as they are, offline: this node's weights cache,
-   ``$TORCH_HOME/hub/checkpoints`` (torchvision's and mmengine's downloads), the Hugging Face cache;
+   ``$TORCH_HOME/hub/checkpoints`` (torchvision's and mmengine's downloads; YOLOv5 release files also in
+   ``$TORCH_HOME/hub`` itself), the Hugging Face cache;
 4. ``origin``: the URL or hub repository the library downloads from, only while ``visionsweep.download_weights``.
+
+An entry's ``alternatives`` (``yolov5``: mmyolo's zoo checkpoint beside ultralytics' release file) are looked for
+right after it in each of the first three sources, never downloaded.
 
 Each source is a small class with ``find`` (is it there? cheap, no download) and ``fetch`` (a local path on this
 node); the driver calls ``find`` for every model before any trial, the trials call ``fetch`` on their node.
@@ -113,6 +117,7 @@ class Located:
     source: str  # explicit | store | cache | origin
     where: str
     detail: str = ""
+    entry: WeightsEntry | None = None  # the entry found there: the one asked for or one of its alternatives
 
 
 # ---------------------------------------------------------------------------------------------- the sources
@@ -153,7 +158,9 @@ class Explicit(Source):
     def find(self, entry, cfg, probe=True):
         g = self._given(entry, cfg)
         if g and _exists(g[0], cfg):
-            return Located(self.name, g[0], g[1])
+            # a file under an alternative's name (a yolov5 zoo checkpoint) is checked as that one
+            named = next((a for a in entry.alternatives if _basename(g[0]) == Path(a.file).name), None)
+            return Located(self.name, g[0], g[1], named)
         return None
 
     def fetch(self, entry, found, cfg):
@@ -164,7 +171,10 @@ class Explicit(Source):
         # the user's own file: checked only when it claims to be the published one (the manifest's file name)
         if Path(path).is_file() and Path(path).name == Path(entry.file).name and entry.sha256_prefix:
             return _verified(entry, self.name, path, found.where, cfg)
-        return InitialWeights(entry.model_name, self.name, path, found.where, entry, _sha_of(path, cfg))
+        sha = _sha_of(path, cfg)
+        # a YOLOv5 release file is read without running its code: any one is taken, marked verified when known
+        return InitialWeights(entry.model_name, self.name, path, found.where, entry, sha,
+                              verified=bool(entry.release_of(sha)))
 
 
 class Store(Source):
@@ -200,6 +210,8 @@ class Caches(Source):
         out = [(str(cfg.weights_cache / entry.file.rstrip("/")), "this node's weights cache")]
         if entry.url:
             out.append((str(_torch_checkpoints() / entry.file), "the torch hub cache"))
+        if entry.library == "ultralytics":  # YOLOv5 releases also land in the hub folder itself
+            out.append((str(_torch_checkpoints().parent / entry.file), "the torch hub folder"))
         seen = dict(cfg.seen).get(entry.file)
         if seen:
             out.append((seen, "the cache the driver found it in"))
@@ -222,7 +234,9 @@ class Caches(Source):
         return None
 
     def fetch(self, entry, found, cfg):
-        return _verified(entry, self.name, found.where, found.where, cfg)
+        # the node's weights cache indexes the files it downloaded whose hash is published nowhere (Origin.fetch)
+        return _verified(entry, self.name, found.where, found.where, cfg,
+                         index=check.read_store_index(str(cfg.weights_cache)))
 
 
 class Origin(Source):
@@ -261,7 +275,10 @@ class Origin(Source):
                 if not dest.is_file():
                     log.info("%s: downloading %s", entry.label, found.where)
                     download(found.where, dest, cfg.timeout_s)
-            return _verified(entry, self.name, str(dest), found.where, cfg)
+                    if not entry.sha256_prefix:
+                        _record_download(entry, dest, found.where, cfg)
+            return _verified(entry, self.name, str(dest), found.where, cfg,
+                             index=check.read_store_index(str(cfg.weights_cache)))
         path = _hf_download(entry, cfg)
         return _verified(entry, self.name, path, found.where, cfg)
 
@@ -276,19 +293,22 @@ SOURCES: tuple[Source, ...] = (Explicit(), Store(), Caches(), Origin())
 # ------------------------------------------------------------------------------------------------- find / fetch
 
 def locate(entry: WeightsEntry, cfg: WeightsConfig, probe: bool = True) -> tuple[Located | None, list[str]]:
-    """The first source that has ``entry``, and every place looked in (with why an origin did not answer)."""
+    """The first source that has ``entry`` (or, in the store and the caches, one of its alternatives), and every
+    place looked in (with why an origin did not answer). ``Located.entry`` says which entry was found."""
     looked: list[str] = []
     for src in SOURCES:
-        try:
-            found = src.find(entry, cfg, probe)
-        except _Unreachable as e:
-            looked.append(str(e))
-            continue
-        if found is not None:
-            log.info("%s: %s found in %s (%s)", entry.label, entry.file, found.detail or src.name,
-                     public(found.where))
-            return found, looked
-        looked += [f"{p}: not there" for p in src.places(entry, cfg)]
+        for want in (entry,) if isinstance(src, (Explicit, Origin)) else (entry, *entry.alternatives):
+            try:
+                found = src.find(want, cfg, probe)
+            except _Unreachable as e:
+                looked.append(str(e))
+                continue
+            if found is not None:
+                found = replace(found, entry=found.entry or want)
+                log.info("%s: %s found in %s (%s)", entry.label, found.entry.file, found.detail or src.name,
+                         public(found.where))
+                return found, looked
+            looked += [f"{p}: not there" for p in src.places(want, cfg)]
     if not cfg.download and entry.origin:
         looked.append("the origin: not asked (visionsweep.download_weights: false)")
     return None, looked
@@ -300,6 +320,7 @@ def fetch(entry: WeightsEntry, cfg: WeightsConfig) -> InitialWeights:
     if found is None:
         raise WeightsError(missing_message([(entry, looked)], cfg))
     src = next(s for s in SOURCES if s.name == found.source)
+    entry = found.entry or entry
     init = src.fetch(entry, found, cfg)
     log.info("%s: starting from %s (%s%s)", entry.label, entry.file, found.detail or found.source,
              f", sha256 {init.sha256[:12]}…" if init.sha256 else "")
@@ -310,7 +331,8 @@ def missing_message(missing: list[tuple[WeightsEntry, list[str]]], cfg: WeightsC
     lines = ["no pretrained weights for " + ", ".join(e.label for e, _ in missing) + " (models start from their "
              "published weights unless the job says visionsweep.pretrained: false):"]
     for e, looked in missing:
-        lines.append(f"  {e.label} needs {e.file} ({e.weights}, {e.hash_text}); looked in:")
+        alt = "".join(f" or {a.file}" for a in e.alternatives)
+        lines.append(f"  {e.label} needs {e.file}{alt} ({e.weights}, {e.hash_text}); looked in:")
         lines += [f"    - {w}" for w in looked]
     names = " ".join(sorted({_quote(e.model_name) for e, _ in missing}))
     to = cfg.store or "DIR_OR_URL"
@@ -331,6 +353,19 @@ def _exists(where: str, cfg: WeightsConfig) -> bool:
 
     fs, path = filesystem(where, cfg.storage_options)
     return bool(_call(lambda: fs.exists(path), where, fs, cfg.storage_options))
+
+
+def _basename(where: str) -> str:
+    return where.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _record_download(entry: WeightsEntry, dest: Path, url: str, cfg: WeightsConfig) -> None:
+    """A file whose publisher gives no hash, as downloaded from its origin (HTTPS): its SHA-256 goes into the node
+    cache's index, which checks it from then on (as ``weights pull`` records it in a store's)."""
+    sha = check.sha256_cached(dest, cfg.weights_cache)
+    with _lock(cfg, check.STORE_INDEX):
+        check.record(cfg.weights_cache, entry.file, {"sha256": sha, "size": dest.stat().st_size, "origin": url,
+                                                     "weights": entry.weights, "models": [entry.label]})
 
 
 def _url_key(url: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from trainers.data.storage import _call, _scrub, filesystem
 from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
+from trainers.models.weights import ultralytics
 from trainers.models.weights import verify as check
 from trainers.models.weights.manifest import HASH_IN_NAME, WeightsEntry
 from trainers.models.weights.sources import SOURCES, WeightsConfig, WeightsError, _transfer_callback, locate
@@ -43,6 +44,7 @@ def pull(entries: Iterable[WeightsEntry], to: str, cfg: WeightsConfig, echo=prin
         found, looked = locate(e, source_cfg)
         if found is None:
             raise WeightsError(f"{e.label}: {e.file} could not be had; looked in " + "; ".join(looked))
+        e = found.entry or e  # an alternative's file (a yolov5 zoo checkpoint) goes in under its own name
         src = next(s for s in SOURCES if s.name == found.source)
         init = src.fetch(e, found, source_cfg)
         files = check.weight_files(init.path) + _configs(init.path) if e.folder else [Path(init.path)]
@@ -126,11 +128,21 @@ def verify_store(store: str, cfg: WeightsConfig, echo=print) -> dict[str, list[s
         prefix_m = HASH_IN_NAME.search(rel.rsplit("/", 1)[-1])
         prefix = prefix_m.group(1) if prefix_m and prefix_m.group(1) else None
         recorded = (index.get(rel) or {}).get("sha256")
-        if not prefix and not recorded:
+        known = ultralytics.known_releases(rel) if "/" not in rel else {}  # YOLOv5 releases: known hashes
+        if not prefix and not recorded and not known:
             result["unchecked"].append(rel)
             echo(f"unchecked  {rel}  (no hash published in its name, none recorded in {check.STORE_INDEX})")
             continue
         sha = _sha_of(join(store, rel), cfg)
+        if known and not recorded:
+            if sha in known:
+                result["ok"].append(rel)
+                echo(f"ok         {rel}  (sha256 {sha[:16]}…, the {known[sha]} release)")
+            else:
+                result["unchecked"].append(rel)
+                echo(f"unchecked  {rel}  (sha256 {sha[:16]}… is no release known here, none recorded in "
+                     f"{check.STORE_INDEX})")
+            continue
         bad = [what for what, want in (("the prefix in its name", prefix), ("the store's index", recorded))
                if want and not sha.startswith(want)]
         if bad:

@@ -4,7 +4,10 @@
   (``mobilenet_v2-b0353104.pth``): torch.hub's rule, checked the same way here;
 * Hugging Face hub files (timm's and transformers' weights) are LFS objects whose id is their SHA-256: the
   Hugging Face cache stores each under ``blobs/<sha256>``, and ``visionsweep weights pull`` records it in the
-  store's index (``visionsweep-weights.json``) from the hub's metadata.
+  store's index (``visionsweep-weights.json``) from the hub's metadata;
+* ultralytics' YOLOv5 releases publish no hash: a file is accepted when its SHA-256 is one the manifest knows
+  (``known_sha256``) or the one recorded in a store's index when ``weights pull`` downloaded it from its release
+  URL (a node's weights cache keeps such an index too, for what it downloaded itself).
 
 A file that matches neither is refused, naming it. Hashing a large file takes seconds, so a node remembers
 the hash of a file it has checked, keyed by path, size and modification time (``<weights cache>/.verified``).
@@ -120,6 +123,8 @@ def verify_entry(entry: WeightsEntry, path: str, cache: Path | None, index: Mapp
 
 
 def _check_one(entry: WeightsEntry, rel: str, path: Path, cache: Path | None, index: Mapping[str, Any]) -> str:
+    if entry.library == "ultralytics":
+        return _check_known(entry, rel, path, cache, index)
     expected, why = expected_sha256(entry, rel, path, index)
     if expected is None:
         raise HashMismatch(f"{path}: cannot check {entry.label}'s {rel}: no hash is published with it and none is "
@@ -129,3 +134,39 @@ def _check_one(entry: WeightsEntry, rel: str, path: Path, cache: Path | None, in
         raise HashMismatch(f"{path}: sha256 {got[:16]}… does not match {entry.label}'s {rel} (expected "
                            f"{expected[:16]}… from {why}); the file is damaged or not the published one")
     return got
+
+
+def _check_known(entry: WeightsEntry, rel: str, path: Path, cache: Path | None, index: Mapping[str, Any]) -> str:
+    """A file with no hash in its name: one of the hashes the manifest knows, or the one its store recorded."""
+    got = sha256_cached(path, cache)
+    recorded = (index.get(rel) or {}).get("sha256")
+    if entry.release_of(got) or got == recorded:
+        return got
+    known = ", ".join(f"{release} {sha[:16]}…" for sha, release, _ in entry.known_sha256) or "none known"
+    if recorded:
+        raise HashMismatch(f"{path}: sha256 {got[:16]}… does not match {entry.label}'s {rel} (expected "
+                           f"{recorded[:16]}… from the weights store's index); the file is damaged or not the one "
+                           "that was pulled")
+    raise HashMismatch(f"{path}: cannot check {entry.label}'s {rel}: its sha256 {got[:16]}… is not a release hash "
+                       f"known here ({known}) and none is recorded for it in {STORE_INDEX}. Fill a weights store "
+                       f"where there is internet (visionsweep weights pull {entry.model_name}"
+                       f"{' --model-size ' + entry.variant if entry.variant else ''} --to DIR_OR_URL: it downloads "
+                       f"{entry.url} and records its hash), or name the file in visionsweep.pretrained_weights to "
+                       "start from it as it is")
+
+
+def record(folder: Path, rel: str, info: Mapping[str, Any]) -> None:
+    """Add ``rel``'s entry to the index of a local folder (a node's weights cache), replacing the file atomically;
+    the caller holds the lock on the index."""
+    path = Path(folder) / STORE_INDEX
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        doc = {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        doc = {"format": 1, "files": {}}
+    doc["files"][rel] = dict(info)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{STORE_INDEX}.{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
