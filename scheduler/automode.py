@@ -22,6 +22,11 @@ The plan, written to ``automode.json`` in the run folder with the reasons:
 With ``visionsweep.pretrained: false`` the models train from random initialisation: one recipe, the spec's
 own optimiser (SGD), with a learning-rate range around each model's default.
 
+5. The time budget (``scheduler.budget``): before the sweep the chosen models' cost is measured on the cluster
+   (``scheduler.costprobe``), and the number of trials, their epochs, the input size and concurrency are chosen so
+   that every trial starts and the best one trains its whole schedule inside ``limits.timeout_minutes``; when the
+   limit cannot hold ``max_trials`` meaningful trials, fewer and longer ones run, and the job says so at start.
+
 Fixed ``training_parameters`` (crop sizes, epochs, optimiser ...) apply to every AutoMode trial.
 """
 
@@ -35,6 +40,7 @@ from typing import Any, Callable
 
 from pydantic import TypeAdapter
 
+from scheduler import budget as bd
 from scheduler.policies.configs import AshaSettings
 from scheduler.space import Distribution
 from trainers import hyperparameters as hp
@@ -45,9 +51,13 @@ _dist = TypeAdapter(Distribution).validate_python
 
 @dataclass(frozen=True)
 class Candidate:
+    """A model AutoMode may pick. ``variants``: settings it is tried with, in order; the first whose weights can be
+    had is taken (YOLOv5: a model_size with published or stored weights)."""
+
     model_name: str
     why: str
     extra: str = ""  # the optional install it needs: huggingface | openmmlab | yolov5
+    variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,8 @@ CPU_PORTFOLIO = (
 # lead on GPUs; the other depths start from an ImageNet backbone under fresh FPN and heads. On CPU the light
 # backbones lead: an R-50 FPN step costs ~2.5x an R-18 FPN step at the same min_size.
 GPU_DETECTION = (
-    Candidate("yolov5", "task default (§5.1); one-stage COCO-pretrained detector, fast to fine-tune", "yolov5"),
+    Candidate("yolov5", "task default (§5.1); one-stage COCO-pretrained detector, fast to fine-tune", "yolov5",
+              ((("model_size", "medium"),), (("model_size", "small"),))),
     Candidate("fasterrcnn_resnet50_fpn", "two-stage detector with torchvision's COCO weights; the strongest-"
                                          "understood baseline of the zoo"),
     Candidate("retinanet_resnet50_fpn", "one-stage focal-loss detector with COCO weights; robust to many easy "
@@ -136,6 +147,8 @@ GPU_DETECTION = (
     Candidate("fasterrcnn_resnet34_fpn", "lighter backbone; explores quickly"),
 )
 CPU_DETECTION = (
+    Candidate("yolov5", "YOLOv5-s: one-stage detector with COCO weights at a fraction of a two-stage detector's "
+                        "cost per image", "yolov5", ((("model_size", "small"),),)),
     Candidate("fasterrcnn_resnet18_fpn", "lightest two-stage detector of the zoo; best mAP per CPU-second"),
     Candidate("fasterrcnn_resnet34_fpn", "deeper basic-block backbone at ~2x the cost of ResNet-18"),
     Candidate("retinanet_resnet50_fpn", "one-stage detector with COCO weights; worth its cost with a larger budget"),
@@ -167,7 +180,8 @@ CPU_LEFT_OUT = {
                    "ResNet-18 epoch on CPU",
     hp.MULTILABEL: "the ViTs, Hugging Face transformers and the 101/152-layer ResNets: an epoch costs 10-20x a "
                    "ResNet-18 epoch on CPU",
-    hp.DETECTION: "yolov5, MMDetection models and the 101/152-layer backbones: too slow per CPU-second",
+    hp.DETECTION: "YOLOv5 beyond model_size small, MMDetection models and the 101/152-layer backbones: too slow per "
+                  "CPU-second",
     hp.SEGMENTATION: "MMDetection models and the 101/152-layer backbones: too slow per CPU-second",
 }
 EXTRAS = {"huggingface": ("transformers",), "openmmlab": ("mmengine", "mmcv", "mmdet"),
@@ -188,8 +202,34 @@ def portfolio(task: str, has_gpu: bool) -> tuple[Candidate, ...]:
         raise ValueError(f"AutoMode has no portfolio for task {task}") from None
 
 
-def _space_for(task: str, model_name: str, fixed: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+def size_rule(task: str, model_name: str, fixed: dict[str, Any]) -> bd.SizeRule | None:
+    """How the budget may set a model's input size, or None where it is fixed: by ``training_parameters``, or by
+    the model (ViTs and Hugging Face classifiers take the input size they were pretrained at)."""
+    f = family(task, model_name)
+    if f in ("vit", "huggingface"):
+        return None
+    rule = bd.YOLO if f == "yolov5" else bd.CROP if task in hp.CLASSIFICATION_TASKS else bd.BOXES
+    return None if any(name in fixed for name, _ in rule.params) else rule
+
+
+def sizes_fixed(task: str, fixed: dict[str, Any]) -> bool:
+    return any(name in fixed for rule in (bd.CROP, bd.BOXES, bd.YOLO) for name, _ in rule.params
+               if task in hp.PARAMS[name].tasks)
+
+
+def grace_period(epochs: int, fixed: dict[str, Any]) -> int:
+    """ASHA's grace period: after the learning-rate warm-up (during it every trial is still near chance), at least
+    1/8 of the epochs, at most half."""
+    warmup = fixed.get("warmup_cosine_lr_warmup_epochs", hp.PARAMS["warmup_cosine_lr_warmup_epochs"].default) \
+        if fixed.get("learning_rate_scheduler", "warmup_cosine") == "warmup_cosine" else 0
+    return max(1, min(epochs // 2, max(warmup, epochs // 8)))
+
+
+def _space_for(task: str, model_name: str, fixed: dict[str, Any], recipe: Recipe,
+               settings: dict[str, Any]) -> dict[str, Any]:
     sub: dict[str, Any] = {"model_name": _dist({"type": "choice", "values": [model_name]})}
+    for k, v in settings.items():  # the budget's epochs and input size, the candidate's variant: one value each
+        sub[k] = _dist({"type": "choice", "values": [v]})
     if "optimizer" not in fixed:
         sub["optimizer"] = _dist({"type": "choice", "values": [recipe.optimizer]})
     if "learning_rate" not in fixed:
@@ -204,69 +244,144 @@ def _space_for(task: str, model_name: str, fixed: dict[str, Any], recipe: Recipe
     return sub
 
 
+def _variants(c: Candidate, fixed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate's variants less what ``training_parameters`` fixed (a fixed model_size is the only one)."""
+    out = [{k: v for k, v in var if k not in fixed} for var in c.variants]
+    return [dict(t) for t in dict.fromkeys(tuple(v.items()) for v in out)]
+
+
 def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
-         available: Callable[[str], str | None] | None = None, pretrained: bool = True) -> dict[str, Any]:
+         available: Callable[..., str | None] | None = None, pretrained: bool = True,
+         budget: bd.BudgetPlan | None = None) -> dict[str, Any]:
     """The AutoMode plan: first trial, conditional space, ASHA settings and the reasons.
 
-    ``available(model_name)``: None when the model's pretrained weights can be had, else why not (None for
-    the argument: every candidate is assumed to have them, as when a job file is validated)."""
+    ``available(model_name, **settings)``: None when the model's pretrained weights can be had (with a candidate's
+    variant settings, e.g. ``model_size="small"``), else why not (None for the argument: every candidate is
+    assumed to have them, as when a job file is validated). ``budget``: the number of trials, epochs and input
+    sizes fitted to the time limit (:func:`fit_budget`); None: ``max_trials`` at the default epochs and sizes."""
     considered: list[dict[str, Any]] = []
-    cands: list[Candidate] = []
+    cands: list[tuple[Candidate, dict[str, Any]]] = []
     pool = portfolio(task, has_gpu)
     if "model_name" in fixed:
         pool = tuple(c for c in pool if c.model_name == fixed["model_name"]) or \
             (Candidate(fixed["model_name"], "fixed in training_parameters"),)
     for c in pool:
-        why_not = None
+        why_not, settings = None, None
         if c.extra and not extra_installed(c.extra):
             why_not = f"needs the {c.extra} extra, not installed here ({INSTALL[c.extra]})"
         elif available is not None:
-            why_not = available(c.model_name)
-            why_not = f"no pretrained weights can be had: {why_not}" if why_not else None
-        considered.append({"model_name": c.model_name, "considered": why_not is None, "why": why_not or c.why})
+            reasons = []
+            for v in _variants(c, fixed):  # the same weights check for every candidate, per variant
+                r = available(c.model_name, **v)
+                if r is None:
+                    settings = v
+                    break
+                reasons.append(r)
+            why_not = None if settings is not None else "no pretrained weights can be had: " + "; ".join(reasons)
+        else:
+            settings = _variants(c, fixed)[0]
+        considered.append({"model_name": c.model_name, "considered": why_not is None, "why": why_not or c.why,
+                           **({"settings": settings} if settings else {})})
         if why_not is None:
-            cands.append(c)
+            cands.append((c, settings or {}))
     if not cands:
         raise VisionsweepError("AutoMode found no candidate model it can train here: " + "; ".join(
             f"{c['model_name']}: {c['why']}" for c in considered))
-    m = max(1, min(len(cands), math.ceil(max_trials / 4)))
+    trials = budget.trials if budget is not None else max_trials
+    m = max(1, min(len(cands), math.ceil(trials / 4)))
     chosen = cands[:m]
-    space = [_space_for(task, c.model_name, fixed, r) for c in chosen for r in recipes(task, c.model_name, pretrained)]
+    lead_name = chosen[0][0].model_name
+    epochs = budget.epochs if budget is not None else \
+        fixed.get("number_of_epochs") or hp.task_model_defaults(task, lead_name)["number_of_epochs"]
+
+    def settings_of(name: str, variant: dict[str, Any]) -> dict[str, Any]:
+        """What every trial of the model takes besides its recipe: its variant, and the budget's epochs and size."""
+        out = dict(variant)
+        if budget is None:
+            return out
+        if "number_of_epochs" not in fixed:
+            out["number_of_epochs"] = epochs
+        rule, size = size_rule(task, name, fixed), budget.sizes.get(name)
+        if rule is not None and size:
+            out.update(rule.settings(size))
+        return out
+
+    space = [_space_for(task, c.model_name, fixed, r, settings_of(c.model_name, v))
+             for c, v in chosen for r in recipes(task, c.model_name, pretrained)]
     if "model_name" in fixed:
         for sub in space:
             sub.pop("model_name")
-    lead = recipes(task, chosen[0].model_name, pretrained)[0]
-    first = {} if "model_name" in fixed else {"model_name": chosen[0].model_name}
+    lead = recipes(task, lead_name, pretrained)[0]
+    first = {} if "model_name" in fixed else {"model_name": lead_name}
     if pretrained and "optimizer" not in fixed and "learning_rate" not in fixed:
         first.update(optimizer=lead.optimizer, learning_rate=lead.learning_rate)
-    epochs = fixed.get("number_of_epochs") or hp.task_model_defaults(task, chosen[0].model_name)["number_of_epochs"]
-    # Judge trials only after the learning-rate warm-up: during it every trial is still near chance.
-    warmup = fixed.get("warmup_cosine_lr_warmup_epochs", hp.PARAMS["warmup_cosine_lr_warmup_epochs"].default) \
-        if fixed.get("learning_rate_scheduler", "warmup_cosine") == "warmup_cosine" else 0
-    grace = max(1, min(epochs // 2, max(warmup, epochs // 8)))
+    first.update(settings_of(lead_name, chosen[0][1]))
     # the policy's other settings (reduction_factor) are the job file's defaults: one table, in scheduler.spec
-    asha = AshaSettings(type="asha", grace_period=grace, max_epochs=epochs).model_dump(exclude={"type"})
+    asha = AshaSettings(type="asha", grace_period=grace_period(epochs, fixed), max_epochs=epochs).model_dump(
+        exclude={"type"})
     out = {
         "hardware": "gpu" if has_gpu else "cpu",
         "max_trials": max_trials,
+        "trials": trials,
         "pretrained": pretrained,
         "first_trial": {"config": first, "why": "the leading model with its family's first fine-tuning recipe "
                         "(baseline)" if pretrained else "the leading model at its default hyperparameters (baseline)"},
-        "models": [{"model_name": c.model_name, "why": c.why,
+        "models": [{"model_name": c.model_name, "why": c.why, **({"settings": v} if v else {}),
                     "recipes": [{"optimizer": r.optimizer, "learning_rate": [r.low, r.high]}
-                                for r in recipes(task, c.model_name, pretrained)]} for c in chosen],
+                                for r in recipes(task, c.model_name, pretrained)]} for c, v in chosen],
         "left_out": [{"model_name": c.model_name, "why": "beyond the budget (about one model per 4 trials)"}
-                     for c in cands[m:]] + [{"model_name": c["model_name"], "why": c["why"]}
-                                             for c in considered if not c["considered"]],
+                     for c, _ in cands[m:]] + [{"model_name": c["model_name"], "why": c["why"]}
+                                                for c in considered if not c["considered"]],
         "considered": considered,
         "space": space,
         "asha": asha,
         "why_asha": f"stops trials that trail at epochs grace_period * {asha['reduction_factor']:g}^i, so more "
                     "trials fit the same compute",
     }
+    if budget is not None:
+        out["budget"] = budget.to_json()
     if not has_gpu:
         out["not_in_the_cpu_portfolio"] = CPU_LEFT_OUT[task]
     return out
+
+
+def probe_runs(task: str, p: dict[str, Any], fixed: dict[str, Any],
+               native: tuple[int, int] | None) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """What the cost probe trains: (model, input size, sampled values) for each model of an unbudgeted plan ``p`` at
+    the largest and the smallest input size the budget may pick (one size where it is fixed)."""
+    runs = []
+    for i, mdl in enumerate(p["models"]):
+        name = mdl["model_name"]
+        config = {"model_name": name} if "model_name" not in fixed else {}
+        if i == 0:
+            config.update({k: v for k, v in p["first_trial"]["config"].items() if k in ("optimizer", "learning_rate")})
+        config.update(mdl.get("settings", {}))
+        rule = size_rule(task, name, fixed)
+        ladder = rule.ladder(native) if rule is not None else ()
+        for size in dict.fromkeys([ladder[0], ladder[-1]] if ladder else [None]):
+            runs.append((name, size, {**config, **(rule.settings(size) if size else {})}))
+    return runs
+
+
+def fit_budget(task: str, p: dict[str, Any], fixed: dict[str, Any], cost: bd.Cost | None, *,
+               train_images: int, valid_images: int, concurrency: int, left_s: float, spent_s: float,
+               limit_given: bool, native: tuple[int, int] | None, why_unmeasured: str = "") -> bd.BudgetPlan:
+    """The budget for an unbudgeted plan ``p`` (its models and leading model) given the measured ``cost`` (None:
+    not measured, ``why_unmeasured`` says why): the request AutoMode makes of ``scheduler.budget``."""
+    ladders = {}
+    for mdl in p["models"]:
+        rule = size_rule(task, mdl["model_name"], fixed)
+        ladders[mdl["model_name"]] = rule.ladder(native) if rule is not None else ()
+    lead = p["models"][0]["model_name"]
+    req = bd.Request(
+        max_trials=p["max_trials"], concurrency=concurrency, train_images=train_images, valid_images=valid_images,
+        target_epochs=fixed.get("number_of_epochs") or hp.task_model_defaults(task, lead)["number_of_epochs"],
+        epochs_fixed="number_of_epochs" in fixed, ladders=ladders, lead=lead,
+        grace=functools.partial(grace_period, fixed=fixed), reduction_factor=p["asha"]["reduction_factor"],
+        left_s=left_s, spent_s=spent_s, limit_given=limit_given,
+        eval_every=int(fixed.get("evaluation_frequency") or 1),
+        log_training_metrics=bool(fixed.get("log_training_metrics")), sizes_fixed=sizes_fixed(task, fixed))
+    return bd.fit(cost, req) if cost is not None else bd.unmeasured(req, why_unmeasured)
 
 
 def explain(p: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ Run folder::
     ray/                    Ray Tune's experiment storage (trial checkpoints, searcher state)
     weights.json            where each model's initial weights were found before the trials (or that every model
                             starts from random initialisation: visionsweep.pretrained: false)
-    automode.json           AutoMode only: the models and ranges it chose, and why
+    automode.json           AutoMode only: the models and ranges it chose, and why; its budget (measured cost,
+                            trials, epochs, input sizes, concurrency, predicted minutes) and, at the end, the
+                            actual minutes and trials started and finished
     leaderboard.csv         one row per trial, best first
     best/                   the model package of the best trial
     outputs/mlflow-model/   the same model in the managed service's layout (§9.1): MLflow files, artifacts/ with
@@ -44,7 +46,7 @@ from scheduler.live import LiveView, write_sweep_file
 from scheduler.plan import all_hyperparameters, build_plan, trial_fixed
 from scheduler.preflight import check_supported, check_weights, weights_available, weights_config, weights_lines
 from scheduler.resources import capacity_shortfall, local_gpus, trial_resources, workers_per_trial
-from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_json, read_trials
 from scheduler.runstore import SWEEP, RunStore, mirror_callback
 from scheduler.spec import Job, check_data_paths, parse_job, redact
 from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
@@ -217,9 +219,19 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         raise VisionsweepError(short.split(" now:")[0] + "; " + short.rsplit(" (", 1)[-1].rstrip(")"))
     if short:
         echo(f"warning: {short}")
-    plan = build_plan(job, has_gpu, run_dir, weights_available(job, wcfg))
+    available = weights_available(job, wcfg)
+    plan = build_plan(job, has_gpu, run_dir, available)
+    if plan.automode is not None:  # AutoMode: measure what a trial costs, then fit the plan to the time limit
+        with phase("cost_probe"):
+            budget = _automode_budget(job, plan.automode, data, wcfg, res, init_package, run_dir, t0, resume, echo)
+        plan = build_plan(job, has_gpu, run_dir, available, budget)
+        for line in budget.messages:
+            echo(line)
     if wplan is None:
-        wcfg, wplan = check_weights(job, wcfg, [m["model_name"] for m in plan.automode["models"]])
+        models = plan.automode["models"]
+        wcfg, wplan = check_weights(job, wcfg, [m["model_name"] for m in models],
+                                    [m["settings"]["model_size"] for m in models
+                                     if "model_size" in m.get("settings", {})] or None)
     (run_dir / "weights.json").write_text(json.dumps(wplan, indent=2) + "\n")
     for line in (weights_lines(wplan) if not init_package else [f"weights: from checkpoint_run_id {init_package}"]):
         echo(line)
@@ -255,8 +267,9 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                                 "visionsweep", spec.display_name or spec.name or run_dir.name, primary, job_tags(spec),
                                 resolve=everything)
         callbacks.append(tracker)
+    concurrent = plan.max_concurrent or spec.limits.max_concurrent_trials
     write_sweep_file(run_dir, task=job.task, mode=job.mode, primary_metric=primary, total_trials=plan.total_trials,
-                     max_concurrent_trials=spec.limits.max_concurrent_trials, started=time.time(),
+                     max_concurrent_trials=concurrent, started=time.time(),
                      updated=time.time())
     live = LiveView(store)
     callbacks.append(live)
@@ -275,7 +288,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                 trainable,
                 tune_config=tune.TuneConfig(
                     metric=primary, mode="max", search_alg=plan.searcher, scheduler=plan.scheduler,
-                    num_samples=plan.total_trials, max_concurrent_trials=spec.limits.max_concurrent_trials,
+                    num_samples=plan.total_trials, max_concurrent_trials=concurrent,
                     time_budget_s=left_s, trial_dirname_creator=_trial_dirname,
                     # A finished trial's process takes the next trial of the same resources: no new Python,
                     # no torch import, no start-up of a Ray worker between trials (seconds each on a small node).
@@ -293,7 +306,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                 ),
             )
         echo(f"sweep: {job.mode} mode, {plan.algorithm} sampling, {plan.total_trials} trial(s), "
-             f"{spec.limits.max_concurrent_trials} at a time, primary metric {primary}, {res.describe()}, "
+             f"{concurrent} at a time, primary metric {primary}, {res.describe()}, "
              f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
         echo(f"report: {store.where}/report.html (live: it refreshes itself while the sweep runs); "
              f"`visionsweep status {store.where} --watch` follows the trials here")
@@ -303,7 +316,67 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
         live.stop()
         timed_out = clock() - t0 >= budget_s
         mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
-    return finish_run(job, store, t0, timed_out, tracker, plan.notes, phase, data.store)
+    result = finish_run(job, store, t0, timed_out, tracker, plan.notes, phase, data.store)
+    if plan.automode is not None:
+        _automode_actual(run_dir, plan.automode, t0, timed_out)
+    return result
+
+
+def _automode_budget(job: Job, p: dict[str, Any], data: PreparedData, wcfg, res, init_package: str | None,
+                     run_dir: Path, t0: float, resume: bool, echo: Callable[[str], None]):
+    """AutoMode's budget (``scheduler.budget``): the cost probe on the cluster (``scheduler.costprobe``), then the
+    trials, epochs, input sizes and concurrency fitted to ``limits.timeout_minutes``. A resumed run keeps the
+    budget its first start chose (Tune restores that sweep's searcher and scheduler)."""
+    from scheduler import automode
+    from scheduler.budget import BudgetPlan
+    from scheduler.costprobe import PROBE_TIMEOUT_S, measure, native_size, trial_slots
+
+    earlier = read_json(run_dir / "automode.json", {}).get("budget") if resume else None
+    if earlier:
+        return BudgetPlan.from_json(earlier)
+    limits, fixed = job.spec.limits, job.training_parameters
+    slots = trial_slots(res)
+    # a concurrency the job set is a cap; unset, AutoMode runs as many trials at once as the cluster holds
+    cap = limits.max_concurrent_trials if "max_concurrent_trials" in limits.model_fields_set else slots
+    native = native_size(data)
+    cost, why = None, "no time left"
+    left = limits.timeout_minutes * 60 - (clock() - t0)
+    if left > 0:
+        echo("AutoMode budget: measuring what an epoch costs ("
+             + ", ".join(dict.fromkeys(m["model_name"] for m in p["models"])) + ")")
+        try:
+            runs = automode.probe_runs(job.task, p, fixed, native)
+            cost = measure(job.task, trial_fixed(job), runs, data, wcfg, res, init_package,
+                           timeout_s=min(PROBE_TIMEOUT_S, max(60.0, left / 4)))
+        except Exception as e:  # the trials report a model's own error; the plan goes on unmeasured
+            cause = getattr(e, "cause", None) or e
+            why = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            log.warning("AutoMode cost probe failed", exc_info=True)
+    spent = clock() - t0
+    return automode.fit_budget(job.task, p, fixed, cost, train_images=len(data.train), valid_images=len(data.valid),
+                               concurrency=max(1, min(cap, slots)), left_s=limits.timeout_minutes * 60 - spent,
+                               spent_s=spent, limit_given="timeout_minutes" in limits.model_fields_set,
+                               native=native, why_unmeasured=why)
+
+
+def _automode_actual(run_dir: Path, p: dict[str, Any], t0: float, timed_out: bool) -> None:
+    """The end of an AutoMode run: what it took and how many trials started and finished, beside the plan."""
+    trials = read_trials(run_dir).values()
+    minutes = (clock() - t0) / 60
+    stopped = [t for t in trials if t.status.startswith("stopped (") and t.status != "stopped (timeout)"]
+    limit = (p.get("budget") or {}).get("limit_minutes")
+    p = {**p, "actual": {
+        "minutes": round(minutes, 2),
+        "trials_started": sum(t.status != "pending" for t in trials),
+        "trials_finished": sum(t.status == "completed" for t in trials) + len(stopped),
+        "trials_completed": sum(t.status == "completed" for t in trials),
+        "trials_stopped_early": len(stopped),
+        "trials_stopped_by_timeout": sum(t.status == "stopped (timeout)" for t in trials),
+        "trials_failed": sum(t.status == "error" for t in trials),
+        "timed_out": timed_out,
+        "within_limit": None if limit is None else minutes <= limit,
+    }}
+    (run_dir / "automode.json").write_text(json.dumps(p, indent=2) + "\n")
 
 
 def in_job_package(path: Path) -> bool:

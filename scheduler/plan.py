@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scheduler import automode
+from scheduler.budget import BudgetPlan
 from scheduler.policies import create_scheduler
 from scheduler.policies.configs import AshaSettings
 from scheduler.searchers import SpaceSearcher
@@ -28,6 +29,7 @@ class Plan:
     algorithm: str
     notes: list[str] = field(default_factory=list)
     automode: dict[str, Any] | None = None
+    max_concurrent: int | None = None  # trials at a time, where AutoMode's budget chose it (else the job's limit)
 
 
 def trial_fixed(job: Job) -> dict[str, Any]:
@@ -64,7 +66,10 @@ def max_epochs(job: Job) -> int:
     return max(found)
 
 
-def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str], str | None] | None = None) -> Plan:
+def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[..., str | None] | None = None,
+               budget: BudgetPlan | None = None) -> Plan:
+    """``budget``: AutoMode's trials, epochs, input sizes and concurrency fitted to the time limit
+    (``scheduler.budget``); without it AutoMode plans ``max_trials`` at the default epochs and sizes."""
     from scheduler.policies.ray_adapter import PolicyScheduler  # ray
 
     epochs_of = functools.partial(trial_epochs, job.task, trial_fixed(job))  # a stop at the last epoch is a finish
@@ -76,15 +81,16 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[[str]
         if spec.visionsweep.resume_from else []
     if job.mode == "automode":
         p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu, available,
-                          spec.visionsweep.pretrained)
-        searcher = SpaceSearcher(p["space"], "random", limits.max_trials, seed, primary, "max",
+                          spec.visionsweep.pretrained, budget)
+        searcher = SpaceSearcher(p["space"], "random", p["trials"], seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
         scheduler = create_scheduler(AshaSettings(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],
                                      str(run_dir), epochs_of)
         notes.append("AutoMode: " + ", ".join(m["model_name"] for m in p["models"]) +
                      f" under ASHA (grace {p['asha']['grace_period']} epoch(s), factor "
                      f"{p['asha']['reduction_factor']:g}); see automode.json")
-        return Plan(searcher, scheduler, searcher.total_trials, "random", notes, automode.explain(p))
+        return Plan(searcher, scheduler, searcher.total_trials, "random", notes, automode.explain(p),
+                    budget.concurrency if budget is not None else None)
     algorithm = spec.sweep.sampling_algorithm if spec.sweep else "random"
     if algorithm == "bayesian":
         from scheduler.bayesian import budget_warning, make_searcher

@@ -67,12 +67,15 @@ def weights_config(job: Job) -> WeightsConfig:
                                 cache_dir=ext.cache.dir)
 
 
-def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None) -> tuple[WeightsConfig, dict[str, Any]]:
+def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None,
+                  model_sizes: list[str] | None = None) -> tuple[WeightsConfig, dict[str, Any]]:
     """Before any trial: every model the job can train has its weights somewhere (else one ``WeightsError``
     naming each model, its file, every place looked and the pull command). Returns the config with the cache
-    paths the driver saw (a trial on this machine uses them) and the plan written to ``weights.json``."""
+    paths the driver saw (a trial on this machine uses them) and the plan written to ``weights.json``.
+    ``model_sizes``: the yolov5 sizes AutoMode chose (default: the job's)."""
     names = job.model_names() if names is None else names
-    found = check_models(job.task, [(n, job.model_sizes() if n == "yolov5" else None) for n in names], cfg)
+    sizes = model_sizes or job.model_sizes()
+    found = check_models(job.task, [(n, sizes if n == "yolov5" else None) for n in names], cfg)
     seen = {e.file: where.where for e, where in found if where.source == "cache"}
     plan = {"pretrained": cfg.pretrained,
             "models": {e.label: {"source": where.source, "where": _public(where.where), "detail": where.detail,
@@ -92,13 +95,15 @@ def weights_lines(plan: dict[str, Any]) -> list[str]:
             for name, m in plan["models"].items()]
 
 
-def weights_available(job: Job, cfg: WeightsConfig) -> Callable[[str], str | None]:
-    """For AutoMode: None when a model's weights can be had (or are not needed), else why not."""
-    def why_not(name: str) -> str | None:
+def weights_available(job: Job, cfg: WeightsConfig) -> Callable[..., str | None]:
+    """For AutoMode: None when a model's weights can be had (or are not needed), else why not (``model_size``: the
+    yolov5 size AutoMode tries; default: the job's)."""
+    def why_not(name: str, model_size: str | None = None) -> str | None:
         if not cfg.pretrained and not needs_folder(name):
             return None
         try:
-            wanted = entries_for(name, job.task, job.model_sizes() if name == "yolov5" else None)
+            sizes = [model_size] if model_size else job.model_sizes()
+            wanted = entries_for(name, job.task, sizes if name == "yolov5" else None)
         except VisionsweepError as e:
             return str(e)
         for e in wanted:
