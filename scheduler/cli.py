@@ -105,12 +105,16 @@ def _status(args) -> int:
 def _validate(args) -> int:
     import yaml
 
+    from scheduler.preflight import check_before_trials
     from scheduler.spec import check_data_paths, load_job
 
     job = load_job(args.job)
     REDACTION.add(job.secrets())
     check_data_paths(job)
+    weights = check_before_trials(job)  # what `run` refuses before any trial (the models, their weights)
     _print_notes(job, prefix="# ")  # as YAML comments: the output stays a YAML document
+    for line in weights:
+        print(f"# {REDACTION.redact(line)}")
     print(yaml.safe_dump(job.resolved(), sort_keys=False), end="")
     return 0
 

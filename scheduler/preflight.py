@@ -1,15 +1,18 @@
 """What is checked before any trial, and before the data is read: every model the job can train runs here (its
 optional extra installed, an MMDetection config known) and has its initial weights somewhere (``trainers.models.weights``).
-A job that fails these stops at once with what to install, change or fetch.
+A job that fails these stops at once with what to install, change or fetch, at the YAML line that names the model.
+``visionsweep validate`` runs the same checks (:func:`check_before_trials`), so it refuses what ``run`` would.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
 from scheduler.joblog import apply_job_logging
 from scheduler.spec import Job
+from scheduler.spec.load import locate
 from scheduler.spec.redact import redact
 from trainers import hyperparameters as hp
 from trainers.data.urls import is_url, join
@@ -17,7 +20,8 @@ from trainers.errors import VisionsweepError
 from trainers.models.weights.manifest import entries_for
 from trainers.models.weights.resolve import check as check_models
 from trainers.models.weights.resolve import needs_folder
-from trainers.models.weights.sources import STORE_ENV, WeightsConfig, locate
+from trainers.models.weights.sources import STORE_ENV, WeightsConfig, WeightsError
+from trainers.models.weights.sources import locate as locate_weights
 
 
 def check_supported(job: Job) -> None:
@@ -75,7 +79,10 @@ def check_weights(job: Job, cfg: WeightsConfig, names: list[str] | None = None,
     ``model_sizes``: the yolov5 sizes AutoMode chose (default: the job's)."""
     names = job.model_names() if names is None else names
     sizes = model_sizes or job.model_sizes()
-    found = check_models(job.task, [(n, sizes if n == "yolov5" else None) for n in names], cfg)
+    try:
+        found = check_models(job.task, [(n, sizes if n == "yolov5" else None) for n in names], cfg)
+    except WeightsError as e:
+        raise WeightsError(_at_models(job, e.models, str(e)), e.models) from None
     seen = {e.file: where.where for e, where in found if where.source == "cache"}
     plan = {"pretrained": cfg.pretrained,
             "models": {e.label: {"source": where.source, "where": _public(where.where), "detail": where.detail,
@@ -107,8 +114,66 @@ def weights_available(job: Job, cfg: WeightsConfig) -> Callable[..., str | None]
         except VisionsweepError as e:
             return str(e)
         for e in wanted:
-            found, looked = locate(e, cfg)
+            found, looked = locate_weights(e, cfg)
             if found is None:
                 return f"{e.file} is in none of: " + "; ".join(looked)
         return None
     return why_not
+
+
+def check_before_trials(job: Job) -> list[str]:
+    """``visionsweep validate``: what ``run`` refuses before any trial, refused here with the same message (the
+    models can run here, and have their weights: AutoMode leaves out the candidates that have none, as ``run``
+    does, and refuses only when no candidate is left). Returns the lines saying where the weights come from."""
+    check_supported(job)
+    ref = job.training_parameters.get("checkpoint_run_id")
+    if ref:  # incremental training: the earlier model's weights, not the published ones
+        return [f"weights: from checkpoint_run_id {ref}"]
+    cfg = weights_config(job)
+    if job.mode != "automode":
+        return weights_lines(check_weights(job, cfg)[1])
+    from scheduler import automode
+
+    available = functools.lru_cache(maxsize=None)(weights_available(job, cfg))  # each candidate probed once
+    plans, errors = [], []
+    for gpu in (True, False):  # the cluster's hardware is known when the job runs: either may be the one
+        try:
+            plans.append(automode.plan(job.task, job.spec.limits.max_trials, job.training_parameters, gpu,
+                                       available, cfg.pretrained))
+        except VisionsweepError as e:
+            errors.append(e)
+    if not plans:
+        raise VisionsweepError(f"{locate(job, ('limits', 'max_trials'))}: {errors[0]}")
+    picked = list(dict.fromkeys(m["model_name"] for p in plans for m in p["models"]))
+    skipped = list(dict.fromkeys(c["model_name"] for p in plans for c in p["considered"]
+                                 if not c["considered"] and c["why"].startswith("no pretrained weights")))
+    lines = [f"weights: AutoMode picks from {', '.join(picked)}, whose pretrained weights can be had here"
+             if cfg.pretrained else weights_lines({"pretrained": False})[0]]
+    if skipped:
+        lines.append(f"weights: AutoMode leaves out {', '.join(skipped)}: no pretrained weights for them here "
+                     f"(visionsweep weights pull {' '.join(skipped)} --to {cfg.store or 'DIR_OR_URL'} fills a "
+                     "weights store)")
+    return lines
+
+
+def _at_models(job: Job, models: tuple[str, ...], message: str) -> str:
+    """A weights error about ``models`` with the YAML line of each model name in front."""
+    where = list(dict.fromkeys(_model_line(job, m) for m in models)) or [locate(job, ("training_parameters",))]
+    out = f"{where[0]}: {message}"
+    if len(where) > 1:
+        out += "\n  the job names them at: " + "; ".join(where)
+    return out
+
+
+def _model_line(job: Job, name: str) -> str:
+    """``FILE:LINE: yaml.path`` where the job names ``name``: training_parameters, a search_space choice, else the
+    task whose default it is (or AutoMode's limits.max_trials, for a candidate AutoMode picked)."""
+    if job.training_parameters.get("model_name") == name:
+        return locate(job, ("training_parameters", "model_name"))
+    for i, sub in enumerate(job.search_space or []):
+        values = list(getattr(sub.get("model_name"), "values", []))
+        if name in values:
+            return locate(job, ("search_space", i, "model_name", "values", values.index(name)))
+    if job.mode == "automode":
+        return f"{locate(job, ('limits', 'max_trials'))} (AutoMode's candidate {name})"
+    return f"{locate(job, ('task',))} (no model_name: {name} is the task's default)"

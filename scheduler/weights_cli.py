@@ -1,17 +1,19 @@
 """``visionsweep weights``: the pretrained-weights manifest and weights stores.
 
-    visionsweep weights list [NAME...] [--task T] [--json]     what each model starts from
+    visionsweep weights list [NAME...] [--task T] [--local] [--store STORE] [--json]
+                                                  what each model starts from, and where this machine has it
     visionsweep weights pull NAME... [--task T] [--to STORE]   fill a store (where there is internet)
     visionsweep weights verify STORE                           check a store's files against their hashes
 
-A store is a folder or a storage URL (credentials from the environment, as for images); ``--to`` defaults to
-``$VISIONSWEEP_WEIGHTS_STORE``.
+A store is a folder or a storage URL (credentials from the environment, as for images); ``--to`` and ``--store``
+default to ``$VISIONSWEEP_WEIGHTS_STORE``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
@@ -20,24 +22,70 @@ from trainers.models.weights.sources import STORE_ENV, WeightsConfig
 from trainers.models.weights.store import pull, verify_store
 
 
+def _local(rows, store: str | None):
+    """Per row (by position), where this machine already has its weights: ``run``'s own lookup (the weights store,
+    this node's weights cache, the torch hub cache, the Hugging Face cache), never the origin. A store that cannot
+    be read is said once on stderr and left out, so the caches are still shown."""
+    from trainers.models.weights.resolve import on_this_machine
+    from trainers.models.weights.sources import local_places
+
+    cfg = WeightsConfig.create(store=store, download=False)
+    out = []
+    for r in rows:
+        found = None
+        if not isinstance(r, NoPublishedWeights):
+            try:
+                found = on_this_machine(r, cfg)
+            except VisionsweepError as e:
+                if not cfg.store:
+                    raise
+                print(f"weights list: the weights store {cfg.store} could not be read, left out: {e}", file=sys.stderr)
+                cfg = replace(cfg, store=None)
+                found = on_this_machine(r, cfg)
+        out.append(found)
+    return out, local_places(cfg)
+
+
+def _here(found) -> dict | None:
+    if found is None:
+        return None
+    from trainers.models.weights.initial import public
+
+    return {"where": public(found.where), "found_in": found.detail or found.source, "source": found.source,
+            "file": found.entry.file if found.entry else None}
+
+
 def _list(args) -> int:
     rows = listing(args.task, args.names or None)
+    local, places = _local(rows, args.store)
+    have, total = sum(1 for f in local if f), len(rows)
+    if args.local:
+        rows, local = [r for r, f in zip(rows, local) if f], [f for f in local if f]
     if args.json:
-        print(json.dumps([r.as_dict() if not isinstance(r, NoPublishedWeights) else
-                          {"model_name": r.model_name, "unavailable": r.why} for r in rows], indent=2))
+        print(json.dumps([{**r.as_dict(), "local": _here(f)} if not isinstance(r, NoPublishedWeights) else
+                          {"model_name": r.model_name, "unavailable": r.why, "local": None}
+                          for r, f in zip(rows, local)], indent=2))
         return 0
-    for r in rows:
+    for r, found in zip(rows, local):
         if isinstance(r, NoPublishedWeights):
             print(f"{r.model_name}\n    unavailable here: {r.why}")
             continue
         size = f"{r.size_mb:.1f} MB" if r.size_mb else "size not published"
-        print(f"{r.label}\n    {r.library} {r.weights} ({r.dataset}; {r.licence or 'licence: see the model card'})"
+        print(f"{r.label}{'  [here]' if found else ''}\n    {r.library} {r.weights} ({r.dataset}; "
+              f"{r.licence or 'licence: see the model card'})"
               f"\n    file {r.file}  ({size}; {r.hash_text})\n    origin {r.origin}"
               + ("\n    loads into the backbone; FPN and heads start fresh" if r.target == "backbone" else ""))
         for sha, release, url in r.known_sha256:
             print(f"    known  {release} {r.file}  sha256 {sha}  ({url})")
         for a in r.alternatives:
             print(f"    or     {a.library} {a.weights}: file {a.file}  ({a.hash_text})\n           origin {a.origin}")
+        if found:
+            here = _here(found)
+            alt = f"{here['file']} " if here["file"] != r.file else ""
+            print(f"    here   {alt}{here['where']}  ({here['found_in']})")
+        else:
+            print("    here   not on this machine")
+    print(f"\n{have} of {total} on this machine; looked in " + ", ".join(places))
     return 0
 
 
@@ -86,6 +134,11 @@ def add_parsers(sub) -> None:
     ls.add_argument("names", nargs="*", metavar="NAME", help="model names (default: the zoo of --task, or of all tasks)")
     ls.add_argument("--task", choices=tasks)
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--local", action="store_true",
+                    help="only the weights already on this machine (weights store, weights cache, torch hub and "
+                         "Hugging Face caches)")
+    ls.add_argument("--store", metavar="DIR_OR_URL",
+                    help="a weights store to look in too (default: $VISIONSWEEP_WEIGHTS_STORE)")
     ls.set_defaults(fn=_list)
     pl = ws.add_parser("pull", help="put models' weights into a store (on a machine with internet)")
     pl.add_argument("names", nargs="*", metavar="NAME", help="model names (default: every model of --task)")

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, cwd=cwd)
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 def test_bad_job_prints_the_field_and_exits_2(tmp_path):
@@ -74,9 +75,12 @@ def test_predict_with_a_non_package_and_a_non_image(tmp_path, sample):
     assert r.returncode == 2 and "not a model package (model.safetensors is missing)" in r.stderr
 
 
-def test_validate_prints_the_resolved_job(sample):
+def test_validate_prints_the_resolved_job(sample, mobilenet_weights):
+    import os
     from pathlib import Path
 
     job = Path(__file__).parent.parent / "scheduler" / "jobs" / "fashion_mnist_sweep.yml"
-    r = cli("validate", str(job))
+    # as `make demo` runs it: MobileNetV2's weights from the store `make setup` fills (validate looks, as run does)
+    r = cli("validate", str(job), env={**os.environ, "VISIONSWEEP_WEIGHTS_STORE": str(mobilenet_weights.parent)})
     assert r.returncode == 0 and "mode: manual" in r.stdout and "primary_metric: accuracy" in r.stdout
+    assert f"# weights: mobilenetv2 from weights store ({mobilenet_weights}; " in r.stdout

@@ -4,6 +4,7 @@ validation with settings that fail its trials one by one (SPEC §3, §5.2, §6.3
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,19 @@ import pytest
 import yaml
 
 from scheduler.spec import parse_job
+from tests.conftest import from_scratch
 from tests.test_spec import BASE, error, job  # the spec tests' job-file helpers
 
 DETECTION = BASE.replace("image_classification", "image_object_detection")
 
 
 def validate(tmp_path, text: str, capsys) -> str:
+    """``visionsweep validate`` of ``text``, whose models start from random initialisation: validate checks the
+    pretrained weights as run does (the tests at the end of this file), which these tests are not about."""
     from scheduler.cli import main
 
     path = tmp_path / "job.yml"
-    path.write_text(text)
+    path.write_text(from_scratch(text))
     (tmp_path / "data" / "train").mkdir(parents=True, exist_ok=True)  # BASE's training_data.path
     capsys.readouterr()
     assert main(["validate", str(path)]) == 0
@@ -462,3 +466,137 @@ def test_validate_and_run_refuse_a_data_path_that_does_not_exist_naming_its_line
     with pytest.raises(Exception, match="validation_data.path: data/valid.jsonl does not exist"):
         run_job(load_job(path), tmp_path / "run")  # before any run folder, Ray or data preparation
     assert not (tmp_path / "run").exists()
+
+
+# --- validate refuses what run refuses before any trial ------------------------------------------------------
+
+@pytest.fixture
+def no_weights_here(tmp_path, monkeypatch):
+    """Nothing holds pretrained weights: empty torch hub and Hugging Face caches, no weights store from the
+    environment, the hub offline (the jobs below also say download_weights: false: no test reaches the internet)."""
+    for var, sub in (("TORCH_HOME", "torch"), ("HF_HOME", "hf"), ("HF_HUB_CACHE", "hf/hub")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    (tmp_path / "hf" / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VISIONSWEEP_WEIGHTS_STORE", raising=False)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "data" / "train").mkdir(parents=True)  # BASE's training_data.path
+    return tmp_path
+
+
+def _refused(path, capsys) -> str:
+    from scheduler.cli import main
+
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+OFFLINE = "visionsweep: {{weights_store: {store}, download_weights: false, cache: {{dir: {cache}}}}}\n"
+
+
+def test_validate_refuses_a_model_whose_weights_are_nowhere_with_runs_message_at_its_line(no_weights_here, capsys):
+    from scheduler.controller import run_job
+    from scheduler.spec import load_job
+    from trainers.models.weights.sources import WeightsError
+
+    d = no_weights_here
+    path = d / "job.yml"
+    path.write_text(BASE + "training_parameters:\n  model_name: resnet18\n"
+                    + OFFLINE.format(store=d / "store", cache=d / "cache"))
+    err = _refused(path, capsys)
+    assert err.startswith(f"error: {path}:6: training_parameters.model_name: no pretrained weights for resnet18")
+    assert f"the weights store {d / 'store' / 'resnet18-f37072fd.pth'}: not there" in err
+    assert f"the torch hub cache ({d / 'torch' / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'}): not there" in err
+    # run refuses it before any trial with the very same message
+    with pytest.raises(WeightsError) as e:
+        run_job(load_job(path), d / "run", echo=lambda s: None)
+    assert f"error: {e.value}\n" in err
+    assert not (d / "run" / "trials").exists() and not (d / "run" / "data").exists()
+    # visionsweep.pretrained: false needs no weights
+    path.write_text(from_scratch(path.read_text()))
+    from scheduler.cli import main
+
+    assert main(["validate", str(path)]) == 0
+    assert "# weights: none: every model starts from random initialisation" in capsys.readouterr().out
+
+
+def test_validate_refuses_a_misspelt_hugging_face_id_at_its_line_with_the_near_name(no_weights_here, capsys):
+    d = no_weights_here
+    offline = OFFLINE.format(store=d / "store", cache=d / "cache")
+    path = d / "job.yml"
+    path.write_text(BASE + "training_parameters:\n  model_name: google/vit-base-patch16-22\n" + offline)
+    err = _refused(path, capsys)
+    assert err.startswith(f"error: {path}:6: training_parameters.model_name: no pretrained weights for "
+                          "google/vit-base-patch16-22")
+    assert "google/vit-base-patch16-22: did you mean google/vit-base-patch16-224?" in err  # a curated model
+    # a model in the Hugging Face cache, swept: the line of the value in the choice
+    (d / "hf" / "hub" / "models--acme--tiny-vit-classifier").mkdir()
+    path.write_text(BASE + "search_space:\n  - model_name:\n      type: choice\n      values:\n"
+                    "        - google/vit-base-patch16-224\n        - acme/tiny-vit-clasifier\n"
+                    "sweep: {sampling_algorithm: grid}\n" + offline)
+    err = _refused(path, capsys)
+    assert err.startswith(f"error: {path}:9: search_space[0].model_name.values[0]: no pretrained weights for "
+                          "google/vit-base-patch16-224, acme/tiny-vit-clasifier")  # neither has weights here
+    assert f"the job names them at: {path}:9: search_space[0].model_name.values[0]; " \
+           f"{path}:10: search_space[0].model_name.values[1]" in err
+    assert "acme/tiny-vit-clasifier: did you mean acme/tiny-vit-classifier?" in err
+    assert "google/vit-base-patch16-224: did you mean" not in err  # a right name gets no hint
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("primary_metric: acuracy\n", ":5: primary_metric: task image_classification is optimised for 'accuracy' only, "
+                                  "but got 'acuracy'; did you mean 'accuracy'?"),
+    ("limits: {max_trails: 3}\n", ":5: limits.max_trails: unknown key 'max_trails' in limits; "
+                                  "did you mean 'max_trials'?"),
+    ("trainig_parameters: {}\n", ":5: trainig_parameters: unknown key 'trainig_parameters'; "
+                                 "did you mean 'training_parameters'?"),
+    ("visionsweep: {weight_store: w}\n", "did you mean 'weights_store'?"),
+    ("sweep: {sampling_algorithm: grid, early_termination: {type: bandit, slack_factr: 0.1}}\n",
+     "unknown key 'slack_factr' in sweep.early_termination; did you mean 'slack_factor'?"),
+    ("training_parameters:\n  lerning_rate: 0.1\n", ":6: training_parameters.lerning_rate: unknown hyperparameter "
+                                                   "'lerning_rate'; did you mean 'learning_rate'?"),
+    ("training_parameters:\n  model_name: resnet181\n", "unknown model_name 'resnet181' for task "
+                                                      "image_classification; did you mean 'resnet18'?"),
+    ("training_parameters:\n  model_name: google-vit-base-patch16-22\n",
+     "did you mean 'google-vit-base-patch16-224'?"),
+    ("training_parameters:\n  optimizer: adamm\n", "but got 'adamm'; did you mean 'adam'?"),
+    ("training_parameters:\n  advanced_settings: '{\"stream_image_file\": true}'\n",
+     "unknown setting 'stream_image_file'; did you mean 'stream_image_files'?"),
+])
+def test_validate_offers_the_near_name_for_a_misspelt_one(tmp_path, capsys, extra, expected):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    path = tmp_path / "job.yml"
+    path.write_text(BASE + extra)
+    err = _refused(path, capsys)
+    assert err.startswith(f"error: {path}" if expected.startswith(":") else "error: ")
+    assert expected in err
+
+
+def test_validate_prints_only_the_advanced_settings_that_act_on_the_job(tmp_path, capsys):
+    out = yaml.safe_load(validate(tmp_path, BASE, capsys))
+    assert out["training_parameters"]["advanced_settings"] == {"stream_image_files": False}  # no yolo/box switches
+    tp = job("training_parameters:\n  model_name: fasterrcnn_resnet50_fpn\n", DETECTION).resolved()
+    assert tp["training_parameters"]["advanced_settings"] == {"apply_automl_train_augmentations": True, "stream_image_files": False}
+    yolo = job("", DETECTION).resolved()["training_parameters"]["advanced_settings"]  # yolov5, the default
+    assert yolo == {"apply_mosaic_for_yolo": True, "apply_automl_train_augmentations": True,
+                    "stream_image_files": False}
+
+
+def test_validate_of_automode_leaves_out_the_candidates_without_weights_as_run_does(no_weights_here, capsys,
+                                                                                    mobilenet_weights):
+    from scheduler.cli import main
+
+    d = no_weights_here
+    path = d / "job.yml"
+    path.write_text(BASE + "limits: {max_trials: 8}\n" + OFFLINE.format(store=d / "store", cache=d / "cache"))
+    err = _refused(path, capsys)  # no candidate has weights: run would refuse it too
+    assert err.startswith(f"error: {path}:5: limits.max_trials: AutoMode found no candidate model it can train here")
+    shutil.copyfile(mobilenet_weights, d / "store" / mobilenet_weights.name)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "# weights: AutoMode picks from mobilenetv2, whose pretrained weights can be had here" in out
+    assert "# weights: AutoMode leaves out " in out and "resnet50" in out
+    assert yaml.safe_load(out)["mode"] == "automode"

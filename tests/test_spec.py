@@ -237,6 +237,7 @@ task: image_classification
 target_column_name: label
 training_data: {path: data}
 visionsweep:
+  pretrained: false
   storage_options:
     az: {account_name: acct, account_key: S3cr3tK3y==, anon: false}
     s3: {key: AKIAEXAMPLE, secret: wJalrXUtnFEMI, client_kwargs: {region_name: eu-west-1}}

@@ -453,6 +453,61 @@ def test_pull_to_a_bucket_and_verify_it(tmp_path, origin, moto_s3, mobilenet_wei
         assert ok.returncode == 0 and "1 ok, 0 mismatched" in ok.stdout, ok.stderr
 
 
+def test_pull_into_a_store_that_already_holds_the_file_indexes_it(tmp_path, mobilenet_weights):
+    """A store filled by hand (or copied without its index): pull keeps the file and writes it into the index."""
+    from trainers.models.weights.manifest import entries_for
+    from trainers.models.weights.store import pull
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copyfile(mobilenet_weights, store / MOBILENET_FILE)
+    said: list[str] = []
+    # no download: a pull that went to the origin would fail instead of reaching the internet
+    r = pull(entries_for("mobilenetv2", MC), str(store), _cfg(tmp_path), echo=said.append)
+    assert r["files"] == [MOBILENET_FILE] and said[0].startswith(f"kept   {MOBILENET_FILE}")
+    doc = json.loads((store / STORE_INDEX).read_text())
+    assert list(doc["files"]) == [MOBILENET_FILE]
+    rec = doc["files"][MOBILENET_FILE]
+    assert rec["sha256"] == _sha(mobilenet_weights) and rec["size"] == mobilenet_weights.stat().st_size
+    assert rec["models"] == ["mobilenetv2"] and rec["origin"] == TV_ORIGIN + MOBILENET_FILE
+    # again: the record is kept as it was, with when the file first came into the index
+    doc["files"][MOBILENET_FILE]["pulled"] = "2020-01-01T00:00:00Z"
+    (store / STORE_INDEX).write_text(json.dumps(doc))
+    pull(entries_for("mobilenetv2", MC), str(store), _cfg(tmp_path), echo=said.append)
+    again = json.loads((store / STORE_INDEX).read_text())["files"][MOBILENET_FILE]
+    assert again == {**rec, "pulled": "2020-01-01T00:00:00Z"}
+
+
+def test_weights_list_says_which_weights_are_on_this_machine_and_where(tmp_path, mobilenet_weights):
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copyfile(mobilenet_weights, store / MOBILENET_FILE)
+    resnet18 = entry("resnet18", MC).file
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / resnet18).write_bytes(b"found by name: run checks the hash before use")
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "VISIONSWEEP_CACHE_DIR": str(tmp_path / "cache"), "VISIONSWEEP_WEIGHTS_STORE": ""}
+    names = ("weights", "list", "--task", MC, "mobilenetv2", "resnet18", "resnet34")
+
+    r = _cli(*names, "--store", str(store), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {row["model_name"]: row for row in json.loads(r.stdout)}
+    assert rows["mobilenetv2"]["local"] == {"where": str(store / MOBILENET_FILE), "found_in": "weights store",
+                                            "source": "store", "file": MOBILENET_FILE}
+    assert rows["resnet18"]["local"]["where"] == str(hub / resnet18)
+    assert rows["resnet18"]["local"]["found_in"] == "the torch hub cache"
+    assert rows["resnet34"]["local"] is None
+
+    # --local: only those, marked, each with where it is; the store from the environment this time
+    r = _cli(*names, "--local", env={**env, "VISIONSWEEP_WEIGHTS_STORE": str(store)})
+    assert r.returncode == 0, r.stderr
+    assert "resnet34" not in r.stdout
+    assert "mobilenetv2  [here]" in r.stdout and f"here   {store / MOBILENET_FILE}  (weights store)" in r.stdout
+    assert f"here   {hub / resnet18}  (the torch hub cache)" in r.stdout
+    assert "2 of 3 on this machine; looked in the weights store " + str(store) in r.stdout
+
+
 # --- AutoMode ---------------------------------------------------------------------------------------------
 
 def test_automode_considers_only_models_whose_weights_it_can_have_and_says_why():

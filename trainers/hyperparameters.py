@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from trainers.errors import SpecError
-from trainers.models.names import model_backend
+from trainers.errors import SpecError, did_you_mean
+from trainers.models.names import CURATED_HF, CURATED_MMDET, model_backend
 
 # --- tasks (§1) -------------------------------------------------------------------------------
 
@@ -73,9 +73,10 @@ def check_model_name(task: str, model_name: Any, where: str) -> str:
     if backend == "mmdetection" and task not in BOX_TASKS:
         raise SpecError(f"{where}: MMDetection model {model_name!r} is only valid for detection/segmentation tasks")
     if backend == "builtin" and model_name not in MODELS[task]:
+        known = [*MODELS[task], *(CURATED_HF if task in CLASSIFICATION_TASKS else CURATED_MMDET.get(task, ()))]
         raise SpecError(
-            f"{where}: unknown model_name {model_name!r} for task {task}; expected one of "
-            f"{', '.join(MODELS[task])}, a Hugging Face id (org/name) or an MMDetection config name"
+            f"{where}: unknown model_name {model_name!r} for task {task}{did_you_mean(model_name, known)} "
+            f"(expected one of {', '.join(MODELS[task])}, a Hugging Face id (org/name) or an MMDetection config name)"
         )
     return model_name
 
@@ -175,7 +176,9 @@ class Param:
         if self.choices is not None and v not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             older = "".join(f" (or {a})" for a, _ in self.value_aliases)
-            raise SpecError(f"{where}: expected one of {allowed}{older}, but got {value!r}")
+            hint = did_you_mean(value, [*map(str, self.choices), *(str(a) for a, _ in self.value_aliases)]) \
+                if isinstance(value, str) else ""
+            raise SpecError(f"{where}: expected one of {allowed}{older}, but got {value!r}{hint}")
         if self.low is not None and (v <= self.low if self.low_open else v < self.low):
             rel = ">" if self.low_open else ">="
             raise SpecError(f"{where}: expected a value {rel} {self.low:g}, but got {value!r}")
@@ -329,7 +332,7 @@ def check_applies(task: str, name: str, where: str, model_name: str | None = Non
     """The hyperparameter ``name`` exists, is supported here, and applies to ``task`` (and ``model_name``)."""
     p = PARAMS.get(name)
     if p is None:
-        raise SpecError(f"{where}: unknown hyperparameter {name!r}")
+        raise SpecError(f"{where}: unknown hyperparameter {name!r}{did_you_mean(name, [*PARAMS, *ALIASES])}")
     if task not in p.tasks:
         raise SpecError(f"{where}: hyperparameter {name!r} does not apply to task {task}")
     if not _applies(p, model_name):

@@ -15,7 +15,7 @@ from scheduler.space import Choice
 from scheduler.spec.job import Job, job_models
 from scheduler.spec.schema import AdvancedSettings, JobSpec, Sweep
 from trainers import hyperparameters as hp
-from trainers.errors import SpecError
+from trainers.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from scheduler.spec.load import Locator
@@ -37,7 +37,8 @@ def check_job(spec: JobSpec, loc: Locator, source: Path | None, base_dir: Path, 
     task = spec.task
     if spec.primary_metric is not None and spec.primary_metric != hp.PRIMARY_METRIC[task]:
         raise SpecError(f"{loc(('primary_metric',))}: task {task} is optimised for "
-                        f"{hp.PRIMARY_METRIC[task]!r} only, but got {spec.primary_metric!r}")
+                        f"{hp.PRIMARY_METRIC[task]!r} only, but got {spec.primary_metric!r}"
+                        + did_you_mean(spec.primary_metric, [hp.PRIMARY_METRIC[task]]))
 
     # training_parameters: canonical names, types and applicability.
     raw_tp = _canonical_keys(spec.training_parameters, loc, ("training_parameters",))
@@ -122,7 +123,8 @@ def _advanced(value: Any, loc: Locator) -> AdvancedSettings:
         err = e.errors()[0]
         key = ".".join(map(str, err["loc"]))
         what = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        raise SpecError(f"{loc(path)}: {what} {key!r}; expected keys: "
+        hint = did_you_mean(key, AdvancedSettings.model_fields) if err["type"] == "extra_forbidden" else ""
+        raise SpecError(f"{loc(path)}: {what} {key!r}{hint}; expected keys: "
                         f"{', '.join(AdvancedSettings.model_fields)}") from None
 
 

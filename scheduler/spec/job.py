@@ -92,11 +92,22 @@ class Job:
             ext["storage_options"] = mask_secret_keys(ext["storage_options"])
         d["primary_metric"] = self.primary_metric
         d["training_parameters"] = dict(self.training_parameters)
-        d["training_parameters"]["advanced_settings"] = self.advanced.model_dump()
+        d["training_parameters"]["advanced_settings"] = self.applying_advanced()
         if self.search_space is not None:
             d["search_space"] = [{k: v.model_dump(mode="json") for k, v in sub.items()} for sub in self.search_space]
         d["mode"] = self.mode
         return redact_strings(d, self.secrets())
+
+    def applying_advanced(self) -> dict[str, Any]:
+        """The §3.7 advanced settings that act on this job: ``apply_automl_train_augmentations`` for detection and
+        segmentation only, ``apply_mosaic_for_yolo`` where a trial can train yolov5 (the resolved job shows no
+        switch that does nothing here)."""
+        out = self.advanced.model_dump()
+        if self.task not in hp.BOX_TASKS:
+            out.pop("apply_automl_train_augmentations")
+        if "yolov5" not in self.model_names():
+            out.pop("apply_mosaic_for_yolo")
+        return out
 
     def notes(self) -> list[str]:
         """What the user should know about how visionsweep reads this job (``validate`` and ``run`` print them)."""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scheduler.policies.configs import POLICY_TYPES
 from scheduler.space import DISTRIBUTION_TYPES
 from scheduler.spec.checks import check_job
 from scheduler.spec.job import Job
 from scheduler.spec.schema import JobSpec
-from trainers.errors import SpecError
+from trainers.errors import SpecError, did_you_mean
 
 
 def load_job(path: str | Path) -> Job:
@@ -97,18 +100,69 @@ def _format_errors(e: ValidationError, loc: Locator) -> str:
         kind, got = err["type"], err.get("input")
         if kind == "extra_forbidden":
             parent = path[:-1]
-            msgs.append(f"{loc(path)}: unknown key {path[-1]!r}" + (f" in {_dotted(parent)}" if parent else ""))
+            msgs.append(f"{loc(path)}: unknown key {path[-1]!r}" + (f" in {_dotted(parent)}" if parent else "")
+                        + did_you_mean(str(path[-1]), _keys_at(err["loc"][:-1])))
         elif kind == "missing":
             msgs.append(f"{loc(path)}: required key is missing")
         elif kind == "union_tag_invalid":
             ctx = err.get("ctx", {})
-            msgs.append(f"{loc(path)}: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}")
+            msgs.append(f"{loc(path)}: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+                        + did_you_mean(str(ctx.get("tag")), _TAGS))
         elif kind == "union_tag_not_found":
             msgs.append(f"{loc(path)}: missing 'type' key")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            msgs.append(f"{loc(path)}: {msg}, but got {got!r}" if not isinstance(got, dict) else f"{loc(path)}: {msg}")
+            hint = did_you_mean(got, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))) \
+                if kind == "literal_error" and isinstance(got, str) else ""
+            msgs.append(f"{loc(path)}: {msg}, but got {got!r}{hint}" if not isinstance(got, dict)
+                        else f"{loc(path)}: {msg}")
     return "invalid job file:\n  " + "\n  ".join(msgs) if len(msgs) > 1 else msgs[0]
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the job file takes at a pydantic error location (names and aliases): what an unknown key there
+    is compared with for "did you mean"."""
+    node: typing.Any = JobSpec
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = next((f for n, f in node.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            node = field.annotation
+        elif typing.get_origin(node) in (list, dict):  # a list index or a mapping's key
+            node = typing.get_args(node)[-1]
+        elif typing.get_origin(node) in _UNIONS:  # a discriminated union: the part is the member's tag
+            node = next((m for m in typing.get_args(node) if _tag(m) == part), None)
+            if node is None:
+                return []
+        else:
+            return []
+    node = _unwrap(node)
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return []
+    return [f.alias or n for n, f in node.model_fields.items()]
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _unwrap(node: typing.Any) -> typing.Any:
+    """``Optional[X]`` and ``Annotated[X, ...]`` -> ``X``."""
+    while True:
+        if typing.get_origin(node) is typing.Annotated:
+            node = typing.get_args(node)[0]
+        elif typing.get_origin(node) in _UNIONS and type(None) in typing.get_args(node):
+            rest = [a for a in typing.get_args(node) if a is not type(None)]
+            node = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]
+        else:
+            return node
+
+
+def _tag(member: typing.Any) -> str | None:
+    field = getattr(member, "model_fields", {}).get("type")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
 
 
 def locate(job: Job, path: tuple) -> str:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.errors import VisionsweepError
+from trainers.errors import VisionsweepError, close_names
 from trainers.models.boxes import drop_degenerate
 from trainers.models.loading import load_pretrained, load_state
 from trainers.models.names import MMDET_PREFIX
@@ -127,9 +127,7 @@ def config_path(name: str) -> Path:
     index = _zoo("mmdet")[0]
     found = index.get(bare) or index.get(_normal(bare))
     if found is None:
-        import difflib
-
-        close = difflib.get_close_matches(bare, [k for k in index if "_" in k or "-" in k], n=3, cutoff=0.6)
+        close = close_names(bare, [k for k in index if "_" in k or "-" in k])
         raise VisionsweepError(f"model_name {name}: no MMDetection config of that name in mmdet "
                                f"{__import__('mmdet').__version__}'s model zoo"
                                + (f"; close names: {', '.join(close)}" if close else ""))

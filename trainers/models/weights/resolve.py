@@ -39,7 +39,7 @@ def check(task: str, models: Iterable[tuple[str, Iterable[str] | None]], cfg: We
         try:
             wanted = entries_for(name, task, list(sizes or []))
         except VisionsweepError as err:
-            raise WeightsError(f"model_name {name}: {err}") from None
+            raise WeightsError(f"model_name {name}: {err}", models=(name,)) from None
         for e in wanted:
             where, looked = locate(e, cfg, probe)
             if where is None:
@@ -47,7 +47,16 @@ def check(task: str, models: Iterable[tuple[str, Iterable[str] | None]], cfg: We
             else:
                 found.append((where.entry or e, where))  # an alternative's file, where that was found
     if missing:
-        raise WeightsError(missing_message(missing, cfg))
+        raise WeightsError(missing_message(missing, cfg),
+                           models=tuple(dict.fromkeys(e.model_name for e, _ in missing)))
+    return found
+
+
+def on_this_machine(e: WeightsEntry, cfg: WeightsConfig) -> Located | None:
+    """Where this machine already has ``e``'s weights (or an alternative's): the lookup ``run`` does (explicit, the
+    weights store, the caches), without asking the origin or downloading. Files are found, not hashed here
+    (``run`` checks them before use; ``visionsweep weights verify`` checks a store)."""
+    found, _ = locate(e, replace(cfg, download=False), probe=False)
     return found
 
 

@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping
 from trainers.data.images import default_cache_dir
 from trainers.data.storage import _call, filesystem
 from trainers.data.urls import is_remote, join
-from trainers.errors import VisionsweepError
+from trainers.errors import VisionsweepError, close_names
 from trainers.models.weights import verify as check
 from trainers.models.weights.initial import InitialWeights, public
 from trainers.models.weights.manifest import WeightsEntry
@@ -59,7 +59,12 @@ WEIGHTS_DIR = "weights"  # inside the node cache folder (visionsweep.cache.dir)
 
 
 class WeightsError(VisionsweepError):
-    """Initial weights that cannot be had or cannot be trusted (missing everywhere, a hash mismatch)."""
+    """Initial weights that cannot be had or cannot be trusted (missing everywhere, a hash mismatch).
+    ``models``: the model names it is about, where known (the job check puts their YAML lines in front)."""
+
+    def __init__(self, message: str, models: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.models = tuple(models)
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,13 @@ class Caches(Source):
                          index=check.read_store_index(str(cfg.weights_cache)))
 
 
+def local_places(cfg: WeightsConfig) -> list[str]:
+    """Where :class:`Store` and :class:`Caches` look on this machine, named for a reader (``weights list``)."""
+    return ([f"the weights store {public(cfg.store)}"] if cfg.store else []) + [
+        f"this node's weights cache ({cfg.weights_cache})", f"the torch hub cache ({_torch_checkpoints().parent})",
+        f"the Hugging Face cache ({_hf_cache_dir()})"]
+
+
 class Origin(Source):
     """The URL or hub repository the library itself downloads from; only with ``download_weights``."""
 
@@ -330,15 +342,45 @@ def fetch(entry: WeightsEntry, cfg: WeightsConfig) -> InitialWeights:
 def missing_message(missing: list[tuple[WeightsEntry, list[str]]], cfg: WeightsConfig) -> str:
     lines = ["no pretrained weights for " + ", ".join(e.label for e, _ in missing) + " (models start from their "
              "published weights unless the job says visionsweep.pretrained: false):"]
+    hub_ids = None
     for e, looked in missing:
         alt = "".join(f" or {a.file}" for a in e.alternatives)
         lines.append(f"  {e.label} needs {e.file}{alt} ({e.weights}, {e.hash_text}); looked in:")
         lines += [f"    - {w}" for w in looked]
+        if e.library == "huggingface" and e.hub_id:  # a misspelt hub id is found nowhere: name the near ones
+            hub_ids = known_hub_ids(cfg) if hub_ids is None else hub_ids
+            close = close_names(e.hub_id, hub_ids, n=1, cutoff=HUB_ID_CUTOFF)
+            if close:
+                lines.append(f"  {e.model_name}: did you mean {close[0]}? (a Hugging Face model known on this "
+                             "machine: curated, or in the Hugging Face cache, the weights store or the weights cache)")
     names = " ".join(sorted({_quote(e.model_name) for e, _ in missing}))
     to = cfg.store or "DIR_OR_URL"
     lines.append(f"  fill a weights store where there is internet: visionsweep weights pull {names} --to {to}, "
                  f"then give it as visionsweep.weights_store or ${STORE_ENV}")
     return "\n".join(lines)
+
+
+# hub ids share long prefixes ("google/vit-base-patch16-"): only a much nearer one is offered
+HUB_ID_CUTOFF = 0.8
+
+
+def known_hub_ids(cfg: WeightsConfig) -> list[str]:
+    """Hugging Face model ids known on this machine without asking the hub: the curated ones (§5.3), the
+    Hugging Face cache's models, and the ``org/name/`` folders of a local weights store and of this node's
+    weights cache (the manifest's form of a hub model in a store)."""
+    from trainers.models.names import CURATED_HF
+
+    out = list(CURATED_HF.values())
+    hf = Path(_hf_cache_dir())
+    with contextlib.suppress(OSError):
+        out += [d.name.removeprefix("models--").replace("--", "/", 1) for d in hf.iterdir()
+                if d.name.startswith("models--")]
+    for root in (cfg.store if cfg.store and not is_remote(cfg.store) else None, str(cfg.weights_cache)):
+        if root:
+            with contextlib.suppress(OSError):
+                out += [f"{c.parent.parent.name}/{c.parent.name}"
+                        for c in Path(root.removeprefix("file://")).glob("*/*/config.json")]
+    return list(dict.fromkeys(out))
 
 
 def _quote(s: str) -> str:

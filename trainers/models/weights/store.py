@@ -23,6 +23,7 @@ from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
 from trainers.models.weights import ultralytics
 from trainers.models.weights import verify as check
+from trainers.models.weights.initial import InitialWeights
 from trainers.models.weights.manifest import HASH_IN_NAME, WeightsEntry
 from trainers.models.weights.sources import SOURCES, WeightsConfig, WeightsError, _transfer_callback, locate
 from trainers.progress import Progress
@@ -37,7 +38,9 @@ def pull(entries: Iterable[WeightsEntry], to: str, cfg: WeightsConfig, echo=prin
     source_cfg = replace(cfg, store=None)  # never pull a store from itself
     done = []
     for e in entries:
-        if _present(e, to, cfg, index):
+        kept = _present(e, to, cfg, index)
+        if kept is not None:  # indexed too: a store filled by hand, or by a copy, gets its index this way
+            _index(index, e, Path(kept.path), kept.sha256 if not e.folder else None, source_cfg, keep_pulled=True)
             echo(f"kept   {e.file}  ({e.label}: already in the store, hash checked)")
             done.append(e.file)
             continue
@@ -47,18 +50,31 @@ def pull(entries: Iterable[WeightsEntry], to: str, cfg: WeightsConfig, echo=prin
         e = found.entry or e  # an alternative's file (a yolov5 zoo checkpoint) goes in under its own name
         src = next(s for s in SOURCES if s.name == found.source)
         init = src.fetch(e, found, source_cfg)
-        files = check.weight_files(init.path) + _configs(init.path) if e.folder else [Path(init.path)]
-        for f in files:
-            rel = e.file + f.name if e.folder else e.file
-            sha = check.sha256_cached(f, source_cfg.weights_cache)
-            _upload(f, join(to, rel), cfg)
-            index[rel] = {"sha256": sha, "size": f.stat().st_size, "origin": e.origin, "weights": e.weights,
-                          "models": sorted({*index.get(rel, {}).get("models", []), e.label}),
-                          "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        for f in _files(e, Path(init.path)):
+            _upload(f, join(to, e.file + f.name if e.folder else e.file), cfg)
+        _index(index, e, Path(init.path), None, source_cfg)
         echo(f"pulled {e.file}  ({e.label} from {found.detail or found.source}: {_short(found.where)})")
         done.append(e.file)
     _write_index(to, index, cfg)
     return {"store": to, "files": done}
+
+
+def _files(e: WeightsEntry, path: Path) -> list[Path]:
+    """The files of an entry at ``path`` on this machine (a Hugging Face folder's weights and configs)."""
+    return check.weight_files(path) + _configs(str(path)) if e.folder else [path]
+
+
+def _index(index: dict[str, Any], e: WeightsEntry, path: Path, sha: str | None, cfg: WeightsConfig,
+           keep_pulled: bool = False) -> None:
+    """Record ``e``'s files (a local copy at ``path``) in the store's index: SHA-256, size, origin, the models it
+    serves; ``keep_pulled``: a file already there keeps the time it was pulled."""
+    for f in _files(e, path):
+        rel = e.file + f.name if e.folder else e.file
+        before = index.get(rel, {})
+        index[rel] = {"sha256": sha or check.sha256_cached(f, cfg.weights_cache), "size": f.stat().st_size,
+                      "origin": e.origin, "weights": e.weights, "models": sorted({*before.get("models", []), e.label}),
+                      "pulled": before.get("pulled") if keep_pulled and before.get("pulled") else
+                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _configs(folder: str) -> list[Path]:
@@ -69,20 +85,20 @@ def _short(where: str) -> str:
     return _scrub(where)
 
 
-def _present(e: WeightsEntry, to: str, cfg: WeightsConfig, index: dict[str, Any]) -> bool:
-    """Whether the store already holds the entry and it matches (checked on a local copy for a remote store)."""
+def _present(e: WeightsEntry, to: str, cfg: WeightsConfig, index: dict[str, Any]) -> InitialWeights | None:
+    """The store's copy of the entry when it holds one that matches (checked on a local copy for a remote store:
+    ``path`` is that copy), else None."""
     from trainers.models.weights.sources import Store
 
     in_store = replace(cfg, store=to)
     found = Store().find(e, in_store)
     if found is None:
-        return False
+        return None
     try:
-        Store().fetch(e, found, in_store)
+        return Store().fetch(e, found, in_store)
     except check.HashMismatch as err:
         log.warning("%s: replaced (%s)", e.file, err)
-        return False
-    return True
+        return None
 
 
 def _upload(local: Path, url: str, cfg: WeightsConfig) -> None:
