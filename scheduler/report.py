@@ -34,6 +34,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
+from scheduler.live import SWEEP_FILE
 from scheduler.runfolder import TrialRecord, duration, finite, read_json, read_trials, write_atomic
 
 _HEIGHT = 440
@@ -57,7 +58,9 @@ def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0
     replaced atomically: a browser reloading it never reads half a page."""
     run = Path(run_dir)
     summary = read_json(run / "summary.json", {})
-    primary = summary.get("primary_metric") or _resolved(run).get("primary_metric") or "accuracy"
+    sweep = read_json(run / SWEEP_FILE, {})  # the running sweep (scheduler.live): mode, start, heartbeat
+    primary = summary.get("primary_metric") or sweep.get("primary_metric") or _resolved(run).get("primary_metric") \
+        or "accuracy"
     default_model = str((_resolved(run).get("training_parameters") or {}).get("model_name") or "")
     trials = _load_trials(run, primary)
 
@@ -88,7 +91,7 @@ def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0
               f'(written {time.strftime("%H:%M:%S")}).</p>') if live else ""
     page = _PAGE.format(title=html.escape(f"visionsweep report: {run.resolve().name}"),
                         refresh=f'<meta http-equiv="refresh" content="{refresh}">' if live else "",
-                        live=banner, header=_header(run, summary, trials, primary, live), body="\n".join(parts))
+                        live=banner, header=_header(run, summary, sweep, trials, primary, live), body="\n".join(parts))
     out = run / "report.html"
     write_atomic(out, page)
     return out
@@ -135,22 +138,37 @@ def _load_trials(run: Path, primary: str) -> list[_Trial]:
 
 # ----------------------------------------------------------------------------------------------- header
 
-def _header(run: Path, summary: dict, trials: list[_Trial], primary: str, live: bool = False) -> str:
+def _elapsed(summary: dict, sweep: dict, trials: list[_Trial], live: bool, now: float) -> float | None:
+    """The sweep's elapsed time: ``summary.json``'s once it has ended; before, from ``sweep.json``'s start to now
+    (to its last heartbeat when this is not the live view: a controller that died stopped the clock there).
+    Without ``sweep.json`` (a run folder of an older version), from the first trial's start to now while any
+    trial runs, else to the last trial's end."""
+    if finite(summary.get("elapsed_s")):
+        return summary["elapsed_s"]
+    started, updated = sweep.get("started"), sweep.get("updated")
+    if finite(started):
+        end = updated if finite(updated) and not live else now
+        return max(0.0, end - started)
+    starts = [t.started for t in trials if finite(t.started)]
+    if not starts:
+        return None
+    ends = [t.ended for t in trials if finite(t.ended)]
+    end = now if live or not ends or any(not t.finished for t in trials) else max(ends)
+    return max(0.0, end - min(starts))
+
+
+def _header(run: Path, summary: dict, sweep: dict, trials: list[_Trial], primary: str, live: bool = False) -> str:
     best_id, best = summary.get("best_trial"), summary.get("best_metric")
     if best_id is None:
         scored = [t for t in trials if t.best is not None]
         if scored:
             top = max(scored, key=lambda t: t.best)
             best_id, best = top.trial_id, top.best
-    elapsed = summary.get("elapsed_s")
-    if not finite(elapsed):
-        starts = [t.started for t in trials if finite(t.started)]
-        ends = [t.ended for t in trials if finite(t.ended)] or ([time.time()] if starts else [])
-        elapsed = max(ends) - min(starts) if starts else None
+    elapsed = _elapsed(summary, sweep, trials, live, time.time())
     stopped = sum(t.stopped for t in trials)
-    items = [("Task", summary.get("task") or _resolved(run).get("task") or "?"),
+    items = [("Task", summary.get("task") or sweep.get("task") or _resolved(run).get("task") or "?"),
              ("Primary metric", primary),
-             ("Mode", summary.get("mode") or "?"),
+             ("Mode", summary.get("mode") or sweep.get("mode") or _resolved(run).get("mode") or "?"),
              ("Trials", f"{len(trials)}" + (f" ({stopped} stopped early)" if stopped else "")),
              ("Best trial", f"{best_id} ({primary} {best:.4f})" if best_id and finite(best) else "none yet"),
              ("Elapsed", duration(elapsed) + (" (still running)" if live else "" if summary else
@@ -202,8 +220,21 @@ def _curves(trials: list[_Trial], primary: str, default_model: str) -> go.Figure
         return "No evaluation has been recorded yet."
     top = f"the best {len(shown)} of {len(with_points)} trials; the others as a band, " \
         if len(shown) < len(with_points) else ""
+    last = max((p[0] for pts in points.values() for p in pts if finite(p[0])), default=1)
     return _layout(fig, f"{primary} per epoch ({top}dashed, ending in x: stopped early)",
-                   xaxis_title="epoch", yaxis_title=primary, legend_title="trial")
+                   xaxis=epoch_axis(last), yaxis_title=primary, legend_title="trial")
+
+
+EPOCH_TICKS = 10  # at most this many ticks on an epoch axis (about)
+
+
+def epoch_axis(last: float) -> dict[str, Any]:
+    """An x axis of epochs, which are whole numbers: ticks every 1, 2, 5, 10, 20 ... epochs (at most about
+    :data:`EPOCH_TICKS`), never at 1.2, 1.4 ... as plotly's own choice does for a sweep of a few epochs."""
+    step = 1
+    while last / step > EPOCH_TICKS:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2  # 1, 2, 5, 10, 20, 50 ...
+    return dict(title="epoch", tickmode="linear", tick0=0, dtick=step, tickformat="d")
 
 
 def _band(fig: go.Figure, rest: list[list[tuple[Any, float]]], primary: str) -> None:

@@ -194,6 +194,7 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
         _wait(live_page, "the live report", sweep)
         dom = render(snapshot, tmp_path)
         assert 'id="live"' in dom and 'http-equiv="refresh"' in dom
+        assert "<th>Mode</th><td>manual</td>" in dom  # from sweep.json: there is no summary.json yet
         assert_drawn(dom)
 
         stdout, _ = sweep.communicate(timeout=TIMEOUT_S)

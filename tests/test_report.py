@@ -226,3 +226,55 @@ def test_full_parameters_logs_and_the_live_marker(tmp_path):
     page, parsed = _parse(write_report(run))
     assert "live" not in parsed.ids and 'http-equiv="refresh"' not in page
     assert not list(run.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def _summary_rows(page: str) -> dict[str, str]:
+    table = page[page.index('<table class="summary">'):]
+    table = table[:table.index("</table>")]
+    return dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", table))
+
+
+def test_a_running_sweep_shows_its_mode_and_the_time_since_it_started(tmp_path):
+    """While the sweep runs there is no summary.json: the mode and the start come from sweep.json (written by the
+    controller), and elapsed runs from that start to now, not over the trials that happen to have ended."""
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    from scheduler.live import write_sweep_file
+
+    started = time.time() - 3 * 3600  # three hours ago
+    write_sweep_file(run, task="image_classification", mode="manual", primary_metric="accuracy", total_trials=4,
+                     started=started, updated=started + 600)
+    _trial(run, "t1", {"learning_rate": 0.01}, [{"epoch": 1, "accuracy": 0.5}], "completed")
+    status = json.loads((run / "trials" / "t1" / "status.json").read_text())
+    status.update(started=started + 10, ended=started + 11.9)  # a trial that ended 1.9 s after it started
+    (run / "trials" / "t1" / "status.json").write_text(json.dumps(status))
+
+    rows = _summary_rows(write_report(run, live=True).read_text())
+    assert rows["Mode"] == "manual"
+    assert rows["Elapsed"].startswith("3 h 0 min") and "still running" in rows["Elapsed"], rows["Elapsed"]
+    # written by `visionsweep report` (not the live view) with no summary.json: up to the last heartbeat
+    rows = _summary_rows(write_report(run).read_text())
+    assert rows["Elapsed"].startswith("10 min 0 s"), rows["Elapsed"]
+    # once the sweep has ended, summary.json says
+    (run / "summary.json").write_text(json.dumps({"mode": "automode", "elapsed_s": 42.0}))
+    rows = _summary_rows(write_report(run).read_text())
+    assert (rows["Mode"], rows["Elapsed"]) == ("automode", "42.0 s")
+
+
+def test_the_epoch_axis_has_integer_ticks_only(tmp_path):
+    from scheduler.report import epoch_axis
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
+    _trial(run, "t1", {}, [{"epoch": e, "accuracy": 0.1 * e} for e in (1, 2, 3)], "completed")
+    xaxis = _layout_of(write_report(run).read_text(), "metric-curves")["xaxis"]
+    assert (xaxis["tickmode"], xaxis["dtick"], xaxis["tickformat"]) == ("linear", 1, "d")
+    assert xaxis["title"]["text"] == "epoch"
+    # a long sweep: whole steps of 1, 2, 5, 10 ... epochs, about ten ticks at most
+    for last in (1, 3, 10, 11, 37, 100, 101, 999, 5000):
+        step = epoch_axis(last)["dtick"]
+        assert isinstance(step, int) and step >= 1 and last / step <= 10 and (step == 1 or last / step > 4)
