@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,10 +26,43 @@ def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
             # An embedded Ray lives and dies with this command and its token never leaves the machine: Ray's notice
             # that token authentication is on (printed at every start) tells its user nothing to act on.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING)
+            with _processes_apart():
+                ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
+                         configure_logging=True, logging_level=logging.WARNING)
     res = ray.cluster_resources()
     return f"{len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+
+
+def _processes_apart():
+    """Start an embedded Ray's processes in a process group of their own.
+
+    A signal sent to the command's process group (Ctrl-C in a terminal, ``kill -TERM -PGID``) then reaches the
+    controller only, which stops the sweep and shuts Ray down itself; Ray's processes would otherwise die of the
+    SIGTERM under the trials (Ray blocks SIGINT in them, not SIGTERM). They still die with the controller: Ray
+    starts them fate-sharing (the kernel kills them when their parent dies).
+
+    Ray has no option for this; its processes are started through ``ray._private.services.ConsolePopen``, which
+    this context replaces for the duration of ``ray.init`` with a subclass that first calls ``setpgid(0, 0)``."""
+    from ray._private import services
+
+    base = services.ConsolePopen
+
+    class ApartPopen(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args, preexec_fn=None, **kwargs):
+            def apart():
+                os.setpgid(0, 0)
+                if preexec_fn is not None:
+                    preexec_fn()
+            super().__init__(*args, preexec_fn=apart, **kwargs)
+
+    @contextlib.contextmanager
+    def patched():
+        services.ConsolePopen = ApartPopen
+        try:
+            yield
+        finally:
+            services.ConsolePopen = base
+    return patched()
 
 
 def _address_env(address: str) -> dict | None:

@@ -344,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     except VisionsweepError as e:
         print(f"error: {REDACTION.redact(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(_CANCELLED.get(args.command, f"cancelled: {args.command} did not finish"), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or scheduler.stops.Cancelled (SIGINT or SIGTERM): 128 + the signal
+        said = getattr(e, "detailed", False)
+        print(REDACTION.redact(str(e)) if said else _CANCELLED.get(args.command, f"cancelled: {args.command} did "
+                                                                                 "not finish"), file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 # What Ctrl-C leaves behind, per command (the serving commands say it themselves: serving.cli)

@@ -33,6 +33,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,9 +47,10 @@ from scheduler.live import LiveView, write_sweep_file
 from scheduler.plan import all_hyperparameters, build_plan, trial_fixed
 from scheduler.preflight import check_supported, check_weights, weights_available, weights_config, weights_lines
 from scheduler.resources import capacity_shortfall, local_gpus, trial_resources, workers_per_trial
-from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_json, read_trials
+from scheduler.runfolder import CANCELLED, RunFolderCallback, mark_unfinished, read_json, read_trials
 from scheduler.runstore import SWEEP, RunStore, mirror_callback
 from scheduler.spec import Job, check_data_paths, parse_job, redact
+from scheduler.stops import Cancelled, StopSignals
 from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
                            resolve_data_asset, resolve_url)
 from trainers.data import storage
@@ -164,13 +166,25 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
     run_dir = store.local
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(job, store, echo, resume, datastores, data_assets, t0)
+        stops = StopSignals()  # Ctrl-C and SIGTERM: one way to stop (scheduler.stops)
+        with stops:
+            return _run(job, store, echo, resume, datastores, data_assets, t0, stops)
+    except KeyboardInterrupt as e:  # Cancelled, or what a library made of it (ray.get raises its own)
+        if getattr(e, "detailed", False):
+            raise
+        c = Cancelled(stops.signum or signal.SIGINT)
+        if store.exists(f"ray/{SWEEP}/tuner.pkl"):  # the sweep had started: a resume goes on
+            raise Cancelled(c.signum, f"cancelled by {c.signal_name}; `visionsweep resume {store.where}` goes "
+                                      "on") from None
+        raise Cancelled(c.signum, f"cancelled by {c.signal_name} before the first trial: nothing to resume (the "
+                                  f"run folder {store.where} holds the job and its prepared data); run the job "
+                                  "again") from None
     finally:
         store.close()  # the run folder on storage gets every file, even when the sweep failed
 
 
 def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, datastores: str | None,
-         data_assets: str | None, t0: float) -> RunResult:
+         data_assets: str | None, t0: float, stops: StopSignals) -> RunResult:
     from ray import tune
 
     from scheduler.tracking import MlflowTracker, job_tags
@@ -211,6 +225,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     # for an embedded Ray only, whose GPUs are this machine's; a cluster has its dashboard already.)
     with phase("ray_start"):
         echo(f"ray: {connect(dashboard=workers_per_trial(job, local_gpus()) > 1)}")
+    stops.arm()  # ray.init installed its own SIGTERM handler
     primary = job.primary_metric
     res = trial_resources(job, gpus_per_node(), store)
     group, has_gpu = res.group, res.has_gpu
@@ -265,7 +280,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
     if ext.tracking.enabled:
         tracker = MlflowTracker(run_dir, ext.tracking.uri, ext.tracking.experiment or spec.experiment_name or
                                 "visionsweep", spec.display_name or spec.name or run_dir.name, primary, job_tags(spec),
-                                resolve=everything)
+                                resolve=everything, key=store.where)
         callbacks.append(tracker)
     concurrent = plan.max_concurrent or spec.limits.max_concurrent_trials
     write_sweep_file(run_dir, task=job.task, mode=job.mode, primary_metric=primary, total_trials=plan.total_trials,
@@ -282,7 +297,7 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
                 raise VisionsweepError(f"{store.where}: nothing to resume (no Ray Tune experiment in ray/{SWEEP})")
             tuner = Tuner.restore(f"{storage_path}/{SWEEP}", trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=storage_fs)
-            echo(f"resume: {sum(r.finished for r in read_trials(run_dir).values())} finished trial(s) kept")
+            echo(resume_line(read_trials(run_dir).values(), plan.total_trials))
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -310,16 +325,44 @@ def _run(job: Job, store: RunStore, echo: Callable[[str], None], resume: bool, d
              f"images {'streamed' if data.store.stream else 'downloaded to the node cache first'}")
         echo(f"report: {store.where}/report.html (live: it refreshes itself while the sweep runs); "
              f"`visionsweep status {store.where} --watch` follows the trials here")
-        with phase("trials"):
+        with phase("trials"), stops.sweep():
             tuner.fit()
     finally:
         live.stop()
         timed_out = clock() - t0 >= budget_s
-        mark_unfinished(run_dir, "stopped (timeout)" if timed_out else "stopped")
-    result = finish_run(job, store, t0, timed_out, tracker, plan.notes, phase, data.store)
+        cancelled = stops.cancelled
+        mark_unfinished(run_dir, CANCELLED if cancelled else "stopped (timeout)" if timed_out else "stopped")
+        if cancelled:
+            write_sweep_file(run_dir, state=CANCELLED, cancelled_by=cancelled.signal_name, updated=time.time())
+    result = finish_run(job, store, t0, timed_out, tracker, plan.notes, phase, data.store, cancelled)
     if plan.automode is not None:
         _automode_actual(run_dir, plan.automode, t0, timed_out)
+    if cancelled:
+        raise Cancelled(cancelled.signum, cancel_message(run_dir, cancelled, store.where))
     return result
+
+
+def resume_line(trials, total: int) -> str:
+    """What a resume does with each trial: the finished ones are kept, the interrupted ones go on from their last
+    checkpoint (an errored one once, unless its error was of its own settings), the rest start new."""
+    trials = list(trials)
+    kept = [t.trial_id for t in trials if t.finished and not (t.status == "error" and t.retry)]
+    going = [t.trial_id for t in trials if t.trial_id not in kept]
+    new = max(0, total - len(trials))
+
+    def ids(xs: list[str]) -> str:
+        return f" ({', '.join(xs[:8])}{', ...' if len(xs) > 8 else ''})" if xs else ""
+    return (f"resume: {len(kept)} finished trial(s) kept{ids(kept)}, {len(going)} continue from their last "
+            f"checkpoint{ids(going)}, {new} new")
+
+
+def cancel_message(run_dir: Path, cancelled: Cancelled, where: str) -> str:
+    """The last words of a cancelled ``run``/``resume``: what is kept, and the command that goes on."""
+    trials = read_trials(run_dir).values()
+    done = sum(t.finished for t in trials)
+    going = sum(t.status == CANCELLED for t in trials)
+    return (f"cancelled by {cancelled.signal_name}: {done} finished trial(s) kept, {going} interrupted (each goes "
+            f"on from its last checkpoint); `visionsweep resume {where}` goes on")
 
 
 def _automode_budget(job: Job, p: dict[str, Any], data: PreparedData, wcfg, res, init_package: str | None,

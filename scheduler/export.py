@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
-from scheduler.runfolder import read_json, read_trials
+from scheduler.runfolder import CANCELLED, read_json, read_trials
 from scheduler.runstore import SWEEP, TRAIN, RunStore
 from scheduler.spec import Job
 from trainers import hyperparameters as hp
@@ -51,9 +51,15 @@ class Phases(dict):
 
 
 def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=None,
-               notes: list[str] | None = None, phase: Phases | None = None, images=None) -> RunResult:
+               notes: list[str] | None = None, phase: Phases | None = None, images=None,
+               cancelled=None) -> RunResult:
     """Leaderboard, best model package, report, tracking and summary, all from the run folder's files (``images``:
-    how the job reads its images, for the best model's predictions on validation images)."""
+    how the job reads its images, for the best model's predictions on validation images).
+
+    ``cancelled`` (a :class:`scheduler.stops.Cancelled`): the sweep was stopped by a signal. ``summary.json`` says
+    so (``state``), the best model comes from finished trials only (an interrupted trial's checkpoint waits for the
+    resume that continues it), MLflow's runs end KILLED, and no predictions are drawn (``ray job stop`` gives a
+    few seconds before SIGKILL)."""
     primary, ext = job.primary_metric, job.spec.visionsweep
     run_dir = store.local
     phase = phase if phase is not None else Phases()
@@ -61,8 +67,13 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
     with phase("export"):
         rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
         write_leaderboard(run_dir / "leaderboard.csv", rows)
-        best_trial, best_metric = export_best(store, rows, primary)
+        finished = [r for r in rows if r["status"] != CANCELLED]  # never promoted: a resume goes on with them
+        best_trial, best_metric = (export_best(store, finished, primary)
+                                   if not cancelled or any(r.get(primary) is not None for r in finished)
+                                   else (None, None))
     summary: dict[str, Any] = {
+        "state": CANCELLED if cancelled else "finished",
+        **({"cancelled_by": cancelled.signal_name} if cancelled else {}),
         "mode": job.mode, "task": job.task, "primary_metric": primary, "trials": len(rows),
         "best_trial": best_trial, "best_metric": best_metric, "elapsed_s": round(time.time() - t0, 1),
         "timed_out": timed_out, "best_package": f"{store.where}/best" if best_trial else None,
@@ -80,12 +91,15 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         with phase("tracking"):
             try:
                 summary["tracking"] = tracker.finish(best_trial, best_metric, run_dir / "best" if best_trial else None,
-                                                     ext.tracking.register_model)
+                                                     None if cancelled else ext.tracking.register_model,
+                                                     status="KILLED" if cancelled else "FINISHED",
+                                                     unfinished=[r["trial_id"] for r in rows
+                                                                 if r["status"] == CANCELLED])
             except Exception as e:  # tracking must never lose a finished sweep
                 log.warning("MLflow tracking could not be finished: %s", e)
                 summary["tracking"] = {"error": str(e)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # the report reads it
-    if best_trial:
+    if best_trial and not cancelled:
         from scheduler.predictions import predict_after_sweep
 
         with phase("predictions"):

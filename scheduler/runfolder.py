@@ -35,6 +35,7 @@ INITIAL_WEIGHTS = "initial_weights"  # the provenance a trial's first evaluation
 LOG = "log"  # what the trial printed since its last evaluation (trainers.launch: a result key, not a metric)
 PARAM_PARTS = ("sampled", "fixed", "default")  # params.json's parts
 FINAL = ("completed", "error")  # statuses a trial never leaves; "stopped..." ones are final too
+CANCELLED = "cancelled"  # a trial the sweep's cancellation interrupted: unfinished, a resume goes on with it
 
 
 @dataclass
@@ -157,7 +158,8 @@ def mark_stopped(run_dir: str | None, trial_id: str, policy: str, epoch: Any) ->
 
 
 def mark_unfinished(run_dir: Path, status: str) -> list[str]:
-    """Trials still running when the sweep ended (time budget, cancel): keep their results, mark them."""
+    """Trials still running when the sweep ended (time budget, cancel): keep their results, mark them
+    (``cancelled``: unfinished, a resume continues them; ``stopped (timeout)``: finished at the job's limit)."""
     marked = []
     for rec in read_trials(run_dir).values():
         if rec.status in ("running", "pending"):

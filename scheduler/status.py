@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.live import SWEEP_FILE, report_interval_s
-from scheduler.runfolder import better, duration, finite, read_json, read_trials
+from scheduler.runfolder import CANCELLED, better, duration, finite, read_json, read_trials
 from trainers.errors import VisionsweepError
 
 FILES = ("trials", "summary.json", SWEEP_FILE, "job.resolved.yaml")  # what status reads of a run on storage
+
+
+class NotARunFolder(VisionsweepError):
+    """Nothing of a sweep there (yet)."""
 
 
 def stale_after_s() -> float:
@@ -46,7 +50,7 @@ class TrialRow:
 @dataclass
 class Status:
     run: str
-    state: str  # running | finished | stopped | starting
+    state: str  # running | finished | cancelled | stopped (its controller died) | starting
     primary_metric: str
     total_trials: int | None
     done: int
@@ -70,7 +74,8 @@ def _decision(run: Path, trial_id: str, status: str, error: str | None) -> str:
         if isinstance(marker, dict) and marker.get("by"):
             return f"stopped by {marker['by']} at epoch {marker.get('epoch')}"
         return "stopped at the time limit" if "timeout" in status else "stopped"
-    return {"completed": "ran all its epochs", "running": "continues", "pending": "waits for a slot"}.get(
+    return {"completed": "ran all its epochs", "running": "continues", "pending": "waits for a slot",
+            CANCELLED: "interrupted by the cancel; resume goes on from its last checkpoint"}.get(
         status, f"failed: {error}" if status == "error" and error else status)
 
 
@@ -80,7 +85,7 @@ def read_status(run_dir: Path, where: str | None = None, now: float | None = Non
     summary = read_json(run / "summary.json", {})
     sweep = read_json(run / SWEEP_FILE, {})
     if not (run / "trials").is_dir() and not sweep and not summary:
-        raise VisionsweepError(f"{where or run}: not a visionsweep run folder (no trials/, sweep.json or "
+        raise NotARunFolder(f"{where or run}: not a visionsweep run folder (no trials/, sweep.json or "
                                "summary.json)")
     primary = summary.get("primary_metric") or sweep.get("primary_metric") or "accuracy"
     rows, best = [], None
@@ -102,12 +107,17 @@ def read_status(run_dir: Path, where: str | None = None, now: float | None = Non
             best = (row.best, row.trial_id)
         finished = rec.finished
         progress += 1.0 if finished else min(1.0, (epoch or 0) / epochs) if epochs else 0.0
-    total = summary.get("trials") if summary else sweep.get("total_trials")
+    cancelled = (summary or sweep).get("state") == CANCELLED
+    total = summary.get("trials") if summary and not cancelled else sweep.get("total_trials", summary.get("trials"))
     done = sum(1 for r in rows if r.status in ("completed", "error") or r.status.startswith("stopped"))
     running = sum(1 for r in rows if r.status == "running")
     started = sweep.get("started")
     elapsed = summary.get("elapsed_s") if summary else (now - started if finite(started) else None)
-    if summary:
+    if cancelled:
+        state, eta = CANCELLED, None
+        note = (f"cancelled by {(summary or sweep).get('cancelled_by', 'a signal')}: finished trials are kept; "
+                f"`visionsweep resume {where or run}` goes on")
+    elif summary:
         state, note, eta = "finished", "", 0.0
         if summary.get("best_trial"):
             best = (summary.get("best_metric"), summary["best_trial"])
@@ -171,10 +181,23 @@ def show_status(run_dir: str, watch: bool = False, as_json: bool = False, interv
     out = out or sys.stdout
     tty = out.isatty() and not as_json
     last = None
+    waiting_since = None
     try:
         while True:
             local, where = _snapshot(run_dir)
-            st = read_status(local, where)
+            try:
+                st = read_status(local, where)
+            except NotARunFolder:
+                # `status --watch` started with `run`: the folder appears once the run has checked its job and
+                # data; wait for it as long as a heartbeat may be late, then say what is wrong
+                if not watch or (waiting_since is not None and time.time() - waiting_since > stale_after_s()):
+                    raise
+                if waiting_since is None:
+                    waiting_since = time.time()
+                    print(f"waiting for {where} to start (up to {duration(stale_after_s())}): no sweep has "
+                          "written there yet", file=sys.stderr, flush=True)
+                time.sleep(interval_s)
+                continue
             text = json.dumps(st.to_json(), indent=None if watch else 2) if as_json else format_status(st, limit)
             if text != last:
                 if tty and watch:
@@ -182,7 +205,7 @@ def show_status(run_dir: str, watch: bool = False, as_json: bool = False, interv
                 out.write(text + ("\n" if not watch or tty or as_json else "\n\n"))
                 out.flush()
                 last = text
-            if not watch or st.state in ("finished", "stopped"):
+            if not watch or st.state in ("finished", "stopped", CANCELLED):
                 return 0
             time.sleep(interval_s)
     except KeyboardInterrupt:

@@ -10,7 +10,9 @@ and, when asked, a registered model version in the MLflow model registry.
 
 The store defaults to ``sqlite:///RUN/mlflow.db`` (MLflow's file store is refused by current
 releases) and can be any MLflow server: ``visionsweep.tracking.uri``. Run ids are kept in
-``RUN/tracking.json`` so that a resumed sweep writes into the same runs.
+``RUN/tracking.json`` so that a resumed sweep writes into the same runs: the parent and each interrupted trial's
+run are set RUNNING again and go on (an evaluation a run already holds is not logged twice), new trials get runs of
+their own. A cancelled sweep ends its parent and its interrupted trials' runs KILLED.
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ class MlflowTracker(Callback):
     Tune calls callbacks on its event loop, so the store's start-up (creating the database, ~2 s) and
     its writes (~10 ms each) would otherwise delay every trial's next step. Events are queued in order
     and written by one worker thread, started when the callback is created; ``finish`` drains the queue.
-    The thread and the client are rebuilt after unpickling (Tune pickles its callbacks for resume).
+    Tune pickles its callbacks with the experiment and a resumed sweep runs the unpickled ones: like the live view
+    (``scheduler.live``), an unpickled tracker starts no thread and passes its events to the tracker the resuming
+    run started for the same run folder (``key``), the one whose ``finish`` ends the sweep's runs.
     """
 
     def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str,
-                 tags: dict[str, str] | None = None, resolve=None):
+                 tags: dict[str, str] | None = None, resolve=None, key: str | None = None):
         self.run_dir = Path(run_dir)
+        self.key = key or str(self.run_dir)  # the run folder as the user named it (a path or a storage URL)
+        self.restored = False
+        self._reopened: dict[str, int] = {}  # trial id -> the last epoch its (resumed) run holds
         self.resolve = resolve  # sampled values -> every hyperparameter of the trial (as in params.json)
         self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
         self.experiment, self.parent_name, self.primary = experiment, parent_name, primary
@@ -50,6 +57,7 @@ class MlflowTracker(Callback):
         self._ids: dict[str, Any] | None = None
         self._queue: queue.Queue | None = None
         self._start()
+        _TRACKERS[self.key] = self
 
     def _start(self) -> None:
         self._queue = queue.Queue()
@@ -78,8 +86,8 @@ class MlflowTracker(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._client = None
-        self._start()
+        self._client, self._ids, self._queue = None, None, None
+        self.restored = True  # no thread: its events go to the resuming run's tracker (see the class docstring)
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -95,15 +103,24 @@ class MlflowTracker(Callback):
         return self._client
 
     def __getstate__(self):
-        # the client, the queue and the writer thread are rebuilt by __setstate__
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_queue", "_worker", "_errors")}
+        # no client, queue, thread or run ids: a resume reads the ids from tracking.json, never from a snapshot
+        # taken while they were being created
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_client", "_queue", "_worker", "_errors", "_ids", "_reopened")}
+
+    def _current(self) -> "MlflowTracker | None":
+        return _TRACKERS.get(self.key) if self.restored else self
 
     @property
     def ids(self) -> dict[str, Any]:
         if self._ids is None:
             f = self.run_dir / "tracking.json"
-            self._ids = json.loads(f.read_text()) if f.is_file() else {}
-            if not self._ids.get("parent"):
+            ids = json.loads(f.read_text()) if f.is_file() else {}
+            if ids.get("parent"):  # a resumed sweep: its parent run goes on
+                ids.setdefault("trials", {})
+                self.client.update_run(ids["parent"], status="RUNNING")
+                self._ids = ids
+            else:
                 exp = self.client.get_experiment_by_name(self.experiment)
                 # the run folder's own store keeps its artifacts (best model, trial logs) in the run folder too,
                 # not in ./mlruns of whatever folder the command was started from
@@ -122,11 +139,14 @@ class MlflowTracker(Callback):
     def _child(self, trial) -> str:
         ids = self.ids
         rid = ids["trials"].get(trial.trial_id)
+        if rid is not None and trial.trial_id not in self._reopened:
+            self._reopened[trial.trial_id] = self._reopen(rid)
         if rid is None:
             run = self.client.create_run(ids["experiment_id"], run_name=trial.trial_id,
                                          tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id,
                                                "visionsweep.sampled": ",".join(sorted(trial.config))})
             rid = ids["trials"][trial.trial_id] = run.info.run_id
+            self._reopened[trial.trial_id] = 0
             from mlflow.entities import Param
 
             params = list(trial_params(self.resolve(trial.config) if self.resolve else dict(trial.config)).items())
@@ -134,6 +154,15 @@ class MlflowTracker(Callback):
                 self.client.log_batch(rid, params=[Param(k, v) for k, v in params[i:i + _PARAMS_PER_BATCH]])
             self._save()
         return rid
+
+    def _reopen(self, run_id: str) -> int:
+        """A trial run an earlier start of the sweep created: RUNNING again if it had ended (a cancelled or crashed
+        sweep's interrupted trial, which the resume continues); returns the last epoch it holds."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING" and run.info.status != "FINISHED":
+            self.client.update_run(run_id, status="RUNNING")
+        history = self.client.get_metric_history(run_id, self.primary)
+        return max((m.step for m in history), default=0)
 
     def _log_file(self, trial_id: str, run_id: str) -> None:
         """The trial's ``log.txt`` as an artifact of its child run (what it printed, warnings and errors)."""
@@ -143,10 +172,14 @@ class MlflowTracker(Callback):
 
     # --- Tune events --------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
+        if self.restored:
+            return _forward(self, "on_trial_start", iteration, trials, trial, **info)
         t = _TrialRef(trial)
         self._submit(lambda: self._child(t))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.restored:
+            return _forward(self, "on_trial_result", iteration, trials, trial, result, **info)
         if self.primary not in result:
             return
         t = _TrialRef(trial)
@@ -161,8 +194,11 @@ class MlflowTracker(Callback):
         def write():
             from mlflow.entities import Metric
 
+            rid = self._child(t)
+            if step and step <= self._reopened.get(t.trial_id, 0):
+                return  # an epoch the run holds already, trained again after its checkpoint: logged once
             metrics = [Metric(k, v, now, step) for k, v in values.items()]
-            self.client.log_batch(self._child(t), metrics=metrics)  # one store transaction per evaluation
+            self.client.log_batch(rid, metrics=metrics)  # one store transaction per evaluation
         self._submit(write)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -183,9 +219,13 @@ class MlflowTracker(Callback):
         self._submit(end)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.restored:
+            return _forward(self, "on_trial_complete", iteration, trials, trial, **info)
         self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if self.restored:
+            return _forward(self, "on_trial_error", iteration, trials, trial, **info)
         self._end(trial, "FAILED")
 
     def drain(self) -> list[str]:
@@ -196,8 +236,13 @@ class MlflowTracker(Callback):
 
     # --- end of sweep -------------------------------------------------------------------------
     def finish(self, best_trial: str | None, best_metric: float | None, best_dir: Path | None,
-               register_as: str | None = None) -> dict[str, Any]:
+               register_as: str | None = None, status: str = "FINISHED",
+               unfinished: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+        """End the sweep's runs: the parent with ``status`` (KILLED for a cancelled sweep) and the runs of the
+        ``unfinished`` trials (interrupted by the cancellation) KILLED; a resume sets them RUNNING again."""
         errors = self.drain()
+        if _TRACKERS.get(self.key) is self:
+            del _TRACKERS[self.key]
         ids, c = self.ids, self.client
         parent = ids["parent"]
         out: dict[str, Any] = {"uri": self.uri, "parent_run_id": parent}
@@ -220,10 +265,23 @@ class MlflowTracker(Callback):
                     pass  # already registered: add a version
                 mv = c.create_model_version(register_as, f"runs:/{parent}/best_model", run_id=parent)
                 out["registered_model"] = {"name": register_as, "version": mv.version}
-        c.set_terminated(parent, "FINISHED")
+        for trial_id in unfinished:
+            if trial_id in ids["trials"]:
+                c.set_terminated(ids["trials"][trial_id], "KILLED")
+        c.set_terminated(parent, status)
+        out["status"] = status
         if errors:
             out["errors"] = errors[:5]
         return out
+
+
+_TRACKERS: dict[str, MlflowTracker] = {}  # run folder (as named) -> the tracker this driver runs for it
+
+
+def _forward(restored: MlflowTracker, event: str, *args, **kwargs) -> None:
+    current = restored._current()
+    if current is not None and current is not restored:
+        getattr(current, event)(*args, **kwargs)
 
 
 class _TrialRef:

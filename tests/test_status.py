@@ -111,3 +111,49 @@ def test_progress_lines_cut_parameter_lists_at_whole_items_and_keep_metrics_whol
     assert start == "start 40290e05 (model_name=mobilenetv2…" and len(start) <= 46
     metric = "010bcf9d epoch 1: mean_average_precision 0.0015"
     assert progress_line(metric) == metric  # the value is what the line is for
+
+
+def test_watch_waits_for_the_run_folder_of_a_run_just_started(tmp_path):
+    """`status --watch` started with `run`: it waits for the folder instead of refusing it, then follows it."""
+    run = tmp_path / "run"  # nothing there yet
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "status", str(run), "--watch", "--interval",
+                             "0.1"], stdin=sub, stdout=sub, stderr=sub, cwd=ROOT, close_fds=True)
+    os.close(sub)
+    seen: list[str] = []
+    try:
+        _read_until(main, "waiting for", proc, seen)
+        assert proc.poll() is None  # still waiting, not refused
+        _trial(run, "t1", 0.01, [0.25], "running")
+        _sweep(run, updated=time.time() + 10_000)
+        _read_until(main, "0.2500", proc, seen)
+        (run / "summary.json").write_text(json.dumps({"primary_metric": "accuracy", "trials": 1, "best_trial": "t1",
+                                                      "best_metric": 0.25, "elapsed_s": 3.0}))
+        _read_until(main, "finished", proc, seen)
+        assert proc.wait(timeout=60) == 0
+        assert "not a visionsweep run folder" not in "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+
+
+def test_status_without_watch_still_refuses_a_folder_that_is_no_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "status", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "not a visionsweep run folder" in out.stderr
+
+
+def test_a_cancelled_sweep_says_so_and_names_the_resume_command(tmp_path):
+    run = tmp_path / "run"
+    _trial(run, "a", 0.01, [0.2, 0.4, 0.5, 0.6], "completed", ended=1100.0)
+    _trial(run, "b", 0.1, [0.3], "cancelled", ended=1150.0)
+    _sweep(run, updated=1150.0, total=3)
+    (run / "summary.json").write_text(json.dumps({"state": "cancelled", "cancelled_by": "SIGTERM",
+                                                  "primary_metric": "accuracy", "trials": 2, "best_trial": "a",
+                                                  "best_metric": 0.6, "elapsed_s": 150.0}))
+    st = read_status(run, now=5000.0)
+    assert st.state == "cancelled" and "SIGTERM" in st.note and f"visionsweep resume {run}" in st.note
+    # the interrupted trial is not done, the never-started one waits: 1 of 3 done
+    assert (st.total_trials, st.done, st.pending) == (3, 1, 1)
+    assert {r.trial_id: r.decision for r in st.trials}["b"].startswith("interrupted")

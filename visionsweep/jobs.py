@@ -134,7 +134,8 @@ class JobOperations:
 
             client = JobSubmissionClient(self._address)
             client.submit_job(entrypoint=f"visionsweep run job.yml --output {shlex.quote(run_folder)}",
-                              submission_id=name, runtime_env={"working_dir": str(folder), "excludes": ["run"]})
+                              submission_id=name, runtime_env={"working_dir": str(folder), "excludes": ["run"],
+                                                               "env_vars": STOP_ENV})
             info.update(where="ray", address=self._address)
         else:
             with open(folder / "output.log", "wb") as log:
@@ -226,8 +227,14 @@ class JobOperations:
         rc_file = folder / "rc"
         if rc_file.exists() and rc_file.read_text().strip():
             rc = int(rc_file.read_text())
-            return "Completed" if rc == 0 else "Canceled" if rc == 130 else "Failed"
+            return "Completed" if rc == 0 else "Canceled" if rc in (130, 143) else "Failed"  # SIGINT, SIGTERM
         return "Running" if _alive(info["pid"]) else "Failed"  # killed before it could write its status
+
+
+# `ray job stop` (begin_cancel) sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s, read
+# by the job's supervisor from the job's own environment): a cancelled sweep needs longer than that to save Tune's
+# state, mark its trials and end its MLflow runs (scheduler.stops). A job submitted by hand can set the same.
+STOP_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 
 
 def _alive(pid: int) -> bool:
