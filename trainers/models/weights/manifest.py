@@ -199,7 +199,9 @@ def _yolov5(settings: Mapping[str, Any]) -> WeightsEntry:
     except VisionsweepError:  # mmyolo is not installed here: its metafiles cannot be read
         alternatives = ()
     known = tuple((sha, rel, ul.release_url(file, rel)) for sha, rel in ul.known_releases(file).items())
-    return WeightsEntry("yolov5", ul.LIBRARY, f"YOLOv5 {ul.DEFAULT_RELEASE} {file}", file,
+    # the label names no release: v6.0, v6.1 and v7.0 files are all accepted; the provenance of the file a trial
+    # loads names its release, known by its hash
+    return WeightsEntry("yolov5", ul.LIBRARY, f"YOLOv5 {file}", file,
                         url=ul.release_url(file), licence=ul.LICENCE, dataset="COCO 2017", variant=size,
                         known_sha256=known, alternatives=alternatives)
 
