@@ -90,11 +90,12 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     seconds, as ``run_job`` runs it (None: without it)."""
     from pydantic import TypeAdapter
 
-    from scheduler.controller import _trial_dirname
+    from scheduler.stages.trials import _trial_dirname
     from scheduler.leaderboard import leaderboard_rows, write_leaderboard
     from scheduler.policies import create_scheduler
     from scheduler.policies.configs import MedianStoppingSettings
-    from scheduler.runfolder import RunFolderCallback, mark_unfinished, read_trials
+    from scheduler.recorder import RunFolderCallback
+    from scheduler.runfolder import mark_unfinished, read_trials
     from scheduler.runstore import SWEEP
     from scheduler.searchers import SpaceSearcher
     from scheduler.space import Distribution
@@ -152,7 +153,7 @@ def instrument() -> dict[str, list]:
     from mlflow.tracking import MlflowClient
 
     from scheduler.policies.ray_adapter import PolicyScheduler
-    from scheduler.runfolder import RunFolderCallback
+    from scheduler.recorder import RunFolderCallback
     from scheduler.searchers import SpaceSearcher
     from scheduler.tracking import MlflowTracker
 

@@ -8,14 +8,13 @@ so a burst of events costs one rewrite and Tune's event loop never waits for plo
 died. For a run folder on storage, each rewrite is mirrored to the URL like every other file.
 
 The final report (not live) is written by ``finish_run`` after :meth:`LiveView.stop`, so a late live rewrite can
-never replace it.
+never replace it. ``sweep.json`` itself and the interval are the run folder's (``scheduler.runfolder``, which
+``visionsweep status`` reads without importing Ray); only this callback imports Ray.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,32 +22,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from scheduler.runfolder import write_atomic
+from scheduler.runfolder import report_interval_s, write_sweep_file
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"  # the running sweep: its size, start and heartbeat (summary.json replaces it as truth)
-
-
-def report_interval_s() -> float:
-    """Seconds between two live rewrites of the report (``$VISIONSWEEP_REPORT_S``, default 10)."""
-    try:
-        return max(0.0, float(os.environ.get("VISIONSWEEP_REPORT_S", "10")))
-    except ValueError:
-        return 10.0
-
-
-def write_sweep_file(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Create or update ``sweep.json`` (fields merged into what is there)."""
-    path = Path(run_dir) / SWEEP_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        doc = {}
-    doc.update(fields)
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
-    return doc
-
 
 _VIEWS: dict[str, "LiveView"] = {}  # run folder (as named) -> the view this driver runs for it
 

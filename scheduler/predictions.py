@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- computing
 
 def predict_after_sweep(run_dir: Path, images=None) -> None:
-    """:func:`write_predictions` at the end of a sweep (``scheduler.export.finish_run``), reading images as the
+    """:func:`write_predictions` at the end of a sweep (``scheduler.finish.finish_run``), reading images as the
     job's trials did (``images``: the job's ``ImageStore``); any failure is a logged warning: the predictions are a
     view of the result, like the report, and must never fail a finished sweep."""
     if os.environ.get(OFF_ENV, "1").strip().lower() in ("0", "false", "no", "off"):

@@ -34,8 +34,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from scheduler.leaderboard import leaderboard_rows
-from scheduler.live import SWEEP_FILE
-from scheduler.runfolder import TrialRecord, duration, finite, read_json, read_trials, write_atomic
+from scheduler.runfolder import SWEEP_FILE, TrialRecord, duration, finite, read_json, read_trials, write_atomic
 
 _HEIGHT = 440
 _MISSING = "—"

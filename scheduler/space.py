@@ -179,7 +179,7 @@ class QLogNormal(_Gaussian, _Quantised):
         return _q(math.exp(rng.normal(self.mu, self.sigma)), self.q)
 
 
-class RandInt(_Dist):
+class Randint(_Dist):
     type: Literal["randint"]
     upper: int = Field(gt=0, description="exclusive upper bound; values are 0 .. upper-1")
 
@@ -195,7 +195,7 @@ class RandInt(_Dist):
 
 
 Distribution = Annotated[
-    Union[Choice, Uniform, QUniform, LogUniform, QLogUniform, Normal, QNormal, LogNormal, QLogNormal, RandInt],
+    Union[Choice, Uniform, QUniform, LogUniform, QLogUniform, Normal, QNormal, LogNormal, QLogNormal, Randint],
     Field(discriminator="type"),
 ]
 DISTRIBUTION_TYPES = ("choice", "uniform", "quniform", "loguniform", "qloguniform",

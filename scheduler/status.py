@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.live import SWEEP_FILE, report_interval_s
-from scheduler.runfolder import CANCELLED, better, duration, finite, read_json, read_trials
+from scheduler.runfolder import (CANCELLED, SWEEP_FILE, better, duration, finite, read_json, read_trials,
+                                 report_interval_s)
 from trainers.errors import VisionsweepError
 
 FILES = ("trials", "summary.json", SWEEP_FILE, "job.resolved.yaml")  # what status reads of a run on storage

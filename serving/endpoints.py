@@ -34,15 +34,12 @@ from typing import Any, Callable
 from serving.keys import key_check, new_key, new_salt
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
+from trainers.home import visionsweep_home
 from trainers.package.references import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
 
 NAMESPACE = "visionsweep-endpoints"
 DEFAULT_WAIT_S = 300.0
 PROGRESS_EVERY_S = 3.0
-
-
-def home() -> Path:
-    return Path(os.environ.get("VISIONSWEEP_HOME", Path.home() / ".visionsweep"))
 
 
 def default_timeout_s() -> float:
@@ -67,7 +64,7 @@ def _kv():
 
 
 def _legacy_path(name: str) -> Path:
-    return home() / "endpoints" / f"{name}.json"
+    return visionsweep_home() / "endpoints" / f"{name}.json"
 
 
 def _import_legacy(name: str) -> dict[str, Any] | None:

@@ -5,11 +5,17 @@ Read from the source with ``ast`` (nothing is imported): every ``import`` and ``
 module, at module level or inside a function, is an edge (an import inside a function still ties the two
 modules together; it only hides the circle until the function runs). A module importing its own package's
 ``__init__`` is not counted, nor is an import under ``if TYPE_CHECKING:``.
+
+And the readers stay light: reading a run folder (``visionsweep status``, ``visionsweep report`` of a finished run,
+``Result.load``) imports neither Ray nor torch, checked in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +102,57 @@ def test_the_top_level_packages_import_downwards_only():
 
 def test_the_circle_finder_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HEAVY = ("ray", "torch")  # what a reader of a run folder must not import
+
+# In a fresh interpreter: the CLI's status and report of a finished run, Result.load and a registry reference's
+# parsing, then the top-level packages now imported. The CLI's own output goes to a buffer: stdout is ours.
+_READ_A_RUN = """
+import contextlib, io, json, sys
+import scheduler.report, scheduler.status
+from scheduler.cli import main
+import trainers.package.references as references
+from visionsweep.results import Result
+
+run = sys.argv[1]
+with contextlib.redirect_stdout(io.StringIO()) as status:
+    codes = [main(["status", run, "--json"])]
+with contextlib.redirect_stdout(io.StringIO()):
+    codes.append(main(["report", run]))
+result = Result.load(run)
+references.registry_model_uri("azureml:fashion:3")
+print(json.dumps({"codes": codes, "status": json.loads(status.getvalue()),
+                  "best": [result.best_trial, result.best_metric, result.best_params],
+                  "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def _finished_run(run: Path) -> None:
+    """A finished sweep's run folder as the controller leaves it (two trials, no model)."""
+    for tid, lr, accs in (("t1", 0.01, [0.5, 0.75]), ("t2", 0.1, [0.25, 0.5])):
+        d = run / "trials" / tid
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"sampled": {"learning_rate": lr},
+                                                   "fixed": {"number_of_epochs": 2}, "default": {}}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "accuracy": a}) + "\n"
+                                                 for i, a in enumerate(accs)))
+        (d / "status.json").write_text(json.dumps({"status": "completed", "started": 1000.0, "ended": 1060.0}))
+    (run / "summary.json").write_text(json.dumps({"primary_metric": "accuracy", "trials": 2, "best_trial": "t1",
+                                                  "best_metric": 0.75, "elapsed_s": 60.0}))
+    (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n"
+                                           "training_parameters: {model_name: resnet18}\n")
+
+
+def test_reading_a_run_folder_imports_neither_ray_nor_torch(tmp_path):
+    run = tmp_path / "run"
+    _finished_run(run)
+    proc = subprocess.run([sys.executable, "-c", _READ_A_RUN, str(run)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # it did read the run: status, report and the result agree on the best trial
+    assert got["codes"] == [0, 0] and (run / "report.html").is_file()
+    assert (got["status"]["state"], got["status"]["best_trial"]) == ("finished", "t1")
+    assert got["best"] == ["t1", 0.75, {"learning_rate": 0.01, "number_of_epochs": 2}]
+    assert [m for m in HEAVY if m in got["loaded"]] == []

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scheduler.policies import (BanditPolicy, Decision, MedianStoppingPolicy, TruncationSelectionPolicy, create_policy,
+from scheduler.policies import (BanditRule, Decision, MedianStoppingRule, TruncationSelectionRule, create_policy,
                                 list_policies)
 
 C, S = Decision.CONTINUE, Decision.STOP
@@ -32,12 +32,12 @@ def feed(policy, streams: dict[str, list[float]], until: int | None = None) -> d
     (2, 0, [2, 4, 6]),
 ])
 def test_evaluation_points(interval, delay, points):
-    p = MedianStoppingPolicy(evaluation_interval=interval, delay_evaluation=delay)
+    p = MedianStoppingRule(evaluation_interval=interval, delay_evaluation=delay)
     assert [k for k in range(1, 7) if p.is_evaluation_point(k)] == points
 
 
 def test_v2_sample_bandit_evaluates_at_6_8_10():
-    p = BanditPolicy(slack_factor=0.2, evaluation_interval=2, delay_evaluation=6)
+    p = BanditRule(slack_factor=0.2, evaluation_interval=2, delay_evaluation=6)
     assert [k for k in range(1, 12) if p.is_evaluation_point(k)] == [6, 8, 10]
 
 
@@ -45,7 +45,7 @@ def test_v2_sample_bandit_evaluates_at_6_8_10():
 
 def test_bandit_slack_factor_worked_example():
     # Applied at interval 10; best run reported 0.8; slack_factor 0.2 -> runs below 0.8/1.2 = 0.667 stop.
-    p = BanditPolicy(slack_factor=0.2, evaluation_interval=10)
+    p = BanditRule(slack_factor=0.2, evaluation_interval=10)
     assert p.threshold(0.8) == pytest.approx(0.6667, abs=1e-4)
     best, ok, bad = [0.5] * 9 + [0.8], [0.5] * 9 + [0.67], [0.5] * 9 + [0.66]
     d = feed(p, {"best": best, "ok": ok, "bad": bad})
@@ -55,7 +55,7 @@ def test_bandit_slack_factor_worked_example():
 
 
 def test_bandit_uses_the_trials_best_so_far_not_its_last_value():
-    p = BanditPolicy(slack_factor=0.1)
+    p = BanditRule(slack_factor=0.1)
     feed(p, {"leader": [0.9, 0.9]})
     # dipped to 0.5 at interval 2, but its best so far (0.85) is above 0.9/1.1 = 0.818
     assert p.on_result("dipper", 1, 0.85) is C
@@ -63,7 +63,7 @@ def test_bandit_uses_the_trials_best_so_far_not_its_last_value():
 
 
 def test_bandit_slack_amount():
-    p = BanditPolicy(slack_amount=0.1, delay_evaluation=2)
+    p = BanditRule(slack_amount=0.1, delay_evaluation=2)
     d = feed(p, {"a": [0.7, 0.8], "b": [0.7, 0.71], "c": [0.7, 0.69]})
     # threshold 0.8 - 0.1 = 0.7 at interval 2: 0.71 goes on, 0.69 stops
     assert d["a"] == [C, C] and d["b"] == [C, C] and d["c"] == [C, S]
@@ -71,17 +71,17 @@ def test_bandit_slack_amount():
 
 def test_bandit_rejects_both_or_no_slack():
     with pytest.raises(ValueError, match="exactly one of slack_factor and slack_amount"):
-        BanditPolicy(slack_factor=0.1, slack_amount=0.1)
+        BanditRule(slack_factor=0.1, slack_amount=0.1)
     with pytest.raises(ValueError, match="exactly one"):
-        BanditPolicy()
+        BanditRule()
 
 
 # --- median stopping --------------------------------------------------------------------------
 
 def test_median_stopping_at_interval_5():
-    # MedianStoppingPolicy(evaluation_interval=1, delay_evaluation=5): at interval 5 a run stops if its
+    # MedianStoppingRule(evaluation_interval=1, delay_evaluation=5): at interval 5 a run stops if its
     # best so far is worse than the median of the running averages over intervals 1..5 of all runs.
-    p = MedianStoppingPolicy(evaluation_interval=1, delay_evaluation=5)
+    p = MedianStoppingRule(evaluation_interval=1, delay_evaluation=5)
     # Trials report asynchronously: the population is the trials that have reported interval k (§13 A9);
     # c reports interval 5 last, so it is compared with all three.
     streams = {
@@ -96,15 +96,15 @@ def test_median_stopping_at_interval_5():
 
 
 def test_median_alone_never_stops_itself():
-    p = MedianStoppingPolicy()
+    p = MedianStoppingRule()
     assert all(p.on_result("solo", k, v) is C for k, v in enumerate([0.9, 0.1, 0.1, 0.1], start=1))
 
 
 # --- truncation selection ---------------------------------------------------------------------
 
 def test_truncation_selection_bottom_20_percent_at_interval_5():
-    # TruncationSelectionPolicy(evaluation_interval=1, truncation_percentage=20, delay_evaluation=5)
-    p = TruncationSelectionPolicy(truncation_percentage=20, evaluation_interval=1, delay_evaluation=5)
+    # TruncationSelectionRule(evaluation_interval=1, truncation_percentage=20, delay_evaluation=5)
+    p = TruncationSelectionRule(truncation_percentage=20, evaluation_interval=1, delay_evaluation=5)
     values = {"t5": 0.5, "t4": 0.4, "t3": 0.3, "t2": 0.2, "t1": 0.1}  # t1 reports interval 5 last
     d = feed(p, {t: [0.0] * 4 + [v] for t, v in values.items()})
     # floor(5 * 20 / 100) = 1 run is cancelled: the worst at interval 5 (earlier reporters saw fewer runs:
@@ -113,7 +113,7 @@ def test_truncation_selection_bottom_20_percent_at_interval_5():
 
 
 def test_truncation_ties_are_ranked_in_the_trials_favour():
-    p = TruncationSelectionPolicy(truncation_percentage=50)
+    p = TruncationSelectionRule(truncation_percentage=50)
     # two equal trials: cutting 1 of 2 would be arbitrary, so neither is cut
     assert feed(p, {"a": [0.9], "b": [0.9]}) == {"a": [C], "b": [C]}
     # one strictly worse trial among three: it is the one cut
@@ -121,14 +121,14 @@ def test_truncation_ties_are_ranked_in_the_trials_favour():
 
 
 def test_truncation_rounds_down_and_may_cancel_none():
-    p = TruncationSelectionPolicy(truncation_percentage=20)
+    p = TruncationSelectionRule(truncation_percentage=20)
     d = feed(p, {"a": [0.1], "b": [0.9]})  # floor(2 * 0.2) = 0
     assert d == {"a": [C], "b": [C]}
 
 
 def test_truncation_exclude_finished_jobs():
     streams = {"f1": [0.1, 0.1], "f2": [0.2, 0.2], "f3": [0.3, 0.3], "f4": [0.4, 0.4]}
-    keep, drop = TruncationSelectionPolicy(50), TruncationSelectionPolicy(50, exclude_finished_jobs=True)
+    keep, drop = TruncationSelectionRule(50), TruncationSelectionRule(50, exclude_finished_jobs=True)
     for p in (keep, drop):
         feed(p, streams)
         for t in streams:
@@ -169,7 +169,7 @@ def test_contract_a_repeated_interval_replaces_the_value(name):
 
 
 def test_warm_start_history_counts_in_the_statistics():
-    p = BanditPolicy(slack_factor=0.1)
+    p = BanditRule(slack_factor=0.1)
     p.add_history("earlier-sweep/t1", [0.9, 0.95])
     # the earlier sweep's 0.9 at interval 1 makes 0.5 a clear loser on the first report
     assert p.on_result("new", 1, 0.5) is S

@@ -242,7 +242,7 @@ def test_a_running_sweep_shows_its_mode_and_the_time_since_it_started(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "job.resolved.yaml").write_text("task: image_classification\nprimary_metric: accuracy\n")
-    from scheduler.live import write_sweep_file
+    from scheduler.runfolder import write_sweep_file
 
     started = time.time() - 3 * 3600  # three hours ago
     write_sweep_file(run, task="image_classification", mode="manual", primary_metric="accuracy", total_trials=4,

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from scheduler.runfolder import RunFolderCallback, read_trials
+from scheduler.recorder import RunFolderCallback
+from scheduler.runfolder import read_trials
 
 
 def errored(tmp_path, trial_id: str, exception_line: str):

@@ -105,7 +105,7 @@ def test_watch_redraws_in_a_terminal_and_ends_with_the_sweep(tmp_path):
 
 
 def test_progress_lines_cut_parameter_lists_at_whole_items_and_keep_metrics_whole():
-    from scheduler.runfolder import progress_line
+    from scheduler.recorder import progress_line
 
     start = progress_line("start 40290e05 (model_name=mobilenetv2, learning_rate=0.01, weight_decay=0.0001)")
     assert start == "start 40290e05 (model_name=mobilenetv2…" and len(start) <= 46

@@ -284,7 +284,7 @@ def test_retries_come_from_the_environment(monkeypatch):
 def test_scrub_removes_credential_values(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
     text = "x AccountKey=abc/def==;BlobEndpoint=h sig=XYZ&se=1 s3cr3t-value opt-secret"
-    out = storage._scrub(text, {"az": {"account_key": "opt-secret", "account_name": "acct"}})
+    out = storage.scrub_secrets(text, {"az": {"account_key": "opt-secret", "account_name": "acct"}})
     for v in ("abc/def==", "XYZ", "s3cr3t-value", "opt-secret"):
         assert v not in out
     assert "BlobEndpoint=h" in out

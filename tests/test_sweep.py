@@ -158,18 +158,18 @@ sweep:
 
 def test_timeout_covers_data_preparation(ray_session, small_mltable, tmp_path, monkeypatch):
     """limits.timeout_minutes is the whole job's: when preparing the data takes it all, no trial starts."""
-    from scheduler import controller
+    from scheduler.stages import context, prepare
 
     job = make_job(small_mltable, "limits:\n  timeout_minutes: 1\n", epochs=1)
-    real_prepare, offset = controller._prepare, []
+    real_prepare, offset = prepare.prepare_job_data, []
 
     def slow_prepare(*args, **kwargs):  # the job's clock, moved as if preparation had taken 61 s
         out = real_prepare(*args, **kwargs)
         offset.append(61.0)
         return out
 
-    monkeypatch.setattr(controller, "_prepare", slow_prepare)
-    monkeypatch.setattr(controller, "clock", lambda: time.time() + sum(offset))
+    monkeypatch.setattr(prepare, "prepare_job_data", slow_prepare)
+    monkeypatch.setattr(context, "clock", lambda: time.time() + sum(offset))
     with pytest.raises(VisionsweepError, match=r"timeout_minutes \(1\) ran out before the first trial"):
         run_job(job, tmp_path / "run", echo=lambda s: None)
     assert (tmp_path / "run" / "data" / "summary.json").is_file()  # the prepared data is kept

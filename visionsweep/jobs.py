@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from trainers.data.urls import is_url
 from trainers.errors import VisionsweepError
+from trainers.home import visionsweep_home
 from trainers.processes import pid_alive
 from visionsweep.automl import ImageJob, load_job
 from visionsweep.results import Result
@@ -39,7 +40,7 @@ _RAY_STATUS = {"PENDING": "Starting", "RUNNING": "Running", "SUCCEEDED": "Comple
 
 
 def jobs_home() -> Path:
-    return Path(os.environ.get("VISIONSWEEP_HOME", Path.home() / ".visionsweep")) / "jobs"
+    return visionsweep_home() / "jobs"
 
 
 @dataclass

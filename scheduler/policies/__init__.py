@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from scheduler.policies.bandit import BanditPolicy
+from scheduler.policies.bandit import BanditRule
 from scheduler.policies.base import Decision, Policy
-from scheduler.policies.percentile import MedianStoppingPolicy, TruncationSelectionPolicy
+from scheduler.policies.percentile import MedianStoppingRule, TruncationSelectionRule
 from trainers.registry import Registry
 
 _POLICIES: Registry[Callable[..., Policy]] = Registry("policy")
@@ -22,9 +22,9 @@ def register_policy(name: str, factory: Callable[..., Policy]) -> None:
     _POLICIES.register(name, factory)
 
 
-register_policy("bandit", BanditPolicy)
-register_policy("median_stopping", MedianStoppingPolicy)
-register_policy("truncation_selection", TruncationSelectionPolicy)
+register_policy("bandit", BanditRule)
+register_policy("median_stopping", MedianStoppingRule)
+register_policy("truncation_selection", TruncationSelectionRule)
 
 
 def list_policies() -> list[str]:
@@ -49,5 +49,5 @@ def create_scheduler(spec, metric: str, max_epochs: int, run_dir: str | None = N
     return PolicyScheduler(create_policy(spec.type, **params), metric, run_dir=run_dir, epochs_of=epochs_of)
 
 
-__all__ = ["BanditPolicy", "Decision", "MedianStoppingPolicy", "Policy", "TruncationSelectionPolicy",
+__all__ = ["BanditRule", "Decision", "MedianStoppingRule", "Policy", "TruncationSelectionRule",
            "create_policy", "create_scheduler", "list_policies", "register_policy"]

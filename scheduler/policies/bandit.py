@@ -14,7 +14,7 @@ from __future__ import annotations
 from scheduler.policies.base import Policy
 
 
-class BanditPolicy(Policy):
+class BanditRule(Policy):
     name = "bandit"
 
     def __init__(self, slack_factor: float | None = None, slack_amount: float | None = None, *,

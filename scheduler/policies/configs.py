@@ -1,7 +1,8 @@
 """The job file's ``sweep.early_termination`` settings (SPEC §3.5, §8.4): one pydantic model per policy.
 
-The policies themselves (what they decide) are the classes of this package (``BanditPolicy`` ...); these are
-their settings as a job file gives them (``BanditSettings`` ...), validated with the job.
+One policy, three classes, one name each: the rule itself (what it decides) is a class of this package
+(``BanditRule`` ...); these are its settings as a job file gives them (``BanditSettings`` ...), validated with the
+job; and the Python API writes those settings with the service SDK's class (``visionsweep.sweep.BanditPolicy`` ...).
 """
 
 from __future__ import annotations

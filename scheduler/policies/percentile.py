@@ -1,9 +1,9 @@
 """Median stopping and truncation selection (SPEC §8.4, §13 A8/A9): both compare a trial with the
 population of trials that have reported interval k.
 
-* ``MedianStoppingPolicy``: M_k = median, over every trial that reported interval k, of its running
+* ``MedianStoppingRule``: M_k = median, over every trial that reported interval k, of its running
   average over intervals 1..k; trial r stops when its best value so far is below M_k.
-* ``TruncationSelectionPolicy``: rank the trials that reported interval k by their value at k; the
+* ``TruncationSelectionRule``: rank the trials that reported interval k by their value at k; the
   lowest ``floor(n * truncation_percentage / 100)`` stop. Ties are broken in the trial's favour: it
   stops only when at least ``n - n_cut`` trials are strictly better, so of two equal trials neither
   is cancelled for the other. With ``exclude_finished_jobs`` finished trials are left out.
@@ -17,7 +17,7 @@ import statistics
 from scheduler.policies.base import Policy
 
 
-class MedianStoppingPolicy(Policy):
+class MedianStoppingRule(Policy):
     name = "median_stopping"
 
     def _should_stop(self, trial_id: str, k: int) -> bool:
@@ -25,7 +25,7 @@ class MedianStoppingPolicy(Policy):
         return self._best_so_far(self._history[trial_id], k) < statistics.median(averages)
 
 
-class TruncationSelectionPolicy(Policy):
+class TruncationSelectionRule(Policy):
     name = "truncation_selection"
 
     def __init__(self, truncation_percentage: int, *, evaluation_interval: int = 1, delay_evaluation: int = 0,

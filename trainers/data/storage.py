@@ -193,7 +193,7 @@ def open_url(url: str, storage_options: StorageOptions | None = None, mode: str 
         return open(url, mode)
     if set(mode) & set("wax+"):
         fs, path = filesystem(url, storage_options)
-        return _call(lambda: fs.open(path, mode), url, fs, storage_options)
+        return call_with_retries(lambda: fs.open(path, mode), url, fs, storage_options)
     data = _fetch(url, storage_options, where=None, missing=lambda: FileNotFoundError(2, "not found", url))
     return io.BytesIO(data) if "b" in mode else io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
 
@@ -201,7 +201,7 @@ def open_url(url: str, storage_options: StorageOptions | None = None, mode: str 
 def is_dir(url: str, storage_options: StorageOptions | None = None) -> bool:
     if is_remote(url):
         fs, path = filesystem(url, storage_options)
-        return _call(lambda: fs.isdir(path), url, fs, storage_options)
+        return call_with_retries(lambda: fs.isdir(path), url, fs, storage_options)
     return os.path.isdir(url.removeprefix("file://"))
 
 
@@ -237,14 +237,15 @@ def read_head(url: str, n: int, storage_options: StorageOptions | None = None,
             raise DataError(f"{prefix}cannot read {url}: {e.strerror or e}") from None
     fs, path = filesystem(url, storage_options)
     missing = lambda: ImageNotFound(f"{prefix}image not found: {url}")  # noqa: E731
-    info = _call(lambda: fs.info(path), url, fs, storage_options, where=where, missing=missing)
+    info = call_with_retries(lambda: fs.info(path), url, fs, storage_options, where=where, missing=missing)
     if info.get("type", "file") != "file":
         raise missing()
     size = int(info.get("size") or 0)
     if size <= n:
-        return _call(lambda: fs.cat_file(path), url, fs, storage_options, where=where, missing=missing), size
-    return _call(lambda: fs.cat_file(path, start=0, end=n), url, fs, storage_options, where=where,
-                 missing=missing), size
+        data = call_with_retries(lambda: fs.cat_file(path), url, fs, storage_options, where=where, missing=missing)
+        return data, size
+    return call_with_retries(lambda: fs.cat_file(path, start=0, end=n), url, fs, storage_options, where=where,
+                             missing=missing), size
 
 
 def write_bytes(url: str, data: bytes, storage_options: StorageOptions | None = None) -> None:
@@ -254,7 +255,7 @@ def write_bytes(url: str, data: bytes, storage_options: StorageOptions | None = 
             f.write(data)
         return
     fs, path = filesystem(url, storage_options)
-    _call(lambda: fs.pipe_file(path, data), url, fs, storage_options)
+    call_with_retries(lambda: fs.pipe_file(path, data), url, fs, storage_options)
 
 
 def check_access(url: str, storage_options: StorageOptions | None = None) -> None:
@@ -266,17 +267,18 @@ def check_access(url: str, storage_options: StorageOptions | None = None) -> Non
         return
     fs, path = filesystem(url, storage_options)
     try:
-        _call(lambda: fs.info(path), url, fs, storage_options, missing=lambda: FileNotFoundError(url))
+        call_with_retries(lambda: fs.info(path), url, fs, storage_options, missing=lambda: FileNotFoundError(url))
     except FileNotFoundError:
         store = path.split("/", 1)[0]
-        if store and store != path.rstrip("/") and not _call(lambda: fs.exists(store), url, fs, storage_options):
+        if store and store != path.rstrip("/") and not call_with_retries(lambda: fs.exists(store), url, fs,
+                                                                         storage_options):
             raise DataError(_store_missing_message(url, fs, storage_options)) from None
         raise DataError(f"{url} does not exist") from None
 
 
 def _fetch(url: str, storage_options, where: str | None, missing: Callable[[], Exception]) -> bytes:
     fs, path = filesystem(url, storage_options)
-    return _call(lambda: fs.cat_file(path), url, fs, storage_options, where=where, missing=missing)
+    return call_with_retries(lambda: fs.cat_file(path), url, fs, storage_options, where=where, missing=missing)
 
 
 def retries() -> int:
@@ -294,9 +296,15 @@ def backoff(attempt: int) -> float:
     return d / 2 + random.uniform(0, d / 2)
 
 
-def _call(fn: Callable[[], T], url: str, fs, storage_options, where: str | None = None,
-          missing: Callable[[], Exception] | None = None) -> T:
-    """``fn()`` with retries of transient failures; any failure becomes one ``DataError`` (or ``missing()``)."""
+def call_with_retries(fn: Callable[[], T], url: str, fs, storage_options, where: str | None = None,
+                      missing: Callable[[], Exception] | None = None) -> T:
+    """``fn()``, one call on the filesystem ``fs`` (from :func:`filesystem`), with this module's retries and errors.
+
+    Every module that calls a storage backend goes through here (data reads, the weights store and sources), so
+    that transient failures (timeouts, resets, 5xx, throttling) are retried with :func:`backoff` up to
+    :func:`retries` tries in one place, and every other failure is one ``DataError`` naming ``url`` (prefixed by
+    ``where``, e.g. ``file:line: ``), the store and what to do, never a traceback or a credential. ``missing``:
+    the exception to raise instead when the object does not exist (else the ``ImageNotFound`` of a read)."""
     tries = retries()
     for attempt in range(1, tries + 1):
         try:
@@ -416,7 +424,7 @@ def _to_error(e: BaseException, url: str, fs, where: str | None, storage_options
     if kind == "transient":
         return DataError(f"{prefix}the storage service at {host} kept failing for {url} ({_status_text(chain)}) "
                          f"{tries}; try again later, or raise $VISIONSWEEP_STORAGE_RETRIES")
-    detail = _scrub(f"{type(e).__name__}: {e}".splitlines()[0][:300], storage_options)
+    detail = scrub_secrets(f"{type(e).__name__}: {e}".splitlines()[0][:300], storage_options)
     return DataError(f"{prefix}cannot read {url} ({detail})")
 
 
@@ -517,9 +525,12 @@ def _status_text(chain) -> str:
     return _reason(chain) or type(chain[0]).__name__
 
 
-def _scrub(text: str, storage_options=None) -> str:
+def scrub_secrets(text: str, storage_options=None) -> str:
     """``text`` without credential values: secret-looking environment variables, storage options, URL/connection
-    string fields (``AccountKey=``, ``sig=``, ``X-Amz-Signature=`` ...)."""
+    string fields (``AccountKey=``, ``sig=``, ``X-Amz-Signature=`` ...), each replaced by ``***``.
+
+    For any text about a storage location that may reach a log, an error or a file (a URL with a SAS token, a
+    backend's exception message): secrets never reach stdout or logs."""
     secrets = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 4]
 
     def walk(obj, secret: bool) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.data.storage import _scrub
+from trainers.data.storage import scrub_secrets
 
 if TYPE_CHECKING:
     from trainers.models.weights.manifest import WeightsEntry
@@ -44,13 +44,14 @@ class InitialWeights:
                "licence": e.licence if e else None}
         if release:
             out["release"] = release[0]
+            out["weights"] = f"{e.weights} ({release[0]} release)"
         return out
 
 
 def public(where: str) -> str:
     """A place as the logs and the run folder may show it: credentials inside URLs as ``***``."""
 
-    return _scrub(where)
+    return scrub_secrets(where)
 
 
 def is_pretrained(weights: Any) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from trainers.data.images import default_cache_dir
-from trainers.data.storage import _call, filesystem
+from trainers.data.storage import call_with_retries, filesystem
 from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError, close_names
 from trainers.models.weights import verify as check
@@ -394,7 +394,7 @@ def _exists(where: str, cfg: WeightsConfig) -> bool:
         return os.path.exists(where.removeprefix("file://"))
 
     fs, path = filesystem(where, cfg.storage_options)
-    return bool(_call(lambda: fs.exists(path), where, fs, cfg.storage_options))
+    return bool(call_with_retries(lambda: fs.exists(path), where, fs, cfg.storage_options))
 
 
 def _basename(where: str) -> str:
@@ -435,13 +435,13 @@ def _fetch_remote(url: str, dest: Path, cfg: WeightsConfig, folder: bool = False
     with _lock(cfg, str(dest)):
         if folder:
             if not (dest / "config.json").is_file():
-                names = [p.rsplit("/", 1)[-1] for p in _call(lambda: fs.ls(path, detail=False), url, fs,
-                                                              cfg.storage_options)]
+                names = [p.rsplit("/", 1)[-1] for p in call_with_retries(lambda: fs.ls(path, detail=False), url,
+                                                                         fs, cfg.storage_options)]
                 tmp = Path(tempfile.mkdtemp(dir=_parent(dest), prefix=".fetch-"))
                 with Progress(f"fetching {dest.name}/", len(names)) as progress:
                     for n in names:
-                        _call(lambda n=n: fs.get_file(f"{path.rstrip('/')}/{n}", str(tmp / n)), url, fs,
-                              cfg.storage_options)
+                        call_with_retries(lambda n=n: fs.get_file(f"{path.rstrip('/')}/{n}", str(tmp / n)), url,
+                                          fs, cfg.storage_options)
                         progress.update(1, nbytes=(tmp / n).stat().st_size)
                 _replace_dir(tmp, dest)
         elif not dest.is_file():
@@ -450,8 +450,8 @@ def _fetch_remote(url: str, dest: Path, cfg: WeightsConfig, folder: bool = False
             os.close(fd)
             try:
                 with Progress(f"fetching {dest.name}", None, "bytes") as progress:
-                    _call(lambda: fs.get_file(path, tmp, callback=_transfer_callback(progress)), url, fs,
-                          cfg.storage_options)
+                    call_with_retries(lambda: fs.get_file(path, tmp, callback=_transfer_callback(progress)), url,
+                                      fs, cfg.storage_options)
                 os.replace(tmp, dest)
             finally:
                 with contextlib.suppress(FileNotFoundError):

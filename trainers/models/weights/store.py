@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainers.data.storage import _call, _scrub, filesystem
+from trainers.data.storage import call_with_retries, filesystem, scrub_secrets
 from trainers.data.urls import is_remote, join
 from trainers.errors import VisionsweepError
 from trainers.models.weights import ultralytics
@@ -82,7 +82,7 @@ def _configs(folder: str) -> list[Path]:
 
 
 def _short(where: str) -> str:
-    return _scrub(where)
+    return scrub_secrets(where)
 
 
 def _present(e: WeightsEntry, to: str, cfg: WeightsConfig, index: dict[str, Any]) -> InitialWeights | None:
@@ -116,8 +116,8 @@ def _upload(local: Path, url: str, cfg: WeightsConfig) -> None:
     fs, path = filesystem(url, cfg.storage_options)
     # a copy to a local store is quick; an upload of hundreds of MB to a bucket is not
     with Progress(f"uploading {local.name}", local.stat().st_size, "bytes") as progress:
-        _call(lambda: fs.put_file(str(local), path, callback=_transfer_callback(progress)), url, fs,
-              cfg.storage_options)
+        call_with_retries(lambda: fs.put_file(str(local), path, callback=_transfer_callback(progress)), url, fs,
+                          cfg.storage_options)
 
 
 def _write_index(to: str, index: dict[str, Any], cfg: WeightsConfig) -> None:
@@ -183,7 +183,7 @@ def _list(store: str, cfg: WeightsConfig) -> list[str]:
                       if p.is_file() and p.name not in skip and not p.name.startswith("."))
 
     fs, path = filesystem(store, cfg.storage_options)
-    found = _call(lambda: fs.find(path), store, fs, cfg.storage_options)
+    found = call_with_retries(lambda: fs.find(path), store, fs, cfg.storage_options)
     base = path.rstrip("/") + "/"
     return sorted(p[len(base):] for p in found if p.startswith(base) and p.rsplit("/", 1)[-1] not in skip)
 
@@ -195,5 +195,5 @@ def _sha_of(url: str, cfg: WeightsConfig) -> str:
     fs, path = filesystem(url, cfg.storage_options)
     with tempfile.TemporaryDirectory(prefix="visionsweep-verify-") as d:
         local = Path(d) / "f"
-        _call(lambda: fs.get_file(path, str(local)), url, fs, cfg.storage_options)
+        call_with_retries(lambda: fs.get_file(path, str(local)), url, fs, cfg.storage_options)
         return check.sha256_file(local)

@@ -68,7 +68,7 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
         write_leaderboard(run_dir / "leaderboard.csv", rows)
         finished = [r for r in rows if r["status"] != CANCELLED]  # never promoted: a resume goes on with them
-        best_trial, best_metric = (export_best(store, finished, primary)
+        best_trial, best_metric = (copy_best_package(store, finished, primary)
                                    if not cancelled or any(r.get(primary) is not None for r in finished)
                                    else (None, None))
     summary: dict[str, Any] = {
@@ -123,7 +123,7 @@ def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
             *store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*", dirs_only=True)]
 
 
-def export_best(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
+def copy_best_package(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
     """Copy the best trial's best checkpoint (a model package) to ``<run>/best``."""
     from trainers.package import copy_package, write_service_layout  # torchvision, timm: after the trials only
 
