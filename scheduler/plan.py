@@ -17,6 +17,7 @@ from scheduler.space import Choice
 from scheduler.spec import Job
 from scheduler.warmstart import load_prior_trials
 from trainers import hyperparameters as hp
+from trainers.errors import VisionsweepError
 
 
 @dataclass
@@ -42,7 +43,7 @@ def all_hyperparameters(task: str, fixed: dict[str, Any], sampled: dict[str, Any
     refuse, with its own error, leaves what was sampled."""
     try:
         return hp.resolve_hyperparameters(task, fixed, sampled)
-    except Exception:
+    except (VisionsweepError, ValueError):  # the settings' own errors (the trial reports them); nothing else
         return dict(sampled)
 
 

@@ -79,14 +79,20 @@ def _read_until(fd: int, want: str, proc: subprocess.Popen, seen: list[str]) -> 
     raise AssertionError(f"{want!r} never appeared; output: {''.join(seen)[-2000:]!r}")
 
 
-def test_watch_redraws_in_a_terminal_and_ends_with_the_sweep(tmp_path):
-    run = tmp_path / "run"
-    trial = _trial(run, "t1", 0.01, [0.25], "running")
-    _sweep(run, updated=time.time() + 10_000)  # a heartbeat that stays fresh for the test
+def _watch_in_a_terminal(run: Path) -> tuple[subprocess.Popen, int]:
+    """`visionsweep status RUN --watch` on a pseudo-terminal: the process and the terminal's end to read."""
     main, sub = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "status", str(run), "--watch", "--interval",
                              "0.1"], stdin=sub, stdout=sub, stderr=sub, cwd=ROOT, close_fds=True)
     os.close(sub)
+    return proc, main
+
+
+def test_watch_redraws_in_a_terminal_and_ends_with_the_sweep(tmp_path):
+    run = tmp_path / "run"
+    trial = _trial(run, "t1", 0.01, [0.25], "running")
+    _sweep(run, updated=time.time() + 10_000)  # a heartbeat that stays fresh for the test
+    proc, main = _watch_in_a_terminal(run)
     seen: list[str] = []
     try:
         out = _read_until(main, "0.2500", proc, seen)
@@ -116,10 +122,7 @@ def test_progress_lines_cut_parameter_lists_at_whole_items_and_keep_metrics_whol
 def test_watch_waits_for_the_run_folder_of_a_run_just_started(tmp_path):
     """`status --watch` started with `run`: it waits for the folder instead of refusing it, then follows it."""
     run = tmp_path / "run"  # nothing there yet
-    main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "status", str(run), "--watch", "--interval",
-                             "0.1"], stdin=sub, stdout=sub, stderr=sub, cwd=ROOT, close_fds=True)
-    os.close(sub)
+    proc, main = _watch_in_a_terminal(run)
     seen: list[str] = []
     try:
         _read_until(main, "waiting for", proc, seen)
