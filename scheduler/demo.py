@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -187,8 +188,6 @@ def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
     import urllib.error
     import urllib.request
 
-    from ray import serve
-
     from serving.cli import serve_package, start_serve
 
     os.environ.setdefault("VISIONSWEEP_HOME", str(run_dir / "serving"))
@@ -223,4 +222,37 @@ def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
         except urllib.error.HTTPError as e:
             print(f"the same request without the key -> HTTP {e.code}")
     finally:
+        stop_serve()
+
+
+def stop_serve(timeout_s: float = 30.0) -> None:
+    """Serve down (every application, replica and proxy, then its controller), with nothing printed.
+
+    ``serve.shutdown()`` asks the controller with a call that never returns (the controller ends itself with
+    ``ray.kill`` once all else is gone) and Serve makes every controller call retry forever, so Ray's raylet
+    prints "Task ServeController.graceful_shutdown failed. There are infinite retries remaining ... killed by
+    `ray.kill`" on the terminal. The same request without retries ends, silently, when the controller does. It
+    reaches into Serve's client: where that is not there (another Ray), Serve's own shutdown does it, printing."""
+    import ray
+    from ray import serve
+
+    try:
+        from ray.serve.context import _disconnect, _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        ask = client._controller.graceful_shutdown.options(max_task_retries=0) if client else None
+    except (ImportError, AttributeError, TypeError):
         serve.shutdown()
+        return
+    if client is None:
+        return
+    client.shutdown_cached_handles()
+    try:
+        ray.get(ask.remote(), timeout=timeout_s)
+    except ray.exceptions.RayActorError:
+        pass  # the controller ended itself: Serve is down
+    except ray.exceptions.GetTimeoutError:
+        print(f"warning: Ray Serve did not shut down within {timeout_s:g}s (its controller's log says why)",
+              file=sys.stderr)
+    finally:
+        _disconnect()

@@ -286,6 +286,7 @@ def test_predict_and_export_of_a_yolov5_package_print_only_their_output_on_stdou
     assert pred.returncode == 0, pred.stderr[-2000:]
     assert isinstance(json.loads(pred.stdout)[0]["boxes"], list)  # stdout is the JSON and nothing else
     assert "Initialized by user-defined" not in pred.stderr + pred.stdout  # no per-parameter initialisation log
+    assert len(pred.stderr.splitlines()) <= 2, pred.stderr[-2000:]  # (that log: 4 lines a parameter, 709 in all)
     exp = subprocess.run(cli + ["export", str(pkg), "--no-check", "--output", str(tmp_path / "y.onnx")],
                          capture_output=True, text=True, timeout=300)
     assert exp.returncode == 0, exp.stderr[-2000:]

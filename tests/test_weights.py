@@ -332,6 +332,28 @@ def test_pretrained_false_needs_no_weights_and_says_so(tmp_path, small_mltable):
     assert r.returncode == 0 and "# note: visionsweep.pretrained: false: every model starts from random" in r.stdout
 
 
+def test_run_says_where_the_weights_are_once_in_its_weights_line(tmp_path, small_mltable, mobilenet_weights, caplog):
+    # each lookup (AutoMode and validate look the same file up several times) logs at DEBUG only: at the default
+    # log_verbosity (info) the one line run prints is the summary from the plan
+    import logging
+
+    from scheduler.preflight import check_weights, weights_config, weights_lines
+    from scheduler.spec import parse_job
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copyfile(mobilenet_weights, store / MOBILENET_FILE)
+    job = parse_job(f"task: image_classification\ntarget_column_name: label\ntraining_data: {{path: {small_mltable}}}\n"
+                    f"training_parameters: {{model_name: mobilenetv2}}\nvisionsweep: {{weights_store: {store}}}\n")
+    with caplog.at_level(logging.DEBUG, logger="trainers.models.weights"):
+        _, plan = check_weights(job, weights_config(job))
+        _, plan = check_weights(job, weights_config(job))  # a second lookup of the same file
+    said = [r for r in caplog.records if r.name.startswith("trainers.models.weights")]
+    assert said and all(r.levelno == logging.DEBUG for r in said)  # looked up (at debug), never said at info
+    assert weights_lines(plan) == [f"weights: mobilenetv2 from weights store ({store / MOBILENET_FILE}; "
+                                   f"{plan['models']['mobilenetv2']['weights']})"]
+
+
 # --- models built from published weights -------------------------------------------------------------------
 
 def test_a_detector_starts_from_coco_weights_with_new_class_heads_and_frozen_batchnorm(tmp_path):

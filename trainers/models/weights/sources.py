@@ -317,8 +317,10 @@ def locate(entry: WeightsEntry, cfg: WeightsConfig, probe: bool = True) -> tuple
                 continue
             if found is not None:
                 found = replace(found, entry=found.entry or want)
-                log.info("%s: %s found in %s (%s)", entry.label, found.entry.file, found.detail or src.name,
-                         public(found.where))
+                # DEBUG: run says where each model's weights are once, in its ``weights:`` line, and a trial in
+                # "starting from" (AutoMode and validate look the same file up several times before that)
+                log.debug("%s: %s found in %s (%s)", entry.label, found.entry.file, found.detail or src.name,
+                          public(found.where))
                 return found, looked
             looked += [f"{p}: not there" for p in src.places(want, cfg)]
     if not cfg.download and entry.origin:
