@@ -149,7 +149,8 @@ def main() -> int:
 
     ref = results.get("a")
     print()
-    print("| config                       | trial-epochs | of (a) | best accuracy | vs (a) best | stopped early | wall |")
+    print("| config                       | trial-epochs | of (a) | best accuracy | vs (a) best "
+          "| stopped early | wall |")
     print("|------------------------------|-------------:|-------:|--------------:|------------:|--------------:|-----:|")
     for key, r in results.items():
         s = r["summary"]
@@ -176,7 +177,8 @@ def main() -> int:
         saved = 1 - results["b"]["summary"]["trial_epochs"] / a_ep
         met = saved >= 0.25
         ok &= met
-        print(f"  median_stopping: saves >= 25 % of (a)'s trial-epochs ({saved:.0%} saved): {'MET' if met else 'MISSED'}")
+        print(f"  median_stopping: saves >= 25 % of (a)'s trial-epochs ({saved:.0%} saved): "
+              f"{'MET' if met else 'MISSED'}")
     return 0 if ok else 1
 
 

@@ -261,8 +261,8 @@ def main() -> int:
                   f"{many / one:.2f}x (ideal {n}x)", flush=True)
     if "det" not in skip:
         ours, plain = detection_rates()
-        print(f"4. detection step: trainer {ours:.2f} img/s, torchvision reference loop {plain:.2f}: {ours / plain:.2f}",
-              flush=True)
+        print(f"4. detection step: trainer {ours:.2f} img/s, torchvision reference loop {plain:.2f}: "
+              f"{ours / plain:.2f}", flush=True)
     if "serve" not in skip:
         rps, ips = serving_rates(a.serve_seconds, 8)
         print(f"5. serving (concurrency 8, batching): HTTP {rps:.1f} req/s, in-process {ips:.1f} img/s: "

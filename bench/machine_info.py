@@ -20,7 +20,8 @@ def cpu_model() -> str:
 
 
 def describe(*libraries: str) -> str:
-    """e.g. ``describe("torch", "ray")`` -> "Intel Xeon ...; 2 logical cores; torch 2.14.1; ray 2.60.0; Python 3.11.7"."""
+    """e.g. ``describe("torch", "ray")``
+    -> "Intel Xeon ...; 2 logical cores; torch 2.14.1; ray 2.60.0; Python 3.11.7"."""
     parts = [cpu_model(), f"{os.cpu_count()} logical cores"]
     parts += [f"{name} {importlib.import_module(name).__version__}" for name in libraries]
     return "; ".join(parts + [f"Python {platform.python_version()}"])

@@ -321,7 +321,8 @@ def main() -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"date:    {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
     print(f"machine: {describe('torch', 'torchvision', 'ray')}")
-    print(f"setup:   {args.task}, {args.epochs} epochs, size {args.crop if args.task == 'classification' else args.size}"
+    print(f"setup:   {args.task}, {args.epochs} epochs, "
+          f"size {args.crop if args.task == 'classification' else args.size}"
           f", sides {', '.join(args.sides)}")
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as d:
         rows = (classification if args.task == "classification" else detection)(args, Path(d))

@@ -11,9 +11,9 @@ the load generator shares the 2 cores with the server, which the baseline does n
 
 Targets: with batching, HTTP throughput >= 0.8x in-process; p99 <= 2x p50 below saturation.
 
-A second table says where the CPU goes (the "router" column of the floor line is the no-op replica): CPU-milliseconds per served request of each process (model
-replica, router, Serve's HTTP proxy, the load generator, the rest of Ray), read from /proc, next to the
-CPU-milliseconds per image of the in-process baseline.
+A second table says where the CPU goes (the "router" column of the floor line is the no-op replica):
+CPU-milliseconds per served request of each process (model replica, router, Serve's HTTP proxy, the load generator,
+the rest of Ray), read from /proc, next to the CPU-milliseconds per image of the in-process baseline.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def main() -> int:
                   f"p99 {rows[-1][5]:.0f} ms, errors {errors}, mean batch {rows[-1][7]:.1f}", flush=True)
     serve.shutdown()
     ray.shutdown()
-    print("\n| batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process | p50 ms | p99 ms | p99/p50 | errors |")
+    print("\n| batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process "
+          "| p50 ms | p99 ms | p99/p50 | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for b, c, rps, base, p50, p99, err, *_, ratio in rows:
         print(f"| {'on' if b else 'off'} | {c} | {rps:.1f} | {base:.1f} | {ratio:.2f} | {p50:.0f} | {p99:.0f} | "

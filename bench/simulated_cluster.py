@@ -119,7 +119,8 @@ def main() -> None:
     if a.json:
         print(json.dumps(r))
         return
-    print(f"simulated cluster: CPU head + {r['nodes']} nodes x {r['gpus_per_node']} GPUs (up in {r['cluster_start_s']} s)")
+    print(f"simulated cluster: CPU head + {r['nodes']} nodes x {r['gpus_per_node']} GPUs "
+          f"(up in {r['cluster_start_s']} s)")
     print(f"job: node_count_per_trial {r['node_count_per_trial']}, {a.concurrent} concurrent trials -> "
           f"{r['workers_per_trial']} workers per trial x {r['resources_per_worker']}, {r['strategy']}; "
           f"trial driver {r['driver_bundle']}")

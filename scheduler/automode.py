@@ -92,7 +92,7 @@ def family(task: str, model_name: str) -> str:
         return backend
     if model_name == "yolov5":
         return "yolov5"
-    if task in hp.BOX_TASKS:
+    if hp.has_boxes(task):
         return "detector"
     return "vit" if model_name.startswith("vit") else "cnn"
 
@@ -208,7 +208,7 @@ def size_rule(task: str, model_name: str, fixed: dict[str, Any]) -> bd.SizeRule 
     f = family(task, model_name)
     if f in ("vit", "huggingface"):
         return None
-    rule = bd.YOLO if f == "yolov5" else bd.CROP if task in hp.CLASSIFICATION_TASKS else bd.BOXES
+    rule = bd.YOLO if f == "yolov5" else bd.CROP if hp.is_classification(task) else bd.BOXES
     return None if any(name in fixed for name, _ in rule.params) else rule
 
 

@@ -154,9 +154,8 @@ def _predict(args) -> int:
         out = predictor.predict_images(images)
     if args.draw:  # from the §15 responses, whatever --format prints; stdout stays the JSON alone
         from serving.draw import save_drawings
-        from trainers.hyperparameters import MULTILABEL
 
-        save_drawings(images, args.images, out, args.draw, predictor.labels, predictor.pkg.task == MULTILABEL)
+        save_drawings(images, args.images, out, args.draw, predictor.labels, predictor.task.multi)
         print(f"drew {len(images)} images to {args.draw}", file=sys.stderr)
     if args.format == "coco":
         from PIL import Image

@@ -207,7 +207,8 @@ def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
         print(f"model: {model}" + (f" (MLflow registry {tracking['uri']})" if registered else ""))
         info = serve_package(model, "127.0.0.1", port, "key", name="demo")
         print(f"endpoint ready in {time.time() - t0:.1f}s at {info['url']} (key auth)")
-        body = json.dumps({"input_data": {"columns": ["image"], "data": [base64.b64encode(image.read_bytes()).decode()]}})
+        body = json.dumps({"input_data": {"columns": ["image"],
+                                          "data": [base64.b64encode(image.read_bytes()).decode()]}})
         req = urllib.request.Request(info["url"], data=body.encode(), method="POST", headers={
             "Content-Type": "application/json", "Authorization": f"Bearer {info['key']}"})
         with urllib.request.urlopen(req, timeout=60) as r:

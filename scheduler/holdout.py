@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainers import hyperparameters as hp
-
 CLASSIFICATION_METRIC = "accuracy"
 DETECTION_METRIC = "mean_average_precision"
 
@@ -26,25 +24,29 @@ def score_package(package: str, data: str, target_column: str = "label", *, metr
     coco_voc, at IoU 0.5) for the box tasks."""
     from serving.predictor import Predictor
     from trainers.data import load_records
-    from trainers.data.images import read_image
 
     predictor = Predictor(package, device="cpu")
     task = predictor.pkg.task
     records = load_records(data, task, target_column)
     if not records:
         raise ValueError(f"{data}: no labelled images to score {package} on")
-    if task == hp.MULTICLASS:
-        hits = 0
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            for r, resp in zip(chunk, predictor.predict_images([read_image(r.image_url) for r in chunk])):
-                best = max(range(len(resp["probs"])), key=resp["probs"].__getitem__)
-                hits += resp["labels"][best] == r.label
-        return {"images": len(records), CLASSIFICATION_METRIC: hits / len(records), "correct": hits}
-    if task not in hp.BOX_TASKS:
+    score = SCORES.get(predictor.task.holdout_score or "")
+    if score is None:
         raise ValueError(f"{package}: held-out scoring covers multi-class classification and the box tasks, "
                          f"not {task}")
-    return _box_metrics(predictor, records, metric_type, batch_size)
+    return score(predictor, records, metric_type, batch_size)
+
+
+def _accuracy(predictor, records, metric_type: str, batch_size: int) -> dict[str, Any]:
+    from trainers.data.images import read_image
+
+    hits = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        for r, resp in zip(chunk, predictor.predict_images([read_image(r.image_url) for r in chunk])):
+            best = max(range(len(resp["probs"])), key=resp["probs"].__getitem__)
+            hits += resp["labels"][best] == r.label
+    return {"images": len(records), CLASSIFICATION_METRIC: hits / len(records), "correct": hits}
 
 
 def _box_metrics(predictor, records, metric_type: str, batch_size: int) -> dict[str, Any]:
@@ -66,3 +68,7 @@ def _box_metrics(predictor, records, metric_type: str, batch_size: int) -> dict[
     out = predictor.task.evaluate(predictor.pkg.model, batches, Runtime(predictor.device), h)
     out["images"] = out.pop("validation_images", len(records))
     return out
+
+
+# how a package is scored, by the name its task gives (``Task.holdout_score``)
+SCORES = {"accuracy": _accuracy, "boxes": _box_metrics}

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from trainers import hyperparameters as hp
 from trainers.errors import DataError, VisionsweepError
 
 DIR = "predictions"
@@ -93,12 +92,9 @@ def write_predictions(run_dir: str | Path, store=None, device: str = "cpu", max_
     tmp = Path(tempfile.mkdtemp(prefix=".predictions-", dir=run))
     deadline = time.monotonic() + time_budget_s
     try:
-        if task == hp.MULTICLASS:
-            result = _multiclass(predictor, records, _Reader(store, run, deadline), tmp, max_images, batch_size)
-        elif task == hp.MULTILABEL:
-            result = _multilabel(predictor, records, _Reader(store, run, deadline), tmp, max_images, batch_size)
-        else:
-            result = _samples(predictor, records, _Reader(store, run, deadline), tmp, batch_size)
+        # the task names its page: a confusion matrix, per-label scores, or drawn samples
+        page = REPORTS[predictor.task.report_predictions]
+        result = page(predictor, records, _Reader(store, run, deadline), tmp, max_images, batch_size)
         result = {"task": task, "classes": list(predictor.labels), "validation_images": len(records), **result}
         (tmp / FILE).write_text(json.dumps(result, indent=2) + "\n")
         out = run / DIR
@@ -262,8 +258,9 @@ def _save_mistakes(mistakes: list[dict], out: Path) -> list[dict]:
     return saved
 
 
-def _samples(predictor, records, reader: _Reader, out: Path, batch_size: int) -> dict[str, Any]:
-    """Up to ``SAMPLES_SHOWN`` images spread evenly over the validation set, ground truth and predictions drawn."""
+def _samples(predictor, records, reader: _Reader, out: Path, max_images: int, batch_size: int) -> dict[str, Any]:
+    """Up to ``SAMPLES_SHOWN`` images spread evenly over the validation set, ground truth and predictions drawn
+    (``max_images`` does not apply: a page of drawn samples is short whatever the set's size)."""
     from serving.draw import canvas, draw_ground_truth, draw_response
 
     n = len(records)
@@ -282,6 +279,10 @@ def _samples(predictor, records, reader: _Reader, out: Path, batch_size: int) ->
                             "predicted_labels": sorted({b["label"] for b in resp["boxes"]})})
     return {"images_used": len(samples), **reader.facts(),
             "box_score_threshold": predictor.pkg.settings.get("box_score_threshold"), "samples": samples}
+
+
+# the pages of validation predictions, by the name a task gives (``Task.report_predictions``)
+REPORTS = {"confusion": _multiclass, "per_label": _multilabel, "samples": _samples}
 
 
 # ----------------------------------------------------------------------------------------------- rendering

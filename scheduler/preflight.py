@@ -1,5 +1,6 @@
 """What is checked before any trial, and before the data is read: every model the job can train runs here (its
-optional extra installed, an MMDetection config known) and has its initial weights somewhere (``trainers.models.weights``).
+optional extra installed, an MMDetection config known) and has its initial weights somewhere
+(``trainers.models.weights``).
 A job that fails these stops at once with what to install, change or fetch, at the YAML line that names the model.
 ``visionsweep validate`` runs the same checks (:func:`check_before_trials`), so it refuses what ``run`` would.
 """

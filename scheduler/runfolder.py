@@ -92,7 +92,8 @@ def read_trials(run_dir: Path) -> dict[str, TrialRecord]:
         st = st if isinstance(st, dict) else {}
         sampled, everything = read_params(d)
         out[d.name] = TrialRecord(d.name, sampled, read_metrics(d),
-                                  str(st.get("status") or "pending"), st.get("error"), st.get("started"), st.get("ended"),
+                                  str(st.get("status") or "pending"), st.get("error"),
+                                  st.get("started"), st.get("ended"),
                                   st.get("retry", True), int(st.get("errors") or 0), everything)
     return out
 

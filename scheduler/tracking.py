@@ -143,7 +143,8 @@ class MlflowTracker(Callback):
             self._reopened[trial.trial_id] = self._reopen(rid)
         if rid is None:
             run = self.client.create_run(ids["experiment_id"], run_name=trial.trial_id,
-                                         tags={"mlflow.parentRunId": ids["parent"], "visionsweep.trial_id": trial.trial_id,
+                                         tags={"mlflow.parentRunId": ids["parent"],
+                                               "visionsweep.trial_id": trial.trial_id,
                                                "visionsweep.sampled": ",".join(sorted(trial.config))})
             rid = ids["trials"][trial.trial_id] = run.info.run_id
             self._reopened[trial.trial_id] = 0

@@ -131,7 +131,8 @@ def add_parsers(sub) -> None:
     ws = w.add_subparsers(dest="weights_command", required=True)
     tasks = list(hp.TASKS)
     ls = ws.add_parser("list", help="the weights manifest: per model, the file, origin, hash, size and licence")
-    ls.add_argument("names", nargs="*", metavar="NAME", help="model names (default: the zoo of --task, or of all tasks)")
+    ls.add_argument("names", nargs="*", metavar="NAME",
+                    help="model names (default: the zoo of --task, or of all tasks)")
     ls.add_argument("--task", choices=tasks)
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--local", action="store_true",

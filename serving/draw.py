@@ -88,14 +88,14 @@ def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: 
          font, image_width: int, above: bool = True) -> None:
     """``text`` on a filled tag of ``colour`` whose bottom-left is at ``xy`` (top-left when there is no room
     above), in black or white, whichever reads on the colour."""
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    tw, th = r - l + 4, b - t + 4
+    left, t, r, b = draw.textbbox((0, 0), text, font=font)
+    tw, th = r - left + 4, b - t + 4
     x, y = xy
     y = y - th if above and y - th >= 0 else y
     x = max(0.0, min(x, image_width - tw))
     draw.rectangle((x, y, x + tw, y + th), fill=colour)
     ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
-    draw.text((x + 2 - l, y + 2 - t), text, fill=ink, font=font)
+    draw.text((x + 2 - left, y + 2 - t), text, fill=ink, font=font)
 
 
 def caption_lines(response: dict[str, Any], multilabel: bool = False, threshold: float = MULTILABEL_THRESHOLD,

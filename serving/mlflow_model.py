@@ -5,7 +5,8 @@ a registered version of it in the model registry.
 The package folder *is* the model folder: ``save_package`` writes an ``MLmodel`` file naming this module as
 the pyfunc loader (``data: .``, the package itself) and the environment files (``python_env.yaml``,
 ``conda.yaml``, ``requirements.txt``). Nothing is pickled: the loader builds the visionsweep ``Predictor``
-from the package's safetensors and JSON (``trainers.package.mlflow_files`` writes the files), the same code the Ray Serve endpoints run.
+from the package's safetensors and JSON (``trainers.package.mlflow_files`` writes the files), the same code the
+Ray Serve endpoints run.
 
 Input: the managed service's MLflow image models take a frame with one ``image`` column of base64-encoded
 image files (``{"dataframe_split": {"columns": ["image"], "data": [["<b64>"], ...]}}`` over HTTP; also a

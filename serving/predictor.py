@@ -29,12 +29,10 @@ from PIL import Image
 from serving.schema import MAX_IMAGE_PIXELS
 from trainers import hyperparameters as hp
 from trainers.data.images import decode_image as decode
-from trainers.errors import DataError, VisionsweepError
+from trainers.errors import DataError
 from trainers.package import load_package
 from trainers.polygons import mask_to_polygons
 from trainers.tasks import make_task
-from trainers.tiling import parse_grid
-from trainers.transforms import eval_transform
 from trainers.workers import Runtime
 
 BadImage = DataError  # an input that is not a decodable image (a 400 when served)
@@ -53,16 +51,11 @@ class Predictor:
                  registry_uri: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.pkg = load_package(package, str(self.device), settings, registry_uri)
-        s = self.pkg.settings
-        self.classification = self.pkg.task in hp.CLASSIFICATION_TASKS
         self.task = make_task(self.pkg.task, self.pkg.classes)
-        if self.classification:
-            self.transform = eval_transform(int(s["validation_resize_size"]), int(s["validation_crop_size"]))
-        else:
-            try:
-                parse_grid(s.get("tile_grid_size"))  # a bad override is an error now, not at the first request
-            except ValueError as e:
-                raise VisionsweepError(f"{package}: inference setting tile_grid_size: {e}") from None
+        # the task's: a classifier's resize and center crop, or None where the model takes whole images (a detector,
+        # whose bad override of a setting is an error now, not at the first request)
+        self.transform = self.task.input_transform(self.pkg.settings, package)
+        self.classification = self.transform is not None
 
     @property
     def labels(self) -> list[str]:
@@ -88,7 +81,7 @@ class Predictor:
         # the trainer's own prediction path: the whole image, or every tile and the whole image merged (§6.5)
         outputs = self.task.predict(self.pkg.model, xs, self.pkg.settings, Runtime(self.device))
         return [format_detections(out, im.width, im.height, self.labels, self.pkg.settings,
-                                  segmentation=self.pkg.task == hp.SEGMENTATION) for out, im in zip(outputs, pil)]
+                                  segmentation=self.task.segmentation) for out, im in zip(outputs, pil)]
 
 
 def format_detections(out: dict[str, torch.Tensor], width: int, height: int, classes: Sequence[str],

@@ -157,8 +157,10 @@ def test_openmmlab_models_stop_the_job_before_any_trial_without_the_extra(monkey
 
 def test_a_malformed_box_names_the_file_and_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
-    lines = ['{"image_url": "a.png", "label": [{"label": "x", "topX": 0.1, "topY": 0.1, "bottomX": 0.5, "bottomY": 0.5}]}',
-             '{"image_url": "a.png", "label": [{"label": "x", "topX": 0.6, "topY": 0.1, "bottomX": 0.5, "bottomY": 0.5}]}']
+    lines = ['{"image_url": "a.png", "label": [{"label": "x", "topX": 0.1, "topY": 0.1, '
+             '"bottomX": 0.5, "bottomY": 0.5}]}',
+             '{"image_url": "a.png", "label": [{"label": "x", "topX": 0.6, "topY": 0.1, '
+             '"bottomX": 0.5, "bottomY": 0.5}]}']
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"d\.jsonl:2: label: expected bottomX > topX"):
         prepare_data(hp.DETECTION, "label", str(tmp_path / "d.jsonl"), None, 0.2, 0)

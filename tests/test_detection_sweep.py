@@ -88,7 +88,8 @@ def test_a_detection_sweep_stops_the_trial_that_does_not_learn(ray_session, shap
     assert r["image_id"] == 0 and r["category_id"] in (1, 2) and r["score"] == resp["boxes"][0]["score"]
     x, y, w, h = r["bbox"]
     b = resp["boxes"][0]["box"]
-    assert x == pytest.approx(b["topX"] * 64, abs=0.01) and w == pytest.approx((b["bottomX"] - b["topX"]) * 64, abs=0.02)
+    assert x == pytest.approx(b["topX"] * 64, abs=0.01) and w == pytest.approx((b["bottomX"] - b["topX"]) * 64,
+                                                                                abs=0.02)
 
 
 # v1 (SDK v1 / §6) spellings of the same settings, for instance segmentation

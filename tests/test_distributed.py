@@ -60,7 +60,8 @@ def test_a_group_that_cannot_be_placed_is_an_error_not_a_wait(ray_session, small
     from trainers.errors import VisionsweepError
 
     # 2 nodes x 1 CPU per worker + the driver's 0.1 CPU do not fit the 2-CPU embedded Ray, which never grows
-    job = make_job(small_mltable, "properties: {node_count_per_trial: '2'}\nvisionsweep: {tracking: {enabled: false}}\n")
+    job = make_job(small_mltable,
+                   "properties: {node_count_per_trial: '2'}\nvisionsweep: {tracking: {enabled: false}}\n")
     with pytest.raises(VisionsweepError) as e:
         run_job(job, tmp_path / "run", echo=lambda s: None)
     assert str(e.value) == ("a data-parallel trial needs 2 workers x 1 CPU (visionsweep.cpus_per_trial) + 0.1 CPU for "

@@ -59,7 +59,8 @@ visionsweep:
         tenant_id: t-1
         client_secret: {CLIENT_SECRET}
     abfs:
-      connection_string: DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={CONN_KEY};EndpointSuffix=core.windows.net
+      connection_string: DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={CONN_KEY};\
+EndpointSuffix=core.windows.net
     s3:
       client_kwargs: {{region_name: eu-west-1, aws_session_token: {SESSION}}}
 """
@@ -173,7 +174,8 @@ def test_augmentation_flags_outside_their_task_or_model_are_refused():
             "search_space:\n  - model_name: {type: choice, values: [yolov5, fasterrcnn_resnet18_fpn]}\n"
             "sweep: {sampling_algorithm: grid}\n", DETECTION)
     assert j.advanced.apply_automl_train_augmentations is False
-    assert job("training_parameters:\n  advanced_settings: '{\"stream_image_files\": true}'\n").advanced.stream_image_files
+    assert job("training_parameters:\n  advanced_settings: '{\"stream_image_files\": true}'\n"
+               ).advanced.stream_image_files
 
 
 @pytest.mark.parametrize("task,model", [("image_object_detection", "fasterrcnn_resnet18_fpn"),
@@ -278,7 +280,8 @@ def test_vit_crops_must_be_equal_in_every_combination():
     assert msg.startswith("job.yml:7: training_parameters.training_crop_size: vits16r224 needs "
                           "training_crop_size == validation_crop_size") and "256 and 224" in msg
     # the task default model is a ViT
-    assert "vitb16r224 needs" in error("training_parameters:\n  validation_crop_size: 192\n  validation_resize_size: 256\n")
+    assert "vitb16r224 needs" in error("training_parameters:\n  validation_crop_size: 192\n"
+                                       "  validation_resize_size: 256\n")
     space = ("search_space:\n  - model_name: {type: choice, values: [resnet18]}\n"
              "  - model_name: {type: choice, values: [vitb16r224]}\n    training_crop_size: %s\n"
              "sweep: {sampling_algorithm: random}\n")
@@ -295,7 +298,8 @@ def test_vit_crops_must_be_equal_in_every_combination():
 
 def test_validation_resize_must_hold_the_validation_crop():
     msg = error("training_parameters: {model_name: resnet18, validation_crop_size: 300}\n")
-    assert "training_parameters.validation_crop_size: validation_resize_size (256) must be >= validation_crop_size (300)" in msg
+    assert ("training_parameters.validation_crop_size: validation_resize_size (256) "
+            "must be >= validation_crop_size (300)") in msg
 
 
 def test_layers_to_freeze_beyond_the_models_groups_fails_the_job():
@@ -436,10 +440,13 @@ def test_a_trial_process_logs_visionsweeps_records_at_the_jobs_verbosity(restore
 
 def test_yolov5_settings_do_not_apply_to_mmdetection_models():
     msg = error("training_parameters:\n  model_name: atss_r50_fpn_1x_coco\n  image_size: 512\n", DETECTION)
-    assert "training_parameters.image_size: hyperparameter 'image_size' does not apply to model atss_r50_fpn_1x_coco" in msg
+    assert ("training_parameters.image_size: hyperparameter 'image_size' "
+            "does not apply to model atss_r50_fpn_1x_coco") in msg
     msg = error("search_space:\n  - model_name: {type: choice, values: [atss_r50_fpn_1x_coco]}\n"
-                "    multi_scale: {type: choice, values: [true, false]}\nsweep: {sampling_algorithm: grid}\n", DETECTION)
-    assert "search_space[0].multi_scale: hyperparameter 'multi_scale' does not apply to model atss_r50_fpn_1x_coco" in msg
+                "    multi_scale: {type: choice, values: [true, false]}\nsweep: {sampling_algorithm: grid}\n",
+                DETECTION)
+    assert ("search_space[0].multi_scale: hyperparameter 'multi_scale' "
+            "does not apply to model atss_r50_fpn_1x_coco") in msg
     # their own settings apply (min_size / max_size, as the torchvision detectors)
     assert job("training_parameters:\n  model_name: atss_r50_fpn_1x_coco\n  min_size: 512\n", DETECTION)
 
@@ -579,7 +586,8 @@ def test_validate_prints_only_the_advanced_settings_that_act_on_the_job(tmp_path
     out = yaml.safe_load(validate(tmp_path, BASE, capsys))
     assert out["training_parameters"]["advanced_settings"] == {"stream_image_files": False}  # no yolo/box switches
     tp = job("training_parameters:\n  model_name: fasterrcnn_resnet50_fpn\n", DETECTION).resolved()
-    assert tp["training_parameters"]["advanced_settings"] == {"apply_automl_train_augmentations": True, "stream_image_files": False}
+    assert tp["training_parameters"]["advanced_settings"] == {"apply_automl_train_augmentations": True,
+                                                              "stream_image_files": False}
     yolo = job("", DETECTION).resolved()["training_parameters"]["advanced_settings"]  # yolov5, the default
     assert yolo == {"apply_mosaic_for_yolo": True, "apply_automl_train_augmentations": True,
                     "stream_image_files": False}

@@ -6,6 +6,11 @@ module, at module level or inside a function, is an edge (an import inside a fun
 modules together; it only hides the circle until the function runs). A module importing its own package's
 ``__init__`` is not counted, nor is an import under ``if TYPE_CHECKING:``.
 
+Tasks own their behaviour: no module of scheduler/, serving/, trainers/package/ or visionsweep/ compares a value with
+a task's name (a ``task:`` literal, ``hp.DETECTION`` ..., or a group such as ``hp.BOX_TASKS``); what differs between
+tasks is asked of the task (``trainers.tasks``) or looked up in the tables of ``trainers/hyperparameters.py`` and
+``trainers/data/``.
+
 And the readers stay light: reading a run folder (``visionsweep status``, ``visionsweep report`` of a finished run,
 ``Result.load``) imports neither Ray nor torch, checked in a fresh interpreter.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +162,48 @@ def test_reading_a_run_folder_imports_neither_ray_nor_torch(tmp_path):
     assert (got["status"]["state"], got["status"]["best_trial"]) == ("finished", "t1")
     assert got["best"] == ["t1", 0.75, {"learning_rate": 0.01, "number_of_epochs": 2}]
     assert [m for m in HEAVY if m in got["loaded"]] == []
+
+
+# --- tasks own their behaviour ------------------------------------------------------------------
+
+NO_TASK_BRANCH = ("scheduler", "serving", "trainers/package", "visionsweep")
+# the task literals of the job file (trainers/hyperparameters.py), read from its source, and the names given to them
+_HP = (ROOT / "trainers" / "hyperparameters.py").read_text()
+TASK_LITERALS = set(re.findall(r'^[A-Z]+ = "(image_[a-z_]+)"$', _HP, re.M))
+TASK_NAMES = {"MULTICLASS", "MULTILABEL", "DETECTION", "SEGMENTATION", "TASKS", "CLASSIFICATION_TASKS", "BOX_TASKS"}
+
+
+def _names_a_task(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value in TASK_LITERALS
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_a_task(e) for e in node.elts)
+    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+    return name in TASK_NAMES
+
+
+def _task_branches(source: str, where: str) -> list[str]:
+    """``where:line: code`` of every comparison (``==``, ``!=``, ``in``, ``not in``, ``is``) with a task's name."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(_names_a_task(n) for n in (node.left, *node.comparators)):
+            out.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_no_task_branch_outside_the_tasks():
+    assert len(TASK_LITERALS) == 4, TASK_LITERALS  # the reading of trainers/hyperparameters.py still works
+    found = [b for folder in NO_TASK_BRANCH for p in sorted((ROOT / folder).rglob("*.py"))
+             for b in _task_branches(p.read_text(), str(p.relative_to(ROOT)))]
+    assert found == [], "ask the task (trainers.tasks) or a table of trainers/hyperparameters.py instead:\n" + \
+        "\n".join(found)
+
+
+def test_the_task_branch_finder_finds_branches():
+    src = """
+if task == hp.SEGMENTATION: pass
+if pkg.task in hp.CLASSIFICATION_TASKS: pass
+ok = t != "image_object_detection"
+fine = TABLE[task] if task in hp.PARAMS[name].tasks else None
+"""
+    assert [b.split(": ", 1)[0] for b in _task_branches(src, "x.py")] == ["x.py:2", "x.py:3", "x.py:4"]

@@ -137,7 +137,8 @@ def test_resolution_precedence_task_model_fixed_sampled():
     assert (h["learning_rate"], h["training_batch_size"]) == (0.002, 10)
     h = resolve_hyperparameters(hp.MULTILABEL, {"learning_rate": 0.1}, {"model_name": "resnet50"})
     assert (h["learning_rate"], h["training_batch_size"]) == (0.1, 78)
-    h = resolve_hyperparameters(hp.MULTICLASS, {"learning_rate": 0.1}, {"learning_rate": 0.2, "training_batch_size": 32.0})
+    h = resolve_hyperparameters(hp.MULTICLASS, {"learning_rate": 0.1},
+                                {"learning_rate": 0.2, "training_batch_size": 32.0})
     assert h["learning_rate"] == 0.2 and h["training_batch_size"] == 32 and isinstance(h["training_batch_size"], int)
     assert resolve_hyperparameters(hp.MULTICLASS, {}, {})["model_name"] == "vitb16r224"
 

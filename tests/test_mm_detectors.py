@@ -244,7 +244,8 @@ def test_each_curated_mmdetection_model_takes_a_training_step_and_predicts(name)
     assert ("masks" in out) == seg
 
 
-@pytest.mark.parametrize("name", ["rtmdet_tiny_8xb32-300e_coco", "yolox_tiny_8xb8-300e_coco", "detr_r18_8xb2-500e_coco"])
+@pytest.mark.parametrize("name", ["rtmdet_tiny_8xb32-300e_coco", "yolox_tiny_8xb8-300e_coco",
+                                  "detr_r18_8xb2-500e_coco"])
 def test_families_beyond_fpn_train_predict_and_package(name, tmp_path):
     """RTMDet (CSPNeXt-PAFPN: its upsampled P5 is concatenated with P4, so the input must be padded to the
     stride of 32, as the zoo's own pipeline pads to 640 x 640), YOLOX and a DETR: a training step on an image of

@@ -96,7 +96,8 @@ def test_run_folder_on_blob_survives_the_loss_of_the_controller(azurite, small_m
     fs.invalidate_cache()
     after = _remote_trials(fs, root)
     assert set(before) <= set(after) and len(after) == 3
-    assert all(st == "completed" for st, _ in after.values()), ({t: (st, len(m)) for t, (st, m) in after.items()}, interrupted, out.stderr[-6000:])
+    assert all(st == "completed" for st, _ in after.values()), ({t: (st, len(m)) for t, (st, m) in after.items()},
+                                                                interrupted, out.stderr[-6000:])
     for tid, metrics in finished.items():  # kept as they were
         assert after[tid][1] == metrics
     resumed = after[interrupted[0]][1]

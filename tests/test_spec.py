@@ -126,7 +126,8 @@ def test_primary_metric_must_be_the_tasks():
     ("early_stopping: maybe", "expected a boolean"),
     ("optimizer: rmsprop", "expected one of sgd, adam, adamw"),
     ("model_name: resnet19", "unknown model_name 'resnet19'"),
-    ("lr_scheduler: step\n  learning_rate_scheduler: step", "'lr_scheduler' and 'learning_rate_scheduler' are two spellings"),
+    ("lr_scheduler: step\n  learning_rate_scheduler: step",
+     "'lr_scheduler' and 'learning_rate_scheduler' are two spellings"),
     ("number_of_epochs: 0", "expected a value > 0"),
     ("weighted_loss: 3", "expected one of 0, 1, 2"),
 ])
@@ -179,12 +180,14 @@ def test_bad_early_termination(policy, expected):
 
 
 def test_bad_distributions():
-    msg = error("search_space:\n  - learning_rate: {type: gaussian, mu: 0, sigma: 1}\nsweep: {sampling_algorithm: random}\n")
+    msg = error("search_space:\n  - learning_rate: {type: gaussian, mu: 0, sigma: 1}\n"
+                "sweep: {sampling_algorithm: random}\n")
     assert "search_space[0].learning_rate" in msg and "unknown type 'gaussian'" in msg
     msg = error("search_space:\n  - learning_rate: {type: uniform, min_value: 0.1, max_value: 0.01}\n"
                 "sweep: {sampling_algorithm: random}\n")
     assert "min_value must be < max_value" in msg
-    msg = error("search_space:\n  - optimizer: {type: choice, values: [sgd, lion]}\nsweep: {sampling_algorithm: random}\n")
+    msg = error("search_space:\n  - optimizer: {type: choice, values: [sgd, lion]}\n"
+                "sweep: {sampling_algorithm: random}\n")
     assert "search_space[0].optimizer" in msg and "lion" in msg
 
 

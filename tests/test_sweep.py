@@ -36,7 +36,8 @@ def make_job(data: Path, extra: str, epochs: int = 2, batch: int = 16, pretraine
     """A fast job on ``data`` (32 px, ``epochs``); from random initialisation unless ``pretrained``."""
     text = (f"$schema: https://azuremlschemas.azureedge.net/latest/autoMLJob.schema.json\ntype: automl\n"
             f"task: image_classification\ncompute: local\ntarget_column_name: label\n"
-            f"training_data:\n  path: {data}\n  type: mltable\n" + FAST_PARAMS.format(epochs=epochs, batch=batch) + extra)
+            f"training_data:\n  path: {data}\n  type: mltable\n"
+            + FAST_PARAMS.format(epochs=epochs, batch=batch) + extra)
     return parse_job(text if pretrained else from_scratch(text), source=data.parent / "job.yml")
 
 

@@ -138,7 +138,8 @@ def test_explicit_weights_win_over_the_store(tmp_path, mobilenet_weights):
     assert init.source == "explicit" and init.path == str(own) and not init.verified
     from safetensors.torch import load_file
 
-    assert torch.equal(build_model("mobilenetv2", 3, 32, init).classifier[1].weight, load_file(str(own))["classifier.1.weight"])
+    assert torch.equal(build_model("mobilenetv2", 3, 32, init).classifier[1].weight,
+                       load_file(str(own))["classifier.1.weight"])
 
 
 def test_a_damaged_file_is_refused_naming_it(tmp_path, mobilenet_weights):
@@ -637,8 +638,8 @@ def test_hugging_face_models_fine_tune_with_adamw_at_the_model_cards_rate():
     d = hp.task_model_defaults(MC, "google/vit-base-patch16-224")
     assert (d["optimizer"], d["learning_rate"], d["training_batch_size"]) == ("adamw", 5e-5, 32)
     # the built-in models keep §6.2's defaults
-    assert (hp.task_model_defaults(MC, "vitb16r224")["optimizer"], hp.task_model_defaults(MC, "resnet50")["learning_rate"]) \
-        == ("sgd", 0.01)
+    assert (hp.task_model_defaults(MC, "vitb16r224")["optimizer"],
+            hp.task_model_defaults(MC, "resnet50")["learning_rate"]) == ("sgd", 0.01)
 
 
 @pytest.mark.parametrize("name,kind", [("atss_r50_fpn_1x_coco", "sgd"),

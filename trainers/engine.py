@@ -1,4 +1,5 @@
-"""The one training loop, for a trial in one process or in each worker of a data-parallel group (SPEC §6.1, §6.4, §8.3, §11.1).
+"""The one training loop, for a trial in one process or in each worker of a data-parallel group
+(SPEC §6.1, §6.4, §8.3, §11.1).
 
 ``train`` builds the model and loaders from resolved hyperparameters, trains for ``number_of_epochs``,
 evaluates every ``evaluation_frequency`` epochs (and after the last one), and hands each evaluation's
@@ -23,9 +24,9 @@ rank 0 writes checkpoints. On CUDA the loop uses mixed precision (bf16 where sup
 with a gradient scaler) and ``channels_last``; ``Workers.amp`` / ``channels_last`` turn them off.
 
 What each evaluation reports (§14): the task's validation metrics, ``train_loss`` (the epoch's
-optimisation loss), ``learning_rate``, throughput and ``trainer_pid`` (the process that trained it, rank 0's); ``validation_loss`` only with
-``log_validation_loss`` (the default; classification computes one, detectors do not); and, with
-``log_training_metrics``, the task's metrics over the training images too, under ``train_<metric>``
+optimisation loss), ``learning_rate``, throughput and ``trainer_pid`` (the process that trained it, rank 0's);
+``validation_loss`` only with ``log_validation_loss`` (the default; classification computes one, detectors do not);
+and, with ``log_training_metrics``, the task's metrics over the training images too, under ``train_<metric>``
 (one more pass over the training set per evaluation, without augmentation: off by default).
 """
 
@@ -167,7 +168,8 @@ class LoopSettings:
         return bool(self.checkpoint_every) and epoch // self.checkpoint_every > last // self.checkpoint_every
 
 
-def start_from(task: Task, h: dict[str, Any], weights: Any, resume_from: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def start_from(task: Task, h: dict[str, Any], weights: Any,
+               resume_from: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(what the model is built from, its architecture choices, the provenance of its initial weights).
 
     A checkpoint (``resume_from``) or a model package (``checkpoint_run_id``) is rebuilt with the architecture
@@ -181,7 +183,8 @@ def start_from(task: Task, h: dict[str, Any], weights: Any, resume_from: str | N
         origin = _read_json(Path(package) / "training_config.json").get("initial_weights") if resume_from else None
         provenance = origin or {"source": "package", "location": str(package), "file": "model.safetensors",
                                 "model_name": meta.get("model_name", h["model_name"])}
-        return str(Path(package) / "model.safetensors"), meta.get("architecture", {}), json.loads(json.dumps(provenance))
+        return (str(Path(package) / "model.safetensors"), meta.get("architecture", {}),
+                json.loads(json.dumps(provenance)))
     if isinstance(weights, InitialWeights):
         provenance = weights.provenance()
     elif weights:
@@ -248,7 +251,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         sched.load_state_dict(st["scheduler"])
         if "scaler" in st:
             scaler.load_state_dict(st["scaler"])
-        best, best_epoch, stale, n_evals, start = st["best"], st["best_epoch"], st["stale"], st["n_evals"], st["epoch"] + 1
+        best, best_epoch, stale, n_evals, start = (st["best"], st["best_epoch"], st["stale"], st["n_evals"],
+                                                   st["epoch"] + 1)
         last_periodic = st.get("last_periodic", 0)
         resumed_from = st["epoch"]
         log.info("resumed after epoch %d (best %s %.4f)", st["epoch"], primary, best)

@@ -29,6 +29,26 @@ TASKS = (MULTICLASS, MULTILABEL, DETECTION, SEGMENTATION)
 CLASSIFICATION_TASKS = (MULTICLASS, MULTILABEL)
 BOX_TASKS = (DETECTION, SEGMENTATION)
 
+
+
+def is_classification(task: str) -> bool:
+    """Multi-class or multi-label classification: a resized, center-cropped input and ``validation_*_size``."""
+    return task in CLASSIFICATION_TASKS
+
+
+def has_boxes(task: str) -> bool:
+    """Object detection or instance segmentation: whole images in, boxes out (``min_size``, ``max_size`` ...)."""
+    return task in BOX_TASKS
+
+
+# the advanced settings (§3.7) that act on some tasks only; any other acts on every task
+ADVANCED_TASKS = {"apply_automl_train_augmentations": BOX_TASKS}
+
+
+def advanced_applies(name: str, task: str) -> bool:
+    return task in ADVANCED_TASKS.get(name, TASKS)
+
+
 PRIMARY_METRIC = {
     MULTICLASS: "accuracy",
     MULTILABEL: "iou",
@@ -224,7 +244,8 @@ _PARAMS = [
     Param("layers_to_freeze", "int", ALL, None, low=0),
     # §14 v2-only
     Param("distributed", "bool", ALL, None,
-          doc="None: a trial uses all GPUs of its node (§3.8); false: one GPU; true: all GPUs (or workers_per_node on CPU)"),
+          doc="None: a trial uses all GPUs of its node (§3.8); false: one GPU; "
+              "true: all GPUs (or workers_per_node on CPU)"),
     Param("enable_onnx_normalization", "bool", ALL, False),
     Param("number_of_workers", "int", ALL, None, low=0),
     Param("random_seed", "int", ALL, None, low=0),

@@ -153,10 +153,19 @@ def label_json(label: Any) -> Any:
     return out
 
 
+def _box_labels(label: Any) -> tuple[str, ...]:
+    return tuple(b.label for b in label)
+
+
+# the class names a parsed label of each task mentions (beside PARSERS: a label's reading, by task)
+CLASS_NAMES: dict[str, Callable[[Any], tuple[str, ...]]] = {
+    hp.MULTICLASS: lambda label: (label,),
+    hp.MULTILABEL: tuple,
+    hp.DETECTION: _box_labels,
+    hp.SEGMENTATION: _box_labels,
+}
+
+
 def class_names_of(task: str, label: Any) -> tuple[str, ...]:
     """The class names a parsed label mentions."""
-    if task == hp.MULTICLASS:
-        return (label,)
-    if task == hp.MULTILABEL:
-        return tuple(label)
-    return tuple(b.label for b in label)
+    return CLASS_NAMES.get(task, _box_labels)(label)

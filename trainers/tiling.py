@@ -160,7 +160,8 @@ def shift_output(output: dict, window: Window, image_size: tuple[int, int]) -> d
 
 def _empty_output(like: dict | None = None) -> dict:
     if like is None:
-        return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros((0,)), "labels": torch.zeros((0,), dtype=torch.int64)}
+        return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros((0,)),
+                "labels": torch.zeros((0,), dtype=torch.int64)}
     return {k: v[:0] if isinstance(v, torch.Tensor) else v for k, v in like.items()}
 
 

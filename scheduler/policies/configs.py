@@ -57,7 +57,8 @@ class AshaSettings(BaseModel):
 
 
 EarlyTermination = Annotated[
-    Union[BanditSettings, MedianStoppingSettings, TruncationSelectionSettings, AshaSettings], Field(discriminator="type")
+    Union[BanditSettings, MedianStoppingSettings, TruncationSelectionSettings, AshaSettings],
+    Field(discriminator="type"),
 ]
 
 

@@ -101,7 +101,8 @@ def _check_advanced(task: str, advanced: AdvancedSettings, loc: Locator) -> None
     """§7.2: ``apply_automl_train_augmentations`` set for a task it does not act on is refused, not ignored.
     (``apply_mosaic_for_yolo`` in a job without yolov5 is accepted with a note, :meth:`Job.notes`: the spec's
     own combined example sets both flags for any detection job.)"""
-    if "apply_automl_train_augmentations" in advanced.model_fields_set and task not in hp.BOX_TASKS:
+    switch = "apply_automl_train_augmentations"
+    if switch in advanced.model_fields_set and not hp.advanced_applies(switch, task):
         raise SpecError(f"{loc(('training_parameters', 'advanced_settings'))}: apply_automl_train_augmentations "
                         f"applies to object detection and instance segmentation only (§7.2), not to {task}; remove it")
 
@@ -114,7 +115,8 @@ def _advanced(value: Any, loc: Locator) -> AdvancedSettings:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise SpecError(f"{loc(path)}: expected a JSON object in a string, but the JSON is invalid ({e.msg})") from None
+            raise SpecError(f"{loc(path)}: expected a JSON object in a string, "
+                            f"but the JSON is invalid ({e.msg})") from None
     if not isinstance(value, dict):
         raise SpecError(f"{loc(path)}: expected a JSON object, but got {value!r}")
     try:
@@ -245,7 +247,7 @@ def check_combination(task: str, values: Mapping[str, list[Any]], where: str | C
             if lo > hi:
                 raise SpecError(f"{at('min_size')}: min_size ({lo:g}) must be <= max_size ({hi:g}): images are "
                                 "resized so that the short side is min_size unless the long side would pass max_size")
-    if task in hp.CLASSIFICATION_TASKS:
+    if hp.is_classification(task):
         for m in models:
             _check_crops(task, m, values, at, drawn)
     for n in values.get("layers_to_freeze", []):
@@ -254,7 +256,7 @@ def check_combination(task: str, values: Mapping[str, list[Any]], where: str | C
                 continue
             if m == "yolov5":
                 limit = _YOLO_FREEZE_GROUPS
-            elif task in hp.BOX_TASKS:
+            elif hp.has_boxes(task):
                 limit = _BOX_FREEZE_GROUPS
             else:
                 from trainers.models.classifiers import get_entry  # torch: only when a job freezes layers

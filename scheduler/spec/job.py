@@ -54,7 +54,8 @@ class Job:
         out = [self.training_parameters["model_size"]] if "model_size" in self.training_parameters else []
         for sub in self.search_space or []:
             d = sub.get("model_size")
-            out += [hp.check_param(self.task, "model_size", v, "model_size", "yolov5") for v in getattr(d, "values", [])]
+            out += [hp.check_param(self.task, "model_size", v, "model_size", "yolov5")
+                    for v in getattr(d, "values", [])]
         return list(dict.fromkeys(out)) or [hp.PARAMS["model_size"].default]
 
     @property
@@ -103,7 +104,7 @@ class Job:
         segmentation only, ``apply_mosaic_for_yolo`` where a trial can train yolov5 (the resolved job shows no
         switch that does nothing here)."""
         out = self.advanced.model_dump()
-        if self.task not in hp.BOX_TASKS:
+        if not hp.advanced_applies("apply_automl_train_augmentations", self.task):
             out.pop("apply_automl_train_augmentations")
         if "yolov5" not in self.model_names():
             out.pop("apply_mosaic_for_yolo")
@@ -120,7 +121,8 @@ class Job:
             if data is not None and data.mode is not None:
                 out.append(f"{key}.mode: {data.mode!r} is the service's way to hand data to a trial; visionsweep reads "
                            "the images from their URLs, "
-                           + ("streamed (advanced_settings.stream_image_files: true)" if self.advanced.stream_image_files
+                           + ("streamed (advanced_settings.stream_image_files: true)"
+                              if self.advanced.stream_image_files
                               else "downloaded to the node cache first (advanced_settings.stream_image_files: false)"))
         if not self.spec.visionsweep.pretrained:
             out.append("visionsweep.pretrained: false: every model starts from random initialisation, not from its "

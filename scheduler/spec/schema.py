@@ -87,7 +87,8 @@ class Cache(BaseModel):
 
     model_config = FORBID
     dir: Optional[str] = Field(None, description="default: $VISIONSWEEP_CACHE_DIR, else $TMPDIR/visionsweep-cache")
-    max_size_gb: Optional[float] = Field(None, gt=0, description="default: what the disk there holds (its free space and the cache's own bytes, less 2 GiB)")
+    max_size_gb: Optional[float] = Field(None, gt=0, description="default: what the disk there holds (its free space "
+                                                                 "and the cache's own bytes, less 2 GiB)")
 
 
 class Extensions(BaseModel):
@@ -113,7 +114,8 @@ class Extensions(BaseModel):
                                                "stands for (false: random initialisation)")
     pretrained_weights: dict[str, str] = Field(
         default_factory=dict, description="model_name -> weights file path or URI (safetensors or a state_dict; a "
-                                          "save_pretrained folder for Hugging Face models): wins over every other source")
+                                          "save_pretrained folder for Hugging Face models): "
+                                          "wins over every other source")
     weights_store: Optional[str] = Field(
         None, description="a folder or storage URL holding weights files under the manifest's names (default: "
                           "$VISIONSWEEP_WEIGHTS_STORE); how an air-gapped cluster gets them: visionsweep weights pull")

@@ -17,5 +17,5 @@ from trainers.data.tables import Record, class_list, label_counts, load_records,
 from trainers.data.urls import load_data_assets, load_datastores, resolve_data_asset, resolve_url
 
 __all__ = ["ImageStore", "MIN_TRAINING_IMAGES", "PreparedData", "Record", "check_images", "class_list",
-           "decode_image", "label_counts", "load_data_assets", "load_datastores", "load_records", "prepare_data", "read_image", "resolve_data_asset",
-           "resolve_url", "split_records", "table_files"]
+           "decode_image", "label_counts", "load_data_assets", "load_datastores", "load_records", "prepare_data",
+           "read_image", "resolve_data_asset", "resolve_url", "split_records", "table_files"]

@@ -61,7 +61,8 @@ _SECRET_FIELD = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|sig|se|sp|s
                            r"password|client_secret)=([^;&\s'\"]+)")
 
 _CREDENTIAL_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
-                     "AuthorizationProtocolMismatch", "AuthorizationSourceIPMismatch", "AuthorizationResourceTypeMismatch",
+                     "AuthorizationProtocolMismatch", "AuthorizationSourceIPMismatch",
+                     "AuthorizationResourceTypeMismatch",
                      "InvalidAuthenticationInfo", "NoAuthenticationInformation", "InsufficientAccountPermissions",
                      "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "AllAccessDisabled",

@@ -30,7 +30,8 @@ from trainers.errors import DataError
 
 _AZUREML = re.compile(r"^azureml://(?:.*/)?datastores/(?P<name>[^/]+)/paths/(?P<path>.*)$", re.IGNORECASE)
 _AMLDS = re.compile(r"^AmlDatastore://(?P<path>.*)$", re.IGNORECASE)
-_ASSET = re.compile(r"^azureml:(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?::(?P<version>[A-Za-z0-9_.\-]+)|@(?P<label>[A-Za-z]+))$")
+_ASSET = re.compile(r"^azureml:(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)"
+                    r"(?::(?P<version>[A-Za-z0-9_.\-]+)|@(?P<label>[A-Za-z]+))$")
 DEFAULT_DATASTORES = ("default", "workspaceblobstore")
 WASB_PROTOCOLS = ("wasb", "wasbs")
 
@@ -81,7 +82,8 @@ def _load_map(job_map: Mapping[str, str] | None, file: str | None, env: str, fla
 
 
 def load_datastores(job_map: Mapping[str, str] | None = None, file: str | None = None) -> dict[str, str]:
-    """The datastore map: ``file`` (or ``$VISIONSWEEP_DATASTORES``), a YAML file of name: url, then the job's own map."""
+    """The datastore map: ``file`` (or ``$VISIONSWEEP_DATASTORES``), a YAML file of name: url, then the job's own
+    map."""
     return _load_map(job_map, file, "VISIONSWEEP_DATASTORES", "--datastores", "datastore name")
 
 

@@ -119,9 +119,11 @@ def build_detector(name: str, num_classes: int, settings: dict[str, Any], weight
     else:
         fpn = _resnet_fpn_extractor(backbone, trainable_layers)
         cls = MaskRCNN if e.family == "maskrcnn" else FasterRCNN
-        model = cls(fpn, num_classes=n, box_score_thresh=score, box_nms_thresh=nms, box_detections_per_img=per_img, **kw)
+        model = cls(fpn, num_classes=n, box_score_thresh=score, box_nms_thresh=nms, box_detections_per_img=per_img,
+                    **kw)
     if init:
-        load_pretrained(model, init, trusted=trusted)  # COCO weights or a package: class heads of another shape stay new
+        # COCO weights or a package: class heads of another shape stay new
+        load_pretrained(model, init, trusted=trusted)
     return model
 
 

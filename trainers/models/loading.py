@@ -40,7 +40,8 @@ def load_pretrained(model: nn.Module, uri: str, add_prefix: str = "", trusted: b
         try:
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not trusted)
         except Exception as e:  # noqa: BLE001 - pickles with Python objects beside the tensors
-            raise VisionsweepError(f"pretrained weights {uri}: not a plain state_dict ({str(e).splitlines()[0][:200]}); "
+            raise VisionsweepError(f"pretrained weights {uri}: not a plain state_dict "
+                                   f"({str(e).splitlines()[0][:200]}); "
                                    "save its tensors with torch.save(ckpt['state_dict']) or as safetensors") from None
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -35,11 +35,11 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
-from trainers.models.classifiers import build_model
-from trainers.models.detectors import build_detector
 from trainers.package.mlflow_files import FILES as MLFLOW_FILES
 from trainers.package.mlflow_files import write_mlflow_files
 from trainers.package.references import fetch_registered, is_registry_reference
+from trainers.tasks import TASKS, known_task
+from trainers.tasks.detection import SEGMENTATION_SETTINGS  # noqa: F401 - re-exported by trainers.package
 
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json",
@@ -47,20 +47,8 @@ FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "tra
 
 
 def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
-    """The §9.5 settings of a task, taken from the training hyperparameters."""
-    if task in hp.CLASSIFICATION_TASKS:
-        return {"validation_resize_size": h["validation_resize_size"], "validation_crop_size": h["validation_crop_size"]}
-    keys = ("min_size", "max_size", "box_score_threshold", "nms_iou_threshold", "box_detections_per_image",
-            "image_size", "model_size", "tile_grid_size", "tile_overlap_ratio", "tile_predictions_nms_threshold")
-    out = {k: h[k] for k in keys if k in h}
-    if task == hp.SEGMENTATION:
-        out.update(SEGMENTATION_SETTINGS)
-    return out
-
-
-# §9.5 settings of instance segmentation that are not training hyperparameters (defaults of the table)
-SEGMENTATION_SETTINGS = {"mask_pixel_score_threshold": 0.5, "max_number_of_polygon_points": 100,
-                         "export_as_image": False, "image_type": "JPG"}
+    """The §9.5 settings of a task, taken from the training hyperparameters (the task's own choice)."""
+    return TASKS.get(task).inference_settings(h)
 
 
 def save_package(path: str | Path, *, model: nn.Module, task: str, classes: list[str],
@@ -235,25 +223,12 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
         raise VisionsweepError(f"{p}: package format_version {meta.get('format_version')!r} is not "
                                f"{FORMAT_VERSION}; re-export it with this version")
     task = meta["task"]
+    kind = known_task(task, f"{p}: {task} packages of model {meta['model_name']} cannot be loaded by this version")
     # Every §9.5 setting has a value: the package's, overridden per call site, else the model's default from
     # the one hyperparameter table (a package written by another tool may leave some out).
-    defaults = inference_settings(task, hp.task_model_defaults(task, meta["model_name"])) if task in hp.TASKS else {}
+    defaults = kind.inference_settings(hp.task_model_defaults(task, meta["model_name"]))
     settings = {**defaults, **{hp.canonical_name(k): v for k, v in {**raw, **(settings_override or {})}.items()}}
-    if task in hp.CLASSIFICATION_TASKS and hp.model_backend(meta["model_name"]) == "huggingface":
-        from trainers.models.huggingface import CONFIG_FILE, from_package_config
-
-        if not (local / CONFIG_FILE).is_file():
-            raise VisionsweepError(f"{p}: not a model package of {meta['model_name']} ({CONFIG_FILE} is missing)")
-        model = from_package_config(json.loads((local / CONFIG_FILE).read_text()), meta["num_classes"])
-    elif task in hp.CLASSIFICATION_TASKS:
-        model = build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
-                            settings.get("validation_crop_size", 224))
-    elif task in hp.BOX_TASKS:
-        # the detector is built from the (possibly overridden) inference settings, then given its weights
-        model = build_detector(meta["model_name"], meta["num_classes"], settings,
-                               segmentation=task == hp.SEGMENTATION, architecture=meta.get("architecture", {}))
-    else:
-        raise VisionsweepError(f"{p}: {task} packages of model {meta['model_name']} cannot be loaded by this version")
+    model = kind(classes).package_model(meta, settings, local, p)
     try:
         model.load_state_dict(load_file(str(local / "model.safetensors")))
     except RuntimeError as e:

@@ -6,16 +6,24 @@ differs between classification, detection and segmentation: how a model is built
 training sample is, the loss of a batch, and how an evaluation becomes metrics. Tasks are registered
 by their ``task:`` literal in ``trainers.tasks``; adding a task is adding a module, not a branch in
 the loop, the controller or serving.
+
+What leaves with a trained model is the task's too: the inference settings its package holds and how a package's
+model is built (``trainers.package``), its ONNX graph (``trainers.package.onnx``), how a batch of images becomes the
+service's response JSON (``serving.predictor``), how a response is drawn (``serving.draw``) and which page of
+validation predictions the run report shows (``scheduler.predictions``). ``tests/test_layout.py`` keeps those
+modules free of comparisons with a task's name.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from trainers.errors import VisionsweepError
 from trainers.workers import Runtime
 
 
@@ -26,6 +34,15 @@ class Task:
     channels_last_ok: bool = True
     #: how the DataLoader batches samples (None: torch's default stacking)
     collate: Callable[[list], Any] | None = None
+    #: instance masks: each predicted box carries its polygon (and mask) in the response (``serving.predictor``)
+    segmentation: bool = False
+    #: multi-label: a drawn response captions every label at or above the threshold, not the best one
+    #: (``serving.draw``)
+    multi: bool = False
+    #: the page of validation predictions the run report shows: a key of ``scheduler.predictions.REPORTS``
+    report_predictions: str = "samples"
+    #: how a package is scored on a held-out set: a key of ``scheduler.holdout.SCORES``, or None (not scored)
+    holdout_score: str | None = None
 
     def __init__(self, classes: Sequence[str]):
         self.classes = list(classes)
@@ -64,3 +81,29 @@ class Task:
     def evaluate(self, net: nn.Module, loader: DataLoader, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
         """Metrics over the *whole* validation set (each worker holds the slice rank::world of it)."""
         raise NotImplementedError
+
+    # --- the model package (trainers.package) ---------------------------------------------------
+    @classmethod
+    def inference_settings(cls, h: dict[str, Any]) -> dict[str, Any]:
+        """The §9.5 inference settings a package of this task holds, taken from the training hyperparameters."""
+        raise NotImplementedError
+
+    def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder: Path, where: str) -> nn.Module:
+        """A package's model, not yet given its weights: ``meta`` is its ``model.json``, ``settings`` its
+        (possibly overridden) inference settings, ``folder`` the package folder; errors lead with ``where``."""
+        raise VisionsweepError(f"{where}: {self.name} packages of model {meta['model_name']} cannot be loaded by "
+                               "this version")
+
+    def onnx_graph(self, pkg, batch_size: int, size: tuple[int, int] | None, normalization: bool, where: str):
+        """The package ``pkg``'s model as a ``trainers.tasks.graphs.OnnxGraph`` (``size``: ``--image-size``,
+        ``normalization``: ``enable_onnx_normalization``); errors lead with ``where``."""
+        raise VisionsweepError(f"{where}: {self.name} models of {pkg.model_name} cannot be exported to ONNX by this "
+                               "version (ONNX export covers the classifiers, the Faster R-CNN / RetinaNet / Mask "
+                               "R-CNN detectors and yolov5; MMDetection models need OpenMMLab's mmdeploy)")
+
+    # --- serving (serving.predictor) ----------------------------------------------------------
+    def input_transform(self, settings: dict[str, Any], where: str) -> Callable | None:
+        """How ``serving.predictor`` turns one image into the model's input tensor, or None where the model takes
+        whole images (a detector); a setting this task cannot predict with is an error now, led by ``where``,
+        not at the first request."""
+        return None

@@ -7,6 +7,8 @@ of the zoo in ``trainers.models.classifiers`` (or ``huggingface``) taking an NCH
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,10 +18,11 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers import metrics
 from trainers.data.datasets import ImageDataset
-from trainers.errors import TrainingError
+from trainers.errors import TrainingError, VisionsweepError
 from trainers.models.classifiers import build_model, fixed_input, freeze_layers
 from trainers.tasks.base import Task
-from trainers.transforms import eval_transform, train_transform
+from trainers.tasks.graphs import Normalised, OnnxGraph
+from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from trainers.workers import Runtime, interleave
 
 
@@ -58,7 +61,8 @@ class ClassificationTask(Task):
         freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))
 
     def train_dataset(self, h, data) -> ImageDataset:
-        return ImageDataset(data.train, ClassificationSample(self, train_transform(h["training_crop_size"])), data.store)
+        return ImageDataset(data.train, ClassificationSample(self, train_transform(h["training_crop_size"])),
+                            data.store)
 
     def valid_dataset(self, h, data) -> ImageDataset:
         t = eval_transform(h["validation_resize_size"], h["validation_crop_size"])
@@ -103,6 +107,44 @@ class ClassificationTask(Task):
         return out
 
 
+    # --- what leaves with the model ----------------------------------------------------------------
+    @classmethod
+    def inference_settings(cls, h: dict[str, Any]) -> dict[str, Any]:
+        return {k: h[k] for k in ("validation_resize_size", "validation_crop_size")}
+
+    def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder: Path, where: str) -> nn.Module:
+        if hp.model_backend(meta["model_name"]) == "huggingface":
+            from trainers.models.huggingface import CONFIG_FILE, from_package_config
+
+            if not (folder / CONFIG_FILE).is_file():
+                raise VisionsweepError(f"{where}: not a model package of {meta['model_name']} ({CONFIG_FILE} is "
+                                       "missing)")
+            return from_package_config(json.loads((folder / CONFIG_FILE).read_text()), meta["num_classes"])
+        return build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
+                           settings.get("validation_crop_size", 224))
+
+    def onnx_graph(self, pkg, batch_size: int, size, normalization: bool, where: str) -> OnnxGraph:
+        """input ``input1`` (B, 3, crop, crop) -> ``output1`` logits; B is a dynamic axis."""
+        crop = int(pkg.settings["validation_crop_size"])
+        module: nn.Module = Normalised(pkg.model) if normalization else pkg.model
+        example = torch.rand(batch_size, 3, crop, crop)
+        if not normalization:
+            mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            example = (example - mean) / std
+        meta_input = {"name": "input1", "shape": ["batch", 3, crop, crop], "layout": "NCHW", "channels": "RGB",
+                      "resize": int(pkg.settings["validation_resize_size"]), "center_crop": crop,
+                      "normalization_in_graph": normalization,
+                      "range": "[0, 1]" if normalization else "(x - mean) / std of RGB in [0, 1]",
+                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        meta_outputs = [{"name": "output1", "shape": ["batch", len(pkg.classes)],
+                         "meaning": "logits: softmax (multi-class) or per-label sigmoid (multi-label)"}]
+        return OnnxGraph(module, example, ["input1"], ["output1"], {"input1": {0: "batch"}, "output1": {0: "batch"}},
+                         meta_input, meta_outputs, rows=False)
+
+    def input_transform(self, settings: dict[str, Any], where: str):
+        return eval_transform(int(settings["validation_resize_size"]), int(settings["validation_crop_size"]))
+
+
 class ClassificationSample:
     """(image, record) -> (tensor, target); a class, not a closure, so DataLoader workers can pickle it."""
 
@@ -117,6 +159,8 @@ class MultiClassTask(ClassificationTask):
     name = hp.MULTICLASS
     primary_metric = "accuracy"
     multi = False
+    report_predictions = "confusion"
+    holdout_score = "accuracy"
 
     def target(self, label):
         return torch.tensor(self.index[label], dtype=torch.long)
@@ -138,6 +182,7 @@ class MultiLabelTask(ClassificationTask):
     name = hp.MULTILABEL
     primary_metric = "iou"
     multi = True
+    report_predictions = "per_label"
 
     def target(self, label):
         t = torch.zeros(len(self.classes))

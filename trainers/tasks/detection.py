@@ -35,12 +35,13 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers.data.datasets import ImageDataset
 from trainers.detection_metrics import decode_masks, detection_metrics, encode_masks
-from trainers.errors import TrainingError
+from trainers.errors import TrainingError, VisionsweepError
 from trainers.models.boxes import drop_degenerate
 from trainers.models.detectors import build_detector, detector_architecture, get_detector_entry, score_threshold
 from trainers.models.loading import freeze_prefix_groups
 from trainers.polygons import polygons_to_mask
 from trainers.tasks.base import Task
+from trainers.tasks.graphs import DETECTION_INPUT, OnnxGraph, PerImage, YoloGraph
 from trainers.tasks.yolo_augment import YoloTrainSet
 from trainers.tiling import crop_target, parse_grid, predict_tiled, tile_windows
 from trainers.workers import Runtime
@@ -56,6 +57,11 @@ MASK_THRESHOLD = 0.5  # mask probability that counts as inside the instance, for
 AP_SCORE_FLOOR = 0.05
 # RandomZoomOut fills the new border with the ImageNet mean colour (masks with 0), as torchvision's references do
 _FILL = (124, 116, 104)
+
+
+# §9.5 settings of instance segmentation that are not training hyperparameters (defaults of the table)
+SEGMENTATION_SETTINGS = {"mask_pixel_score_threshold": 0.5, "max_number_of_polygon_points": 100,
+                         "export_as_image": False, "image_type": "JPG"}
 
 
 def collate_lists(batch: list) -> tuple:
@@ -74,6 +80,7 @@ class DetectionTask(Task):
     channels_last_ok = False
     segmentation = False
     collate = staticmethod(collate_lists)
+    holdout_score = "boxes"
 
     # --- before training ---------------------------------------------------------------------------
     def check(self, h: dict[str, Any]) -> None:
@@ -143,6 +150,59 @@ class DetectionTask(Task):
                         for im in images]
         # every detector's output, for metrics, reports and serving alike: no box outside the image, none of no area
         return [drop_degenerate(o, *im.shape[-2:]) for o, im in zip(outs, images)]
+
+    # --- what leaves with the model ----------------------------------------------------------------
+    #: §9.5 settings a package holds that are training hyperparameters of the box tasks
+    INFERENCE_KEYS = ("min_size", "max_size", "box_score_threshold", "nms_iou_threshold", "box_detections_per_image",
+                      "image_size", "model_size", "tile_grid_size", "tile_overlap_ratio",
+                      "tile_predictions_nms_threshold")
+    #: §9.5 settings of this task that are not training hyperparameters (defaults of the table)
+    EXTRA_SETTINGS: dict[str, Any] = {}
+
+    @classmethod
+    def inference_settings(cls, h: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: h[k] for k in cls.INFERENCE_KEYS if k in h}, **cls.EXTRA_SETTINGS}
+
+    def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder, where: str) -> nn.Module:
+        # the detector is built from the (possibly overridden) inference settings, then given its weights
+        return build_detector(meta["model_name"], meta["num_classes"], settings, segmentation=self.segmentation,
+                              architecture=meta.get("architecture", {}))
+
+    def onnx_graph(self, pkg, batch_size: int, size, normalization: bool, where: str):
+        """torchvision's detectors: input ``input`` (B, 3, H, W) -> per image ``boxes_i``, ``labels_i``, ``scores_i``
+        (and ``masks_i``); YOLOv5: input ``input`` (B, 3, S, S) -> per image ``output_i`` (n, 6). Normalisation is
+        in the graph either way."""
+        name = pkg.model_name
+        if name == "yolov5":
+            return _yolo_graph(pkg, batch_size)
+        if hp.model_backend(name) != "builtin":
+            return super().onnx_graph(pkg, batch_size, size, normalization, where)
+        if pkg.settings.get("tile_grid_size"):
+            raise VisionsweepError(
+                f"{where}: cannot export {name} with tile_grid_size {pkg.settings['tile_grid_size']}: tiled "
+                "inference (tiles, then a class-wise NMS merge) is not part of the model's graph; export a "
+                "package trained without tiling")
+        h, w = size or DETECTION_INPUT
+        masks = self.segmentation
+        names = ["boxes", "labels", "scores"] + (["masks"] if masks else [])
+        meta_input = {"name": "input", "shape": [batch_size, 3, h, w], "layout": "NCHW", "channels": "RGB",
+                      "range": "[0, 1]", "normalization_in_graph": True,
+                      "resize_in_graph": {"min_size": pkg.settings.get("min_size"),
+                                          "max_size": pkg.settings.get("max_size")}}
+        meta_outputs = [{"name": f"{n}_i", "meaning": m} for n, m in (
+            ("boxes", "(n, 4) x0, y0, x1, y1 in input pixels"), ("labels", "(n,) index into labels"),
+            ("scores", "(n,) best first, >= box_score_threshold"),
+            *((("masks", "(n, 1, H, W) per-pixel probabilities"),) if masks else ()))]
+        return OnnxGraph(PerImage(pkg.model, masks), torch.rand(batch_size, 3, h, w), ["input"],
+                         [f"{n}_{i}" for i in range(batch_size) for n in names], None, meta_input, meta_outputs,
+                         rows=True)
+
+    def input_transform(self, settings: dict[str, Any], where: str):
+        try:
+            parse_grid(settings.get("tile_grid_size"))
+        except ValueError as e:
+            raise VisionsweepError(f"{where}: inference setting tile_grid_size: {e}") from None
+        return None
 
     def _loss_target(self, t: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """A validation target as training gives it: crowd boxes left out, masks decoded."""
@@ -226,9 +286,21 @@ def _above(pred: dict[str, Any], threshold: float) -> dict[str, Any]:
     return out
 
 
+def _yolo_graph(pkg, batch_size: int) -> OnnxGraph:
+    size = int(pkg.settings.get("image_size", 640))
+    meta_input = {"name": "input", "shape": [batch_size, 3, size, size], "layout": "NCHW", "channels": "RGB",
+                  "range": "[0, 1]", "normalization_in_graph": True,
+                  "letterbox": f"resize the long side to {size}, pad right and bottom with 114/255 to a square"}
+    meta_outputs = [{"name": "output_i", "meaning": "(n, 6) x0, y0, x1, y1 (letterboxed pixels), conf, "
+                                                    "class_id (index into labels), after NMS"}]
+    return OnnxGraph(YoloGraph(pkg.model, size, pkg.settings), torch.rand(batch_size, 3, size, size), ["input"],
+                     [f"output_{i}" for i in range(batch_size)], None, meta_input, meta_outputs, rows=True)
+
+
 class SegmentationTask(DetectionTask):
     name = hp.SEGMENTATION
     segmentation = True
+    EXTRA_SETTINGS = SEGMENTATION_SETTINGS
 
 
 class DetectionSample:

@@ -109,7 +109,8 @@ def expected_sha256(entry: WeightsEntry, rel: str, path: str | os.PathLike,
     return None, ""
 
 
-def verify_entry(entry: WeightsEntry, path: str, cache: Path | None, index: Mapping[str, Any] | None = None) -> str | None:
+def verify_entry(entry: WeightsEntry, path: str, cache: Path | None,
+                 index: Mapping[str, Any] | None = None) -> str | None:
     """Check ``path`` (a file, or a Hugging Face folder's weight files) against its published hash; returns the
     weights file's SHA-256. ``HashMismatch`` names the file, what was expected and what it has."""
     index = index or {}
