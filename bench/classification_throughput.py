@@ -27,15 +27,14 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from machine_info import alternate, describe
-
 import torch
 import torch.nn.functional as F
+from machine_info import alternate, describe
 from torch.utils.data import DataLoader
 
 from trainers.data import prepare_data
-from trainers.hyperparameters import resolve_hyperparameters
 from trainers.engine import train
+from trainers.hyperparameters import resolve_hyperparameters
 
 TASK = "image_classification"
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "trainers" / "sample_data" / "fashion_mnist" / "train"

@@ -90,7 +90,6 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     seconds, as ``run_job`` runs it (None: without it)."""
     from pydantic import TypeAdapter
 
-    from scheduler.stages.trials import _trial_dirname
     from scheduler.leaderboard import leaderboard_rows, write_leaderboard
     from scheduler.policies import create_scheduler
     from scheduler.policies.configs import MedianStoppingSettings
@@ -99,6 +98,7 @@ def run_visionsweep(root: Path, n: int, seed: int, mlflow: bool = True, runfolde
     from scheduler.runstore import SWEEP
     from scheduler.searchers import SpaceSearcher
     from scheduler.space import Distribution
+    from scheduler.stages.trials import _trial_dirname
     from scheduler.tracking import MlflowTracker
 
     t0 = time.perf_counter()

@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from machine_info import describe  # noqa: E402
 
 CUDA = torch.cuda.is_available()

@@ -83,7 +83,6 @@ def _resume(args) -> int:
 
 def _report(args) -> int:
     from scheduler.report import write_report
-
     from scheduler.runstore import RunStore
 
     store = RunStore.at(args.run_dir)  # a storage URL: its own files (not the models) are staged here first

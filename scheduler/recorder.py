@@ -18,8 +18,16 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from scheduler.runfolder import (TrialRecord, append_log, better, params_doc, read_json, read_trials, trial_dir,
-                                 write_status)
+from scheduler.runfolder import (
+    TrialRecord,
+    append_log,
+    better,
+    params_doc,
+    read_json,
+    read_trials,
+    trial_dir,
+    write_status,
+)
 
 # Keys Ray adds to every result; they are not metrics of ours.
 _RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",

@@ -19,8 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.runfolder import (CANCELLED, SWEEP_FILE, better, duration, finite, read_json, read_trials,
-                                 report_interval_s)
+from scheduler.runfolder import (
+    CANCELLED,
+    SWEEP_FILE,
+    better,
+    duration,
+    finite,
+    read_json,
+    read_trials,
+    report_interval_s,
+)
 from trainers.errors import VisionsweepError
 
 FILES = ("trials", "summary.json", SWEEP_FILE, "job.resolved.yaml")  # what status reads of a run on storage

@@ -10,8 +10,7 @@ import fsspec
 import pytest
 
 from trainers import hyperparameters as hp
-from trainers.data import (check_images, load_records, prepare_data, read_image, resolve_url, split_records,
-                           table_files)
+from trainers.data import check_images, load_records, prepare_data, read_image, resolve_url, split_records, table_files
 from trainers.errors import DataError
 
 MC = hp.MULTICLASS

@@ -8,8 +8,15 @@ import json
 import pytest
 from PIL import Image
 
-from serving.draw import (GROUND_TRUTH_COLOUR, MASK_ALPHA, caption_lines, class_colour, draw_ground_truth,
-                          draw_response, drawing_names)
+from serving.draw import (
+    GROUND_TRUTH_COLOUR,
+    MASK_ALPHA,
+    caption_lines,
+    class_colour,
+    draw_ground_truth,
+    draw_response,
+    drawing_names,
+)
 from tests.conftest import make_detection_package
 
 LABELS = ["cat", "dog"]

@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from scheduler.policies import (BanditRule, Decision, MedianStoppingRule, TruncationSelectionRule, create_policy,
-                                list_policies)
+from scheduler.policies import (
+    BanditRule,
+    Decision,
+    MedianStoppingRule,
+    TruncationSelectionRule,
+    create_policy,
+    list_policies,
+)
 
 C, S = Decision.CONTINUE, Decision.STOP
 

@@ -99,8 +99,18 @@ def _base(tmp_path):
 def test_every_distribution_round_trips_through_dump_and_load(tmp_path):
     import visionsweep
     from visionsweep.automl import SearchSpace
-    from visionsweep.sweep import (Choice, LogNormal, LogUniform, Normal, QLogNormal, QLogUniform, QNormal, QUniform,
-                                   Randint, Uniform)
+    from visionsweep.sweep import (
+        Choice,
+        LogNormal,
+        LogUniform,
+        Normal,
+        QLogNormal,
+        QLogUniform,
+        QNormal,
+        QUniform,
+        Randint,
+        Uniform,
+    )
 
     spaces = [SearchSpace(learning_rate=Uniform(0.001, 0.01)), SearchSpace(learning_rate=LogUniform(-6.9, -2.3)),
               SearchSpace(learning_rate=Normal(0.01, 0.001)), SearchSpace(weight_decay=LogNormal(-9.0, 0.5)),
@@ -193,8 +203,11 @@ def test_a_wrong_argument_fails_with_the_yaml_paths_message(tmp_path, case):
 
 def test_the_other_tasks_constructors_and_their_metrics(tmp_path):
     from visionsweep import Input, automl
-    from visionsweep.automl import (ClassificationMultilabelPrimaryMetrics, InstanceSegmentationPrimaryMetrics,
-                                    ObjectDetectionPrimaryMetrics)
+    from visionsweep.automl import (
+        ClassificationMultilabelPrimaryMetrics,
+        InstanceSegmentationPrimaryMetrics,
+        ObjectDetectionPrimaryMetrics,
+    )
 
     data = Input(path=str(Path(FIXTURES, SAMPLE, "train").resolve()))
     common = {"training_data": data, "target_column_name": "label"}

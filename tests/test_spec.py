@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.spec import load_job, parse_job
 from scheduler.space import Choice, LogUniform, QUniform
+from scheduler.spec import load_job, parse_job
 from trainers.errors import SpecError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"

@@ -7,9 +7,14 @@ import torch
 from torch import nn
 
 from trainers.tiling import (
-    crop_target, merge_outputs, parse_grid, predict_tiled, shift_output, tile_windows, windows_with_full,
+    crop_target,
+    merge_outputs,
+    parse_grid,
+    predict_tiled,
+    shift_output,
+    tile_windows,
+    windows_with_full,
 )
-
 
 # --- parse_grid ---------------------------------------------------------------------------------
 

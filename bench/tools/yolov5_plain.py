@@ -100,10 +100,10 @@ def main() -> int:
     best = work / "run" / "weights" / "best.pt"
 
     import torch
+    from PIL import Image
     from yolov5.models.common import DetectMultiBackend
     from yolov5.utils.augmentations import letterbox
     from yolov5.utils.general import non_max_suppression, scale_boxes
-    from PIL import Image
 
     model = DetectMultiBackend(str(best), device=torch.device("cpu"))
     model.eval()

@@ -35,8 +35,17 @@ The package, one concern per module: ``schema`` (the keys as pydantic models), `
 from scheduler.spec.job import Job
 from scheduler.spec.load import check_data_paths, load_job, parse_job
 from scheduler.spec.redact import MASK, redact
-from scheduler.spec.schema import (AdvancedSettings, Cache, DataInput, Extensions, JobSpec, Limits, Properties, Sweep,
-                                   Tracking)
+from scheduler.spec.schema import (
+    AdvancedSettings,
+    Cache,
+    DataInput,
+    Extensions,
+    JobSpec,
+    Limits,
+    Properties,
+    Sweep,
+    Tracking,
+)
 
 __all__ = ["MASK", "AdvancedSettings", "Cache", "DataInput", "Extensions", "Job", "JobSpec", "Limits", "Properties",
            "Sweep", "Tracking", "check_data_paths", "load_job", "parse_job", "redact"]

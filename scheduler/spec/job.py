@@ -12,8 +12,16 @@ import yaml
 
 from scheduler import automode
 from scheduler.policies.configs import AshaSettings, TruncationSelectionSettings
-from scheduler.spec.redact import (MASK, SECRET_KEY, mask_secret_keys, redact, redact_strings, secret_spans,
-                                   secret_values, walk_items)
+from scheduler.spec.redact import (
+    MASK,
+    SECRET_KEY,
+    mask_secret_keys,
+    redact,
+    redact_strings,
+    secret_spans,
+    secret_values,
+    walk_items,
+)
 from scheduler.spec.schema import AdvancedSettings, JobSpec
 from trainers import hyperparameters as hp
 

@@ -6,10 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scheduler.stages.context import RunContext
 from scheduler.spec import Job
-from trainers.data import (ImageStore, PreparedData, load_data_assets, load_datastores, prepare_data,
-                           resolve_data_asset, resolve_url)
+from scheduler.stages.context import RunContext
+from trainers.data import (
+    ImageStore,
+    PreparedData,
+    load_data_assets,
+    load_datastores,
+    prepare_data,
+    resolve_data_asset,
+    resolve_url,
+)
 from trainers.data.images import default_cache_dir
 from trainers.labels import label_json
 
