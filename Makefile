@@ -67,6 +67,7 @@ demo: setup $(OPENMMLAB)
 	$(VENV)/bin/visionsweep demo
 
 test: setup $(OPENMMLAB) browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 bench: setup

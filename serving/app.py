@@ -137,6 +137,19 @@ class ModelServer:
             return {"error": str(e), "status": 400}
 
 
+def no_traffic_message(endpoint: str, deployments: list[str]) -> str:
+    """The 503 of an endpoint whose traffic is all 0 % (every new deployment starts there): its deployments and
+    the command that gives one of them traffic."""
+    names = sorted(deployments)
+    if not names:
+        return (f"endpoint {endpoint} has no deployment: create one with `visionsweep deployment create -f "
+                "deployment.yml`, then send it traffic with `visionsweep endpoint update`")
+    return (f"no deployment of endpoint {endpoint} receives traffic (deployments: {', '.join(names)}; each at 0 %). "
+            f"Send it traffic with `visionsweep endpoint update {endpoint} --traffic {names[0]}=100` (weights "
+            "NAME=PERCENT, comma-separated, summing to at most 100), or name a deployment per request with the "
+            f"{DEPLOYMENT_HEADER} header")
+
+
 @serve.deployment
 class EndpointRouter:
     def __init__(self, endpoint: str, servers: dict[str, Any], probes: dict[str, dict[str, Any]],
@@ -174,15 +187,21 @@ class EndpointRouter:
                            self.endpoint, name, "ready" if probe.ready else "not ready", probe.reason)
         return probe.ready
 
-    async def readiness(self) -> dict[str, Any]:
-        states = {n: {"ready": await self._is_ready(n), "reason": self.probes[n].reason} for n in self.servers}
-        serving = [n for n, w in self.traffic.items() if w > 0]
+    async def readiness(self, only: list[str] | None = None) -> dict[str, Any]:
+        """Each deployment's readiness (of those in ``only``, default all), its probes checked concurrently where
+        due. ``only`` lets ``deployment show`` leave out deployments that Serve says run no replica: a check of
+        one of those waits its whole probe ``timeout`` for a replica that is not there."""
+        names = [n for n in self.servers if only is None or n in only]
+        ready = await asyncio.gather(*(self._is_ready(n) for n in names))
+        states = {n: {"ready": r, "reason": self.probes[n].reason} for n, r in zip(names, ready)}
+        serving = [n for n, w in self.traffic.items() if w > 0 and n in states]
         return {"ready": any(states[n]["ready"] for n in serving), "deployments": states, "traffic": self.traffic}
 
-    async def status(self) -> dict[str, Any]:
-        """Readiness with each deployment's reason, and the mirrors' counters (``GET /status``, with the key)."""
+    async def status(self, only: list[str] | None = None) -> dict[str, Any]:
+        """Readiness with each deployment's reason, and the mirrors' counters (``GET /status``, with the key;
+        ``?deployments=blue,green``: only those deployments' readiness)."""
         mirrors = {n: m.stats() for n, m in self.mirrors.items() if self.mirror.get(n) or m.copies}
-        return {**await self.readiness(), "mirror": mirrors}
+        return {**await self.readiness(only), "mirror": mirrors}
 
     # --- requests --------------------------------------------------------------------------------
     def _authorised(self, request: Request) -> bool:
@@ -203,7 +222,7 @@ class EndpointRouter:
             return named
         live = [(n, w) for n, w in self.traffic.items() if w > 0]
         if not live:
-            raise BadRequest(f"no deployment of endpoint {self.endpoint} receives traffic", 503)
+            raise BadRequest(no_traffic_message(self.endpoint, list(self.servers)), 503)
         # A deployment that is not ready gets no traffic; its share goes to the ready ones.
         ready = [(n, w) for n, w in live if await self._is_ready(n)]
         if not ready:
@@ -235,7 +254,8 @@ class EndpointRouter:
             if not self._authorised(request):
                 return JSONResponse({"error": "missing or invalid key (Authorization: Bearer <key>)"}, 401)
             if details:
-                return JSONResponse(await self.status())
+                only = request.query_params.get("deployments")
+                return JSONResponse(await self.status(None if only is None else [n for n in only.split(",") if n]))
             name = await self._pick(request)
             body = await read_body(request.stream(), request.headers.get("content-length"))
             items = parse_request(body, request.headers.get("content-type"))
@@ -281,11 +301,13 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
                                 # our own check times out first (and counts it): ModelServer.check_health
                                 "health_check_timeout_s": d["liveness_probe"]["timeout"] + 1,
                                 # the router calls a replica once per image, and a request may carry several
-                                "max_ongoing_requests": d["request_settings"]["max_concurrent_requests_per_instance"] * 4,
+                                "max_ongoing_requests":
+                                    d["request_settings"]["max_concurrent_requests_per_instance"] * 4,
                                 "user_config": {"batching": d["batching"]}}
         scale = d["scale_settings"]
         if scale["type"] == "target_utilization":
-            opts["autoscaling_config"] = {"min_replicas": scale["min_instances"], "max_replicas": scale["max_instances"],
+            opts["autoscaling_config"] = {"min_replicas": scale["min_instances"],
+                                          "max_replicas": scale["max_instances"],
                                           "target_ongoing_requests": scale["target_ongoing_requests"]}
         else:
             opts["num_replicas"] = d["instance_count"]

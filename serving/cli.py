@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -33,83 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from cluster.connect import connect
+from serving.connection import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    connect_cluster,
+    connect_reader,
+    disconnect,
+    http_address,
+    start_serve,
+)
 from trainers.errors import VisionsweepError
-
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
-AUTH_HELP = ("set RAY_AUTH_MODE=token and give this cluster's token, as RAY_AUTH_TOKEN_PATH=<file> (`ray start "
-             "--head` writes ~/.ray/auth_token on the head machine) or RAY_AUTH_TOKEN=<token>")
-
-
-def http_address() -> tuple[str, int]:
-    return os.environ.get("VISIONSWEEP_SERVE_HOST", DEFAULT_HOST), int(os.environ.get("VISIONSWEEP_SERVE_PORT", DEFAULT_PORT))
-
-
-def quiet_serve_logs() -> None:
-    """Serve logs "Connecting to existing Serve app ..." at INFO on every ``serve.start``/``run`` of a client:
-    noise on an operator's terminal. Warnings and errors still show (on stderr)."""
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
-
-def start_serve(host: str, port: int, detached: bool) -> None:
-    """Start Serve's HTTP proxy. Its own timeout is the longest a deployment may ask for: each deployment's
-    ``request_timeout_ms`` is enforced by its endpoint's router (408)."""
-    from ray import serve
-
-    from serving.specs import MAX_REQUEST_TIMEOUT_MS
-
-    quiet_serve_logs()
-    serve.start(detached=detached, http_options={"host": host, "port": port,
-                                                 "request_timeout_s": MAX_REQUEST_TIMEOUT_MS / 1000})
-
-
-def check_auth(address: str | None) -> None:
-    """Fail at once, saying so, when the cluster refuses us for want of a (right) token.
-
-    Ray's own ``ray.init`` retries an unauthenticated GCS for 20 s, printing ``InvalidAuthToken`` each second,
-    then raises a bare "Failed to connect"; one direct request to the GCS raises Ray's ``AuthenticationError``
-    at once. Only done when the GCS port answers (otherwise ``ray.init`` reports the missing cluster)."""
-    import socket
-
-    if not address or "://" in address:
-        return
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        addr = canonicalize_bootstrap_address(address)
-        host, port = addr.rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=2).close()
-    except Exception:
-        return
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
-
-    try:
-        GcsClient(address=addr)
-    except AuthenticationError as e:
-        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
-        raise VisionsweepError(f"the Ray cluster at {addr} refused the connection: an authentication problem "
-                               f"(the cluster uses token authentication; RAY_AUTH_MODE is {mode}; Ray says: "
-                               f"{e.message}). Expected a valid token: {AUTH_HELP}") from None
-    except Exception:
-        return
-
-
-def connect_cluster(serve: bool = True) -> None:
-    """Connect to the long-lived cluster that hosts endpoints (and, with ``serve``, start or join its Serve)."""
-    import ray
-
-    quiet_serve_logs()
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS", "auto")
-        check_auth(address)
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        except ConnectionError:
-            raise VisionsweepError("no running Ray cluster to host endpoints: start one with `ray start --head` "
-                                   "(or set RAY_ADDRESS). If the cluster uses token authentication: "
-                                   f"{AUTH_HELP}") from None
-    if serve:
-        start_serve(*http_address(), detached=True)
 
 
 def _print(obj: Any) -> None:
@@ -136,7 +68,8 @@ def serve_package(package: str, host: str, port: int, auth_mode: str, name: str 
                           **({"cpus_per_instance": cpus} if cpus is not None else {}))
     endpoints.create_deployment(spec)
     state = endpoints.set_traffic(name, {"main": 100})
-    return {"url": f"http://{host}:{port}/{name}/score", "key": state["keys"]["primary"] if auth_mode == "key" else None}
+    return {"url": f"http://{host}:{port}/{name}/score",
+            "key": state["keys"]["primary"] if auth_mode == "key" else None}
 
 
 class _Stop(Exception):
@@ -144,7 +77,8 @@ class _Stop(Exception):
 
 
 def cmd_serve(args) -> int:
-    """Serve until Ctrl-C or SIGTERM, then stop Serve and Ray and exit 0 ("stopped" on stderr).
+    """Serve until Ctrl-C or SIGTERM, then stop Serve and Ray and exit 0 ("stopped" on stderr); exit 1 when the
+    embedded Ray is stopped from outside (``ray stop``).
 
     SIGTERM is turned into an exception in the main thread so the same clean shutdown runs (Python's default
     would end the process without it, leaving Ray's agents behind). While Serve stops, its controller kills
@@ -156,7 +90,7 @@ def cmd_serve(args) -> int:
         raise _Stop()
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    started = False
+    started = ended_outside = False
     try:
         connect()
         started = True
@@ -173,15 +107,20 @@ def cmd_serve(args) -> int:
             print(f"try: curl -H 'Authorization: Bearer {info['key']}' -H 'Content-Type: image/png' "
                   f"--data-binary @image.png {info['url']}")
         print("Ctrl-C (or SIGTERM) to stop", flush=True)
-        while True:
-            time.sleep(3600)
+        while _own_ray_alive():
+            time.sleep(0.5)
+        ended_outside = True
+        print("this command's Ray was stopped from outside (`ray stop` stops every Ray on the machine, this one's "
+              "too): serving ended", file=sys.stderr, flush=True)
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         stdout = sys.stdout
         try:
-            if started:
+            # Ray stopped from outside: Serve's controller went with it, and Ray's own exit handler disconnects
+            # (its core worker may end the process then, with the exit code 1 this command returns anyway)
+            if started and not ended_outside:
                 _quiet_ray_for_shutdown()
                 try:
                     serve.shutdown()
@@ -191,7 +130,18 @@ def cmd_serve(args) -> int:
             sys.stdout = stdout
             signal.signal(signal.SIGTERM, previous)
     print("stopped", file=sys.stderr, flush=True)
-    return 0
+    return 1 if ended_outside else 0
+
+
+def _own_ray_alive() -> bool:
+    """False once a daemon (GCS, raylet ...) of the Ray that this process started has ended, e.g. by ``ray stop``
+    in another shell. Asking reaps the ended ones: they are this process's children, and, left as zombies while it
+    lives, ``ray stop`` counts them as running until its grace period (16 s) is over and then reports them as
+    "forcefully terminated". A process that joined a cluster (``RAY_ADDRESS``) started none: always True."""
+    from ray._private import worker
+
+    node = worker._global_node
+    return node is None or not node.dead_processes()
 
 
 def _quiet_ray_for_shutdown() -> None:
@@ -234,6 +184,8 @@ def cmd_endpoint(args) -> int:
         return _endpoint(args)
     except KeyboardInterrupt:
         return _cancelled(what)
+    finally:
+        disconnect()
 
 
 def _endpoint(args) -> int:
@@ -254,17 +206,19 @@ def _endpoint(args) -> int:
     if not args.name:
         raise VisionsweepError(f"endpoint {action}: the endpoint NAME is required")
     if action == "get-credentials":
-        connect_cluster(serve=False)
+        connect_reader()
         _print(_keys(endpoints.load_state(args.name)["keys"]))
         return 0
-    connect_cluster()
-    if action == "show":
+    if action == "show":  # only reads: Serve is neither started nor joined
+        connect_reader()
         if args.json:
             _print(endpoints.show(args.name))
         else:
             host, port = http_address()
             _print(endpoints.summary(args.name, f"http://{host}:{port}/{args.name}/score"))
-    elif action == "update":
+        return 0
+    connect_cluster()
+    if action == "update":
         traffic = parse_traffic(args.traffic) if args.traffic else None
         mirror = parse_traffic(args.mirror) if args.mirror is not None else None
         if traffic is None and mirror is None:
@@ -293,11 +247,14 @@ def cmd_deployment(args) -> int:
             pass  # reported by _deployment
     what = {"create": f"{target} was not created; endpoint state unchanged",
             "update": f"{target} was not updated; endpoint state unchanged",
-            "delete": f"{target} was not deleted; endpoint state unchanged"}.get(args.action, f"deployment {args.action}")
+            "delete": f"{target} was not deleted; endpoint state unchanged"}.get(args.action,
+                                                                                  f"deployment {args.action}")
     try:
         return _deployment(args)
     except KeyboardInterrupt:
         return _cancelled(what)
+    finally:
+        disconnect()
 
 
 def _deployment(args) -> int:
@@ -318,19 +275,11 @@ def _deployment(args) -> int:
         return 0
     if not (args.endpoint and args.name):
         raise VisionsweepError(f"deployment {args.action}: ENDPOINT and NAME are required")
-    connect_cluster()
-    if args.action == "show":
-        state = endpoints.load_state(args.endpoint)
-        if args.name not in state["deployments"]:
-            raise VisionsweepError(f"no deployment named {args.name!r} in {args.endpoint} (deployments: "
-                                   f"{', '.join(sorted(state['deployments'])) or 'none'})")
-        progress = endpoints.deployment_progress(state, args.name, endpoints._app_status(args.endpoint))
-        ready = ((endpoints.readiness(args.endpoint) or {}).get("deployments") or {}).get(args.name)
-        progress["ready"] = bool(ready and ready["ready"])
-        if ready and not ready["ready"]:
-            progress["reason"] = ready["reason"]
-        _print(progress)
+    if args.action == "show":  # only reads: Serve is neither started nor joined
+        connect_reader()
+        _print(endpoints.deployment_show(args.endpoint, args.name))
     else:
+        connect_cluster()
         endpoints.delete_deployment(args.endpoint, args.name, timeout_s=_timeout(args))
         print(f"deleted deployment {args.name} of {args.endpoint}")
     return 0

@@ -3,11 +3,11 @@
 State lives in the cluster, in Ray's internal key-value store (GCS, namespace ``visionsweep-endpoints``, one
 JSON value per endpoint), so every operator of a cluster (any ``$VISIONSWEEP_HOME``, the same
 ``RAY_ADDRESS``) sees the same endpoints and keys; reading or changing it needs a Ray connection
-(``serving.cli.connect_cluster``). The store is readable by whoever can connect to the cluster as a
+(``serving.connection.connect_cluster``). The store is readable by whoever can connect to the cluster as a
 driver (with token auth, Ray 2.60's default, only holders of its token), and the dashboard's REST API does
 not serve it, so it is where the keys are kept; the router is given only salted digests of them
-(``serving.keys``), because Serve's config is shown by the dashboard. A state file of an older visionsweep (``$VISIONSWEEP_HOME/endpoints/<name>.json``) is
-moved into the cluster the first time its endpoint is used.
+(``serving.keys``), because Serve's config is shown by the dashboard. A state file of an older visionsweep
+(``$VISIONSWEEP_HOME/endpoints/<name>.json``) is moved into the cluster the first time its endpoint is used.
 
 Every change is validated first, then submitted to Serve (``serve.run_many`` without Serve's own waits),
 then, unless the caller asked not to wait, waited for (progress on stderr, a time limit, the scheduling
@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,6 @@ from serving.keys import key_check, new_key, new_salt
 from serving.specs import DeploymentSpec, EndpointSpec, check_traffic
 from trainers.errors import SpecError, VisionsweepError
 from trainers.home import visionsweep_home
-from trainers.package.references import default_registry_uri, fetch_registered, is_registry_reference, pin_registered
 
 NAMESPACE = "visionsweep-endpoints"
 DEFAULT_WAIT_S = 300.0
@@ -54,12 +54,13 @@ def default_timeout_s() -> float:
 # --- the store ------------------------------------------------------------------------------------
 
 def _kv():
-    import ray
+    """Ray's internal key-value store: through the Ray driver's connection (``ray.init``), or through the GCS
+    connection of a command that only reads (``serving.connection.connect_reader``)."""
     from ray.experimental import internal_kv
 
-    if not ray.is_initialized():
+    if not internal_kv._internal_kv_initialized():
         raise VisionsweepError("endpoint state is kept in the Ray cluster: connect to it first "
-                               "(serving.cli.connect_cluster, or ray.init)")
+                               "(serving.connection.connect_cluster, or ray.init)")
     return internal_kv
 
 
@@ -181,26 +182,86 @@ def _target_replicas(d: dict[str, Any]) -> int:
     return scale["min_instances"] if scale["type"] == "target_utilization" else d["instance_count"]
 
 
-def _app_status(name: str):
+def _app_status(name: str) -> dict[str, Any] | None:
+    """Serve's status of the endpoint's application, or None when there is none::
+
+        {"status": "RUNNING", "message": "", "deployments": {"<endpoint>-blue": {"status": "HEALTHY",
+         "message": "", "replicas": {"RUNNING": 1}}}}
+
+    Never starts Serve. With a Ray driver (the commands that change endpoints), from ``serve.status()``. Without
+    one (the commands that only read, ``serving.connection.connect_reader``), the same status from Serve's REST API on
+    the cluster's dashboard (``GET /api/serve/applications/``, what ``serve.status()`` reads from Serve's
+    controller too): importing ``ray.serve`` alone takes longer than such a command should. Where the
+    dashboard cannot be had, a driver after all."""
+    import ray
+
+    if not ray.is_initialized():
+        details = _serve_details()
+        if details is not None:
+            app = (details.get("applications") or {}).get(name)
+            if app is None:
+                return None
+            return {"status": app["status"], "message": app.get("message") or "",
+                    "deployments": {d: {"status": st["status"], "message": st.get("message") or "",
+                                        "replicas": dict(Counter(r["state"] for r in st.get("replicas") or []))}
+                                    for d, st in (app.get("deployments") or {}).items()}}
+        from serving.connection import connect_cluster
+
+        connect_cluster(serve=False)
     from ray import serve
 
-    return serve.status().applications.get(name)
+    app = serve.status().applications.get(name)
+    if app is None:
+        return None
+    return {"status": _name(app.status), "message": app.message or "",
+            "deployments": {d: {"status": _name(st.status), "message": st.message or "",
+                                "replicas": {_name(k): n for k, n in (st.replica_states or {}).items()}}
+                            for d, st in app.deployments.items()}}
 
 
-def deployment_progress(state: dict[str, Any], deployment: str, app: Any = None) -> dict[str, Any]:
-    """Serve's view of one deployment: its status, replicas running / target, and Serve's message."""
+def _serve_details(timeout_s: float = 10) -> dict[str, Any] | None:
+    """Serve's REST API answer (``ServeInstanceDetails``) from this cluster's dashboard, or None where there is no
+    dashboard, it does not answer, or it answers for another Ray session (a dashboard address that the head
+    publishes as 127.0.0.1, read on another machine that runs a Ray of its own)."""
+    import urllib.error
+    import urllib.request
+
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    kv = _kv()
+    address, session = (kv._internal_kv_get("dashboard", namespace="dashboard"),
+                        kv._internal_kv_get("session_name", namespace="session"))
+    if not address:
+        return None
+    headers = get_auth_headers_if_auth_enabled({})
+
+    def get(path: str) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://{address.decode()}{path}", headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return json.loads(r.read())
+
+    try:
+        if session and get("/api/ray/version").get("session_name") != session.decode():
+            return None
+        return get("/api/serve/applications/")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def deployment_progress(state: dict[str, Any], deployment: str, app: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Serve's view of one deployment (``app``: ``_app_status``): its status, replicas running / target, and
+    Serve's message."""
     name = state["endpoint"]["name"]
     d = state["deployments"][deployment]
-    st = app.deployments.get(f"{name}-{deployment}") if app is not None else None
-    running = sum(n for s, n in (st.replica_states or {}).items() if _name(s) == "RUNNING") if st else 0
-    return {"endpoint": name, "deployment": deployment, "status": _name(st.status) if st else "NOT_DEPLOYED",
-            "replicas_running": running, "replicas_target": _target_replicas(d),
-            "message": (st.message if st else "") or "", "cpus_per_instance": d.get("cpus_per_instance"),
+    st = (app or {}).get("deployments", {}).get(f"{name}-{deployment}")
+    return {"endpoint": name, "deployment": deployment, "status": st["status"] if st else "NOT_DEPLOYED",
+            "replicas_running": st["replicas"].get("RUNNING", 0) if st else 0, "replicas_target": _target_replicas(d),
+            "message": (st["message"] if st else "") or "", "cpus_per_instance": d.get("cpus_per_instance"),
             "traffic": state["traffic"].get(deployment, 0)}
 
 
-def _all_running(state: dict[str, Any], app: Any) -> bool:
-    if app is None or _name(app.status) != "RUNNING":
+def _all_running(state: dict[str, Any], app: dict[str, Any] | None) -> bool:
+    if app is None or app["status"] != "RUNNING":
         return False
     return all(p["status"] == "HEALTHY" and p["replicas_running"] >= p["replicas_target"]
                for p in (deployment_progress(state, n, app) for n in state["deployments"]))
@@ -243,8 +304,8 @@ def _wait_running(state: dict[str, Any], timeout_s: float, progress: Callable[[s
         app = _app_status(name)
         if _all_running(state, app):
             return
-        if app is not None and _name(app.status) == "DEPLOY_FAILED":
-            raise VisionsweepError(f"endpoint {name}: Serve could not deploy it: {app.message}")
+        if app is not None and app["status"] == "DEPLOY_FAILED":
+            raise VisionsweepError(f"endpoint {name}: Serve could not deploy it: {app['message']}")
         now = time.monotonic()
         waiting = [n for n in state["deployments"]
                    if (p := deployment_progress(state, n, app))["replicas_running"] < p["replicas_target"]]
@@ -285,6 +346,14 @@ def create_deployment(spec: DeploymentSpec, update: bool = False, wait: bool = T
         raise VisionsweepError(f"no deployment named {spec.name!r} in {spec.endpoint_name}")
     d = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     d["num_gpus"] = spec.num_gpus
+    # imported here, not at the top: it loads torch (seconds), which the commands that only read state skip
+    from trainers.package.references import (
+        default_registry_uri,
+        fetch_registered,
+        is_registry_reference,
+        pin_registered,
+    )
+
     if is_registry_reference(spec.model):
         # Resolve the reference now, where the user's environment is, so a wrong name/version or registry is
         # an error of this command; the replicas fetch the same version from the same registry.
@@ -371,29 +440,81 @@ def show(endpoint: str) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in ("keys", "key_salt")}
 
 
-def readiness(endpoint: str, timeout_s: float = 10) -> dict[str, Any] | None:
-    """The router's readiness of each deployment (its probes, §9.3), or None when the router does not answer."""
+def readiness(state: dict[str, Any], deployments: list[str], timeout_s: float = 10) -> dict[str, Any] | None:
+    """The router's readiness of ``deployments`` (its probes, §9.3): ``{name: {"ready", "reason"}}``, or None
+    when the router does not answer.
+
+    Asked over HTTP (``GET /<endpoint>/status`` with the endpoint's key, through Serve's proxy at
+    ``$VISIONSWEEP_SERVE_HOST:$VISIONSWEEP_SERVE_PORT``): a command that only reads needs no Serve handle,
+    whose router and long-poll threads cost a second to set up and another to tear down at exit. Where the
+    endpoint's router does not answer there (an operator on another machine, another port), through a Serve
+    handle."""
+    if not deployments:
+        return {}
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from serving.connection import http_address
+
+    name = state["endpoint"]["name"]
+    host, port = http_address()
+    query = urllib.parse.urlencode({"deployments": ",".join(deployments)})
+    req = urllib.request.Request(f"http://{host}:{port}/{name}/status?{query}",
+                                 headers={"Authorization": f"Bearer {state['keys']['primary']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return json.loads(r.read())["deployments"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):  # HTTPError too: not this endpoint's router
+        pass
+    import ray
     from ray import serve
 
+    from serving.connection import connect_cluster
+
     try:
-        handle = serve.get_deployment_handle(f"{endpoint}-router", app_name=endpoint)
-        return handle.readiness.remote().result(timeout_s=timeout_s)
+        if not ray.is_initialized():
+            connect_cluster(serve=False)
+        handle = serve.get_deployment_handle(f"{name}-router", app_name=name)
+        return handle.readiness.remote(deployments).result(timeout_s=timeout_s)["deployments"]
     except Exception:
         return None
+
+
+def deployment_readiness(progress: dict[str, Any], router: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"ready": bool}`` (with ``"reason"`` when not ready) of one deployment: ready only while Serve runs at
+    least one of its replicas (``progress``, from Serve's status) and the router's readiness probe passes. The
+    router's answer alone is not enough: it holds its last check for ``period`` seconds, and during a rollout
+    (Serve stops the old replica before it starts the new one) it may still say ready while no replica runs."""
+    if progress["replicas_running"] == 0:
+        return {"ready": False, "reason": f"no replica running ({progress['replicas_running']}/"
+                                          f"{progress['replicas_target']}; Serve: {progress['status']})"}
+    if router is None:
+        return {"ready": False, "reason": "the endpoint's router did not answer"}
+    return {"ready": True} if router["ready"] else {"ready": False, "reason": router["reason"]}
+
+
+def deployment_show(endpoint: str, deployment: str) -> dict[str, Any]:
+    """What ``deployment show`` prints: Serve's progress of the deployment and its readiness."""
+    state = load_state(endpoint)
+    if deployment not in state["deployments"]:
+        raise VisionsweepError(f"no deployment named {deployment!r} in {endpoint} (deployments: "
+                               f"{', '.join(sorted(state['deployments'])) or 'none'})")
+    progress = deployment_progress(state, deployment, _app_status(endpoint))
+    router = readiness(state, [deployment] if progress["replicas_running"] else [])
+    return {**progress, **deployment_readiness(progress, None if router is None else router.get(deployment))}
 
 
 def summary(endpoint: str, scoring_uri: str) -> dict[str, Any]:
     """What ``endpoint show`` prints: the endpoint, each deployment's progress and readiness, traffic, mirror."""
     state = load_state(endpoint)
     app = _app_status(endpoint) if state["deployments"] else None
-    ready = (readiness(endpoint) or {}).get("deployments", {}) if app is not None else {}
+    progress = {n: deployment_progress(state, n, app) for n in state["deployments"]}
+    router = readiness(state, [n for n, p in progress.items() if p["replicas_running"]])
     deployments = {}
-    for n in state["deployments"]:
-        p = deployment_progress(state, n, app)
-        r = ready.get(n)
+    for n, p in progress.items():
         deployments[n] = {"status": p["status"], "replicas": f"{p['replicas_running']}/{p['replicas_target']}",
-                          "ready": r["ready"] if r else False,
-                          **({"reason": r["reason"]} if r and not r["ready"] else {}),
+                          **deployment_readiness(p, None if router is None else router.get(n)),
                           **({"message": p["message"]} if p["message"] and p["status"] != "HEALTHY" else {})}
     return {"name": endpoint, "scoring_uri": scoring_uri, "auth_mode": state["endpoint"]["auth_mode"],
             "deployments": deployments, "traffic": state["traffic"], "mirror": state["mirror"]}

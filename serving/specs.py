@@ -30,9 +30,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainers.data.urls import is_url
 from trainers.errors import SpecError
-from trainers.package.references import is_registry_reference
 
 _F = ConfigDict(extra="forbid")
 _NAME = r"^[a-zA-Z][a-zA-Z0-9-]{1,31}$"
@@ -133,7 +131,8 @@ def validate_spec(model, data: Any, source: str):
         where = ".".join(str(x) for x in err["loc"]) or "<top>"
         kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise SpecError(f"{source}: {where}: {kind}" + (f", but got {err.get('input')!r}"
-                                                        if err["type"] not in ("extra_forbidden", "missing") else "")) from None
+                                                        if err["type"] not in ("extra_forbidden", "missing")
+                                                        else "")) from None
 
 
 def load_endpoint(path: str | Path) -> EndpointSpec:
@@ -148,6 +147,10 @@ def load_deployment(path: str | Path) -> DeploymentSpec:
 
 def local_model_path(model: str, base: Path) -> str:
     """``model`` as an absolute path when it is a local path; URIs and registry references unchanged."""
+    # imported here: ``trainers.package`` loads torch and torchvision (seconds), which the endpoint commands
+    # that only read state (``endpoint show``, ``deployment show``) must not wait for
+    from trainers.data.urls import is_url
+    from trainers.package.references import is_registry_reference
 
     if is_url(model) or is_registry_reference(model):
         return model
@@ -169,7 +172,8 @@ def check_traffic(traffic: dict[str, int], deployments: set[str], what: str = "t
     """The spec's rules: known deployments, 0..100 each, sum <= 100 (§9.3)."""
     for name, w in traffic.items():
         if name not in deployments:
-            raise SpecError(f"{what}: no deployment named {name!r} (deployments: {', '.join(sorted(deployments)) or 'none'})")
+            raise SpecError(f"{what}: no deployment named {name!r} "
+                            f"(deployments: {', '.join(sorted(deployments)) or 'none'})")
         if not 0 <= w <= 100:
             raise SpecError(f"{what}: {name}={w}: expected a percentage between 0 and 100")
     if what == "traffic" and sum(traffic.values()) > 100:

@@ -23,7 +23,7 @@ DRIVER = textwrap.dedent("""\
 
     from cluster.connect import connect
     from scheduler.demo import stop_serve
-    from serving.cli import start_serve
+    from serving.connection import start_serve
 
     connect(num_cpus=2)
     with socket.socket() as s:

@@ -87,3 +87,19 @@ def test_liveness_counts_nothing_within_initial_delay_and_needs_success_threshol
     assert live.record(False) is False  # failure_threshold 3 <= Serve's 3: Serve's calls fail from the first
     assert live.record(True) is False  # one success of two: still failing (Serve's count goes on)
     assert live.record(True) is True and live.failures == 0
+
+
+def test_a_deployment_is_not_ready_while_no_replica_runs_whatever_the_router_says():
+    """``deployment show`` / ``endpoint show`` combine Serve's replica states with the router's probe: the router
+    holds its last check for ``period`` seconds, so during a rollout it can still say ready while Serve has stopped
+    the only replica (the walkthrough's ``"replicas_running": 0 ... "ready": true``)."""
+    from serving.endpoints import deployment_readiness
+
+    rolling = {"replicas_running": 0, "replicas_target": 1, "status": "UPDATING"}
+    assert deployment_readiness(rolling, {"ready": True, "reason": "ready"}) == {
+        "ready": False, "reason": "no replica running (0/1; Serve: UPDATING)"}
+    running = {"replicas_running": 1, "replicas_target": 2, "status": "UPDATING"}
+    assert deployment_readiness(running, {"ready": True, "reason": "ready"}) == {"ready": True}
+    assert deployment_readiness(running, {"ready": False, "reason": "starting"}) == {"ready": False,
+                                                                                     "reason": "starting"}
+    assert deployment_readiness(running, None) == {"ready": False, "reason": "the endpoint's router did not answer"}

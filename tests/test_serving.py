@@ -173,12 +173,37 @@ def test_a_deployment_files_model_path_is_relative_to_the_file(tmp_path):
         assert load_deployment(f).model == expected
 
 
+def test_show_commands_read_state_without_starting_serve(ray_session, tmp_path, capsys):
+    """``endpoint show`` and ``deployment show`` only read (the endpoint's state, Serve's status): on a cluster
+    where Serve does not run they answer without starting it (a controller and an HTTP proxy, seconds per command
+    when each command started or joined Serve), and they leave the caller's Ray connection as it was."""
+    import ray
+
+    def serve_runs() -> bool:
+        return any(a["name"] == "SERVE_CONTROLLER_ACTOR" for a in ray.util.list_named_actors(all_namespaces=True))
+
+    if serve_runs():
+        pytest.skip("Serve runs already in this test session")
+    (tmp_path / "ep.yml").write_text("name: ep-readonly\nauth_mode: key\n")
+    try:
+        assert cli(capsys, "endpoint", "create", "-f", str(tmp_path / "ep.yml"))[0] == 0
+        rc, out, err = cli(capsys, "endpoint", "show", "ep-readonly")
+        assert rc == 0 and json.loads(out)["deployments"] == {}, (rc, out, err)
+        rc, out, err = cli(capsys, "deployment", "show", "ep-readonly", "blue")
+        assert rc == 2 and "no deployment named 'blue' in ep-readonly (deployments: none)" in err, (rc, out, err)
+        assert not serve_runs() and ray.is_initialized()
+    finally:
+        endpoints._forget("ep-readonly")
+
+
 def test_traffic_split_auth_and_response_schema(serve_url, package):
     keys = make_endpoint("ep-split", package)
     url = f"{serve_url}/ep-split/score"
-    # a new deployment starts at 0 %: no traffic yet
+    # a new deployment starts at 0 %: no traffic yet; the 503 names the deployments and the command that fixes it
     assert endpoints.load_state("ep-split")["traffic"] == {"blue": 0, "green": 0}
-    assert post(url, body(IMAGE), keys["primary"])[0] == 503
+    status, resp, _ = post(url, body(IMAGE), keys["primary"])
+    assert status == 503 and "(deployments: blue, green; each at 0 %)" in resp["error"], resp
+    assert "`visionsweep endpoint update ep-split --traffic blue=100`" in resp["error"], resp
     endpoints.set_traffic("ep-split", {"blue": 90, "green": 10})
 
     # auth: 401 without a valid key, 200 with either key
@@ -643,13 +668,79 @@ def test_deployment_create_no_wait_returns_before_running_and_show_follows_it(se
         assert rc == 0, err
         return json.loads(out)
 
-    first = show()  # the replica loads a model: it cannot be running yet
+    first = show()  # the replica loads a model: it cannot be running yet, nor be ready
     assert first["replicas_target"] == 1 and first["replicas_running"] == 0, first
     assert first["status"] in ("NOT_DEPLOYED", "UPDATING"), first
+    assert first["ready"] is False and first["reason"].startswith("no replica running (0/1; Serve: "), first
     done = wait_for(lambda: (s := show())["status"] == "HEALTHY" and s["ready"] and s, "blue to run and be ready", 120)
     assert done["replicas_running"] == 1 and done["cpus_per_instance"] == 0.25
     rc, out, _ = cli(capsys, "endpoint", "show", "ep-nowait")
     assert json.loads(out)["deployments"] == {"blue": {"status": "HEALTHY", "replicas": "1/1", "ready": True}}
+    # an operator's own process has no Ray driver: Serve's status from the dashboard, the same answers
+    assert operator_shows(serve_port, tmp_path, "ep-nowait", "blue") == without_messages(done, json.loads(out))
+
+    # no traffic yet: the 503 names the command that gives the endpoint traffic, and that command does
+    import re
+    import shlex
+
+    key, url = endpoints.load_state("ep-nowait")["keys"]["primary"], f"{serve_port}/ep-nowait/score"
+    status, resp, _ = post(url, body(IMAGE), key)
+    assert status == 503 and "(deployments: blue; each at 0 %)" in resp["error"], resp
+    command = re.search(r"`(visionsweep endpoint update [^`]+)`", resp["error"]).group(1)
+    rc, out, err = cli(capsys, *shlex.split(command)[1:])
+    assert rc == 0 and json.loads(out)["traffic"] == {"blue": 100}, (rc, out, err)
+    assert post(url, body(IMAGE), key)[0] == 200
+
+    # a rollout: Serve stops the running replica before it starts the new one (here one that cannot be scheduled);
+    # while none runs, blue is not ready, whatever the router's last probe said
+    big = deployment_yml(tmp_path, "ep-nowait", "blue", str(package), cpus_per_instance=64)
+    rc, out, err = cli(capsys, "deployment", "update", "-f", str(big), "--no-wait")
+    assert rc == 0, err
+    wait_for(lambda: _running("ep-nowait", "blue") == 0, "Serve to stop blue's old replica", 120)
+    rolling = show()
+    assert rolling["replicas_running"] == 0 and rolling["ready"] is False, rolling
+    assert rolling["reason"].startswith("no replica running (0/1; Serve: "), rolling
+    rc, out, _ = cli(capsys, "endpoint", "show", "ep-nowait")
+    assert json.loads(out)["deployments"]["blue"]["ready"] is False
+    assert operator_shows(serve_port, tmp_path, "ep-nowait", "blue") == without_messages(rolling, json.loads(out))
+    # cleaned up without waiting: Serve waits graceful_shutdown_timeout_s (20 s) for a replica that never started
+    from ray import serve
+
+    serve.delete("ep-nowait", _blocking=False)
+    endpoints._forget("ep-nowait")
+
+
+def operator_shows(serve_url: str, tmp_path: Path, endpoint: str, deployment: str) -> tuple[dict, dict]:
+    """``deployment show`` and ``endpoint show`` in another operator's process (its own connection: no Ray
+    driver, as a command runs) -> their two answers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from scheduler.cli import main; "
+            f"sys.exit(main(['deployment', 'show', {endpoint!r}, {deployment!r}]) "
+            f"or main(['endpoint', 'show', {endpoint!r}]))")
+    env = operator_env(tmp_path / "operator-home", VISIONSWEEP_SERVE_PORT=serve_url.rsplit(":", 1)[1])
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    first, end = json.JSONDecoder().raw_decode(r.stdout)
+    return without_messages(first, json.loads(r.stdout[end:]))
+
+
+def without_messages(deployment_shown: dict, endpoint_shown: dict) -> tuple[dict, dict]:
+    """The answers without Serve's messages, which change while a replica waits for resources."""
+    return ({k: v for k, v in deployment_shown.items() if k != "message"},
+            {**endpoint_shown, "deployments": {n: {k: v for k, v in d.items() if k != "message"}
+                                               for n, d in endpoint_shown["deployments"].items()}})
+
+
+def _running(endpoint: str, deployment: str) -> int:
+    """How many replicas of ``deployment`` Serve's status says run."""
+    from ray import serve
+
+    app = serve.status().applications.get(endpoint)
+    st = app.deployments.get(f"{endpoint}-{deployment}") if app else None
+    return sum(n for k, n in ((st.replica_states or {}) if st else {}).items()
+               if str(getattr(k, "value", k)) == "RUNNING")
 
 
 def test_liveness_restarts_a_replica_after_failure_threshold_failed_checks_only(serve_port, package, tmp_path):
@@ -780,13 +871,65 @@ def test_serve_stops_cleanly_on_sigterm(package, tmp_path):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_serve_ends_when_its_ray_is_stopped_from_outside(package, tmp_path):
+    """``ray stop`` in another shell stops every Ray on the machine, a running ``visionsweep serve``'s embedded one
+    too. Its Ray's daemons are the command's children: while it lives, their ends must be reaped, or ``ray stop``
+    counts the zombies as running for its whole grace period and then reports them "forcefully terminated" (the
+    docs' teardown after a walkthrough that left ``serve`` running). The command says what happened and exits 1,
+    leaving no process behind."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
+    ray_tmp = tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp")
+    env.update(VISIONSWEEP_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([visionsweep_bin(), "serve", str(package), "--port", str(free_port())], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("Ctrl-C"):
+                break
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        # `ray stop`, limited to this command's Ray (its session): SIGTERM to the raylet, then to the other daemons
+        # and the workers, then to the GCS
+        ps = subprocess.run(["ps", "-s", str(p.pid), "-o", "pid=,comm="], capture_output=True, text=True).stdout
+        ray = {int(pid): comm for pid, comm in (ln.split(None, 1) for ln in ps.splitlines()) if int(pid) != p.pid}
+        assert {"gcs_server", "raylet"} <= set(ray.values()), ray
+        for pid in sorted(ray, key=lambda pid: (ray[pid] != "raylet") + 2 * (ray[pid] == "gcs_server")):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:  # a worker that ended with its raylet
+                pass
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 1, (p.returncode, err[-3000:])
+    assert "this command's Ray was stopped from outside" in err and err.rstrip().endswith("stopped"), err[-3000:]
+
+    def gone():
+        left = subprocess.run(["ps", "-s", str(p.pid), "-o", "pid=,stat=,args="], capture_output=True, text=True)
+        return not left.stdout.split() or print(left.stdout[-2000:])
+
+    wait_for(gone, "the stopped server's Ray processes to end", 30)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_the_notebooks_endpoint_cells_run_on_mlclient(serve_port, package, tmp_path, monkeypatch):
     """The notebook's deployment cells (``azure.ai.ml`` imports changed to ``visionsweep``): endpoint, deployment
     with the service's probes and request settings, traffic to 100 %, ``invoke`` with a request file; the endpoint
     is the one ``visionsweep endpoint`` sees."""
     from visionsweep import MLClient
-    from visionsweep.entities import (ManagedOnlineDeployment, ManagedOnlineEndpoint, Model, OnlineRequestSettings,
-                                      ProbeSettings)
+    from visionsweep.entities import (
+        ManagedOnlineDeployment,
+        ManagedOnlineEndpoint,
+        Model,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
 
     monkeypatch.chdir(tmp_path)
     ml_client = MLClient(credential=None, subscription_id="sub", resource_group_name="rg", workspace_name="ws")

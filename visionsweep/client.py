@@ -43,13 +43,13 @@ class _Done:
 
 
 def _connect(serve: bool = True) -> None:
-    from serving.cli import connect_cluster
+    from serving.connection import connect_cluster
 
     connect_cluster(serve=serve)
 
 
 def _scoring_uri(name: str) -> str:
-    from serving.cli import http_address
+    from serving.connection import http_address
 
     host, port = http_address()
     return f"http://{host}:{port}/{name}/score"
