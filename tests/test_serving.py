@@ -803,7 +803,9 @@ def test_ctrl_c_during_deployment_create_says_what_was_not_done(serve_port, pack
             if "replicas running" in line:
                 break
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        # the command rolls Serve back before it ends: in the full suite, on a cluster other tests have loaded, that
+        # has taken over a minute on 2 cores (the bound is a safety net, above the command's own --timeout 120)
+        out, err = p.communicate(timeout=300)
     finally:
         p.kill()
     err = "".join(lines) + err
@@ -833,6 +835,21 @@ def test_a_token_auth_cluster_without_the_token_is_an_authentication_error(ray_s
     assert time.monotonic() - t0 < 18, "it waited for Ray's connection retries"
 
 
+def _serve_in_a_session(package, tmp_path):
+    """``visionsweep serve PACKAGE`` in a session of its own, with its own embedded Ray (a temp dir of its own, so it
+    finds no other cluster to join; short: socket paths): the process and that temp dir."""
+    import os
+    import subprocess
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
+    ray_tmp = tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp")
+    env.update(VISIONSWEEP_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([visionsweep_bin(), "serve", str(package), "--port", str(free_port())], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return p, ray_tmp
+
+
 def test_serve_stops_cleanly_on_sigterm(package, tmp_path):
     """``visionsweep serve`` under SIGTERM (a service manager, ``kill``) shuts Serve and Ray down as Ctrl-C does:
     rc 0, "stopped" on stderr, nothing of Ray's shutdown on stdout, no Ray process of its own left."""
@@ -840,14 +857,8 @@ def test_serve_stops_cleanly_on_sigterm(package, tmp_path):
     import shutil
     import signal
     import subprocess
-    import tempfile
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
-    # its own embedded Ray: a temp dir of its own, so it finds no other cluster to join (short: socket paths)
-    ray_tmp = tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp")
-    env.update(VISIONSWEEP_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([visionsweep_bin(), "serve", str(package), "--port", str(free_port())], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p, ray_tmp = _serve_in_a_session(package, tmp_path)
     try:
         lines = []
         for line in p.stdout:
@@ -881,13 +892,8 @@ def test_serve_ends_when_its_ray_is_stopped_from_outside(package, tmp_path):
     import shutil
     import signal
     import subprocess
-    import tempfile
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VISIONSWEEP_"))}
-    ray_tmp = tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp")
-    env.update(VISIONSWEEP_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([visionsweep_bin(), "serve", str(package), "--port", str(free_port())], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p, ray_tmp = _serve_in_a_session(package, tmp_path)
     try:
         for line in p.stdout:
             if line.startswith("Ctrl-C"):
