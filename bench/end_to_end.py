@@ -33,7 +33,7 @@ JOB = ROOT / "bench" / "jobs" / "e2e_grid.yml"
 
 def command(side: str, out: Path) -> list[str]:
     if side == "visionsweep":  # the CLI of this checkout (python -m from ROOT: a worktree measures its own code)
-        return [sys.executable, "-m", "scheduler.cli", "run", str(JOB), "--output", str(out)]
+        return [sys.executable, "-m", "visionsweep.cli", "run", str(JOB), "--output", str(out)]
     return [sys.executable, str(ROOT / "bench" / "plain_tune_sweep.py"), str(out)]
 
 

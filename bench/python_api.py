@@ -70,7 +70,7 @@ def run(side: str, tmp: Path) -> tuple[float, float]:
     env = {**os.environ, "VISIONSWEEP_HOME": str(tmp / f"{side}-home"),
            "VISIONSWEEP_WEIGHTS_STORE": str(ROOT / ".weights")}
     env.pop("RAY_ADDRESS", None)
-    cmd = ([sys.executable, "-m", "scheduler.cli", "run", str(JOB), "--output", str(out)] if side == "cli" else
+    cmd = ([sys.executable, "-m", "visionsweep.cli", "run", str(JOB), "--output", str(out)] if side == "cli" else
            [sys.executable, "-c", NOTEBOOK, str(JOB.parent), "submit", str(out)])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

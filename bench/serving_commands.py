@@ -43,7 +43,7 @@ from machine_info import describe  # noqa: E402
 from cluster.local import MARKER_ENV, LocalCluster  # noqa: E402
 
 PY = sys.executable
-MAIN = "import sys; from scheduler.cli import main; sys.exit(main())"  # what the `visionsweep` script runs
+MAIN = "import sys; from visionsweep.cli import main; sys.exit(main())"  # what the `visionsweep` script runs
 TREES = ("scheduler", "serving", "trainers", "cluster", "visionsweep")
 
 

@@ -188,8 +188,8 @@ def _serve_and_ask(run_dir: Path, image: Path, label: str) -> None:
     import urllib.error
     import urllib.request
 
-    from serving.cli import serve_package
     from serving.connection import start_serve
+    from serving.local import serve_package
 
     os.environ.setdefault("VISIONSWEEP_HOME", str(run_dir / "serving"))
     with socket.socket() as s:

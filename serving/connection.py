@@ -1,7 +1,7 @@
 """Connecting the serving commands (and the Python API's endpoint calls) to the cluster that hosts endpoints:
 its address and token, Serve's HTTP proxy, one connection per process (``connect_cluster``; ``connect_reader`` for
 the commands that only read), and ending it (``disconnect``). A library module: ``serving.endpoints``,
-``visionsweep.client`` and the demo use it as well as the commands in ``serving.cli``."""
+``visionsweep.client`` and the demo use it as well as the commands in ``visionsweep.cli.serving``."""
 
 from __future__ import annotations
 

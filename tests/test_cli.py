@@ -7,7 +7,7 @@ import sys
 
 
 def cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "visionsweep.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env=env)
 
 

@@ -321,7 +321,7 @@ def test_yolo_malformed_line_names_file_and_line(yolo, tmp_path, text, message):
 
 
 def test_cli_convert(voc, tmp_path, capsys):
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     out = tmp_path / "out"
     assert main(["convert", "voc", str(voc), str(out)]) == 0

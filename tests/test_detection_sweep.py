@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.cli import main as cli
 from scheduler.controller import run_job
 from scheduler.runfolder import read_trials
 from scheduler.spec import parse_job
 from serving.predictor import Predictor
+from visionsweep.cli import main as cli
 
 pytestmark = pytest.mark.ray
 

@@ -84,7 +84,7 @@ def test_drawing_names_keep_stems_and_never_collide():
 
 
 def test_predict_draw_writes_one_png_per_image_and_keeps_stdout_json(tmp_path, classifier, sample, capfd):
-    from scheduler.cli import main  # in-process: the CLI's subprocess start-up is covered by tests/test_cli.py
+    from visionsweep.cli import main  # in-process: the CLI's subprocess start-up is covered by tests/test_cli.py
 
     images = [str(sample / "images" / f"test_000{i}.png") for i in range(2)]
     out = tmp_path / "drawn"
@@ -101,7 +101,7 @@ def test_predict_draw_writes_one_png_per_image_and_keeps_stdout_json(tmp_path, c
 
 
 def test_predict_draw_segmentation_in_process(tmp_path, capfd):
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     pkg = make_detection_package(tmp_path, "maskrcnn_resnet18_fpn", "image_instance_segmentation")
     img = tmp_path / "shape.png"

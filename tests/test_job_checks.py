@@ -21,7 +21,7 @@ DETECTION = BASE.replace("image_classification", "image_object_detection")
 def validate(tmp_path, text: str, capsys) -> str:
     """``visionsweep validate`` of ``text``, whose models start from random initialisation: validate checks the
     pretrained weights as run does (the tests at the end of this file), which these tests are not about."""
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     path = tmp_path / "job.yml"
     path.write_text(from_scratch(text))
@@ -389,8 +389,8 @@ sweep:
 def test_truncation_that_can_never_stop_a_trial_is_a_warning_in_validate_and_at_run_start(tmp_path, capsys,
                                                                                            monkeypatch):
     from scheduler import controller
-    from scheduler.cli import main
     from trainers.errors import VisionsweepError
+    from visionsweep.cli import main
 
     assert job(TRUNCATION.format(c=5)).warnings() == []  # floor(5 x 20%) = 1 trial can be cancelled
     (w,) = job(TRUNCATION.format(c=1)).warnings()
@@ -458,9 +458,9 @@ def test_job_level_settings_cannot_be_swept(key, value):
 
 
 def test_validate_and_run_refuse_a_data_path_that_does_not_exist_naming_its_line(tmp_path, capsys):
-    from scheduler.cli import main
     from scheduler.controller import run_job
     from scheduler.spec import load_job
+    from visionsweep.cli import main
 
     path = tmp_path / "job.yml"
     path.write_text(BASE + "validation_data:\n  path: data/valid.jsonl\n")
@@ -492,7 +492,7 @@ def no_weights_here(tmp_path, monkeypatch):
 
 
 def _refused(path, capsys) -> str:
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     capsys.readouterr()
     assert main(["validate", str(path)]) == 2
@@ -524,7 +524,7 @@ def test_validate_refuses_a_model_whose_weights_are_nowhere_with_runs_message_at
     assert not (d / "run" / "trials").exists() and not (d / "run" / "data").exists()
     # visionsweep.pretrained: false needs no weights
     path.write_text(from_scratch(path.read_text()))
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     assert main(["validate", str(path)]) == 0
     assert "# weights: none: every model starts from random initialisation" in capsys.readouterr().out
@@ -595,7 +595,7 @@ def test_validate_prints_only_the_advanced_settings_that_act_on_the_job(tmp_path
 
 def test_validate_of_automode_leaves_out_the_candidates_without_weights_as_run_does(no_weights_here, capsys,
                                                                                     mobilenet_weights):
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     d = no_weights_here
     path = d / "job.yml"

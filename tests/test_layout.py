@@ -106,6 +106,13 @@ def test_the_top_level_packages_import_downwards_only():
     assert wrong == []
 
 
+def test_no_library_module_imports_the_commands():
+    """The commands (visionsweep.cli) call the library; the library, the Python API included, never calls them."""
+    wrong = sorted(f"{a} -> {b}" for a, bs in _edges(_modules()).items() for b in bs
+                   if (b + ".").startswith("visionsweep.cli.") and not (a + ".").startswith("visionsweep.cli."))
+    assert wrong == []
+
+
 def test_the_circle_finder_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -117,7 +124,7 @@ HEAVY = ("ray", "torch")  # what a reader of a run folder must not import
 _READ_A_RUN = """
 import contextlib, io, json, sys
 import scheduler.report, scheduler.status
-from scheduler.cli import main
+from visionsweep.cli import main
 import trainers.package.references as references
 from visionsweep.results import Result
 

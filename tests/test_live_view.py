@@ -142,7 +142,7 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
     run = tmp_path / "run"
     env = {**os.environ, "VISIONSWEEP_REPORT_S": "0.5", "VISIONSWEEP_REPORT_PREDICTIONS": "1"}
     env.pop("RAY_ADDRESS", None)
-    sweep = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "run", str(job), "-o", str(run)], env=env,
+    sweep = subprocess.Popen([sys.executable, "-m", "visionsweep.cli", "run", str(job), "-o", str(run)], env=env,
                              stdout=subprocess.PIPE, stderr=open(tmp_path / "run.err", "w"), text=True)
     try:
         # MLflow while the sweep runs: a child run still RUNNING already has per-epoch metrics
@@ -176,7 +176,7 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
         st = _wait(running_trial, "status to show a running trial", sweep)
         assert st.total_trials == 2 and st.state == "running"
         assert all(t.epochs == 4 for t in st.trials if t.status == "running")
-        out = subprocess.run([sys.executable, "-m", "scheduler.cli", "status", str(run), "--json"],
+        out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "status", str(run), "--json"],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         shown = json.loads(out.stdout)  # stdout is the JSON only
@@ -212,7 +212,7 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
     assert 'id="live"' not in dom and 'http-equiv="refresh"' not in dom
     assert_drawn(dom)
     assert 'id="confusion-matrix"' in dom and "data:image/png;base64," in dom  # what the best model predicts
-    st = json.loads(subprocess.run([sys.executable, "-m", "scheduler.cli", "status", str(run), "--json"],
+    st = json.loads(subprocess.run([sys.executable, "-m", "visionsweep.cli", "status", str(run), "--json"],
                                    capture_output=True, text=True).stdout)
     assert st["state"] == "finished" and st["done"] == 2 and st["eta_s"] == 0
     assert {t["decision"] for t in st["trials"]} == {"ran all its epochs"}

@@ -281,7 +281,7 @@ def test_predict_and_export_of_a_yolov5_package_print_only_their_output_on_stdou
 
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
     pkg = _yolov5_package(tmp_path, h)
-    cli = [sys.executable, "-m", "scheduler.cli"]
+    cli = [sys.executable, "-m", "visionsweep.cli"]
     pred = subprocess.run(cli + ["predict", str(pkg), str(sample / "images" / "test_0000.png")],
                           capture_output=True, text=True, timeout=300)
     assert pred.returncode == 0, pred.stderr[-2000:]

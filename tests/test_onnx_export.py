@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from scheduler.cli import main
 from serving.predictor import Predictor
 from tests.conftest import make_detection_package
 from trainers import hyperparameters as hp
@@ -22,6 +21,7 @@ from trainers.package import save_package
 from trainers.package.onnx import export_onnx
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD
 from trainers.workers import Runtime
+from visionsweep.cli import main
 
 
 def _classifier(root: Path, name: str) -> Path:

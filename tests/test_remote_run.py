@@ -16,7 +16,7 @@ from tests.test_resume import sequential_grid_job, snapshot_shows
 
 pytestmark = pytest.mark.ray
 
-CLI = [sys.executable, "-m", "scheduler.cli"]
+CLI = [sys.executable, "-m", "visionsweep.cli"]
 
 
 def _job(tmp_path, data) -> str:

@@ -66,7 +66,7 @@ def test_resume_after_the_controller_is_killed(small_mltable, tmp_path):
     job = tmp_path / "job.yml"
     job.write_text(sequential_grid_job(small_mltable, epochs=6))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scheduler.cli"]
+    cmd = [sys.executable, "-m", "visionsweep.cli"]
     proc = subprocess.Popen(cmd + ["run", str(job), "--output", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -567,7 +567,7 @@ def test_images_over_the_pixel_cap_are_refused_before_they_are_decoded():
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
     """``visionsweep ARGV`` in this process (its Ray connection is the test cluster) -> (rc, stdout, stderr)."""
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -634,7 +634,7 @@ def test_two_operators_see_one_endpoint_and_the_same_keys(serve_port, tmp_path, 
     assert rc == 0, err
     created = json.loads(out)
     assert created["scoring_uri"] == f"{serve_port}/ep-shared/score" and created["auth_mode"] == "key"
-    code = ("import sys; from scheduler.cli import main; "
+    code = ("import sys; from visionsweep.cli import main; "
             "sys.exit(main(['endpoint', 'get-credentials', 'ep-shared']) or main(['endpoint', 'show', 'ep-shared']))")
     import sys
 
@@ -716,7 +716,7 @@ def operator_shows(serve_url: str, tmp_path: Path, endpoint: str, deployment: st
     import subprocess
     import sys
 
-    code = ("import sys; from scheduler.cli import main; "
+    code = ("import sys; from visionsweep.cli import main; "
             f"sys.exit(main(['deployment', 'show', {endpoint!r}, {deployment!r}]) "
             f"or main(['endpoint', 'show', {endpoint!r}]))")
     env = operator_env(tmp_path / "operator-home", VISIONSWEEP_SERVE_PORT=serve_url.rsplit(":", 1)[1])
@@ -786,19 +786,25 @@ def test_an_unschedulable_deployment_fails_in_time_and_names_cpus_per_instance(s
     wait_for(lambda: rolled_back("ep-big"), "Serve to delete the rolled-back application")
 
 
-# Known open problem (2026-12-06): this test passes alone (`pytest tests/test_serving.py::test_ctrl_c_during_...`)
-# but in the full suite the command has not ended 60 s after Ctrl-C (two fresh-clone runs of 106f245 and ac3c766);
-# the cause is not found yet. It runs with the slow tests until it is.
+# Known open problem (2026-12-06): this test passes alone and with the rest of tests/test_serving.py (23 passed,
+# 5:41), but in the full suite the command had not ended 60 s after Ctrl-C (two fresh-clone runs of 106f245 and
+# ac3c766); the cause is not found yet. It runs with `-m open_problem` (and the slow tests) until it is; on a
+# timeout it says whether the command was still alive, its children, and its threads' stacks.
 @pytest.mark.slow
+@pytest.mark.open_problem
 def test_ctrl_c_during_deployment_create_says_what_was_not_done(serve_port, package, tmp_path):
     """Ctrl-C while a deployment is waited for: its own message (not the sweep's), rc 130, Serve rolled back
     and the stored state unchanged, as the message says."""
     import signal
     import subprocess
+    import sys
 
     endpoints.create_endpoint(EndpointSpec(name="ep-cancel"))
     yml = deployment_yml(tmp_path, "ep-cancel", "green", str(package), cpus_per_instance=64)
-    p = subprocess.Popen([visionsweep_bin(), "deployment", "create", "-f", str(yml), "--timeout", "120"],
+    # the command as `visionsweep` runs it, with its threads' stacks on SIGUSR2 (Python's faulthandler)
+    code = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR2, all_threads=True); "
+            "from visionsweep.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", code, "deployment", "create", "-f", str(yml), "--timeout", "120"],
                          env=operator_env(tmp_path / "home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -807,7 +813,10 @@ def test_ctrl_c_during_deployment_create_says_what_was_not_done(serve_port, pack
             if "replicas running" in line:
                 break
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"60 s after Ctrl-C: {_where_it_hangs(p)}\nstderr before Ctrl-C:\n{''.join(lines)[-2000:]}")
     finally:
         p.kill()
     err = "".join(lines) + err
@@ -816,6 +825,24 @@ def test_ctrl_c_during_deployment_create_says_what_was_not_done(serve_port, pack
             and "finished trials" not in err), err[-2000:]
     assert endpoints.load_state("ep-cancel")["deployments"] == {}
     wait_for(lambda: rolled_back("ep-cancel"), "Serve to delete the rolled-back application")
+
+
+def _where_it_hangs(p) -> str:
+    """For a command that did not end: whether it still runs (else a child it started holds its stdout/stderr
+    open), its child processes, and what it wrote after Ctrl-C with its threads' stacks (SIGUSR2)."""
+    import signal
+    import subprocess
+
+    alive = p.poll() is None
+    kids = subprocess.run(["pgrep", "-a", "-P", str(p.pid)], capture_output=True, text=True).stdout
+    if alive:
+        p.send_signal(signal.SIGUSR2)
+    try:
+        _, err = p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    return f"still running: {alive}; children:\n{kids}\nstderr after Ctrl-C (stacks last):\n{err[-6000:]}"
 
 
 def test_a_token_auth_cluster_without_the_token_is_an_authentication_error(ray_session, tmp_path):

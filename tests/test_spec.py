@@ -232,7 +232,7 @@ def test_choice_values_are_coerced_to_the_parameter_type():
 
 
 def test_credentials_in_storage_options_are_never_shown(tmp_path, capsys):
-    from scheduler.cli import main
+    from visionsweep.cli import main
 
     job = tmp_path / "job.yml"
     job.write_text("""\

@@ -82,7 +82,7 @@ def _read_until(fd: int, want: str, proc: subprocess.Popen, seen: list[str]) -> 
 def _watch_in_a_terminal(run: Path) -> tuple[subprocess.Popen, int]:
     """`visionsweep status RUN --watch` on a pseudo-terminal: the process and the terminal's end to read."""
     main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "status", str(run), "--watch", "--interval",
+    proc = subprocess.Popen([sys.executable, "-m", "visionsweep.cli", "status", str(run), "--watch", "--interval",
                              "0.1"], stdin=sub, stdout=sub, stderr=sub, cwd=ROOT, close_fds=True)
     os.close(sub)
     return proc, main
@@ -142,7 +142,7 @@ def test_watch_waits_for_the_run_folder_of_a_run_just_started(tmp_path):
 
 
 def test_status_without_watch_still_refuses_a_folder_that_is_no_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "status", str(tmp_path / "nothing")],
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "status", str(tmp_path / "nothing")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "not a visionsweep run folder" in out.stderr
 

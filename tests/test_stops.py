@@ -50,7 +50,7 @@ def test_a_signal_cancels_the_sweep_and_resume_completes_it(small_mltable, tmp_p
     job = tmp_path / "job.yml"
     job.write_text(two_trial_job(small_mltable))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scheduler.cli"]
+    cmd = [sys.executable, "-m", "visionsweep.cli"]
     # its own process group, as a terminal gives a command: the signal goes to the whole group, as Ctrl-C does
     proc = subprocess.Popen(cmd + ["run", str(job), "--output", str(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT)

@@ -132,7 +132,7 @@ def test_managed_service_datastore_urls_with_credentials_from_the_environment(az
                                    f"  cache: {{dir: {tmp_path / 'cache'}}}\n", epochs=1).text
                    .replace("training_parameters:\n", "training_parameters:\n  model_name: resnet18\n"))
     with azurite.env():
-        proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "run", str(job), "--output",
+        proc = subprocess.run([sys.executable, "-m", "visionsweep.cli", "run", str(job), "--output",
                                str(tmp_path / "run"), "--datastores", str(datastores)],
                               capture_output=True, text=True, env=dict(os.environ), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

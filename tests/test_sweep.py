@@ -102,7 +102,7 @@ sweep:
 
     # `visionsweep predict RUN/best IMAGE...` prints the service's response JSON
     images = sorted((small_mltable / "images").glob("*.png"))[:2]
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "predict", str(run / "best"), *map(str, images)],
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "predict", str(run / "best"), *map(str, images)],
                          capture_output=True, text=True, check=True)
     resp = json.loads(out.stdout)
     labels = json.loads((run / "best" / "labels.json").read_text())
@@ -112,7 +112,7 @@ sweep:
     service = run / "outputs" / "mlflow-model"
     assert json.loads((service / "artifacts" / "settings.json").read_text()) == \
         json.loads((run / "best" / "settings.json").read_text())
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "predict", str(service), *map(str, images)],
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "predict", str(service), *map(str, images)],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == resp
 

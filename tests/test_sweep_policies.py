@@ -276,7 +276,7 @@ def test_report_command_rewrites_the_report(tmp_path):
     (d / "metrics.jsonl").write_text('{"epoch": 1, "accuracy": 0.5}\n')
     (d / "status.json").write_text('{"status": "completed"}')
     (tmp_path / "run" / "job.resolved.yaml").write_text("primary_metric: accuracy\n")
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "report", str(tmp_path / "run")],
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "report", str(tmp_path / "run")],
                          capture_output=True, text=True)
     assert out.returncode == 0 and Path(out.stdout.strip()).name == "report.html"
     assert re.search(r"t1", (tmp_path / "run" / "report.html").read_text())

@@ -98,7 +98,7 @@ def test_openmmlab_models_take_their_zoo_checkpoint_from_the_metafiles():
 
 
 def test_weights_list_prints_the_manifest_as_json():
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "weights", "list", "--task", hp.SEGMENTATION,
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "weights", "list", "--task", hp.SEGMENTATION,
                           "--json"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     rows = {r["model_name"]: r for r in json.loads(out.stdout)}
@@ -441,7 +441,7 @@ def test_a_timm_vit_starts_from_its_hub_file_and_takes_imagenet_normalised_input
 # --- weights stores: pull and verify -------------------------------------------------------------------------
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "visionsweep.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **(env or {})})
 
 

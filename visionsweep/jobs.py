@@ -140,7 +140,7 @@ class JobOperations:
             info.update(where="ray", address=self._address)
         else:
             with open(folder / "output.log", "wb") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "visionsweep._jobproc", str(folder), run_folder],
+                proc = subprocess.Popen([sys.executable, "-m", "visionsweep.cli.jobproc", str(folder), run_folder],
                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, cwd=str(folder))
             info.update(where="local", pid=proc.pid)

@@ -28,9 +28,8 @@ def run(job: ImageJob | str | Path, output: str | Path | None = None,
         output: the run folder, a local path or a storage URL (default: ``runs/<experiment or task>-<time>``).
         echo: where the sweep's progress lines go, credentials shown as ``***`` (default: stderr; None: nowhere).
     """
-    from scheduler.cli import process_defaults
     from scheduler.controller import run_job
-    from scheduler.joblog import REDACTION, apply_job_logging
+    from scheduler.joblog import REDACTION, apply_job_logging, process_defaults
     from scheduler.spec import load_job
 
     process_defaults()

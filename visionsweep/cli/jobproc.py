@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main(folder: str, output: str) -> int:
-    from scheduler.cli import main as cli
+    from visionsweep.cli import main as cli
 
     rc = 1
     try:

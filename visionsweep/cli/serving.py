@@ -1,4 +1,4 @@
-"""Serving commands of ``visionsweep`` (wired in ``scheduler.cli``).
+"""Serving commands of ``visionsweep``: the arguments of ``serving``'s library functions.
 
     visionsweep serve PACKAGE [--host H] [--port P] [--auth-mode key|none]
     visionsweep endpoint create --file endpoint.yml
@@ -24,7 +24,6 @@ the command says what did not happen. ``--no-wait`` returns as soon as Serve has
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import time
@@ -41,6 +40,8 @@ from serving.connection import (
     http_address,
     start_serve,
 )
+from serving.local import own_ray_alive, serve_package, stop_quietly
+from serving.specs import local_model_path
 from trainers.errors import VisionsweepError
 
 
@@ -51,25 +52,6 @@ def _print(obj: Any) -> None:
 def _keys(keys: dict[str, str], which: tuple[str, ...] = ("primary", "secondary")) -> dict[str, str]:
     """Keys as every command prints them: ``{"primary_key": ..., "secondary_key": ...}``."""
     return {f"{k}_key": keys[k] for k in which}
-
-
-def serve_package(package: str, host: str, port: int, auth_mode: str, name: str = "local",
-                  cpus: float | None = None) -> dict[str, Any]:
-    """Deploy one model package as endpoint ``name`` with deployment ``main`` at 100 % traffic."""
-    from serving import endpoints
-    from serving.specs import DeploymentSpec, EndpointSpec
-
-    try:
-        endpoints.delete_endpoint(name)
-    except VisionsweepError:
-        pass
-    endpoints.create_endpoint(EndpointSpec(name=name, auth_mode=auth_mode))
-    spec = DeploymentSpec(name="main", endpoint_name=name, model=package,
-                          **({"cpus_per_instance": cpus} if cpus is not None else {}))
-    endpoints.create_deployment(spec)
-    state = endpoints.set_traffic(name, {"main": 100})
-    return {"url": f"http://{host}:{port}/{name}/score",
-            "key": state["keys"]["primary"] if auth_mode == "key" else None}
 
 
 class _Stop(Exception):
@@ -83,9 +65,6 @@ def cmd_serve(args) -> int:
     SIGTERM is turned into an exception in the main thread so the same clean shutdown runs (Python's default
     would end the process without it, leaving Ray's agents behind). While Serve stops, its controller kills
     the replicas; Ray reports that on the console, so Ray's loggers are limited to errors on stderr then."""
-    import ray
-    from ray import serve
-
     def on_term(signum, frame):
         raise _Stop()
 
@@ -98,8 +77,6 @@ def cmd_serve(args) -> int:
         # running): ours again, now that Ray is up
         signal.signal(signal.SIGTERM, on_term)
         start_serve(args.host, args.port, detached=False)
-        from serving.specs import local_model_path
-
         info = serve_package(local_model_path(args.package, Path.cwd()), args.host, args.port, args.auth_mode)
         print(f"serving {args.package} at {info['url']}")
         if info["key"]:
@@ -107,7 +84,7 @@ def cmd_serve(args) -> int:
             print(f"try: curl -H 'Authorization: Bearer {info['key']}' -H 'Content-Type: image/png' "
                   f"--data-binary @image.png {info['url']}")
         print("Ctrl-C (or SIGTERM) to stop", flush=True)
-        while _own_ray_alive():
+        while own_ray_alive():
             time.sleep(0.5)
         ended_outside = True
         print("this command's Ray was stopped from outside (`ray stop` stops every Ray on the machine, this one's "
@@ -116,47 +93,15 @@ def cmd_serve(args) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
-        stdout = sys.stdout
         try:
             # Ray stopped from outside: Serve's controller went with it, and Ray's own exit handler disconnects
             # (its core worker may end the process then, with the exit code 1 this command returns anyway)
             if started and not ended_outside:
-                _quiet_ray_for_shutdown()
-                try:
-                    serve.shutdown()
-                finally:
-                    ray.shutdown()
+                stop_quietly()
         finally:
-            sys.stdout = stdout
             signal.signal(signal.SIGTERM, previous)
     print("stopped", file=sys.stderr, flush=True)
     return 1 if ended_outside else 0
-
-
-def _own_ray_alive() -> bool:
-    """False once a daemon (GCS, raylet ...) of the Ray that this process started has ended, e.g. by ``ray stop``
-    in another shell. Asking reaps the ended ones: they are this process's children, and, left as zombies while it
-    lives, ``ray stop`` counts them as running until its grace period (16 s) is over and then reports them as
-    "forcefully terminated". A process that joined a cluster (``RAY_ADDRESS``) started none: always True."""
-    from ray._private import worker
-
-    node = worker._global_node
-    return node is None or not node.dead_processes()
-
-
-def _quiet_ray_for_shutdown() -> None:
-    """Nothing of Ray's shutdown reaches stdout (the caller restores ``sys.stdout``): Ray's driver prints the
-    errors its raylet publishes (e.g. "(raylet) Task ServeController.graceful_shutdown failed ... killed by
-    `ray.kill`", in colour, as Serve's controller ends itself) to whatever ``sys.stdout`` is at that moment, so
-    that is stderr while Serve and Ray stop; Ray's and Serve's loggers log errors only, on stderr."""
-    sys.stdout.flush()
-    sys.stdout = sys.stderr
-    for name in ("ray", "ray.serve"):
-        lg = logging.getLogger(name)
-        lg.setLevel(logging.ERROR)
-        for h in lg.handlers:
-            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
-                h.setStream(sys.stderr)
 
 
 def _cancelled(what: str) -> int:

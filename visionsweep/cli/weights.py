@@ -13,56 +13,23 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
+from trainers.models.weights.local import describe, found_here
 from trainers.models.weights.manifest import NoPublishedWeights, entries_for, listing, zoo_names
 from trainers.models.weights.sources import STORE_ENV, WeightsConfig
 from trainers.models.weights.store import pull, verify_store
 
 
-def _local(rows, store: str | None):
-    """Per row (by position), where this machine already has its weights: ``run``'s own lookup (the weights store,
-    this node's weights cache, the torch hub cache, the Hugging Face cache), never the origin. A store that cannot
-    be read is said once on stderr and left out, so the caches are still shown."""
-    from trainers.models.weights.resolve import on_this_machine
-    from trainers.models.weights.sources import local_places
-
-    cfg = WeightsConfig.create(store=store, download=False)
-    out = []
-    for r in rows:
-        found = None
-        if not isinstance(r, NoPublishedWeights):
-            try:
-                found = on_this_machine(r, cfg)
-            except VisionsweepError as e:
-                if not cfg.store:
-                    raise
-                print(f"weights list: the weights store {cfg.store} could not be read, left out: {e}", file=sys.stderr)
-                cfg = replace(cfg, store=None)
-                found = on_this_machine(r, cfg)
-        out.append(found)
-    return out, local_places(cfg)
-
-
-def _here(found) -> dict | None:
-    if found is None:
-        return None
-    from trainers.models.weights.initial import public
-
-    return {"where": public(found.where), "found_in": found.detail or found.source, "source": found.source,
-            "file": found.entry.file if found.entry else None}
-
-
 def _list(args) -> int:
     rows = listing(args.task, args.names or None)
-    local, places = _local(rows, args.store)
+    local, places = found_here(rows, args.store, warn=lambda s: print(s, file=sys.stderr))
     have, total = sum(1 for f in local if f), len(rows)
     if args.local:
         rows, local = [r for r, f in zip(rows, local) if f], [f for f in local if f]
     if args.json:
-        print(json.dumps([{**r.as_dict(), "local": _here(f)} if not isinstance(r, NoPublishedWeights) else
+        print(json.dumps([{**r.as_dict(), "local": describe(f)} if not isinstance(r, NoPublishedWeights) else
                           {"model_name": r.model_name, "unavailable": r.why, "local": None}
                           for r, f in zip(rows, local)], indent=2))
         return 0
@@ -80,7 +47,7 @@ def _list(args) -> int:
         for a in r.alternatives:
             print(f"    or     {a.library} {a.weights}: file {a.file}  ({a.hash_text})\n           origin {a.origin}")
         if found:
-            here = _here(found)
+            here = describe(found)
             alt = f"{here['file']} " if here["file"] != r.file else ""
             print(f"    here   {alt}{here['where']}  ({here['found_in']})")
         else:
@@ -110,7 +77,6 @@ def _config(store: str | None = None):
 
 def _pull(args) -> int:
     import os
-
 
     to = args.to or os.environ.get(STORE_ENV)
     if not to:

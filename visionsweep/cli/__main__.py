@@ -1,0 +1,5 @@
+import sys
+
+from visionsweep.cli.main import main
+
+sys.exit(main())
