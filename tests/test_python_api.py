@@ -5,6 +5,7 @@ the YAML path's message; ``visionsweep.run`` and ``MLClient().jobs`` run a tiny 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -264,6 +265,14 @@ def test_visionsweep_run_returns_the_best_trial_leaderboard_and_package(ray_sess
     assert result.leaderboard[0]["accuracy"] == pytest.approx(result.best_metric)
     assert result.best_params["model_name"] == "mobilenetv2" and result.best_params["learning_rate"] > 0
     assert (Path(result.package) / "model.json").is_file()
+    # the package's commands, from Python: the library functions `visionsweep predict` and `export` call
+    image = str(next((Path(small_mltable)).rglob("*.png")))
+    [answer] = result.predict([image])
+    assert answer["filename"] == image and len(answer["probs"]) == len(answer["labels"]) >= 2
+    assert sum(answer["probs"]) == pytest.approx(1.0, abs=1e-3)
+    onnx_path = result.export(tmp_path / "best.onnx")
+    assert onnx_path == str(tmp_path / "best.onnx") and json.loads(Path(onnx_path + ".json").read_text())[
+        "input"]["name"] == "input1"
 
 
 @pytest.mark.ray

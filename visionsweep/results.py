@@ -69,6 +69,29 @@ class Result:
             store.pull(skip=("best", "outputs"))
         return cls.from_folder(store.local, store.where)
 
+    def predict(self, images: list[str], **options: Any) -> list[dict[str, Any]]:
+        """The best model's answers for image files, as ``visionsweep predict`` prints them (each response naming its
+        image first; ``format="coco"`` for COCO results). ``options``: those of
+        :func:`serving.offline.predict_files` (``device``, ``settings``, ``format``, ``coco_gt``, ``draw``)."""
+        from serving.offline import predict_files
+
+        return predict_files(self._package(), [str(i) for i in images], **options).results
+
+    def export(self, output: str | Path | None = None, **options: Any) -> str:
+        """The best model as ONNX, as ``visionsweep export`` writes it (default ``PACKAGE/model.onnx``); returns where
+        it went. ``options``: those of :func:`trainers.package.onnx.export_onnx` (``batch_size``, ``normalization``,
+        ``image_size``, ``check``, ``settings``)."""
+        from trainers.package.exporting import export_package
+
+        return export_package(self._package(), None if output is None else str(output), **options).where
+
+    def _package(self) -> str:
+        if not self.package:
+            from trainers.errors import VisionsweepError
+
+            raise VisionsweepError(f"{self.run_folder}: no model package (no trial finished with a model)")
+        return self.package
+
     def __repr__(self) -> str:
         metric = f"{self.best_metric:.4f}" if isinstance(self.best_metric, (int, float)) else "none"
         return (f"Result(best_trial={self.best_trial!r}, {self.primary_metric}={metric}, "
