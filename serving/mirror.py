@@ -1,5 +1,5 @@
-"""Mirrored traffic: copies of live requests sent to a deployment, their answers discarded (SPEC §9.3's
-``--mirror``), with a bound on the copies awaiting an answer.
+"""Mirrored traffic: copies of live requests sent to a deployment, their answers discarded (``--mirror``,
+beside the traffic split of SPEC §9.3, which has no mirror), with a bound on the copies awaiting an answer.
 
 A mirror is a deployment under test; it may be slower than the live traffic, or stuck. Unbounded, its
 unanswered copies would pile up in the router (memory, Serve handle queues) and compete with the live

@@ -1,4 +1,4 @@
-"""``log_verbosity`` (§3.1): it governs visionsweep's own loggers, in the controller and in every trial
+"""``log_verbosity`` (§14): it governs visionsweep's own loggers, in the controller and in every trial
 process, and nothing else. Storage SDKs and other libraries stay at WARNING: at ``debug`` the Azure SDK
 alone logs every HTTP request of every image (the service's published job files all set ``debug``)."""
 
