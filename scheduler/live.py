@@ -20,40 +20,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
+from scheduler.handoff import HandedOff
 from scheduler.runfolder import report_interval_s, write_sweep_file
 
 log = logging.getLogger(__name__)
 
-_VIEWS: dict[str, "LiveView"] = {}  # run folder (as named) -> the view this driver runs for it
 
-
-class LiveView(Callback):
+class LiveView(HandedOff):
     """The view of one run folder, started with its sweep and stopped before the final report.
 
     Tune pickles its callbacks with the experiment and a resumed sweep runs the unpickled ones: an unpickled view
     starts no thread (nothing would stop it) but passes its events to the view the resuming run started for the
-    same folder."""
+    same folder (``scheduler.handoff``)."""
+
+    transient = ("_dirty", "_stopping", "_thread", "writes")
 
     def __init__(self, store: Any, interval_s: float | None = None):
         self.store = store  # a RunStore: .local is the folder written here, .changed() mirrors it
         self.interval_s = report_interval_s() if interval_s is None else interval_s
-        self.restored = False
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self.writes = 0
         self._thread = threading.Thread(target=self._loop, name="visionsweep-live-report", daemon=True)
         self._thread.start()
         self._dirty.set()  # a first page at once: the user opens it while the first trial starts
-        _VIEWS[self.store.where] = self
-
-    def __getstate__(self):
-        return {"store": self.store, "interval_s": self.interval_s}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.restored = True
+        self.claim(self.store.where)
 
     def _loop(self) -> None:
         last = 0.0
@@ -84,18 +75,15 @@ class LiveView(Callback):
         self.store.changed()
 
     def _event(self, *args, **kwargs) -> None:
-        view = _VIEWS.get(self.store.where) if self.restored else self
-        if view is not None:
-            view._dirty.set()
+        self._dirty.set()
 
     on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _event
 
     def stop(self) -> None:
         """Stop rewriting (before the final report is written); waits for a rewrite in progress."""
         if self.restored:
-            return
+            return  # it started no thread
         self._stopping.set()
         self._dirty.set()
         self._thread.join()
-        if _VIEWS.get(self.store.where) is self:
-            del _VIEWS[self.store.where]
+        self.release()

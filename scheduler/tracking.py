@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
+from scheduler.handoff import HandedOff
 from scheduler.spec.redact import redact
 
 log = logging.getLogger(__name__)
 
 
-class MlflowTracker(Callback):
+class MlflowTracker(HandedOff):
     """A Ray Tune callback that writes to MLflow from a background thread.
 
     Tune calls callbacks on its event loop, so the store's start-up (creating the database, ~2 s) and
@@ -40,14 +39,18 @@ class MlflowTracker(Callback):
     and written by one worker thread, started when the callback is created; ``finish`` drains the queue.
     Tune pickles its callbacks with the experiment and a resumed sweep runs the unpickled ones: like the live view
     (``scheduler.live``), an unpickled tracker starts no thread and passes its events to the tracker the resuming
-    run started for the same run folder (``key``), the one whose ``finish`` ends the sweep's runs.
+    run started for the same run folder (``key``), the one whose ``finish`` ends the sweep's runs
+    (``scheduler.handoff``).
     """
+
+    # no client, queue, thread or run ids in the pickle: a resume reads the ids from tracking.json, never from a
+    # snapshot taken while they were being created
+    transient = ("_client", "_queue", "_worker", "_errors", "_ids", "_reopened")
 
     def __init__(self, run_dir: Path, uri: str | None, experiment: str, parent_name: str, primary: str,
                  tags: dict[str, str] | None = None, resolve=None, key: str | None = None):
         self.run_dir = Path(run_dir)
         self.key = key or str(self.run_dir)  # the run folder as the user named it (a path or a storage URL)
-        self.restored = False
         self._reopened: dict[str, int] = {}  # trial id -> the last epoch its (resumed) run holds
         self.resolve = resolve  # sampled values -> every hyperparameter of the trial (as in params.json)
         self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
@@ -57,7 +60,7 @@ class MlflowTracker(Callback):
         self._ids: dict[str, Any] | None = None
         self._queue: queue.Queue | None = None
         self._start()
-        _TRACKERS[self.key] = self
+        self.claim(self.key)
 
     def _start(self) -> None:
         self._queue = queue.Queue()
@@ -84,11 +87,6 @@ class MlflowTracker(Callback):
             self._start()
         self._queue.put(fn)
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._client, self._ids, self._queue = None, None, None
-        self.restored = True  # no thread: its events go to the resuming run's tracker (see the class docstring)
-
     # --- plumbing -----------------------------------------------------------------------------
     @property
     def client(self):
@@ -101,15 +99,6 @@ class MlflowTracker(Callback):
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
-
-    def __getstate__(self):
-        # no client, queue, thread or run ids: a resume reads the ids from tracking.json, never from a snapshot
-        # taken while they were being created
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_client", "_queue", "_worker", "_errors", "_ids", "_reopened")}
-
-    def _current(self) -> "MlflowTracker | None":
-        return _TRACKERS.get(self.key) if self.restored else self
 
     @property
     def ids(self) -> dict[str, Any]:
@@ -160,7 +149,7 @@ class MlflowTracker(Callback):
         """A trial run an earlier start of the sweep created: RUNNING again if it had ended (a cancelled or crashed
         sweep's interrupted trial, which the resume continues); returns the last epoch it holds."""
         run = self.client.get_run(run_id)
-        if run.info.status != "RUNNING" and run.info.status != "FINISHED":
+        if run.info.status not in ("RUNNING", "FINISHED"):
             self.client.update_run(run_id, status="RUNNING")
         history = self.client.get_metric_history(run_id, self.primary)
         return max((m.step for m in history), default=0)
@@ -173,14 +162,10 @@ class MlflowTracker(Callback):
 
     # --- Tune events --------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if self.restored:
-            return _forward(self, "on_trial_start", iteration, trials, trial, **info)
         t = _TrialRef(trial)
         self._submit(lambda: self._child(t))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.restored:
-            return _forward(self, "on_trial_result", iteration, trials, trial, result, **info)
         if self.primary not in result:
             return
         t = _TrialRef(trial)
@@ -220,13 +205,9 @@ class MlflowTracker(Callback):
         self._submit(end)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.restored:
-            return _forward(self, "on_trial_complete", iteration, trials, trial, **info)
         self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if self.restored:
-            return _forward(self, "on_trial_error", iteration, trials, trial, **info)
         self._end(trial, "FAILED")
 
     def drain(self) -> list[str]:
@@ -242,8 +223,7 @@ class MlflowTracker(Callback):
         """End the sweep's runs: the parent with ``status`` (KILLED for a cancelled sweep) and the runs of the
         ``unfinished`` trials (interrupted by the cancellation) KILLED; a resume sets them RUNNING again."""
         errors = self.drain()
-        if _TRACKERS.get(self.key) is self:
-            del _TRACKERS[self.key]
+        self.release()
         ids, c = self.ids, self.client
         parent = ids["parent"]
         out: dict[str, Any] = {"uri": self.uri, "parent_run_id": parent}
@@ -276,15 +256,6 @@ class MlflowTracker(Callback):
         return out
 
 
-_TRACKERS: dict[str, MlflowTracker] = {}  # run folder (as named) -> the tracker this driver runs for it
-
-
-def _forward(restored: MlflowTracker, event: str, *args, **kwargs) -> None:
-    current = restored._current()
-    if current is not None and current is not restored:
-        getattr(current, event)(*args, **kwargs)
-
-
 class _TrialRef:
     """What the writer thread needs of a Tune trial, copied now (the trial object itself keeps changing)."""
 
@@ -308,7 +279,7 @@ def trial_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def job_tags(spec) -> dict[str, str]:
-    """The job's ``tags`` (§3.1, as MLflow tags), ``description`` (MLflow's run note) and ``display_name``, with
+    """The job's ``tags`` (§14, as MLflow tags), ``description`` (MLflow's run note) and ``display_name``, with
     any credential inside a value as ``***``."""
     out = {str(k): redact(str(v))[:5000] for k, v in (spec.tags or {}).items()}
     if spec.description:
