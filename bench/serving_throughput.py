@@ -8,8 +8,15 @@ that concurrency (min(C, max_batch_size) with batching, 1 without). Both sides r
 the load generator shares the 2 cores with the server, which the baseline does not pay.
 
     .venv/bin/python bench/serving_throughput.py [--seconds 5] [--repeats 3] [--concurrency 1 4 8]
+        [--runtimes pytorch onnx] [--batching on off]
 
 Targets: with batching, HTTP throughput >= 0.8x in-process; p99 <= 2x p50 below saturation.
+
+Each ``--runtimes`` entry is a deployment ``runtime`` (``serving.onnx_runtime``): the replica and the in-process
+baseline run the same runtime (``onnx``: the package's graph exported at start, under onnxruntime), so each ratio
+compares Serve with the same model code in-process. The Serve path's own cost per request is printed per runtime:
+at concurrency 1, the HTTP p50 latency minus the in-process time of one image, and the CPU-ms per request spent
+outside the model replica.
 
 A second table says where the CPU goes (the "router" column of the floor line is the no-op replica):
 CPU-milliseconds per served request of each process (model replica, router, Serve's HTTP proxy, the load generator,
@@ -24,6 +31,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -49,14 +57,21 @@ def make_package(root: Path) -> Path:
                         hyperparameters=h, metrics={})
 
 
-def in_process(package: Path, batch: int, seconds: float, threads: int) -> tuple[float, float]:
-    """(images/s, CPU-ms per image) of the package called in this process with ``threads`` torch threads."""
+_PREDICTORS: dict[str, object] = {}  # one per runtime: an ONNX one exports its graph when it starts
+
+
+def in_process(package: Path, batch: int, seconds: float, threads: int,
+               runtime: str = "pytorch") -> tuple[float, float]:
+    """(images/s, CPU-ms per image) of the package called in this process with ``threads`` torch (and
+    onnxruntime) threads, on the deployment ``runtime``'s predictor."""
     import torch
 
-    from serving.predictor import Predictor
+    from serving.onnx_runtime import make_predictor
 
     torch.set_num_threads(threads)
-    p = Predictor(str(package), device="cpu")
+    if runtime not in _PREDICTORS:
+        _PREDICTORS[runtime] = make_predictor(str(package), runtime, threads=threads)
+    p = _PREDICTORS[runtime]
     imgs = [IMAGE.read_bytes()] * batch
     p.predict_images(imgs)  # warm-up
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
@@ -156,6 +171,9 @@ def main() -> int:
     ap.add_argument("--model-cores", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                     help="cores (torch threads) for the model on both sides; the rest run the proxy, the router "
                          "and the load generator")
+    ap.add_argument("--runtimes", nargs="+", default=["pytorch", "onnx"], choices=("pytorch", "onnx"),
+                    help="deployment runtimes to measure, each against the same runtime in-process")
+    ap.add_argument("--batching", nargs="+", default=["on", "off"], choices=("on", "off"))
     args = ap.parse_args()
 
     import ray
@@ -180,14 +198,16 @@ def main() -> int:
           + ", ".join(f"{k} {v:.1f}" for k, v in floor_cpu.items() if v), flush=True)
     endpoints.create_endpoint(EndpointSpec(name="bench"))
     rows = []
-    for batching in (True, False):
+    modes = [(rt, b == "on") for rt in args.runtimes for b in args.batching]
+    for runtime, batching in modes:
         mbs = args.max_batch_size if batching else 1
         endpoints.create_deployment(DeploymentSpec(
             # the model gets the same cores on both sides; the serving stack needs cores of its own
             name="main", endpoint_name="bench", model=str(package), cpus_per_instance=args.model_cores,
+            runtime=runtime,
             batching={"max_batch_size": mbs, "batch_wait_timeout_s": args.batch_wait_ms / 1000 if batching else 0.0},
             request_settings={"max_concurrent_requests_per_instance": max(args.concurrency)}),
-            update=not batching)
+            update=(runtime, batching) != modes[0])
         state = endpoints.set_traffic("bench", {"main": 100})
         url, key = f"http://127.0.0.1:{port}/bench/score", state["keys"]["primary"]
         for c in args.concurrency:
@@ -203,33 +223,46 @@ def main() -> int:
                 http.append(rps)
                 lats += lat
                 errors += err
-                ips, ipc = in_process(package, min(c, mbs), args.seconds, args.model_cores)
+                ips, ipc = in_process(package, min(c, mbs), args.seconds, args.model_cores, runtime)
                 base.append(ips)
                 base_cpus.append(ipc)
             cpu = {p: statistics.median(x[p] for x in cpus) for p in PARTS}
-            rows.append((batching, c, statistics.median(http), statistics.median(base), pct(lats, 0.5),
+            rows.append((runtime, batching, c, statistics.median(http), statistics.median(base), pct(lats, 0.5),
                          pct(lats, 0.99), errors, statistics.median(batch), cpu, statistics.median(base_cpus),
                          statistics.median(h / b for h, b in zip(http, base))))
-            print(f"  batching {'on ' if batching else 'off'} c={c}: HTTP req/s {' '.join(f'{x:.1f}' for x in http)}, "
-                  f"in-process img/s {' '.join(f'{x:.1f}' for x in base)}, p50 {rows[-1][4]:.0f} ms, "
-                  f"p99 {rows[-1][5]:.0f} ms, errors {errors}, mean batch {rows[-1][7]:.1f}", flush=True)
+            print(f"  {runtime} batching {'on ' if batching else 'off'} c={c}: HTTP req/s "
+                  f"{' '.join(f'{x:.1f}' for x in http)}, in-process img/s {' '.join(f'{x:.1f}' for x in base)}, "
+                  f"p50 {rows[-1][5]:.0f} ms, p99 {rows[-1][6]:.0f} ms, errors {errors}, mean batch "
+                  f"{rows[-1][8]:.1f}", flush=True)
     serve.shutdown()
     ray.shutdown()
-    print("\n| batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process "
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("\n| runtime | batching | concurrency | HTTP req/s | in-process img/s | HTTP / in-process "
           "| p50 ms | p99 ms | p99/p50 | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b, c, rps, base, p50, p99, err, *_, ratio in rows:
-        print(f"| {'on' if b else 'off'} | {c} | {rps:.1f} | {base:.1f} | {ratio:.2f} | {p50:.0f} | {p99:.0f} | "
-              f"{p99 / p50:.2f} | {err} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for rt, b, c, rps, base, p50, p99, err, *_, ratio in rows:
+        print(f"| {rt} | {'on' if b else 'off'} | {c} | {rps:.1f} | {base:.1f} | {ratio:.2f} | {p50:.0f} | "
+              f"{p99:.0f} | {p99 / p50:.2f} | {err} |")
     # Where the CPU goes: per served request, by process, against the in-process CPU per image.
-    print("\n| batching | concurrency | mean batch | " + " | ".join(PARTS) + " | total | in-process |")
-    print("|---|---:|---:|" + "---:|" * (len(PARTS) + 2))
-    for b, c, *_, mean_batch, cpu, base_cpu, _ratio in rows:
-        print(f"| {'on' if b else 'off'} | {c} | {mean_batch:.1f} | " + " | ".join(f"{cpu[p]:.1f}" for p in PARTS)
-              + f" | {sum(cpu.values()):.1f} | {base_cpu:.1f} |")
-    on = [r for r in rows if r[0]]
-    print(f"\nbest HTTP/in-process with batching: {max(r[-1] for r in on):.2f} (target >= 0.8); "
-          f"p99/p50 at concurrency {min(r[1] for r in on)}: {on[0][5] / on[0][4]:.2f} (target <= 2)")
+    print("\n| runtime | batching | concurrency | mean batch | " + " | ".join(PARTS) + " | total | in-process |")
+    print("|---|---|---:|---:|" + "---:|" * (len(PARTS) + 2))
+    for rt, b, c, *_, mean_batch, cpu, base_cpu, _ratio in rows:
+        print(f"| {rt} | {'on' if b else 'off'} | {c} | {mean_batch:.1f} | "
+              + " | ".join(f"{cpu[p]:.1f}" for p in PARTS) + f" | {sum(cpu.values()):.1f} | {base_cpu:.1f} |")
+    print()
+    for rt in args.runtimes:
+        mine = [r for r in rows if r[0] == rt]
+        on = [r for r in mine if r[1]]
+        if on:
+            print(f"{rt}: best HTTP/in-process with batching: {max(r[-1] for r in on):.2f} (target >= 0.8); "
+                  f"p99/p50 at concurrency {on[0][2]}: {on[0][6] / on[0][5]:.2f} (target <= 2)")
+        # the Serve path's own cost per request: one request at a time, against one image in-process
+        one = min(mine, key=lambda r: (r[2], r[1]))  # the lowest concurrency, batching off where measured
+        rt_, b, c, rps, base, p50, *_, cpu, _base_cpu, _ratio = one
+        outside = sum(v for k, v in cpu.items() if k not in ("model replica", "load generator"))
+        print(f"{rt}: Serve overhead per request (c={c}, batching {'on' if b else 'off'}): p50 {p50:.1f} ms - "
+              f"in-process {1000 / base:.1f} ms per image = {p50 - 1000 / base:.1f} ms; CPU-ms per request "
+              f"outside the model replica (router, proxy, rest of Ray): {outside:.1f}")
     return 0
 
 

@@ -47,7 +47,7 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment
 class ModelServer:
     def __init__(self, package: str, inference_settings: dict[str, Any] | None = None, cpus: float = 1.0,
-                 registry_uri: str | None = None, liveness: dict[str, Any] | None = None):
+                 registry_uri: str | None = None, liveness: dict[str, Any] | None = None, runtime: str = "pytorch"):
         self.started = time.monotonic()  # the readiness probe's initial_delay counts from here (serving.probes)
         self.liveness = Liveness(**(liveness or {}))  # counts from here too
         self.liveness_timeout_s = float((liveness or {}).get("timeout", 2))
@@ -59,9 +59,11 @@ class ModelServer:
         torch.set_num_threads(max(1, round(cpus)))
         try:
             from serving.explain import Explainer
-            from serving.predictor import Predictor
+            from serving.onnx_runtime import make_predictor
 
-            self.predictor = Predictor(package, settings=inference_settings or None, registry_uri=registry_uri)
+            # the deployment's runtime (serving.onnx_runtime): PyTorch, or the package's ONNX graph under onnxruntime
+            self.predictor = make_predictor(package, runtime, inference_settings or None, registry_uri,
+                                            threads=max(1, round(cpus)))
             self.explainer = Explainer(self.predictor)
         except Exception as e:  # a broken package: stay alive, report not ready
             self.error = f"{type(e).__name__}: {e}"
@@ -313,9 +315,11 @@ def build_app(endpoint: str, deployments: dict[str, dict[str, Any]], router_conf
             opts["num_replicas"] = d["instance_count"]
         code = {"model": d["model"], "registry": d.get("model_registry_uri"), "settings": d.get("inference_settings"),
                 "actor": opts["ray_actor_options"], "probe": d["liveness_probe"]}
+        if d.get("runtime", "pytorch") != "pytorch":  # the default runtime's deployments keep the versions they had
+            code.update(runtime=d["runtime"], graph=d.get("graph_stamp"))  # serving.onnx_runtime.graph_stamp
         servers[name] = ModelServer.options(**opts, version=_version(code), _internal=True).bind(
             d["model"], d.get("inference_settings") or {}, d.get("cpus_per_instance", 1.0), d.get("model_registry_uri"),
-            d["liveness_probe"])
+            d["liveness_probe"], d.get("runtime", "pytorch"))
         probes[name] = dict(d["readiness_probe"])
         timeouts[name] = d["request_settings"]["request_timeout_ms"] / 1000.0
         instances = scale["max_instances"] if scale["type"] == "target_utilization" else d["instance_count"]

@@ -257,6 +257,7 @@ def deployment_progress(state: dict[str, Any], deployment: str, app: dict[str, A
     return {"endpoint": name, "deployment": deployment, "status": st["status"] if st else "NOT_DEPLOYED",
             "replicas_running": st["replicas"].get("RUNNING", 0) if st else 0, "replicas_target": _target_replicas(d),
             "message": (st["message"] if st else "") or "", "cpus_per_instance": d.get("cpus_per_instance"),
+            "runtime": d.get("runtime", "pytorch"),
             "traffic": state["traffic"].get(deployment, 0)}
 
 
@@ -369,6 +370,12 @@ def create_deployment(spec: DeploymentSpec, update: bool = False, wait: bool = T
             if not (fetch_registered(d["model"], tmp, registry) / "model.json").is_file():
                 raise VisionsweepError(f"deployment {spec.name}: {spec.model} ({d['model']}) is registered, but its "
                                        "files are not a model package (no model.json)")
+    if spec.runtime != "pytorch":
+        # part of the replicas' version: `deployment update` after `visionsweep export` starts replicas on the new
+        # graph; a traffic change does not (the stamp changes only here)
+        from serving.onnx_runtime import graph_stamp
+
+        d["graph_stamp"] = graph_stamp(d["model"], spec.runtime)
     state["deployments"][spec.name] = d
     state["traffic"].setdefault(spec.name, 0)  # a new deployment starts at 0 % (§9.3)
     apply(state, saved, wait, timeout_s)

@@ -17,6 +17,7 @@ Deployment::
     batching: {max_batch_size: 8, batch_wait_timeout_s: 0.01}     # visionsweep's own
     inference_settings: {validation_crop_size: 224}              # overrides the package's settings.json
     cpus_per_instance: 0.5    # CPU cores reserved per replica (Ray's CPU unit; fractions allowed), visionsweep's own
+    runtime: pytorch          # pytorch | onnx | onnx-int8: what runs the package's model, visionsweep's own
 
 Traffic: a new deployment starts at 0 %; weights are integers 0..100 whose sum is at most 100.
 """
@@ -101,6 +102,9 @@ class DeploymentSpec(BaseModel):
     # and the endpoint's router (0.1) fit a 2-core `ray start --head` with room to spare; a replica uses
     # max(1, round(cpus_per_instance)) torch threads.
     cpus_per_instance: float = Field(DEFAULT_CPUS_PER_INSTANCE, gt=0)
+    # what runs the model (``serving.onnx_runtime``): the package's PyTorch model, or its ONNX / INT8 ONNX graph
+    # under onnxruntime; the request and response JSON are the same
+    runtime: Literal["pytorch", "onnx", "onnx-int8"] = "pytorch"
     description: Optional[str] = None
     tags: dict[str, Any] = Field(default_factory=dict)
 
