@@ -42,19 +42,21 @@ from trainers.package.onnx import export_onnx  # noqa: E402
 
 
 def classifier_package(root: Path, name: str) -> Path:
-    from trainers.models.classifiers import build_model
+    from trainers.models.factory import create_model
 
     h = hp.resolve_hyperparameters(hp.MULTICLASS, {"model_name": name, "validation_resize_size": 224,
                                                    "validation_crop_size": 224}, {})
-    return save_package(root / name, model=build_model(name, 10, 224), task=hp.MULTICLASS,
+    model = create_model(name, task=hp.MULTICLASS, num_classes=10, settings=h)
+    return save_package(root / name, model=model, task=hp.MULTICLASS,
                         classes=[str(i) for i in range(10)], hyperparameters=h, metrics={})
 
 
 def detector_package(root: Path, name: str) -> Path:
-    from trainers.models.detectors import build_detector
+    from trainers.models.factory import create_model
 
     h = hp.resolve_hyperparameters(hp.DETECTION, {"model_name": name, "min_size": 256, "max_size": 256}, {})
-    return save_package(root / name, model=build_detector(name, 1, h), task=hp.DETECTION, classes=["Tree"],
+    model = create_model(name, task=hp.DETECTION, num_classes=1, settings=h)
+    return save_package(root / name, model=model, task=hp.DETECTION, classes=["Tree"],
                         hyperparameters=h, metrics={})
 
 

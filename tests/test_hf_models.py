@@ -15,7 +15,7 @@ from trainers.data import prepare_data
 from trainers.engine import train
 from trainers.errors import VisionsweepError
 from trainers.hyperparameters import resolve_hyperparameters
-from trainers.models.classifiers import build_model
+from trainers.models.huggingface import build
 from trainers.models.names import CURATED_HF, hub_id
 
 
@@ -38,14 +38,14 @@ def test_both_spellings_of_the_curated_models_name_the_same_hub_model():
 
 def test_a_model_that_is_nowhere_is_one_error_naming_the_id_and_where_it_looked():
     with pytest.raises(VisionsweepError) as e:
-        build_model("google-vit-base-patch16-224", 3, 224)
+        build("google-vit-base-patch16-224", 3)
     msg = str(e.value)
     assert "google-vit-base-patch16-224 (google/vit-base-patch16-224)" in msg
     assert "Hugging Face cache" in msg and "visionsweep.pretrained_weights" in msg
 
 
 def test_weights_from_a_save_pretrained_folder_under_the_curated_name(tiny_hf_classifier):
-    net = build_model("google-vit-base-patch16-224", 4, 32, weights=str(tiny_hf_classifier))
+    net = build("google-vit-base-patch16-224", 4, weights=str(tiny_hf_classifier))
     from safetensors.torch import load_file
 
     saved = load_file(str(tiny_hf_classifier / "model.safetensors"))
@@ -83,7 +83,7 @@ def test_a_transformers_classifier_trains_and_its_package_predicts_with_no_hub(t
     shutil.rmtree(model_dir)  # the package alone is enough: the config travels inside it
     pred = Predictor(str(tmp_path / "pkg"), device="cpu")
     # layers_to_freeze 2: the embeddings and the first encoder layer kept their initial values
-    init = build_model(str(tiny_hf_classifier), len(data.classes), 32).model.state_dict()  # the folder's weights
+    init = build(str(tiny_hf_classifier), len(data.classes)).model.state_dict()  # the folder's weights
     trained = pred.pkg.model.model.state_dict()
     frozen = next(k for k in init if ".layers.0." in k or ".layer.0." in k)
     moved = next(k for k in init if ".layers.1." in k or ".layer.1." in k)

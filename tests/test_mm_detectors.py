@@ -46,15 +46,15 @@ def test_zoo_names_in_every_spelling_find_their_config():
 
 
 def test_a_zoo_style_checkpoint_loads_from_pretrained_weights(tmp_path):
-    from trainers.models.detectors import build_detector
+    from trainers.models.openmmlab import build_mm_detector
 
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
     torch.manual_seed(1)
-    source = build_detector("yolov5", 2, h)
+    source = build_mm_detector("yolov5", 2, h)
     # OpenMMLab's layout: {"state_dict": ..., "meta": ...}, keys without the adapter's "model." prefix
     torch.save({"state_dict": source.model.state_dict(), "meta": {"epoch": 300}}, tmp_path / "zoo.pth")
     torch.manual_seed(2)
-    loaded = build_detector("yolov5", 2, h, weights=str(tmp_path / "zoo.pth"))
+    loaded = build_mm_detector("yolov5", 2, h, weights=str(tmp_path / "zoo.pth"))
     key = "model.backbone.stem.conv.weight"
     assert torch.equal(dict(loaded.named_parameters())[key], dict(source.named_parameters())[key])
 
@@ -81,11 +81,11 @@ def _step_and_predict(model, image: torch.Tensor, target: dict) -> dict:
 
 def _yolov5_package(tmp_path, h: dict):
     """An untrained yolov5 (small) package with two classes."""
-    from trainers.models.detectors import build_detector
+    from trainers.models.openmmlab import build_mm_detector
     from trainers.package import save_package
 
     torch.manual_seed(0)
-    return save_package(tmp_path / "pkg", model=build_detector("yolov5", 2, h), task=hp.DETECTION,
+    return save_package(tmp_path / "pkg", model=build_mm_detector("yolov5", 2, h), task=hp.DETECTION,
                         classes=["disc", "square"], hyperparameters=h, metrics={})
 
 
@@ -115,10 +115,10 @@ def test_an_openmmlab_model_trains_predicts_and_serves_from_its_package(task, mo
         assert b["label"] in data.classes and 0 <= b["box"]["topX"] <= b["box"]["bottomX"] <= 1
         assert ("polygon" in b) == (task == hp.SEGMENTATION)
     # layers_to_freeze 1: the stem kept its initial weights (the loop seeds with random_seed 0), the rest trained
-    from trainers.models.detectors import build_detector
+    from trainers.models.openmmlab import build_mm_detector
 
     torch.manual_seed(0)
-    init = dict(build_detector(model, len(data.classes), h, segmentation=task == hp.SEGMENTATION).named_parameters())
+    init = dict(build_mm_detector(model, len(data.classes), h, segmentation=task == hp.SEGMENTATION).named_parameters())
     trained = dict(pred.pkg.model.named_parameters())
     stem = [n for n in trained if n.startswith(("model.backbone.stem.", "model.backbone.conv1."))]
     assert stem and all(torch.equal(trained[n], init[n]) for n in stem)
@@ -191,7 +191,7 @@ sweep:
 def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     import onnxruntime as ort
 
-    from trainers.models.detectors import build_detector
+    from trainers.models.openmmlab import build_mm_detector
     from trainers.package.onnx import export_onnx
 
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": "yolov5", "image_size": 64, "model_size": "small"}, {})
@@ -202,7 +202,7 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
     from trainers.package.onnx import _YoloGraph
 
     loose = {**h, "box_score_threshold": 0.0, "nms_iou_threshold": 1.0}
-    det = build_detector("yolov5", 2, loose).eval()
+    det = build_mm_detector("yolov5", 2, loose).eval()
     with torch.no_grad():
         conf = _YoloGraph(det, 64, loose)(x)[0][:, 4]
     thr = float(conf.sort(descending=True).values[min(15, len(conf) - 1)])
@@ -227,14 +227,14 @@ def test_yolov5_exports_to_onnx_as_n_by_6_after_nms(tmp_path):
 @pytest.mark.parametrize("name", CURATED_MMDET)
 def test_each_curated_mmdetection_model_takes_a_training_step_and_predicts(name):
     """§5.3's curated models (R-50/R-101/X-101/Swin: about 10-40 s each on CPU, hence `-m slow`)."""
-    from trainers.models.detectors import build_detector
+    from trainers.models.openmmlab import build_mm_detector
 
     seg = "mask-rcnn" in name
     task = hp.SEGMENTATION if seg else hp.DETECTION
     h = resolve_hyperparameters(task, {"model_name": name, "min_size": 128, "max_size": 128,
                                        "box_score_threshold": 0.0}, {})
     torch.manual_seed(0)
-    model = build_detector(name, 2, h, segmentation=seg)
+    model = build_mm_detector(name, 2, h, segmentation=seg)
     image = torch.rand(3, 128, 128)
     target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
     if seg:
@@ -250,8 +250,7 @@ def test_families_beyond_fpn_train_predict_and_package(name, tmp_path):
     """RTMDet (CSPNeXt-PAFPN: its upsampled P5 is concatenated with P4, so the input must be padded to the
     stride of 32, as the zoo's own pipeline pads to 640 x 640), YOLOX and a DETR: a training step on an image of
     odd size, a prediction, and a package that predicts the same after loading."""
-    from trainers.models.detectors import build_detector
-    from trainers.models.openmmlab import model_config
+    from trainers.models.openmmlab import build_mm_detector, model_config
     from trainers.package import load_package, save_package
 
     h = resolve_hyperparameters(hp.DETECTION, {"model_name": name, "min_size": 70, "max_size": 90,
@@ -262,7 +261,7 @@ def test_families_beyond_fpn_train_predict_and_package(name, tmp_path):
     # is flipped for them, not for the DETR (whose config converts BGR to RGB)
     assert pre["rgb_to_bgr"] == (not name.startswith("detr")) and not pre["bgr_to_rgb"]
     torch.manual_seed(0)
-    model = build_detector(name, 2, h)
+    model = build_mm_detector(name, 2, h)
     image = torch.rand(3, 70, 83)
     out = _step_and_predict(model, image, {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]),
                                            "labels": torch.tensor([1])})

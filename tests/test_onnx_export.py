@@ -26,12 +26,13 @@ from visionsweep.cli import main
 
 def _classifier(root: Path, name: str) -> Path:
     from trainers.hyperparameters import resolve_hyperparameters
-    from trainers.models.classifiers import build_model
+    from trainers.models.factory import create_model
 
     torch.manual_seed(0)
     h = resolve_hyperparameters(hp.MULTICLASS, {"model_name": name, "validation_resize_size": 32,
                                                 "validation_crop_size": 32, "training_crop_size": 32}, {})
-    return save_package(root / "pkg", model=build_model(name, 3, 32), task=hp.MULTICLASS,
+    model = create_model(name, task=hp.MULTICLASS, num_classes=3, settings=h)
+    return save_package(root / "pkg", model=model, task=hp.MULTICLASS,
                         classes=["a", "b", "c"], hyperparameters=h, metrics={})
 
 

@@ -206,7 +206,7 @@ def test_a_hugging_face_model_starts_from_the_cache_checked_by_its_blob_names(tm
                                                                               tiny_hf_classifier):
     from safetensors.torch import load_file
 
-    from trainers.models.classifiers import build_model
+    from trainers.models.huggingface import build
 
     repo = "visionsweep-tests/tiny-vit"
     repo_dir = _hf_cache(tmp_path / "hf", repo, tiny_hf_classifier)
@@ -214,7 +214,7 @@ def test_a_hugging_face_model_starts_from_the_cache_checked_by_its_blob_names(tm
     cfg = _cfg(tmp_path)
     init = initial_weights({"model_name": repo}, MC, cfg)
     assert init.source == "cache" and init.verified and Path(init.path).parent.name == "snapshots"
-    net = build_model(repo, 3, 32, init)
+    net = build(repo, 3, init)
     published = load_file(str(tiny_hf_classifier / "model.safetensors"))
     key = "vit.embeddings.patch_embeddings.projection.weight"
     assert torch.equal(net.model.state_dict()[key], published[key])  # pretrained body
@@ -227,7 +227,7 @@ def test_a_hugging_face_model_starts_from_the_cache_checked_by_its_blob_names(tm
     # from scratch: the folder's config, random weights
     scratch = initial_weights({"model_name": repo}, MC, WeightsConfig.create(
         pretrained=False, cache_dir=str(tmp_path / "c2"), explicit={repo: str(tiny_hf_classifier)}, download=False))
-    assert not torch.equal(build_model(repo, 3, 32, scratch).model.state_dict()[key], published[key])
+    assert not torch.equal(build(repo, 3, scratch).model.state_dict()[key], published[key])
 
 
 class _Origin(http.server.ThreadingHTTPServer):

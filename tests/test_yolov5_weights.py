@@ -218,11 +218,10 @@ def test_the_v60_yolov5s_release_is_the_file_the_manifest_knows():
 def test_yolov5s_release_loads_every_tensor_into_yolov5_small_and_finds_the_cat():
     from skimage import data as photos
 
-    from trainers.models.detectors import build_detector
-    from trainers.models.openmmlab import load_release
+    from trainers.models.openmmlab import build_mm_detector, load_release
 
     h = hp.resolve_hyperparameters(DET, {"model_name": "yolov5", "model_size": "small", "image_size": 640}, {})
-    coco = build_detector("yolov5", 80, h)
+    coco = build_mm_detector("yolov5", 80, h)
     converted = ultralytics.mmyolo_state_dict(YOLOV5S, "small")
     own = coco.state_dict()
     # every tensor of the release has its place in mmyolo's YOLOv5-s, and every tensor of the model is given
@@ -238,7 +237,7 @@ def test_yolov5s_release_loads_every_tensor_into_yolov5_small_and_finds_the_cat(
     assert (x2 - x1) * (y2 - y1) > 0.3 * image.shape[1] * image.shape[2]  # the cat fills most of the photo
 
     # for the job's own classes, everything but the three class-dependent output convolutions is loaded
-    two = build_detector("yolov5", 2, h)
+    two = build_mm_detector("yolov5", 2, h)
     n = load_release(two, str(YOLOV5S), h)
     head = [k for k in converted if k.startswith("bbox_head.head_module.convs_pred.")]
     assert len(head) == 6 and n == len(converted) - len(head)
@@ -261,10 +260,10 @@ def test_a_yolov5_job_takes_the_release_file_from_a_store_holding_only_it(tmp_pa
     assert (prov["file"], prov["library"], prov["release"], prov["origin"]) == (
         "yolov5s.pt", "ultralytics", "v6.0", RELEASES + "v6.0/yolov5s.pt")
     if _has_mmyolo():
-        from trainers.models.detectors import build_detector
+        from trainers.models.openmmlab import build_mm_detector
 
         h = hp.resolve_hyperparameters(DET, {"model_name": "yolov5", "model_size": "small", "image_size": 64}, {})
-        model = build_detector("yolov5", 2, h, init)
+        model = build_mm_detector("yolov5", 2, h, weights=init)
         assert torch.equal(model.state_dict()["model.backbone.stem.conv.weight"],
                            ultralytics.mmyolo_state_dict(YOLOV5S, "small")["backbone.stem.conv.weight"])
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from trainers.errors import SpecError, did_you_mean
+from trainers.models.families import family_of
 from trainers.models.names import CURATED_HF, CURATED_MMDET, model_backend
 
 # --- tasks (§1) -------------------------------------------------------------------------------
@@ -295,44 +296,18 @@ ACCEPTED_NOT_APPLIED = {
                      "segmentation, §7.2)",
 }
 
-# Hugging Face classifiers (§5.3; their defaults are not given, §13 A13): AdamW at lr 5e-5 with 32 images a
-# batch, as the transformers image-classification fine-tuning guide (and the ViT / DeiT / BEiT model cards'
-# fine-tuning recipes, Adam-family at 1e-5..1e-4) do, instead of the CNNs' SGD at lr 0.01.
-HF_FINE_TUNING = {"optimizer": "adamw", "learning_rate": 5e-5, "training_batch_size": 32, "validation_batch_size": 32}
-
-# Per-model overrides of the task defaults (§6.1, §6.2).
-_VIT_BATCH = {"vits16r224": 128, "vitb16r224": 48, "vitl16r224": 10}
-_MC_VIT_LR = {"vits16r224": 0.0125, "vitb16r224": 0.0125, "vitl16r224": 0.001}
-_ML_VIT_LR = {"vits16r224": 0.025, "vitb16r224": 0.025, "vitl16r224": 0.002}
+# Task defaults that differ from the parameter table's (§6.2); a model family's own defaults (the ViTs', YOLOv5's,
+# the detectors', Hugging Face's, an MMDetection config's optimiser) are in its entry in trainers.models.families.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {MULTILABEL: {"learning_rate": 0.035}}
 
 
 def task_model_defaults(task: str, model_name: str) -> dict[str, Any]:
-    """Defaults of every hyperparameter that applies to ``task`` and ``model_name`` (§6.2 resolved)."""
+    """Defaults of every hyperparameter that applies to ``task`` and ``model_name`` (§6.2 resolved): the parameter
+    table's, then the task's, then the model family's (``trainers.models.families``)."""
     out = {p.name: p.default for p in _PARAMS if task in p.tasks and _applies(p, model_name)}
     out["model_name"] = model_name
-    if task == MULTICLASS:
-        out["learning_rate"] = _MC_VIT_LR.get(model_name, 0.01)
-    elif task == MULTILABEL:
-        out["learning_rate"] = _ML_VIT_LR.get(model_name, 0.035)
-    if task in CLS:
-        out["training_batch_size"] = out["validation_batch_size"] = _VIT_BATCH.get(model_name, 78)
-        if model_backend(model_name) == "huggingface":
-            # §13 A13 leaves them open: the fine-tuning settings of the transformers image-classification guide
-            out.update(HF_FINE_TUNING)
-            from trainers.models.huggingface import default_input_size
-
-            size = default_input_size(model_name)  # the model's own input size, where its config is here
-            if size:
-                out.update(training_crop_size=size, validation_crop_size=size, validation_resize_size=size)
-    elif model_name == "yolov5":
-        out.update(number_of_epochs=30, training_batch_size=16, validation_batch_size=16,
-                   learning_rate=0.01, box_score_threshold=0.1)
-    else:
-        out.update(training_batch_size=2, validation_batch_size=1, learning_rate=0.005)
-        if model_backend(model_name) == "mmdetection":  # §13 A13: the zoo config's own optimiser
-            from trainers.models.openmmlab import optimizer_defaults
-
-            out.update(optimizer_defaults(model_name, out["training_batch_size"]))
+    out.update(TASK_DEFAULTS.get(task, {}))
+    out.update(family_of(model_name, boxes=has_boxes(task)).defaults(task, model_name))
     return out
 
 

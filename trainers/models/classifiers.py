@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,13 +84,17 @@ def get_entry(name: str) -> ModelEntry:
     return CLASSIFIERS.get(name, f"model_name {name!r} has no classification builder")
 
 
-def build_model(name: str, num_classes: int, crop_size: int, weights=None) -> nn.Module:
-    """A classifier with ``num_classes`` outputs for ``crop_size`` inputs, from ``weights`` (see the module
-    docstring: an ``InitialWeights``, a path, or None for random initialisation)."""
-    if is_hf_name(name):
-        from trainers.models import huggingface  # transformers: an optional extra
+def create(name: str, *, num_classes: int, settings: dict[str, Any], weights=None, architecture=None,
+           segmentation: bool = False, package_folder=None, where: str = "model_name") -> nn.Module:
+    """The family's builder for ``trainers.models.factory.create_model``: the classifier for the crop it trains (or
+    was trained) at, ``settings["training_crop_size"]``; a package's weights are loaded by ``trainers.package``."""
+    return build_model(name, num_classes, int(settings["training_crop_size"]), weights)
 
-        return huggingface.build(name, num_classes, weights)
+
+def build_model(name: str, num_classes: int, crop_size: int, weights=None) -> nn.Module:
+    """A classifier of the zoo with ``num_classes`` outputs for ``crop_size`` inputs, from ``weights`` (see the module
+    docstring: an ``InitialWeights``, a path, or None for random initialisation). Any family's model:
+    ``trainers.models.factory.create_model``."""
     e = get_entry(name)
     published = isinstance(weights, InitialWeights) and weights.source != "none"
     if e.source == "torchvision":

@@ -28,7 +28,6 @@ from torch import nn
 
 from trainers.errors import VisionsweepError
 from trainers.models.loading import load_pretrained
-from trainers.models.names import model_backend
 from trainers.models.weights.initial import InitialWeights, is_pretrained
 from trainers.registry import Registry
 
@@ -72,23 +71,29 @@ FROZEN_BN = "frozen_bn"
 
 
 def detector_architecture(name: str, weights: Any) -> dict[str, Any]:
-    """The architecture choices a new detector takes from what it starts from (``model.json``)."""
-    if name == "yolov5" or model_backend(name) == "mmdetection":
+    """The architecture choices a new detector takes from what it starts from (``model.json``); none for a model of
+    another family (YOLOv5, MMDetection)."""
+    if name not in DETECTORS:
         return {}
     return {"backbone_norm": FROZEN_BN} if is_pretrained(weights) else {}
 
 
+def create(name: str, *, num_classes: int, settings: dict[str, Any], weights=None,
+           architecture: dict[str, Any] | None = None, segmentation: bool = False, package_folder=None,
+           where: str = "model_name") -> nn.Module:
+    """The family's builder for ``trainers.models.factory.create_model`` (a package's weights are loaded by
+    ``trainers.package``)."""
+    return build_detector(name, num_classes, settings, weights, segmentation=segmentation, architecture=architecture)
+
+
 def build_detector(name: str, num_classes: int, settings: dict[str, Any], weights=None, trainable_layers: int = 5,
                    segmentation: bool = False, architecture: dict[str, Any] | None = None) -> nn.Module:
-    """A detector for ``num_classes`` object classes (plus background) with the given inference settings
+    """A torchvision detector for ``num_classes`` object classes (plus background) with the given inference settings
     (canonical names, all present: the trial's hyperparameters or a loaded package's settings).
     ``weights``: an ``InitialWeights``, a path (a package's weights) or None; ``architecture``: a package's
     recorded choices (default: those of a new model starting from ``weights``).
-    YOLOv5 and MMDetection models come from ``trainers.models.openmmlab`` with the same interface."""
-    if name == "yolov5" or model_backend(name) == "mmdetection":
-        from trainers.models.openmmlab import build_mm_detector
-
-        return build_mm_detector(name, num_classes, settings, segmentation, weights)
+    YOLOv5 and MMDetection models come from ``trainers.models.openmmlab`` with the same interface; any family's
+    model: ``trainers.models.factory.create_model``."""
     import torchvision
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor

@@ -106,6 +106,20 @@ def _package_of(weights: str | None) -> Path | None:
     return None
 
 
+def create(name: str, *, num_classes: int, settings: dict[str, Any], weights=None, architecture=None,
+           segmentation: bool = False, package_folder: Path | None = None, where: str = "model_name"
+           ) -> HFImageClassifier:
+    """The family's builder for ``trainers.models.factory.create_model``: a new model from ``weights`` (:func:`build`),
+    or a package's model from the architecture it saved (``hf_config.json``: no hub, no cache), its weights loaded
+    afterwards by ``trainers.package``."""
+    if package_folder is None:
+        return build(name, num_classes, weights)
+    config = Path(package_folder) / CONFIG_FILE
+    if not config.is_file():
+        raise VisionsweepError(f"{where}: not a model package of {name} ({CONFIG_FILE} is missing)")
+    return from_package_config(json.loads(config.read_text()), num_classes)
+
+
 def build(name: str, num_classes: int, weights=None) -> HFImageClassifier:
     """A classifier with ``num_classes`` outputs from ``weights``: an ``InitialWeights`` (a model folder found by
     ``trainers.models.weights``; source ``none``: its config only, random weights), a path (a folder or a package), or

@@ -371,6 +371,13 @@ def _quiet_init():
         logger.setLevel(old)
 
 
+def create(name: str, *, num_classes: int, settings: dict[str, Any], weights=None, architecture=None,
+           segmentation: bool = False, package_folder=None, where: str = "model_name") -> MMDetector:
+    """The builder of the YOLOv5 and MMDetection families for ``trainers.models.factory.create_model`` (a package's
+    weights are loaded by ``trainers.package``)."""
+    return build_mm_detector(name, num_classes, settings, segmentation, weights)
+
+
 def build_mm_detector(name: str, num_classes: int, settings: dict[str, Any], segmentation: bool = False,
                       weights=None) -> MMDetector:
     """``weights``: an ``InitialWeights`` (the zoo's COCO checkpoint: class heads re-initialised), a path (a
