@@ -54,6 +54,15 @@ def test_two_workers_match_one_worker_and_cover_the_whole_validation_set(ray_ses
     # rank 0's checkpoint is the exported best package
     assert (two.run_dir / "best" / "model.safetensors").is_file()
     assert json.loads((two.run_dir / "best" / "metrics.json").read_text())["workers"] == 2
+    # ... with the gathered validation outputs in the set's order (the report draws them): those one worker saw
+    from trainers.validation_outputs import read_outputs
+
+    o1, o2 = read_outputs(one.run_dir / "best"), read_outputs(two.run_dir / "best")
+    valid = [json.loads(ln)["image_url"] for ln in (two.run_dir / "data" / "valid.jsonl").read_text().splitlines()]
+    assert list(o2["image_urls"]) == valid == list(o1["image_urls"])
+    assert o2["targets"].tolist() == o1["targets"].tolist()
+    if int(o1["epoch"]) == int(o2["epoch"]):  # the same best epoch (a near tie of accuracy could pick another)
+        assert o2["probabilities"] == pytest.approx(o1["probabilities"], rel=1e-4, abs=1e-6)
 
 
 def test_a_group_that_cannot_be_placed_is_an_error_not_a_wait(ray_session, small_mltable, tmp_path):
@@ -94,3 +103,9 @@ visionsweep: {{pretrained: false, workers_per_node: 2, cpus_per_trial: 0.5, trac
     assert m["workers"] == 2 and m["validation_images"] == 8
     assert 0.0 <= m["mean_average_precision"] <= 1.0 and "per_label_metrics" in m
     assert (result.run_dir / "best" / "model.safetensors").is_file()
+    # rank 0 wrote the gathered outputs of the images the report draws, in the set's order
+    from trainers.validation_outputs import read_outputs, sample_indices
+
+    outs = read_outputs(result.run_dir / "best")
+    valid = [json.loads(ln)["image_url"] for ln in (result.run_dir / "data" / "valid.jsonl").read_text().splitlines()]
+    assert list(outs["image_urls"]) == [valid[i] for i in sample_indices(8)]

@@ -6,7 +6,8 @@ evaluates every ``evaluation_frequency`` epochs (and after the last one), and ha
 metrics to ``report`` together with a function that writes a model package when a checkpoint is due:
 at every improvement of the primary metric (so ``best/`` is the evaluation the leaderboard reports), and
 also every ``checkpoint_frequency`` epochs when that is set (§6.1; at the first evaluation at or after each
-multiple, since checkpoints go with evaluations).
+multiple, since checkpoints go with evaluations). The package holds that evaluation's per-image validation
+outputs too (``trainers.validation_outputs``): the run report draws the best model's predictions from them.
 In-trial early stopping (``early_stopping``, ``_patience``, ``_delay``) counts evaluations.
 
 What a model, a sample, a batch's loss and an evaluation are is the task's business (``trainers.tasks``:
@@ -52,6 +53,7 @@ from trainers.errors import TrainingError
 from trainers.models.weights.initial import InitialWeights
 from trainers.package import save_package
 from trainers.tasks import Task, make_task
+from trainers.validation_outputs import write_outputs
 from trainers.workers import SINGLE, Runtime, Workers
 
 log = logging.getLogger(__name__)
@@ -129,12 +131,15 @@ _NOT_TRAINING_METRICS = {"validation_loss", "validation_images"}
 
 
 def evaluation_metrics(task: Task, net, valid_loader, train_loader, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
-    """One evaluation's metrics as ``log_validation_loss`` and ``log_training_metrics`` ask (§14)."""
+    """One evaluation's metrics as ``log_validation_loss`` and ``log_training_metrics`` ask (§14); the task's
+    ``validation_outputs`` stay those of the validation images."""
     m = task.evaluate(net, valid_loader, rt, h)
     if not h.get("log_validation_loss", True):
         m.pop("validation_loss", None)
     if train_loader is not None:
+        kept = task.validation_outputs
         t = task.evaluate(net, train_loader, rt, h)
+        task.validation_outputs = kept
         m.update({f"train_{k}": v for k, v in t.items() if k not in _NOT_TRAINING_METRICS
                   and isinstance(v, (int, float)) and not isinstance(v, bool)})
     return m
@@ -319,9 +324,12 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
             state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "n_evals": n_evals,
                      "last_periodic": last_periodic}
 
-            def saver(path: str, _m=dict(m), _state=state) -> None:
+            def saver(path: str, _m=dict(m), _state=state, _outputs=task.validation_outputs) -> None:
                 save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m,
                              architecture=architecture, initial_weights=provenance)
+                if _outputs is not None:  # what this evaluation predicted: the report draws it (no second pass)
+                    write_outputs(path, _outputs, [r.image_url for r in data.valid], _state["epoch"], data.classes,
+                                  data.task, task.report_predictions)
                 torch.save({**_state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "scaler": scaler.state_dict()}, Path(path) / TRAINER_STATE)
         if n_evals == 1 and resumed_from is None:

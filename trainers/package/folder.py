@@ -9,6 +9,7 @@ Layout (everything ``predict``, serving, export and incremental training need; n
     training_config.json  the trial's resolved hyperparameters, and ``initial_weights``: where its weights
                           came from (source, file, sha256, origin, licence)
     metrics.json          validation metrics of the saved epoch
+    validation_outputs.npz  (checkpoints and best/ only) that epoch's per-image validation outputs, for the report
 
 The managed service's layout (§9.1, §12 #17) is accepted too: an ``mlflow-model/`` folder with the MLflow files
 at its root and the package's files under ``artifacts/`` (its inference settings in ``artifacts/settings.json``,
@@ -35,15 +36,13 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers.data.urls import is_remote
 from trainers.errors import VisionsweepError
-from trainers.package.mlflow_files import FILES as MLFLOW_FILES
+from trainers.package.files import FILES, SERVICE_DATA, copy_package, package_root, write_service_layout  # noqa: F401
 from trainers.package.mlflow_files import write_mlflow_files
 from trainers.package.references import fetch_registered, is_registry_reference
 from trainers.tasks import TASKS, known_task
 from trainers.tasks.detection import SEGMENTATION_SETTINGS  # noqa: F401 - re-exported by trainers.package
 
 FORMAT_VERSION = 1
-FILES = ("model.safetensors", "model.json", "labels.json", "settings.json", "training_config.json", "metrics.json",
-         "hf_config.json", *MLFLOW_FILES)
 
 
 def inference_settings(task: str, h: dict[str, Any]) -> dict[str, Any]:
@@ -98,39 +97,6 @@ class LoadedPackage:
     settings: dict[str, Any]
     meta: dict[str, Any]
     training_config: dict[str, Any]  # the trial's hyperparameters ({} for a package without them)
-
-
-SERVICE_DATA = "artifacts"  # the package's files inside the service's mlflow-model/ folder
-
-
-def package_root(folder: Path) -> Path:
-    """The folder holding a package's files: the folder itself, or its ``artifacts/`` (the service's layout)."""
-    if not (folder / "model.json").is_file() and (folder / SERVICE_DATA / "model.json").is_file():
-        return folder / SERVICE_DATA
-    return folder
-
-
-def write_service_layout(package: str | Path, dst: str | Path, model_name: str) -> Path:
-    """``dst`` as the managed service's ``mlflow-model/`` folder of ``package``: MLflow files at the root, the
-    package's files under ``artifacts/``: copies, but the weights a hard link where the file system allows (the
-    JSON files are there to be edited; an edit must not reach the package they came from)."""
-    dst = Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
-    data = dst / SERVICE_DATA
-    data.mkdir(parents=True)
-    for name in FILES:
-        src = Path(package) / name
-        if not src.is_file() or name in MLFLOW_FILES:
-            continue
-        try:
-            if name != "model.safetensors":
-                raise OSError("copied")
-            os.link(src, data / name)
-        except OSError:
-            shutil.copyfile(src, data / name)
-    write_mlflow_files(dst, model_name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), data=SERVICE_DATA)
-    return dst
 
 
 def remote_package_root(uri: str, storage_options=None) -> str | None:
@@ -236,14 +202,3 @@ def _load_local(p: str, local: Path, device: str, settings_override: dict[str, A
                                f"{meta['num_classes']} classes ({str(e).splitlines()[0]})") from None
     model.eval().to(device)
     return LoadedPackage(model, task, meta["model_name"], classes, settings, meta, trained)
-
-
-def copy_package(src: str | Path, dst: str | Path) -> Path:
-    """Copy a package folder (only its known files) to ``dst``."""
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        s = Path(src) / name
-        if s.is_file():
-            shutil.copyfile(s, dst / name)
-    return dst
