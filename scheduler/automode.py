@@ -252,13 +252,15 @@ def _variants(c: Candidate, fixed: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
          available: Callable[..., str | None] | None = None, pretrained: bool = True,
-         budget: bd.BudgetPlan | None = None) -> dict[str, Any]:
+         budget: bd.BudgetPlan | None = None, max_latency_ms: float | None = None) -> dict[str, Any]:
     """The AutoMode plan: first trial, conditional space, ASHA settings and the reasons.
 
     ``available(model_name, **settings)``: None when the model's pretrained weights can be had (with a candidate's
     variant settings, e.g. ``model_size="small"``), else why not (None for the argument: every candidate is
     assumed to have them, as when a job file is validated). ``budget``: the number of trials, epochs and input
-    sizes fitted to the time limit (:func:`fit_budget`); None: ``max_trials`` at the default epochs and sizes."""
+    sizes fitted to the time limit (:func:`fit_budget`); None: ``max_trials`` at the default epochs and sizes.
+    ``max_latency_ms`` (``visionsweep.max_latency_ms``): a model whose inference took longer than that an image in
+    the cost probe, even in batches (so surely at batch 1), is left out while another model remains."""
     considered: list[dict[str, Any]] = []
     cands: list[tuple[Candidate, dict[str, Any]]] = []
     pool = portfolio(task, has_gpu)
@@ -290,6 +292,11 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
     trials = budget.trials if budget is not None else max_trials
     m = max(1, min(len(cands), math.ceil(trials / 4)))
     chosen = cands[:m]
+    slow = too_slow(budget, [c.model_name for c, _ in chosen], max_latency_ms)
+    if slow and len(slow) < len(chosen):
+        chosen = [(c, v) for c, v in chosen if c.model_name not in slow]
+    else:
+        slow = {}
     lead_name = chosen[0][0].model_name
     epochs = budget.epochs if budget is not None else \
         fixed.get("number_of_epochs") or hp.task_model_defaults(task, lead_name)["number_of_epochs"]
@@ -329,7 +336,9 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
         "models": [{"model_name": c.model_name, "why": c.why, **({"settings": v} if v else {}),
                     "recipes": [{"optimizer": r.optimizer, "learning_rate": [r.low, r.high]}
                                 for r in recipes(task, c.model_name, pretrained)]} for c, v in chosen],
-        "left_out": [{"model_name": c.model_name, "why": "beyond the budget (about one model per 4 trials)"}
+        "left_out": [{"model_name": n, "why": f"inference took {ms:.2f} ms an image in the cost probe, in batches: "
+                      f"over max_latency_ms {max_latency_ms:g} at batch 1 for sure"} for n, ms in slow.items()]
+                    + [{"model_name": c.model_name, "why": "beyond the budget (about one model per 4 trials)"}
                      for c, _ in cands[m:]] + [{"model_name": c["model_name"], "why": c["why"]}
                                                 for c in considered if not c["considered"]],
         "considered": considered,
@@ -342,6 +351,22 @@ def plan(task: str, max_trials: int, fixed: dict[str, Any], has_gpu: bool,
         out["budget"] = budget.to_json()
     if not has_gpu:
         out["not_in_the_cpu_portfolio"] = CPU_LEFT_OUT[task]
+    return out
+
+
+def too_slow(budget: bd.BudgetPlan | None, names: list[str], max_latency_ms: float | None) -> dict[str, float]:
+    """The models among ``names`` whose validation pass in the cost probe took more than ``max_latency_ms`` an image
+    at the smallest size measured (ms an image); batched inference is never slower an image than batch 1."""
+    if budget is None or max_latency_ms is None:
+        return {}
+    models = (budget.cost or {}).get("models", {})
+    out = {}
+    for name in names:
+        points = models.get(name, {}).get("seconds_per_image", [])
+        if points:
+            ms = min(p["validation"] for p in points) * 1e3
+            if ms > max_latency_ms:
+                out[name] = round(ms, 3)
     return out
 
 

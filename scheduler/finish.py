@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -14,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler import deployment
 from scheduler.leaderboard import leaderboard_rows, write_leaderboard
 from scheduler.runfolder import CANCELLED, read_json, read_trials
-from scheduler.runstore import SWEEP, TRAIN, RunStore
+from scheduler.runstore import RunStore, best_checkpoint
 from scheduler.spec import Job
 from trainers import hyperparameters as hp
 from trainers.errors import VisionsweepError
@@ -68,9 +68,25 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
         write_leaderboard(run_dir / "leaderboard.csv", rows)
         finished = [r for r in rows if r["status"] != CANCELLED]  # never promoted: a resume goes on with them
-        best_trial, best_metric = (copy_best_package(store, finished, primary)
-                                   if not cancelled or any(r.get(primary) is not None for r in finished)
+    figures, over = None, set()
+    if not cancelled and deployment.enabled(ext.deploy_top_k, ext.max_latency_ms):
+        with phase("deployment"):
+            try:  # the forms' figures are a view of the result, like the report: never fail a finished sweep
+                figures = deployment.measure_trials(store, finished, primary, job.task, top_k=ext.deploy_top_k,
+                                                    max_latency_ms=ext.max_latency_ms, latency_form=ext.latency_form,
+                                                    images=images)
+            except Exception as e:  # noqa: BLE001
+                log.warning("deployment figures (RUN/%s) not measured: %s", deployment.FILE, e)
+        if figures:
+            over = deployment.mark_rows(rows, figures)
+            write_leaderboard(run_dir / "leaderboard.csv", rows)
+    with phase("export"):
+        eligible = [r for r in finished if r["trial_id"] not in over]
+        best_trial, best_metric = (copy_best_package(store, eligible, primary)
+                                   if eligible and (not cancelled or any(r.get(primary) is not None for r in eligible))
                                    else (None, None))
+    if figures:
+        deployment.write(store, figures, best_trial)
     summary: dict[str, Any] = {
         "state": CANCELLED if cancelled else "finished",
         **({"cancelled_by": cancelled.signal_name} if cancelled else {}),
@@ -80,6 +96,8 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         "stopped_early": sum(r["status"].startswith("stopped (") and r["status"] != "stopped (timeout)"
                              for r in rows),
         "trial_epochs": sum(int(r["epochs_run"] or 0) for r in rows),
+        **({"over_max_latency": sorted(over)} if over else {}),
+        **({"deployment": deployment.FILE} if figures else {}),
     }
     weights_plan = read_json(run_dir / "weights.json", {})
     summary["pretrained"] = weights_plan.get("pretrained", ext.pretrained)
@@ -116,13 +134,6 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
     return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [], store.where)
 
 
-def _checkpoints(store: RunStore, trial_id: str) -> list[str]:
-    """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
-    # (Ray Train keeps a checkpoint_manager_snapshot.json next to its checkpoint folders)
-    return [*store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*", dirs_only=True),
-            *store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*", dirs_only=True)]
-
-
 def copy_best_package(store: RunStore, rows: list[dict[str, Any]], primary: str) -> tuple[str | None, float | None]:
     """Copy the best trial's best checkpoint (a model package) to ``<run>/best``."""
     from trainers.package import copy_package, write_service_layout  # torchvision, timm: after the trials only
@@ -132,16 +143,9 @@ def copy_best_package(store: RunStore, rows: list[dict[str, Any]], primary: str)
     for row in rows:  # best first: the first trial with a checkpoint wins
         if row.get(primary) is None:
             continue
-        scored = []
-        for ck in _checkpoints(store, row["trial_id"]):
-            try:
-                value = json.loads(store.read_text(f"{ck}/metrics.json")).get(primary, -math.inf)
-            except (FileNotFoundError, ValueError):
-                continue
-            scored.append((value, ck.rsplit("/", 1)[-1], ck))
-        if not scored:
+        ck = best_checkpoint(store, row["trial_id"], primary)
+        if ck is None:
             continue
-        _, _, ck = max(scored)
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
             store.download(ck, Path(tmp) / "ckpt")
             copy_package(Path(tmp) / "ckpt", Path(tmp) / "best")

@@ -82,7 +82,7 @@ def build_plan(job: Job, has_gpu: bool, run_dir: Path, available: Callable[..., 
         if spec.visionsweep.resume_from else []
     if job.mode == "automode":
         p = automode.plan(job.task, limits.max_trials, job.training_parameters, has_gpu, available,
-                          spec.visionsweep.pretrained, budget)
+                          spec.visionsweep.pretrained, budget, max_latency_ms=spec.visionsweep.max_latency_ms)
         searcher = SpaceSearcher(p["space"], "random", p["trials"], seed, primary, "max",
                                  first=[p["first_trial"]["config"]])
         scheduler = create_scheduler(AshaSettings(type="asha", **p["asha"]), primary, p["asha"]["max_epochs"],

@@ -84,6 +84,8 @@ def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0
     if not live:
         parts.append("<h2>What the best model predicts</h2>")
         parts.append(_predictions(run))
+        parts.append("<h2>What to deploy</h2>")
+        parts.append(_deployment(run))
 
     refresh = max(REFRESH_S, round(refresh_s))
     banner = (f'<p class="live" id="live">Live: the sweep is running. This page reloads itself every {refresh} s '
@@ -109,6 +111,16 @@ def _predictions(run: Path) -> str:
         return predictions_section(run)
     except Exception as e:  # the report is a view: a broken part is a note, not a missing report
         return f'<p class="note" id="predictions">Predictions could not be shown: {html.escape(str(e))}</p>'
+
+
+def _deployment(run: Path) -> str:
+    """The best trials as PyTorch, ONNX and INT8 models (``scheduler.deployment``, measured when the sweep ends)."""
+    from scheduler.deployment import section
+
+    try:
+        return section(run)
+    except Exception as e:  # the report is a view: a broken part is a note, not a missing report
+        return f'<p class="note" id="deployment">Deployment figures could not be shown: {html.escape(str(e))}</p>'
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -20,7 +20,9 @@ fsspec calls, so the controller has one code path.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,3 +215,22 @@ def mirror_callback(store: RunStore):
             store.changed()
 
     return _Mirror()
+
+
+def checkpoints(store: RunStore, trial_id: str) -> list[str]:
+    """A trial's checkpoints: Tune's (one-worker trials) or its Ray Train run's (data-parallel trials)."""
+    # (Ray Train keeps a checkpoint_manager_snapshot.json next to its checkpoint folders)
+    return [*store.glob(f"ray/{SWEEP}/{trial_id}/checkpoint_*", dirs_only=True),
+            *store.glob(f"ray/{TRAIN}/{trial_id}/checkpoint_*", dirs_only=True)]
+
+
+def best_checkpoint(store: RunStore, trial_id: str, primary: str) -> str | None:
+    """The trial's checkpoint (a model package; its path in the store) with the best ``primary`` metric."""
+    scored = []
+    for ck in checkpoints(store, trial_id):
+        try:
+            value = json.loads(store.read_text(f"{ck}/metrics.json")).get(primary, -math.inf)
+        except (FileNotFoundError, ValueError):
+            continue
+        scored.append((value, ck.rsplit("/", 1)[-1], ck))
+    return max(scored)[2] if scored else None

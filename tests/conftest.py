@@ -19,6 +19,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # The best model's validation predictions (scheduler.predictions) cost seconds per sweep; the suite runs dozens of
 # sweeps about other things. tests/test_predictions_report.py and tests/test_live_view.py switch them on.
 os.environ.setdefault("VISIONSWEEP_REPORT_PREDICTIONS", "0")
+# Likewise the deployment figures (scheduler.deployment: ONNX and INT8 exports of the best trials, timed);
+# tests/test_deployment_figures.py switches them on.
+os.environ.setdefault("VISIONSWEEP_DEPLOY_FIGURES", "0")
 
 
 def from_scratch(text: str) -> str:

@@ -245,3 +245,25 @@ def test_yolov5_is_a_detection_candidate_under_the_same_weights_check(monkeypatc
     asked.clear()
     automode.plan(hp.DETECTION, 3, {"model_size": "large"}, has_gpu=True, available=available)
     assert ("yolov5", None) in asked and not any(s for n, s in asked if n == "yolov5")
+
+
+def test_with_max_latency_ms_a_model_too_slow_in_the_cost_probe_is_left_out():
+    """Batched inference is never slower an image than batch 1: a model whose validation pass took longer than
+    ``max_latency_ms`` an image cannot meet it, so AutoMode leaves it out while another model remains."""
+    first, second = [c.model_name for c in automode.portfolio(MC, False)][:2]
+    measured = bd.Cost((bd.ModelCost(first, ((None, 0.01, 0.050),), 2.0, 0.2),     # 50 ms an image
+                        bd.ModelCost(second, ((None, 0.01, 0.002),), 2.0, 0.2)), start_s=5.0)  # 2 ms
+    p0 = automode.plan(MC, 8, {}, has_gpu=False)
+    assert [m["model_name"] for m in p0["models"]] == [first, second]
+    b = automode.fit_budget(MC, p0, {}, measured, train_images=240, valid_images=60, concurrency=1, left_s=3600,
+                            spent_s=20, limit_given=True, native=(28, 28))
+    p = automode.plan(MC, 8, {}, has_gpu=False, budget=b, max_latency_ms=10)
+    assert [m["model_name"] for m in p["models"]] == [second]
+    assert p["first_trial"]["config"]["model_name"] == second
+    why = next(x["why"] for x in p["left_out"] if x["model_name"] == first)
+    assert "50.00 ms an image" in why and "max_latency_ms 10" in why
+    # a limit no model meets leaves the plan as it was: the trials are measured after the sweep and marked
+    assert [m["model_name"] for m in automode.plan(MC, 8, {}, has_gpu=False, budget=b,
+                                                   max_latency_ms=1)["models"]] == [first, second]
+    # without a limit nothing changes
+    assert [m["model_name"] for m in automode.plan(MC, 8, {}, has_gpu=False, budget=b)["models"]] == [first, second]

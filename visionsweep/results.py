@@ -77,13 +77,13 @@ class Result:
 
         return predict_files(self._package(), [str(i) for i in images], **options).results
 
-    def export(self, output: str | Path | None = None, **options: Any) -> str:
-        """The best model as ONNX, as ``visionsweep export`` writes it (default ``PACKAGE/model.onnx``); returns where
-        it went. ``options``: those of :func:`trainers.package.onnx.export_onnx` (``batch_size``, ``normalization``,
-        ``image_size``, ``check``, ``settings``)."""
+    def export(self, output: str | Path | None = None, int8: bool = False, **options: Any) -> str:
+        """The best model as ONNX, as ``visionsweep export`` writes it (default ``PACKAGE/model.onnx``; with ``int8``,
+        ``PACKAGE/model.int8.onnx``); returns where it went. ``options``: those of
+        :func:`trainers.package.exporting.export_package`."""
         from trainers.package.exporting import export_package
 
-        return export_package(self._package(), None if output is None else str(output), **options).where
+        return export_package(self._package(), None if output is None else str(output), int8=int8, **options).where
 
     def _package(self) -> str:
         if not self.package:

@@ -139,6 +139,16 @@ class Extensions(BaseModel):
                                                    "statistics of the whole global batch (SyncBatchNorm); false: "
                                                    "each worker's own part of it")
     cache: Cache = Field(default_factory=Cache)
+    deploy_top_k: int = Field(3, ge=0, description="after the sweep, measure this many of the best trials as "
+                                                   "PyTorch, ONNX and INT8 models (validation metric, latency, "
+                                                   "throughput on the driver's CPU): RUN/deployment.json and the "
+                                                   "report's 'What to deploy'; 0: not measured")
+    max_latency_ms: Optional[float] = Field(None, gt=0, description="a trial whose latency_form takes longer than "
+                                                                    "this at batch 1 (p50, ms, on the driver's CPU) "
+                                                                    "is marked in the leaderboard and never chosen "
+                                                                    "as the best model")
+    latency_form: Literal["pytorch", "onnx", "onnx-int8"] = Field(
+        "onnx", description="the form max_latency_ms applies to")
 
 
 class JobSpec(BaseModel):

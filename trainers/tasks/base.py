@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainers.errors import VisionsweepError
+from trainers.models.factory import create_model
 from trainers.workers import Runtime
 
 
@@ -58,8 +59,10 @@ class Task:
 
     def build_model(self, h: dict[str, Any], weights: Any, architecture: dict[str, Any]) -> nn.Module:
         """``weights``: an ``InitialWeights``, a weights file or package path, or None (random initialisation);
-        ``architecture``: :meth:`architecture`'s choices, or those a package recorded."""
-        raise NotImplementedError
+        ``architecture``: :meth:`architecture`'s choices, or those a package recorded. The one model factory builds
+        it, as it builds a package's model (:meth:`package_model`)."""
+        return create_model(h["model_name"], task=self.name, num_classes=len(self.classes), settings=h,
+                            weights=weights, architecture=architecture, segmentation=self.segmentation)
 
     def freeze(self, model: nn.Module, h: dict[str, Any]) -> None:
         """``layers_to_freeze`` (§6.3)."""
@@ -79,8 +82,13 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, net: nn.Module, loader: DataLoader, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
-        """Metrics over the *whole* validation set (each worker holds the slice rank::world of it)."""
+        """Metrics over the *whole* validation set (each worker holds the slice rank::world of it). Also sets
+        :attr:`validation_outputs`: the per-image outputs the run report draws, gathered in the set's order."""
         raise NotImplementedError
+
+    #: the latest :meth:`evaluate`'s per-image outputs, as ``trainers.validation_outputs`` keeps them (None: none):
+    #: written with the checkpoint of that evaluation, so the sweep report needs no second inference pass
+    validation_outputs: dict[str, Any] | None = None
 
     # --- the model package (trainers.package) ---------------------------------------------------
     @classmethod
@@ -90,9 +98,11 @@ class Task:
 
     def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder: Path, where: str) -> nn.Module:
         """A package's model, not yet given its weights: ``meta`` is its ``model.json``, ``settings`` its
-        (possibly overridden) inference settings, ``folder`` the package folder; errors lead with ``where``."""
-        raise VisionsweepError(f"{where}: {self.name} packages of model {meta['model_name']} cannot be loaded by "
-                               "this version")
+        (possibly overridden) inference settings, ``folder`` the package folder; errors lead with ``where``. The
+        factory that built it for training builds it again, with the architecture the package recorded."""
+        return create_model(meta["model_name"], task=self.name, num_classes=meta["num_classes"], settings=settings,
+                            architecture=meta.get("architecture", {}), segmentation=self.segmentation,
+                            package_folder=folder, where=where)
 
     def onnx_graph(self, pkg, batch_size: int, size: tuple[int, int] | None, normalization: bool, where: str):
         """The package ``pkg``'s model as a ``trainers.tasks.graphs.OnnxGraph`` (``size``: ``--image-size``,
@@ -100,6 +110,33 @@ class Task:
         raise VisionsweepError(f"{where}: {self.name} models of {pkg.model_name} cannot be exported to ONNX by this "
                                "version (ONNX export covers the classifiers, the Faster R-CNN / RetinaNet / Mask "
                                "R-CNN detectors and yolov5; MMDetection models need OpenMMLab's mmdeploy)")
+
+    # --- deployment figures (trainers.package.forms) -----------------------------------------------
+    def labelled_sample(self, settings: dict[str, Any]) -> Callable[[Any, Any, int], tuple[Any, Any]]:
+        """(image, record, view) -> (the model's input, the target ``evaluate`` scores it against), as a
+        validation image of a package with inference ``settings`` is read."""
+        raise NotImplementedError
+
+    def scoring_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Inference-setting overrides of an exported graph that is to be scored: what ``evaluate`` changes on the
+        PyTorch model while it scores (a detector's score threshold) must be baked into the graph the same way."""
+        return {}
+
+    def score(self, net: nn.Module, batches, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
+        """Metrics of a trained model (a package's, or an exported form standing in for it) on labelled batches
+        outside training: ``evaluate``, without the per-trial state training prepared."""
+        return self.evaluate(net, batches, rt, h)
+
+    def unmeasurable(self, model_name: str) -> str | None:
+        """Why an exported graph of ``model_name`` cannot stand in for its package (:meth:`onnx_model`); None: it
+        can. Asked before exporting, so that no export is made in vain."""
+        return (f"an exported {self.name} graph of {model_name} cannot be measured by this version (classifiers "
+                "and torchvision's detectors can)")
+
+    def onnx_model(self, session, meta: dict[str, Any], where: str) -> nn.Module:
+        """An exported graph (``session``: onnxruntime's, ``meta``: its sidecar) called like the package's model
+        (``trainers.tasks.ort``), so that :meth:`score` measures it as it measures the package."""
+        raise VisionsweepError(f"{where}: {self.unmeasurable(meta.get('model_name', ''))}")
 
     # --- serving (serving.predictor) ----------------------------------------------------------
     def input_transform(self, settings: dict[str, Any], where: str) -> Callable | None:

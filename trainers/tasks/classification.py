@@ -7,7 +7,6 @@ of the zoo in ``trainers.models.classifiers`` (or ``huggingface``) taking an NCH
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,11 +17,12 @@ from torch import nn
 from trainers import hyperparameters as hp
 from trainers import metrics
 from trainers.data.datasets import ImageDataset
-from trainers.errors import TrainingError, VisionsweepError
-from trainers.models.classifiers import build_model, fixed_input, freeze_layers
+from trainers.errors import TrainingError
+from trainers.models.classifiers import fixed_input, freeze_layers
 from trainers.tasks.base import Task
 from trainers.tasks.graphs import Normalised, OnnxGraph
 from trainers.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from trainers.validation_outputs import classification_outputs
 from trainers.workers import Runtime, interleave
 
 
@@ -53,9 +53,6 @@ class ClassificationTask(Task):
         if h["validation_resize_size"] < h["validation_crop_size"]:
             raise TrainingError(f"validation_resize_size ({h['validation_resize_size']}) must be >= "
                                 f"validation_crop_size ({h['validation_crop_size']})")
-
-    def build_model(self, h: dict[str, Any], weights, architecture) -> nn.Module:
-        return build_model(h["model_name"], len(self.classes), h["training_crop_size"], weights)
 
     def freeze(self, model: nn.Module, h: dict[str, Any]) -> None:
         freeze_layers(model, h["model_name"], h.get("layers_to_freeze"))
@@ -102,6 +99,8 @@ class ClassificationTask(Task):
         all_probs = interleave([p[0] for p in parts])
         all_targets = interleave([p[1] for p in parts])
         out = self.metrics(self.targets_array(all_targets), all_probs.numpy())
+        # the report's confusion matrix and mistakes come from these, not from a second inference pass
+        self.validation_outputs = classification_outputs(all_probs.numpy(), self.targets_array(all_targets))
         out["validation_loss"] = sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
         out["validation_images"] = sum(p[3] for p in parts)
         return out
@@ -113,15 +112,9 @@ class ClassificationTask(Task):
         return {k: h[k] for k in ("validation_resize_size", "validation_crop_size")}
 
     def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder: Path, where: str) -> nn.Module:
-        if hp.model_backend(meta["model_name"]) == "huggingface":
-            from trainers.models.huggingface import CONFIG_FILE, from_package_config
-
-            if not (folder / CONFIG_FILE).is_file():
-                raise VisionsweepError(f"{where}: not a model package of {meta['model_name']} ({CONFIG_FILE} is "
-                                       "missing)")
-            return from_package_config(json.loads((folder / CONFIG_FILE).read_text()), meta["num_classes"])
-        return build_model(meta["model_name"], meta["num_classes"], meta.get("input_size") or
-                           settings.get("validation_crop_size", 224))
+        # built for the crop it was trained at (model.json's input_size; a package without one: the validation crop)
+        crop = meta.get("input_size") or settings.get("validation_crop_size", 224)
+        return super().package_model(meta, {**settings, "training_crop_size": crop}, folder, where)
 
     def onnx_graph(self, pkg, batch_size: int, size, normalization: bool, where: str) -> OnnxGraph:
         """input ``input1`` (B, 3, crop, crop) -> ``output1`` logits; B is a dynamic axis."""
@@ -140,6 +133,22 @@ class ClassificationTask(Task):
                          "meaning": "logits: softmax (multi-class) or per-label sigmoid (multi-label)"}]
         return OnnxGraph(module, example, ["input1"], ["output1"], {"input1": {0: "batch"}, "output1": {0: "batch"}},
                          meta_input, meta_outputs, rows=False)
+
+    def labelled_sample(self, settings: dict[str, Any]):
+        return ClassificationSample(self, self.input_transform(settings, ""))
+
+    def score(self, net, batches, rt: Runtime, h: dict[str, Any]) -> dict[str, Any]:
+        if getattr(self, "loss_fn", None) is None:  # no class weights outside training: the plain loss
+            self.loss_fn = self.make_loss(None)
+        return self.evaluate(net, batches, rt, h)
+
+    def unmeasurable(self, model_name: str) -> str | None:
+        return None
+
+    def onnx_model(self, session, meta: dict[str, Any], where: str) -> nn.Module:
+        from trainers.tasks.ort import OrtLogits
+
+        return OrtLogits(session, meta)
 
     def input_transform(self, settings: dict[str, Any], where: str):
         return eval_transform(int(settings["validation_resize_size"]), int(settings["validation_crop_size"]))

@@ -37,13 +37,14 @@ from trainers.data.datasets import ImageDataset
 from trainers.detection_metrics import decode_masks, detection_metrics, encode_masks
 from trainers.errors import TrainingError, VisionsweepError
 from trainers.models.boxes import drop_degenerate
-from trainers.models.detectors import build_detector, detector_architecture, get_detector_entry, score_threshold
+from trainers.models.detectors import detector_architecture, get_detector_entry, score_threshold
 from trainers.models.loading import freeze_prefix_groups
 from trainers.polygons import polygons_to_mask
 from trainers.tasks.base import Task
 from trainers.tasks.graphs import DETECTION_INPUT, OnnxGraph, PerImage, YoloGraph
 from trainers.tasks.yolo_augment import YoloTrainSet
 from trainers.tiling import crop_target, parse_grid, predict_tiled, tile_windows
+from trainers.validation_outputs import detection_outputs
 from trainers.workers import Runtime
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,6 @@ class DetectionTask(Task):
 
     def architecture(self, h, weights):
         return detector_architecture(h["model_name"], weights)
-
-    def build_model(self, h, weights, architecture) -> nn.Module:
-        return build_detector(h["model_name"], len(self.classes), h, weights, segmentation=self.segmentation,
-                              architecture=architecture)
 
     def freeze(self, model, h) -> None:
         groups = RESNET_BACKBONE_GROUPS
@@ -163,11 +160,6 @@ class DetectionTask(Task):
     def inference_settings(cls, h: dict[str, Any]) -> dict[str, Any]:
         return {**{k: h[k] for k in cls.INFERENCE_KEYS if k in h}, **cls.EXTRA_SETTINGS}
 
-    def package_model(self, meta: dict[str, Any], settings: dict[str, Any], folder, where: str) -> nn.Module:
-        # the detector is built from the (possibly overridden) inference settings, then given its weights
-        return build_detector(meta["model_name"], meta["num_classes"], settings, segmentation=self.segmentation,
-                              architecture=meta.get("architecture", {}))
-
     def onnx_graph(self, pkg, batch_size: int, size, normalization: bool, where: str):
         """torchvision's detectors: input ``input`` (B, 3, H, W) -> per image ``boxes_i``, ``labels_i``, ``scores_i``
         (and ``masks_i``); YOLOv5: input ``input`` (B, 3, S, S) -> per image ``output_i`` (n, 6). Normalisation is
@@ -196,6 +188,27 @@ class DetectionTask(Task):
         return OnnxGraph(PerImage(pkg.model, masks), torch.rand(batch_size, 3, h, w), ["input"],
                          [f"{n}_{i}" for i in range(batch_size) for n in names], None, meta_input, meta_outputs,
                          rows=True)
+
+    def labelled_sample(self, settings: dict[str, Any]):
+        return DetectionSample(self, train=False)
+
+    def scoring_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        # evaluate ranks every detection down to the AP floor; a graph bakes its threshold in
+        return {"box_score_threshold": min(AP_SCORE_FLOOR, float(settings["box_score_threshold"]))}
+
+    def unmeasurable(self, model_name: str) -> str | None:
+        """torchvision's detectors (``boxes_i``, ``labels_i``, ``scores_i`` graphs) can be measured; YOLOv5's (n, 6)
+        rows and MMDetection models not by this version."""
+        if model_name == "yolov5" or hp.model_backend(model_name) != "builtin":
+            return super().unmeasurable(model_name)
+        return None
+
+    def onnx_model(self, session, meta: dict[str, Any], where: str):
+        if self.unmeasurable(meta["model_name"]):
+            return super().onnx_model(session, meta, where)
+        from trainers.tasks.ort import OrtDetections
+
+        return OrtDetections(session, meta)
 
     def input_transform(self, settings: dict[str, Any], where: str):
         try:
@@ -262,6 +275,12 @@ class DetectionTask(Task):
         parts = rt.workers.all_gather((preds, gts))
         all_preds = [p for part in parts for p in part[0]]
         all_gts = [g for part in parts for g in part[1]]
+        # the report's drawn samples come from these, in the set's order (worker r held images r, r + world, ...)
+        order = np.argsort([r + i * len(parts) for r, part in enumerate(parts) for i in range(len(part[0]))],
+                           kind="stable")
+        self.validation_outputs = detection_outputs([all_preds[i] for i in order],
+                                                    [tuple(all_gts[i]["size"]) for i in order],
+                                                    float(h["box_score_threshold"]), self.segmentation)
         kw = dict(metric_type=h["validation_metric_type"], iou_threshold=h["validation_iou_threshold"],
                   segmentation=self.segmentation)
         out = detection_metrics(all_preds, all_gts, self.classes, **kw)

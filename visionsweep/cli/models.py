@@ -32,10 +32,15 @@ def _export(args) -> int:
     from trainers.package.exporting import export_package
 
     norm = None if args.onnx_normalization is None else args.onnx_normalization == "true"
+    options = dict(batch_size=args.batch_size, normalization=norm, image_size=args.image_size,
+                   settings=parse_settings(args.setting))
+    if args.int8:
+        options.update(keep_below_tolerance=args.int8_keep, **({"calibration_images": args.calibration}
+                                                                if args.calibration else {}))
+    else:
+        options["check"] = not args.no_check
     with stdout_to_stderr():
-        written = export_package(args.package, args.output, batch_size=args.batch_size, normalization=norm,
-                                 image_size=args.image_size, check=not args.no_check,
-                                 settings=parse_settings(args.setting))
+        written = export_package(args.package, args.output, int8=args.int8, **options)
     print(written.line())
     return 0
 
@@ -69,4 +74,11 @@ def add_parsers(sub) -> None:
     ex.add_argument("--setting", action="append", metavar="NAME=VALUE",
                     help="override an inference setting baked into the graph (§9.5), e.g. box_score_threshold=0.2")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the package")
+    ex.add_argument("--int8", action="store_true",
+                    help="an INT8 model (onnxruntime's static quantisation, calibrated on the package's training "
+                         "images, or --calibration), default PACKAGE/model.int8.onnx, beside the fp32 model it is "
+                         "quantised from; refused when its top-1 agreement with the package is under 95 %%")
+    ex.add_argument("--int8-keep", action="store_true", help="with --int8: keep a model under that tolerance")
+    ex.add_argument("--calibration", nargs="+", metavar="IMAGE",
+                    help="with --int8: the calibration images (default: the package's run's training images)")
     ex.set_defaults(fn=_export)

@@ -1,0 +1,109 @@
+"""What to deploy (issue 28): after a sweep the best trials are measured as PyTorch, ONNX and INT8 models on the
+validation set with the task's metric and for latency on this CPU (RUN/deployment.json, the report's "What to
+deploy"); a form that loses more than its tolerance is flagged; ``max_latency_ms`` keeps a slow trial from being
+the best model; ``visionsweep export --int8`` writes the INT8 model with the fp32 export's names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scheduler import deployment
+from scheduler.controller import run_job
+from tests.test_sweep import make_job
+
+GRID = """\
+limits:
+  max_trials: 2
+  max_concurrent_trials: 1
+search_space:
+  - model_name: {type: choice, values: [mobilenetv2]}
+    learning_rate: {type: choice, values: [0.001, 0.05]}
+sweep:
+  sampling_algorithm: grid
+"""
+
+
+def _form(name, metric, p50, flagged=None):
+    return {"form": name, "metric": metric, "latency_ms": {"p50": p50, "p99": p50 * 2},
+            **({"flagged": flagged} if flagged else {})}
+
+
+def test_the_front_holds_the_pairs_nothing_beats_on_both_metric_and_latency():
+    trials = [{"trial_id": "a", "forms": [_form("pytorch", 0.90, 10.0), _form("onnx", 0.90, 4.0),
+                                          _form("onnx-int8", 0.88, 2.0)]},
+              {"trial_id": "b", "forms": [_form("pytorch", 0.85, 3.0), _form("onnx", 0.85, 1.5),
+                                          _form("onnx-int8", 0.95, 1.0, flagged="below tolerance")]}]
+    got = [(p["trial_id"], p["form"]) for p in deployment.front(trials)]
+    # a/pytorch is beaten by a/onnx (same metric, faster); b/pytorch by b/onnx; the flagged form is no candidate
+    assert got == [("b", "onnx"), ("a", "onnx-int8"), ("a", "onnx")]
+
+
+def test_rows_over_the_latency_limit_are_marked_and_returned():
+    figures = {"latency_form": "onnx", "max_latency_ms": 5.0, "over_max_latency": ["b"],
+               "trials": [{"trial_id": "a", "forms": [_form("onnx", 0.9, 4.0)]},
+                          {"trial_id": "b", "forms": [_form("onnx", 0.95, 9.0)]}]}
+    rows = [{"trial_id": "b"}, {"trial_id": "a"}, {"trial_id": "c"}]
+    assert deployment.mark_rows(rows, figures) == {"b"}
+    assert rows[0]["latency_ms"] == 9.0 and "over max_latency_ms 5" in rows[0]["latency_note"]
+    assert rows[1] == {"trial_id": "a", "latency_ms": 4.0} and rows[2] == {"trial_id": "c"}
+
+
+@pytest.mark.ray
+def test_a_sweep_measures_its_best_trials_as_pytorch_onnx_and_int8(ray_session, small_mltable, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv(deployment.OFF_ENV, "1")
+    run = tmp_path / "run"
+    result = run_job(make_job(small_mltable, GRID, epochs=1), run, echo=lambda s: None)
+    figures = json.loads((run / "deployment.json").read_text())
+    assert figures["primary_metric"] == "accuracy" and figures["images"] > 0
+    assert [t["trial_id"] for t in figures["trials"]] == [r["trial_id"] for r in result.rows]  # best first, both
+    for t in figures["trials"]:
+        forms = {f["form"]: f for f in t["forms"]}
+        assert set(forms) == {"pytorch", "onnx", "onnx-int8"}, t
+        for f in forms.values():
+            assert "error" not in f, f
+            assert 0.0 <= f["metric"] <= 1.0 and 0 < f["latency_ms"]["p50"] <= f["latency_ms"]["p99"]
+            assert f["throughput"]["images_per_s"] > 0
+        # fp32 ONNX scores what the package scores; its loss is measured, within the stated tolerance
+        assert forms["onnx"]["metric"] == pytest.approx(forms["pytorch"]["metric"], abs=1e-6)
+        assert not forms["onnx"].get("flagged")
+        assert forms["onnx-int8"]["size_mb"] < forms["onnx"]["size_mb"]
+        assert "loss" in forms["onnx-int8"] and forms["onnx-int8"]["tolerance"] == 0.03
+        package = f"{run}/best" if t["trial_id"] == result.best_trial else f"{run}/{t['checkpoint']}"
+        assert forms["onnx-int8"]["command"] == f"visionsweep export {package} --int8"
+    assert figures["front"] and figures["machine"]["device"] == "cpu"
+    assert json.loads((run / "summary.json").read_text())["deployment"] == "deployment.json"
+    report = (run / "report.html").read_text()
+    assert "What to deploy" in report and "onnx-int8" in report and "★" in report
+    with open(run / "leaderboard.csv") as f:
+        assert all(float(r["latency_ms"]) > 0 for r in csv.DictReader(f))
+
+    # the INT8 model of the best package, from the command line: the service's input/output names
+    out = subprocess.run([sys.executable, "-m", "visionsweep.cli", "export", str(run / "best"), "--int8",
+                          "--int8-keep", "-o", str(tmp_path / "m.int8.onnx")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"wrote {tmp_path / 'm.int8.onnx'}") and "top-1 agreement" in out.stdout
+    meta = json.loads((tmp_path / "m.int8.onnx.json").read_text())
+    assert meta["input"]["name"] == "input1" and meta["outputs"][0]["name"] == "output1"
+    assert meta["quantization"]["calibration_count"] > 0 and (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.ray
+def test_no_trial_under_max_latency_means_no_best_model_and_says_why(ray_session, small_mltable, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv(deployment.OFF_ENV, "1")
+    run = tmp_path / "run"
+    extra = GRID + "visionsweep:\n  deploy_top_k: 1\n  max_latency_ms: 0.000001\n"
+    job = make_job(small_mltable, extra, epochs=1)
+    result = run_job(job, run, echo=lambda s: None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result.best_trial is None and summary["best_trial"] is None and not (run / "best").exists()
+    assert sorted(summary["over_max_latency"]) == sorted(r["trial_id"] for r in result.rows)
+    figures = json.loads((run / "deployment.json").read_text())
+    assert len(figures["trials"]) == 2  # measured on until one fits: none did
+    assert all(r["latency_note"].startswith("over max_latency_ms") for r in result.rows)
