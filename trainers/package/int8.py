@@ -66,11 +66,13 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
                 check_count: int = CHECK_COUNT, min_agreement: float = MIN_AGREEMENT,
                 keep_below_tolerance: bool = False, per_channel: bool = True, fp32_output: str | Path | None = None,
                 batch_size: int = 1, normalization: bool | None = None, image_size: str | None = None,
-                settings: dict[str, Any] | None = None) -> Int8Exported:
+                settings: dict[str, Any] | None = None, reuse_fp32: bool = False) -> Int8Exported:
     """Write ``output`` (default ``PACKAGE/model.int8.onnx``) and its ``.json`` sidecar, and the fp32 model it is
     quantised from (``fp32_output``, default ``model.onnx`` beside it). ``batch_size``, ``normalization``,
     ``image_size`` and ``settings`` are ``export_onnx``'s. Raises ``VisionsweepError`` where the graph cannot be
-    quantised or its top-1 agreement with the package is under ``min_agreement`` (unless ``keep_below_tolerance``)."""
+    quantised or its top-1 agreement with the package is under ``min_agreement`` (unless ``keep_below_tolerance``).
+    ``reuse_fp32``: an fp32 export already at ``fp32_output`` (with its sidecar, made with the same options) is
+    quantised as it is instead of being exported again."""
     from trainers.package import load_package
 
     if calibration_count < 1 or check_count < 1:
@@ -111,8 +113,12 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
         check_paths, check_source = calib_paths, "the calibration images (no held-out images recorded or given)"
     check_paths = _sample(check_paths, check_count)
 
-    fp32 = export_onnx(package, fp32_path, batch_size=batch_size, normalization=normalization,
-                       image_size=image_size, settings=settings)
+    if reuse_fp32 and fp32_path.is_file() and Path(str(fp32_path) + ".json").is_file():
+        # the caller exported it already with these options (deployment figures): not traced twice
+        fp32 = Exported(fp32_path, json.loads(Path(str(fp32_path) + ".json").read_text()))
+    else:
+        fp32 = export_onnx(package, fp32_path, batch_size=batch_size, normalization=normalization,
+                           image_size=image_size, settings=settings)
     meta = fp32.metadata
     rows = make_task(pkg.task, pkg.classes).input_transform(pkg.settings, where) is None  # a detector's graph
     prep = _preprocess(pkg, meta["input"], where)
