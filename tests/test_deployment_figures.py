@@ -9,6 +9,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,38 @@ def test_no_trial_under_max_latency_means_no_best_model_and_says_why(ray_session
     figures = json.loads((run / "deployment.json").read_text())
     assert len(figures["trials"]) == 2  # measured on until one fits: none did
     assert all(r["latency_note"].startswith("over max_latency_ms") for r in result.rows)
+
+
+def test_a_detector_is_measured_as_pytorch_and_onnx_with_the_same_map(trained_box_packages, shapes_detection,
+                                                                        tmp_path):
+    """A detection run's figures: the torchvision detector and its ONNX graph scored with the trainer's own mAP on
+    the same images (the graph run at the images' size with the evaluation's score floor baked in), and timed. The
+    ground truth is the package's own most confident box per image (a one-epoch detector is unsure of itself), so
+    the package scores 1 and the graph must find the same boxes."""
+    import shutil
+
+    from serving.predictor import Predictor
+    from tests.test_holdout import _table
+    from trainers.data import load_records
+    from trainers.data.images import ImageStore
+    from trainers.package.forms import measure_package
+
+    package = shutil.copytree(trained_box_packages["image_object_detection"], tmp_path / "pkg")
+    settings = json.loads((package / "settings.json").read_text())
+    (package / "settings.json").write_text(json.dumps({**settings, "box_score_threshold": 0.0}))
+    _, valid = shapes_detection
+    rows = [json.loads(line) for f in sorted(Path(valid).glob("*.jsonl")) for line in f.read_text().splitlines()]
+    for r in rows:
+        r["image_url"] = str((Path(valid) / r["image_url"]).resolve())
+    answers = Predictor(str(package), device="cpu").predict_images([Path(r["image_url"]).read_bytes() for r in rows])
+    own = [{**r, "label": [{"label": a["boxes"][0]["label"], **a["boxes"][0]["box"], "isCrowd": False}]}
+           for r, a in zip(rows, answers) if a["boxes"]]
+    assert own, "the trained detector predicts no box on the shapes"
+    records = load_records(str(_table(tmp_path / "own", own)), "image_object_detection", "label")
+    images = [(ImageStore().image(r.image_url), r) for r in records]
+    figures = {f.form: f for f in measure_package(package, images, "mean_average_precision", tmp_path / "work",
+                                                  forms=("pytorch", "onnx"))}
+    assert figures["pytorch"].error is None and figures["onnx"].error is None, figures
+    assert figures["pytorch"].metric == pytest.approx(1.0)
+    assert figures["onnx"].metric == pytest.approx(1.0, abs=0.02), figures["onnx"]
+    assert figures["onnx"].latency_ms["p50"] > 0 and figures["onnx"].size_mb > 1

@@ -72,13 +72,17 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
     items = [sample(image, record, 0) for image, record in images]
     collate = task.collate or torch.utils.data.default_collate
     batches = [collate(items[i:i + 8]) for i in range(0, len(items), 8)]
+    # a detector's graph takes one fixed input size: the validation images' median, so that few are distorted
+    sizes = sorted(image.size for image, _ in images)
+    width, height = sizes[len(sizes) // 2]
+    options = {"image_size": f"{height}x{width}"}
     out, reference = [], None
     for form in forms:
         fig = FormFigures(form)
         try:
             model = (pkg.model if form == "pytorch" else
                      _exported(form, str(package), task, pkg, workdir, fig, calibration,
-                               [r.image_url for _, r in images]))
+                               [r.image_url for _, r in images], options))
             with torch.no_grad():
                 fig.metrics = _plain(task.score(model, batches, Runtime(torch.device("cpu")), h))
                 fig.metric = fig.metrics.get(primary)
@@ -86,6 +90,9 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
         except VisionsweepError as e:
             fig.error = str(e)
         except Exception as e:  # noqa: BLE001 - a form that fails is a finding, not the end of the others
+            import logging
+
+            logging.getLogger(__name__).debug("form %s of %s", form, package, exc_info=True)
             fig.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         if form == "pytorch":
             reference = fig.metric
@@ -101,7 +108,7 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
 
 
 def _exported(form: str, package: str, task, pkg, workdir: str | Path, fig: FormFigures, calibration: Sequence[str],
-              check: list[str]):
+              check: list[str], options: dict[str, Any]):
     """The form's graph, exported under ``workdir``, as a module called like the package's model. The INT8 form is
     kept whatever it agrees (measuring it is the point); its own check runs on ``check``."""
     import onnxruntime as ort
@@ -115,7 +122,7 @@ def _exported(form: str, package: str, task, pkg, workdir: str | Path, fig: Form
     if form == "onnx":
         from trainers.package.onnx import export_onnx
 
-        path = export_onnx(package, workdir / "model.onnx", check=False, settings=settings or None).path
+        path = export_onnx(package, workdir / "model.onnx", check=False, settings=settings or None, **options).path
     elif form == "onnx-int8":
         from trainers.package.int8 import export_int8
 
@@ -124,7 +131,7 @@ def _exported(form: str, package: str, task, pkg, workdir: str | Path, fig: Form
         # quantised from the ONNX form's graph (same settings), checked on a few images only: this module scores it
         path = export_int8(package, workdir / "model.int8.onnx", fp32_output=workdir / "model.onnx", reuse_fp32=True,
                            calibration_images=list(calibration), check_images=check[:16], keep_below_tolerance=True,
-                           settings=settings or None).path
+                           settings=settings or None, **options).path
     else:
         raise VisionsweepError(f"form {form!r}: expected one of {', '.join(FORMS)}")
     fig.file, fig.size_mb = str(path), round(Path(path).stat().st_size / 2**20, 2)
