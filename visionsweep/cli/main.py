@@ -24,6 +24,7 @@ exit with status 2; no traceback. What the CLI prints and logs shows credentials
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from scheduler.joblog import REDACTION, process_defaults
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C is the command's own, however it was started: a process started in the background of a script (``cmd &``,
+    # CI runners, some process managers) inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt,
+    # so a later SIGINT would be lost on the commands that rely on it (predict, export, endpoint, deployment ...);
+    # run and resume install their own handler anyway (scheduler.stops)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process_defaults()
     args = build_parser().parse_args(argv)
     try:
