@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import random
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -44,28 +43,32 @@ def measure_trials(store: RunStore, rows: list[dict[str, Any]], primary: str, ta
     ``RUN/deployment.json`` is to hold (:func:`write`), or None when there are no validation images or no trial
     with a checkpoint. With ``max_latency_ms``, trials are measured best first until ``top_k`` are and one fits
     (every trial, if none does). ``images``: the job's ``ImageStore``."""
+    from scheduler.predictions import run_image_url
     from scheduler.runstore import best_checkpoint
     from trainers.data import load_records
     from trainers.data.images import ImageStore
     from trainers.package import copy_package
     from trainers.package.forms import FORMS, TOLERANCE, measure_package
+    from trainers.package.int8 import image_urls, seeded_sample
 
     run_dir = store.local
     valid = run_dir / "data" / "valid.jsonl"
     if not valid.is_file():
         return None
     records = load_records(str(valid), task, "label")
-    records = _sample(records, MAX_IMAGES)
+    records = seeded_sample(records, MAX_IMAGES)
     reader = images or ImageStore()
     pairs, unreadable = [], 0
     for r in records:
         try:
-            pairs.append((reader.image(_here(r.image_url, run_dir)), r))
+            pairs.append((reader.image(run_image_url(r.image_url, run_dir)), r))
         except Exception:  # noqa: BLE001 - an unreadable image is counted, not fatal
             unreadable += 1
     if not pairs:
         return None
-    calibration = [_here(u, run_dir) for u in _sample(_urls(run_dir / "data" / "train.jsonl"), CALIBRATION_IMAGES)]
+    train = run_dir / "data" / "train.jsonl"
+    calibration = [run_image_url(u, run_dir)
+                   for u in seeded_sample(image_urls(train) if train.is_file() else [], CALIBRATION_IMAGES)]
     trials, over = [], []
     fits_found = max_latency_ms is None
     for rank, row in enumerate([r for r in rows if r.get(primary) is not None], 1):
@@ -144,15 +147,6 @@ def _error(trial: dict[str, Any], form: str) -> str:
     return next((f.get("error", "") for f in trial["forms"] if f["form"] == form), "")[:120]
 
 
-def _here(url: str, run_dir: Path) -> str:
-    """``data/*.jsonl`` hold resolved URLs; a relative path not there from here is taken from the run folder."""
-    from trainers.data.urls import is_remote
-
-    if is_remote(url) or Path(url).is_absolute() or Path(url).exists():
-        return url
-    return str(run_dir / url)
-
-
 def front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The accuracy-latency front: the (trial, form) pairs no other pair beats on both the metric (higher) and the
     p50 latency (lower); flagged and failed forms are not candidates."""
@@ -182,19 +176,6 @@ def _machine() -> dict[str, Any]:
         pass
     return {"device": "cpu", "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _urls(jsonl: Path) -> list[str]:
-    if not jsonl.is_file():
-        return []
-    return [json.loads(line)["image_url"] for line in jsonl.read_text().splitlines() if line.strip()]
-
-
-def _sample(items: list, n: int) -> list:
-    if len(items) <= n:
-        return list(items)
-    keep = sorted(random.Random(0).sample(range(len(items)), n))
-    return [items[i] for i in keep]
 
 
 def section(run: Path) -> str:

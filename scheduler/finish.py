@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
         rows = leaderboard_rows(read_trials(run_dir), primary, default_model)
         write_leaderboard(run_dir / "leaderboard.csv", rows)
         finished = [r for r in rows if r["status"] != CANCELLED]  # never promoted: a resume goes on with them
-    figures, over = None, set()
+    figures, over, stopped_figures = None, set(), None
     if not cancelled and deployment.enabled(ext.deploy_top_k, ext.max_latency_ms):
         with phase("deployment"):
             try:  # the forms' figures are a view of the result, like the report: never fail a finished sweep
@@ -77,6 +78,8 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
                                                     images=images)
             except Exception as e:  # noqa: BLE001
                 log.warning("deployment figures (RUN/%s) not measured: %s", deployment.FILE, e)
+            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM after the trials: finish the sweep without them
+                stopped_figures = e
         if figures:
             over = deployment.mark_rows(rows, figures)
             write_leaderboard(run_dir / "leaderboard.csv", rows)
@@ -131,6 +134,13 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
             log.warning("report not written: %s", e)
     summary["timings_s"] = {**phase, "total": round(time.time() - t0, 2)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if stopped_figures is not None:  # the sweep is whole; only the figures are missing, and nothing is to resume
+        from scheduler.stops import Cancelled
+
+        signum = getattr(stopped_figures, "signum", 2)
+        raise Cancelled(signum, f"cancelled by {signal.Signals(signum).name} while the deployment figures were "
+                                f"measured: the sweep is finished ({store.where}/best, report.html, summary.json); "
+                                f"no {deployment.FILE}")
     return RunResult(run_dir, rows, best_trial, best_metric, time.time() - t0, timed_out, notes or [], store.where)
 
 

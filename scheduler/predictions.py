@@ -136,6 +136,16 @@ def _read_valid(run: Path) -> list[dict[str, Any]]:
     return out
 
 
+def run_image_url(url: str, run: Path) -> str:
+    """``data/*.jsonl`` hold resolved URLs (absolute paths or storage URLs); a relative path that is not there from
+    here is taken relative to the run folder (a run folder moved with its images)."""
+    from trainers.data.urls import is_remote
+
+    if is_remote(url) or Path(url).is_absolute() or Path(url).exists():
+        return url
+    return str(run / url)
+
+
 class _Reader:
     """Reads the validation images, skipping (and counting) those that cannot be read: a report is drawn from what
     can be seen, and says how many it left out and why."""
@@ -147,13 +157,7 @@ class _Reader:
         self.first_error: str | None = None
 
     def url(self, url: str) -> str:
-        """``data/valid.jsonl`` holds resolved URLs (absolute paths or storage URLs); a relative path that is
-        not there from here is taken relative to the run folder (a run folder moved with its images)."""
-        from trainers.data.urls import is_remote
-
-        if is_remote(url) or Path(url).is_absolute() or Path(url).exists():
-            return url
-        return str(self.run / url)
+        return run_image_url(url, self.run)
 
     def image(self, record: dict, left_out: bool = True):
         """One record's image, or None where it cannot be read (counted as left out when ``left_out``)."""

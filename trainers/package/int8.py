@@ -97,21 +97,21 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
     if calibration_images:
         calib_paths, calib_source = [str(p) for p in calibration_images], "images given by the caller"
     elif run_data is not None:
-        calib_paths, calib_source = _urls(run_data / "train.jsonl"), f"the package's training data ({run_data}/" \
+        calib_paths, calib_source = image_urls(run_data / "train.jsonl"), f"the package's training data ({run_data}/" \
                                                                       "train.jsonl)"
     else:
         raise VisionsweepError(f"{where}: an INT8 export needs calibration images: the package records no training "
                                "data (no RUN/data/train.jsonl of the run it came from), so pass calibration_images "
                                "(image files pre-processed like the package's input)")
-    calib_paths = _sample(calib_paths, calibration_count)
+    calib_paths = seeded_sample(calib_paths, calibration_count)
     if check_images:
         check_paths, check_source = [str(p) for p in check_images], "images given by the caller"
     elif run_data is not None and (run_data / "valid.jsonl").is_file():
-        check_paths, check_source = _urls(run_data / "valid.jsonl"), f"the run's held-out validation images " \
+        check_paths, check_source = image_urls(run_data / "valid.jsonl"), f"the run's held-out validation images " \
                                                                       f"({run_data}/valid.jsonl)"
     else:
         check_paths, check_source = calib_paths, "the calibration images (no held-out images recorded or given)"
-    check_paths = _sample(check_paths, check_count)
+    check_paths = seeded_sample(check_paths, check_count)
 
     if reuse_fp32 and fp32_path.is_file() and Path(str(fp32_path) + ".json").is_file():
         # the caller exported it already with these options (deployment figures): not traced twice
@@ -153,7 +153,7 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
             f"{where}: the INT8 model of {meta['model_name']} agrees with the package's {what} on only "
             f"{agreement:.1%} of {len(check_paths)} images ({check_source}), under the tolerance "
             f"{min_agreement:.0%}; operators left in fp32: {left}. Use the fp32 export ({fp32_path}), or keep "
-            f"this model anyway (keep_below_tolerance); {out} is written")
+            f"this model anyway (keep_below_tolerance; --int8-keep on the command line); {out} is written")
     return Int8Exported(out, meta_int8, fp32, agreement, len(check_paths), ops_fp32)
 
 
@@ -172,7 +172,7 @@ def _run_data(folder: Path, classes: list[str]) -> Path | None:
     return None
 
 
-def _urls(jsonl: Path) -> list[str]:
+def image_urls(jsonl: Path) -> list[str]:
     urls = []
     for n, line in enumerate(jsonl.read_text().splitlines(), 1):
         if line.strip():
@@ -183,7 +183,7 @@ def _urls(jsonl: Path) -> list[str]:
     return urls
 
 
-def _sample(paths: list[str], n: int) -> list[str]:
+def seeded_sample(paths: list, n: int) -> list:
     """``n`` of ``paths``, a seeded random choice (training data is often sorted by class), in their order."""
     if len(paths) <= n:
         return list(paths)

@@ -35,7 +35,8 @@ CANCELLED = {
     "run": "cancelled; finished trials are kept in the run folder (`visionsweep resume RUN` goes on)",
     "resume": "cancelled; finished trials are kept in the run folder (`visionsweep resume RUN` goes on)",
     "predict": "cancelled: no predictions were printed or written",
-    "export": "cancelled: the export was not written",
+    "export": "cancelled: the export did not finish (with --int8 the fp32 model it quantises may be written "
+              "already, beside the output)",
     "report": "cancelled: report.html is as it was (it is replaced whole, never half-written)",
     "convert": "cancelled: the output folder may hold part of the conversion; run it again",
     "demo": "cancelled; the demo's finished sweeps are kept in their run folders",
