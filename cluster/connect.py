@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
+_embedded = False  # this process started the Ray it is connected to (no RAY_ADDRESS, not initialised before)
 
 
 def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
@@ -29,8 +31,26 @@ def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
             with _processes_apart():
                 ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
                          configure_logging=True, logging_level=logging.WARNING)
+            global _embedded
+            _embedded = True
     res = ray.cluster_resources()
     return f"{len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+
+
+def release_embedded() -> threading.Thread | None:
+    """Shut down the embedded Ray this process started, in a background thread, and return it (None: Ray is a
+    cluster's or the caller's, and stays). A command that has no more use for Ray after its trials calls this:
+    stopping Ray's processes takes 1-2 s of waiting, which then passes while the command writes its results
+    instead of after them."""
+    global _embedded
+    if not _embedded:
+        return None
+    import ray
+
+    _embedded = False
+    t = threading.Thread(target=ray.shutdown, name="visionsweep-ray-shutdown", daemon=True)
+    t.start()
+    return t
 
 
 def _processes_apart():

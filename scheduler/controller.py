@@ -65,8 +65,11 @@ def _echo_default(s: str) -> None:
 
 
 def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callable[[str], None] | None = None,
-            resume: bool = False, datastores: str | None = None, data_assets: str | None = None) -> RunResult:
-    """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL)."""
+            resume: bool = False, datastores: str | None = None, data_assets: str | None = None,
+            release_ray: bool = False) -> RunResult:
+    """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL).
+    ``release_ray``: an embedded Ray this call starts is shut down as soon as the trials are over (a command that
+    ends with the run; a notebook keeps it for the next job)."""
     echo = echo or _echo_default
     t0 = context.clock()  # limits.timeout_minutes covers the whole job: checks, data, Ray's start, trials
     check_supported(job)
@@ -76,7 +79,7 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
     stops = StopSignals()  # Ctrl-C and SIGTERM: one way to stop (scheduler.stops)
     try:
         with stops:
-            ctx = context.RunContext(job, store, echo, resume, t0, stops)
+            ctx = context.RunContext(job, store, echo, resume, t0, stops, release_ray=release_ray)
             return _pipeline(ctx, datastores, data_assets)
     except KeyboardInterrupt as e:  # Cancelled, or what a library made of it (ray.get raises its own)
         if getattr(e, "detailed", False):
@@ -102,8 +105,9 @@ def _pipeline(ctx: context.RunContext, datastores: str | None, data_assets: str 
     return finish_sweep(ctx, planned, outcome, data)
 
 
-def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -> RunResult:
-    """Continue a sweep whose controller died or was cancelled (§8.7 "resume child runs").
+def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None, release_ray: bool = False) -> RunResult:
+    """Continue a sweep whose controller died or was cancelled (§8.7 "resume child runs"); ``release_ray`` as
+    :func:`run_job`'s.
 
     ``run_dir`` may be a storage URL: its files are copied to a staging folder first, so a sweep whose
     controller's node was lost goes on from any machine.
@@ -125,4 +129,4 @@ def resume_run(run_dir: str | Path, echo: Callable[[str], None] | None = None) -
         if original.redacted_text() == stored:
             job = original
     return run_job(job, store, echo, resume=True, datastores=meta.get("datastores"),
-                   data_assets=meta.get("data_assets"))
+                   data_assets=meta.get("data_assets"), release_ray=release_ray)

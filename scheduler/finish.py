@@ -73,9 +73,10 @@ def finish_run(job: Job, store: RunStore, t0: float, timed_out: bool, tracker=No
     if not cancelled and deployment.enabled(ext.deploy_top_k, ext.max_latency_ms):
         with phase("deployment"):
             try:  # the forms' figures are a view of the result, like the report: never fail a finished sweep
+                budget = None if ext.deploy_time_share is None else ext.deploy_time_share * (time.time() - t0)
                 figures = deployment.measure_trials(store, finished, primary, job.task, top_k=ext.deploy_top_k,
                                                     max_latency_ms=ext.max_latency_ms, latency_form=ext.latency_form,
-                                                    images=images)
+                                                    images=images, budget_s=budget)
             except Exception as e:  # noqa: BLE001
                 log.warning("deployment figures (RUN/%s) not measured: %s", deployment.FILE, e)
             except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM after the trials: finish the sweep without them

@@ -59,7 +59,8 @@ def test_a_sweep_measures_its_best_trials_as_pytorch_onnx_and_int8(ray_session, 
                                                                    monkeypatch):
     monkeypatch.setenv(deployment.OFF_ENV, "1")
     run = tmp_path / "run"
-    result = run_job(make_job(small_mltable, GRID, epochs=1), run, echo=lambda s: None)
+    no_limit = GRID + "visionsweep:\n  deploy_time_share: null\n"  # both trials, however short the job
+    result = run_job(make_job(small_mltable, no_limit, epochs=1), run, echo=lambda s: None)
     figures = json.loads((run / "deployment.json").read_text())
     assert figures["primary_metric"] == "accuracy" and figures["images"] > 0
     assert [t["trial_id"] for t in figures["trials"]] == [r["trial_id"] for r in result.rows]  # best first, both
@@ -92,6 +93,18 @@ def test_a_sweep_measures_its_best_trials_as_pytorch_onnx_and_int8(ray_session, 
     meta = json.loads((tmp_path / "m.int8.onnx.json").read_text())
     assert meta["input"]["name"] == "input1" and meta["outputs"][0]["name"] == "output1"
     assert meta["quantization"]["calibration_count"] > 0 and (tmp_path / "m.onnx").is_file()
+
+    # a job whose figures may take no time still has its best trial measured, and says which it left out and why
+    from scheduler.runstore import RunStore
+
+    store = RunStore.at(run)
+    rows = [{**r, "accuracy": float(r["accuracy"])} for r in csv.DictReader(open(run / "leaderboard.csv"))]
+    short = deployment.measure_trials(store, rows, "accuracy", "image_classification", budget_s=0.0)
+    assert [t["trial_id"] for t in short["trials"]] == [rows[0]["trial_id"]]
+    assert [t["trial_id"] for t in short["not_measured"]] == [rows[1]["trial_id"]]
+    assert "over the 0.0 s they may take (visionsweep.deploy_time_share" in short["not_measured"][0]["why"]
+    deployment.write(store, short, rows[0]["trial_id"])
+    assert f"Not measured: 2. {rows[1]['trial_id']}" in deployment.section(run)
 
 
 @pytest.mark.ray

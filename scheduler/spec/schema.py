@@ -143,6 +143,10 @@ class Extensions(BaseModel):
                                                    "PyTorch, ONNX and INT8 models (validation metric, latency, "
                                                    "throughput on the driver's CPU): RUN/deployment.json and the "
                                                    "report's 'What to deploy'; 0: not measured")
+    deploy_time_share: Optional[float] = Field(0.1, gt=0, description="the figures of the trials after the best "
+                                                                       "may take this share of the job's time "
+                                                                       "before them (the best trial's are always "
+                                                                       "measured); null: no limit")
     max_latency_ms: Optional[float] = Field(None, gt=0, description="a trial whose latency_form takes longer than "
                                                                     "this at batch 1 (p50, ms, on the driver's CPU) "
                                                                     "is marked in the leaderboard and never chosen "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from cluster.connect import connect, gpus_per_node
+from scheduler import deployment
 from scheduler.resources import TrialResources, capacity_shortfall, local_gpus, trial_resources, workers_per_trial
 from scheduler.stages.context import RunContext
 from trainers.errors import VisionsweepError
@@ -13,6 +14,9 @@ from trainers.errors import VisionsweepError
 
 def connect_cluster(ctx: RunContext) -> TrialResources:
     job = ctx.job
+    ext = job.spec.visionsweep
+    if deployment.enabled(ext.deploy_top_k, ext.max_latency_ms):
+        deployment.warm_imports()  # the figures after the sweep need torch; imported on idle CPU meanwhile
     # Data-parallel trials need the dashboard: Ray Train frees a stopped trial's workers through it. (It matters
     # for an embedded Ray only, whose GPUs are this machine's; a cluster has its dashboard already.)
     with ctx.phase("ray_start"):

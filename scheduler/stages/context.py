@@ -24,6 +24,7 @@ class RunContext:
     t0: float  # when the job started: limits.timeout_minutes covers checks, data, the cluster's start and trials
     stops: StopSignals
     phase: Phases = field(default_factory=Phases)  # seconds per stage, for summary.json's timings_s
+    release_ray: bool = False  # an embedded Ray is shut down once the trials are over (a command's run)
 
     @property
     def run_dir(self) -> Path:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cluster.connect import release_embedded
 from scheduler.finish import RunResult, finish_run
 from scheduler.runfolder import CANCELLED, read_trials
 from scheduler.stages.context import RunContext
@@ -19,8 +20,13 @@ from trainers.data import PreparedData
 
 def finish_sweep(ctx: RunContext, planned: Planned, outcome: Outcome, data: PreparedData) -> RunResult:
     plan, cancelled = planned.plan, outcome.cancelled
-    result = finish_run(ctx.job, ctx.store, ctx.t0, outcome.timed_out, outcome.tracker, plan.notes, ctx.phase,
-                        data.store, cancelled)
+    releasing = release_embedded() if ctx.release_ray else None  # nothing after the trials needs Ray
+    try:
+        result = finish_run(ctx.job, ctx.store, ctx.t0, outcome.timed_out, outcome.tracker, plan.notes, ctx.phase,
+                            data.store, cancelled)
+    finally:
+        if releasing is not None:
+            releasing.join()
     if plan.automode is not None:
         automode_actual(ctx.run_dir, plan.automode, ctx.elapsed_s(), outcome.timed_out)
     if cancelled:

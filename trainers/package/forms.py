@@ -65,6 +65,10 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
         raise VisionsweepError(f"{package}: no labelled images to measure its forms on")
     pkg = load_package(str(package), "cpu")
     task = make_task(pkg.task, pkg.classes)
+    # the exports bake the task's scoring settings in (a detector's score threshold); a classifier has none, and its
+    # exports trace the package loaded here instead of building and reading it twice more
+    scoring = task.scoring_settings(pkg.settings)
+    exportable = load_package(str(package), "cpu", scoring) if scoring else pkg
     h = {**pkg.training_config, **pkg.settings, "log_validation_loss": False}
     h.setdefault("validation_metric_type", "voc")
     h.setdefault("validation_iou_threshold", 0.5)
@@ -81,8 +85,7 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
         fig = FormFigures(form)
         try:
             model = (pkg.model if form == "pytorch" else
-                     _exported(form, str(package), task, pkg, workdir, fig, calibration,
-                               [r.image_url for _, r in images], options))
+                     _exported(form, str(package), task, exportable, workdir, fig, calibration, options))
             with torch.no_grad():
                 fig.metrics = _plain(task.score(model, batches, Runtime(torch.device("cpu")), h))
                 fig.metric = fig.metrics.get(primary)
@@ -108,9 +111,9 @@ def measure_package(package: str | Path, images: Sequence[tuple[Any, Any]], prim
 
 
 def _exported(form: str, package: str, task, pkg, workdir: str | Path, fig: FormFigures, calibration: Sequence[str],
-              check: list[str], options: dict[str, Any]):
+              options: dict[str, Any]):
     """The form's graph, exported under ``workdir``, as a module called like the package's model. The INT8 form is
-    kept whatever it agrees (measuring it is the point); its own check runs on ``check``."""
+    kept whatever it agrees, and without the export's own check: it is scored on all of ``images`` here."""
     import onnxruntime as ort
 
     why_not = task.unmeasurable(pkg.model_name)
@@ -118,20 +121,21 @@ def _exported(form: str, package: str, task, pkg, workdir: str | Path, fig: Form
         raise VisionsweepError(why_not)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = task.scoring_settings(pkg.settings)
+    settings = task.scoring_settings(pkg.settings)  # ``pkg`` is loaded with them
     if form == "onnx":
         from trainers.package.onnx import export_onnx
 
-        path = export_onnx(package, workdir / "model.onnx", check=False, settings=settings or None, **options).path
+        path = export_onnx(package, workdir / "model.onnx", check=False, settings=settings or None, loaded=pkg,
+                           **options).path
     elif form == "onnx-int8":
         from trainers.package.int8 import export_int8
 
         if not calibration:
             raise VisionsweepError(f"{package}: no training images to calibrate the INT8 form on")
-        # quantised from the ONNX form's graph (same settings), checked on a few images only: this module scores it
+        # quantised from the ONNX form's graph (same settings)
         path = export_int8(package, workdir / "model.int8.onnx", fp32_output=workdir / "model.onnx", reuse_fp32=True,
-                           calibration_images=list(calibration), check_images=check[:16], keep_below_tolerance=True,
-                           settings=settings or None, **options).path
+                           calibration_images=list(calibration), check=False, keep_below_tolerance=True,
+                           settings=settings or None, loaded=pkg, **options).path
     else:
         raise VisionsweepError(f"form {form!r}: expected one of {', '.join(FORMS)}")
     fig.file, fig.size_mb = str(path), round(Path(path).stat().st_size / 2**20, 2)

@@ -56,7 +56,7 @@ class Int8Exported:
     path: Path  # the INT8 model
     metadata: dict[str, Any]  # what its .json sidecar holds
     fp32: Exported  # the fp32 export it was quantised from
-    agreement: float  # share of the check images whose top-1 prediction equals the package's
+    agreement: float | None  # share of the check images whose top-1 prediction equals the package's (None: unchecked)
     checked_images: int
     operators_in_fp32: dict[str, int] = field(default_factory=dict)
 
@@ -66,13 +66,16 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
                 check_count: int = CHECK_COUNT, min_agreement: float = MIN_AGREEMENT,
                 keep_below_tolerance: bool = False, per_channel: bool = True, fp32_output: str | Path | None = None,
                 batch_size: int = 1, normalization: bool | None = None, image_size: str | None = None,
-                settings: dict[str, Any] | None = None, reuse_fp32: bool = False) -> Int8Exported:
+                settings: dict[str, Any] | None = None, reuse_fp32: bool = False, loaded: Any = None,
+                check: bool = True) -> Int8Exported:
     """Write ``output`` (default ``PACKAGE/model.int8.onnx``) and its ``.json`` sidecar, and the fp32 model it is
     quantised from (``fp32_output``, default ``model.onnx`` beside it). ``batch_size``, ``normalization``,
     ``image_size`` and ``settings`` are ``export_onnx``'s. Raises ``VisionsweepError`` where the graph cannot be
     quantised or its top-1 agreement with the package is under ``min_agreement`` (unless ``keep_below_tolerance``).
     ``reuse_fp32``: an fp32 export already at ``fp32_output`` (with its sidecar, made with the same options) is
-    quantised as it is instead of being exported again."""
+    quantised as it is instead of being exported again. ``loaded``: the package already loaded with ``settings``
+    (``load_package``), when the caller holds it. ``check``: False for a caller that scores the INT8 model on its
+    own images (the deployment figures): no agreement is measured (``agreement`` None) and nothing is refused."""
     from trainers.package import load_package
 
     if calibration_count < 1 or check_count < 1:
@@ -92,7 +95,8 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
     if fp32_path.resolve() == out.resolve():
         raise VisionsweepError(f"--output: {out} would overwrite the fp32 model it is quantised from")
     where = str(package)
-    pkg = load_package(package, "cpu", settings)  # its classes say whether a run's data is its own
+    # its classes say whether a run's data is its own
+    pkg = loaded if loaded is not None else load_package(package, "cpu", settings)
     run_data = _run_data(Path(str(package).removeprefix("file://")), pkg.classes)
     if calibration_images:
         calib_paths, calib_source = [str(p) for p in calibration_images], "images given by the caller"
@@ -118,7 +122,7 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
         fp32 = Exported(fp32_path, json.loads(Path(str(fp32_path) + ".json").read_text()))
     else:
         fp32 = export_onnx(package, fp32_path, batch_size=batch_size, normalization=normalization,
-                           image_size=image_size, settings=settings)
+                           image_size=image_size, settings=settings, loaded=pkg)
     meta = fp32.metadata
     rows = make_task(pkg.task, pkg.classes).input_transform(pkg.settings, where) is None  # a detector's graph
     prep = _preprocess(pkg, meta["input"], where)
@@ -127,17 +131,18 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
     with phase(f"quantising {fp32_path.name} to INT8 on {len(calib_paths)} calibration images"):
         _quantize(fp32_path, out, calib, per_channel, rows, meta["model_name"], where)
     ops_fp32, ops_int8 = _operators(out)
+    if not check:
+        meta_int8 = {**meta, "quantization": _quantization(per_channel, calib_source, calib_paths, ops_fp32, ops_int8,
+                                                           fp32_path)}
+        Path(str(out) + ".json").write_text(json.dumps(meta_int8, indent=2, sort_keys=True, default=str) + "\n")
+        return Int8Exported(out, meta_int8, fp32, None, 0, ops_fp32)
     with phase(f"checking {out.name} against the package on {len(check_paths)} images"):
         checks = _batches([prep(p) for p in check_paths], batch, where)
         agreement, found = _agreement(out, pkg, checks, meta["input"], rows)
-    quant = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-             "weights": "int8, " + ("per output channel" if per_channel else "per tensor"),
-             "activations": "uint8, per tensor", "calibration_method": "MinMax",
-             "calibration_source": calib_source, "calibration_count": len(calib_paths),
+    quant = {**_quantization(per_channel, calib_source, calib_paths, ops_fp32, ops_int8, fp32_path),
              "check_source": check_source, "check_count": len(check_paths),
              "top1_agreement_with_package": round(agreement, 4), "min_agreement": min_agreement,
-             "check_images_with_predictions": found,
-             "operators_in_fp32": ops_fp32, "quantized_operators": ops_int8, "fp32_model": str(fp32_path)}
+             "check_images_with_predictions": found}
     meta_int8 = {**meta, "quantization": quant}
     Path(str(out) + ".json").write_text(json.dumps(meta_int8, indent=2, sort_keys=True, default=str) + "\n")
     if rows and not found and not keep_below_tolerance:
@@ -155,6 +160,16 @@ def export_int8(package: str, output: str | Path | None = None, *, calibration_i
             f"{min_agreement:.0%}; operators left in fp32: {left}. Use the fp32 export ({fp32_path}), or keep "
             f"this model anyway (keep_below_tolerance; --int8-keep on the command line); {out} is written")
     return Int8Exported(out, meta_int8, fp32, agreement, len(check_paths), ops_fp32)
+
+
+def _quantization(per_channel: bool, calib_source: str, calib_paths: list, ops_fp32: dict[str, int],
+                  ops_int8: dict[str, int], fp32_path: Path) -> dict[str, Any]:
+    """The sidecar's ``quantization``: how the model was quantised (the check's figures are added to it)."""
+    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "weights": "int8, " + ("per output channel" if per_channel else "per tensor"),
+            "activations": "uint8, per tensor", "calibration_method": "MinMax",
+            "calibration_source": calib_source, "calibration_count": len(calib_paths),
+            "operators_in_fp32": ops_fp32, "quantized_operators": ops_int8, "fp32_model": str(fp32_path)}
 
 
 # --- images -----------------------------------------------------------------------------------------------------
@@ -242,11 +257,17 @@ def _quantize(src: Path, dst: Path, batches: list[np.ndarray], per_channel: bool
 
     with tempfile.TemporaryDirectory(prefix="visionsweep-int8-") as tmp, _quiet_onnxruntime():
         pre = Path(tmp) / "pre.onnx"
-        try:  # onnxruntime's recommended pre-processing: shape inference and graph optimisation (fuses Conv+BN ...)
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=rows)
-        except Exception as e:  # noqa: BLE001 - optional: quantisation works on the plain graph too
-            log.info("INT8 pre-processing of %s skipped (%s)", src, str(e).splitlines()[0][:200] if str(e) else e)
+        if not rows:
+            # a classifier's graph as exported (eval mode) has its BatchNorms folded into the Convs already, which is
+            # what onnxruntime's recommended pre-processing is for; it gave the same graph's agreement to the image
+            # on ResNet-18 and MobileNetV2, and cost ResNet-18 2 s of a 4-s export (bench/RESULTS.md, issue 28)
             pre = src
+        else:
+            try:  # onnxruntime's recommended pre-processing: shape inference and graph optimisation
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            except Exception as e:  # noqa: BLE001 - optional: quantisation works on the plain graph too
+                log.info("INT8 pre-processing of %s skipped (%s)", src, str(e).splitlines()[0][:200] if str(e) else e)
+                pre = src
         try:
             quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -260,14 +281,24 @@ def _quantize(src: Path, dst: Path, batches: list[np.ndarray], per_channel: bool
 @contextmanager
 def _quiet_onnxruntime():
     """Calibration runs the graph with every tensor as an output: onnxruntime warns for each shape that differs from
-    the traced one (a detector's per-image detections), thousands of lines that say nothing wrong."""
+    the traced one (a detector's per-image detections), thousands of lines that say nothing wrong; and its advice
+    to pre-process goes too (a classifier's graph is quantised as exported, on purpose)."""
     import onnxruntime as ort
 
+    root = logging.getLogger()
     ort.set_default_logger_severity(3)
+    root.addFilter(_no_preprocessing_advice)
     try:
         yield
     finally:
         ort.set_default_logger_severity(2)
+        root.removeFilter(_no_preprocessing_advice)
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantiser advises pre-processing on the root logger; a classifier's graph is left without it
+    on purpose (``_quantize``)."""
+    return "pre-processing" not in record.getMessage()
 
 
 def _operators(path: Path) -> tuple[dict[str, int], dict[str, int]]:

@@ -70,18 +70,23 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 def export_onnx(package: str, output: str | Path | None = None, *, batch_size: int = 1,
                 normalization: bool | None = None, image_size: str | None = None, check: bool = True,
-                check_images: list[torch.Tensor] | None = None, settings: dict[str, Any] | None = None) -> Exported:
+                check_images: list[torch.Tensor] | None = None, settings: dict[str, Any] | None = None,
+                loaded: Any = None) -> Exported:
     """Write ``output`` (default ``PACKAGE/model.onnx``) and its ``.json`` sidecar; with ``check``, run it
     under onnxruntime beside the PyTorch package on the same inputs and record the largest difference.
     ``settings`` override the package's inference settings (§9.5) that the graph bakes in, such as
-    ``box_score_threshold`` or ``box_detections_per_image``."""
+    ``box_score_threshold`` or ``box_detections_per_image``. ``loaded``: the package already loaded with those
+    settings (``load_package``), when the caller holds it: not built and read again."""
     from trainers.package import load_package
 
     if batch_size < 1:
         raise VisionsweepError(f"--batch-size: expected a positive integer, but got {batch_size}")
     size = _parse_size(image_size)
-    with phase("loading the model package"):
-        pkg = load_package(package, "cpu", settings)
+    if loaded is not None:
+        pkg = loaded
+    else:
+        with phase("loading the model package"):
+            pkg = load_package(package, "cpu", settings)
     task, name = pkg.task, pkg.model_name
     out = Path(output) if output else Path(str(package).removeprefix("file://")) / "model.onnx"
     if is_url(str(out)):

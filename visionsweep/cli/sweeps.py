@@ -18,7 +18,8 @@ def _run(args) -> int:
     job = load_job(args.job)
     apply_job_logging(job)
     print_notes(job, file=sys.stderr)
-    result = run_job(job, args.output, echo=echo, datastores=args.datastores, data_assets=args.data_assets)
+    result = run_job(job, args.output, echo=echo, datastores=args.datastores, data_assets=args.data_assets,
+                     release_ray=True)
     _print_result(result, job.primary_metric)
     return 0
 
@@ -39,7 +40,7 @@ def _print_result(result, primary: str) -> None:
 def _resume(args) -> int:
     from scheduler.controller import resume_run
 
-    result = resume_run(args.run_dir, echo=echo)
+    result = resume_run(args.run_dir, echo=echo, release_ray=True)
     _print_result(result, json.loads((result.run_dir / "summary.json").read_text())["primary_metric"])
     return 0
 
