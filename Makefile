@@ -68,7 +68,7 @@ demo: setup $(OPENMMLAB)
 
 test: setup $(OPENMMLAB) browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: setup
 	$(PY) bench/classification_throughput.py

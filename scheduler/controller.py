@@ -45,6 +45,7 @@ from scheduler.spec import Job, check_data_paths, parse_job
 from scheduler.stages import context
 from scheduler.stages.check import check
 from scheduler.stages.connect import connect_cluster
+from scheduler.stages.data_check import check_prepared_data
 from scheduler.stages.finish import finish_sweep
 from scheduler.stages.planning import plan_sweep
 from scheduler.stages.prepare import prepare
@@ -100,6 +101,7 @@ def _pipeline(ctx: context.RunContext, datastores: str | None, data_assets: str 
     checked = check(ctx, datastores, data_assets)
     data = prepare(ctx, datastores, data_assets)
     resources = connect_cluster(ctx)
+    check_prepared_data(ctx, data)
     planned = plan_sweep(ctx, checked, data, resources)
     outcome = run_trials(ctx, checked, data, resources, planned)
     return finish_sweep(ctx, planned, outcome, data)

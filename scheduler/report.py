@@ -81,6 +81,8 @@ def write_report(run_dir: str | Path, live: bool = False, refresh_s: float = 0.0
     parts.append(_table(_leaderboard(run, trials, primary, default_model), logs))
     parts.append("<h2>Trials: every hyperparameter</h2>")
     parts.append(_details(trials, logs))
+    parts.append("<h2>Data</h2>")
+    parts.append(_data(run))
     if not live:
         parts.append("<h2>What the best model predicts</h2>")
         parts.append(_predictions(run))
@@ -111,6 +113,16 @@ def _predictions(run: Path) -> str:
         return predictions_section(run)
     except Exception as e:  # the report is a view: a broken part is a note, not a missing report
         return f'<p class="note" id="predictions">Predictions could not be shown: {html.escape(str(e))}</p>'
+
+
+def _data(run: Path) -> str:
+    """What the data check found before the trials (``scheduler.data_check``)."""
+    from scheduler.data_check.section import section, thumbnail
+
+    try:
+        return section(run, thumbnail)
+    except Exception as e:  # the report is a view: a broken part is a note, not a missing report
+        return f'<p class="note" id="data">The data check could not be shown: {html.escape(str(e))}</p>'
 
 
 def _deployment(run: Path) -> str:

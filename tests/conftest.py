@@ -22,6 +22,7 @@ os.environ.setdefault("VISIONSWEEP_REPORT_PREDICTIONS", "0")
 # Likewise the deployment figures (scheduler.deployment: ONNX and INT8 exports of the best trials, timed);
 # tests/test_deployment_figures.py switches them on.
 os.environ.setdefault("VISIONSWEEP_DEPLOY_FIGURES", "0")
+os.environ.setdefault("VISIONSWEEP_DATA_CHECK", "off")  # the data check has its own tests (test_data_check*.py)
 
 
 def from_scratch(text: str) -> str:

@@ -140,7 +140,8 @@ sweep: {{sampling_algorithm: grid}}
 visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
 """))
     run = tmp_path / "run"
-    env = {**os.environ, "VISIONSWEEP_REPORT_S": "0.5", "VISIONSWEEP_REPORT_PREDICTIONS": "1"}
+    env = {**os.environ, "VISIONSWEEP_REPORT_S": "0.5", "VISIONSWEEP_REPORT_PREDICTIONS": "1",
+           "VISIONSWEEP_DATA_CHECK": "quick"}
     env.pop("RAY_ADDRESS", None)
     sweep = subprocess.Popen([sys.executable, "-m", "visionsweep.cli", "run", str(job), "-o", str(run)], env=env,
                              stdout=subprocess.PIPE, stderr=open(tmp_path / "run.err", "w"), text=True)
@@ -212,6 +213,8 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
     assert 'id="live"' not in dom and 'http-equiv="refresh"' not in dom
     assert_drawn(dom)
     assert 'id="confusion-matrix"' in dom and "data:image/png;base64," in dom  # what the best model predicts
+    # the data check before the trials: its section in the rendered page, with the run's per-class counts
+    assert '<div id="data">' in dom and "data check (quick, 60 images)" in dom and "<td>Trouser</td><td>" in dom
     st = json.loads(subprocess.run([sys.executable, "-m", "visionsweep.cli", "status", str(run), "--json"],
                                    capture_output=True, text=True).stdout)
     assert st["state"] == "finished" and st["done"] == 2 and st["eta_s"] == 0

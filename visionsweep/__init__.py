@@ -8,7 +8,8 @@ Two ways in:
   ``visionsweep.MLClient`` (``jobs``, ``online_endpoints``, ``online_deployments``) and
   ``visionsweep.entities`` (``ManagedOnlineEndpoint``, ``ManagedOnlineDeployment``, ``ProbeSettings`` ...).
 * **Ray's shape**: ``result = visionsweep.run(job)`` runs a job here and returns its best trial, leaderboard and
-  model package (:class:`visionsweep.results.Result`).
+  model package (:class:`visionsweep.results.Result`); ``visionsweep.check_data(job)`` checks its data first
+  (duplicates, leaks, balance, boxes, and with ``deep=True`` likely wrong labels).
 
 A job object and its CLI job file are one job: ``job.dump("job.yml")`` writes the file ``visionsweep run`` and the
 service's CLI take, and ``visionsweep.load_job("job.yml")`` gives the job object back.
@@ -19,6 +20,7 @@ from visionsweep.automl import load_job
 from visionsweep.client import MLClient
 from visionsweep.inputs import Input
 from visionsweep.results import Result
-from visionsweep.running import run
+from visionsweep.running import check_data, run
 
-__all__ = ["Input", "MLClient", "Result", "automl", "constants", "entities", "load_job", "run", "sweep"]
+__all__ = ["Input", "MLClient", "Result", "automl", "check_data", "constants", "entities", "load_job", "run",
+           "sweep"]

@@ -38,3 +38,20 @@ def run(job: ImageJob | str | Path, output: str | Path | None = None,
     out = echo or _quiet
     result = run_job(spec, output, echo=lambda line: out(REDACTION.redact(line)))
     return Result.from_folder(result.run_dir, result.location or str(result.run_dir), rows=result.rows)
+
+
+def check_data(job: ImageJob | str | Path, deep: bool = False,
+               echo: Callable[[str], None] | None = _stderr) -> dict:
+    """Check a job's data as ``visionsweep check-data`` does (duplicates, training/validation leaks, balance, boxes;
+    ``deep``: likely wrong labels too) on the connected Ray cluster, without a sweep; returns the findings (the
+    document ``check-data --json`` prints: ``duplicates``, ``leakage``, ``label_issues``, ``balance``, ``boxes``)."""
+    from scheduler.data_check.job import check_job_data
+    from scheduler.joblog import REDACTION, apply_job_logging, process_defaults
+    from scheduler.spec import load_job
+
+    process_defaults()
+    spec = load_job(job) if isinstance(job, (str, Path)) else job.validated()
+    apply_job_logging(spec)
+    out = echo or _quiet
+    return check_job_data(spec, "deep" if deep else "standard", echo=lambda line: out(REDACTION.redact(line)),
+                          release_ray=False)

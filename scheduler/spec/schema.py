@@ -139,6 +139,11 @@ class Extensions(BaseModel):
                                                    "statistics of the whole global batch (SyncBatchNorm); false: "
                                                    "each worker's own part of it")
     cache: Cache = Field(default_factory=Cache)
+    data_check: Literal["off", "quick", "standard", "deep"] = Field(
+        "quick", description="before the trials, check the data (RUN/data_check.json, one console line, the "
+                             "report's 'Data'): quick: exact duplicates and leaks (every image's bytes read once "
+                             "on the nodes), balance, boxes; standard: also near copies (perceptual hashes); deep: "
+                             "also likely wrong labels (classification); off: no check")
     deploy_top_k: int = Field(3, ge=0, description="after the sweep, measure this many of the best trials as "
                                                    "PyTorch, ONNX and INT8 models (validation metric, latency, "
                                                    "throughput on the driver's CPU): RUN/deployment.json and the "

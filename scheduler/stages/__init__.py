@@ -3,6 +3,7 @@
     check      the run folder's job files, ``checkpoint_run_id``, the weights of the models a manual sweep names
     prepare    the data: datastores, data assets, the train/validation split, RUN/data/
     connect    Ray (RAY_ADDRESS, or an embedded local Ray) and what one trial asks of it
+    data check duplicates, leaks, balance, boxes (labels at ``deep``) of the prepared data, on the cluster
     plan       searcher, scheduler and number of trials; AutoMode's picks, its cost probe and budget, and the
                weights of the models it picked
     trials     the Ray Tune run: the run folder's recorder, MLflow, the live view, Tune's fit, one stop path
