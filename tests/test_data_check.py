@@ -125,7 +125,9 @@ def test_check_data_names_the_injected_duplicates_leaks_and_flipped_labels(tmp_p
 
     flagged = {i["image_url"] for i in found["label_issues"]}
     caught = len(flagged & expected["flipped"])
-    print(f"label check: {caught} of {len(expected['flipped'])} flipped labels flagged, {len(flagged)} flagged")
+    print(f"duplicates: {hit} of {len(expected['duplicates'])} planted found in {len(groups)} groups; leaks: {leaks} "
+          f"of {len(expected['leaks'])} planted found among {len(pairs)} pairs; label check: {caught} of "
+          f"{len(expected['flipped'])} flipped labels flagged, {len(flagged)} flagged")
     assert caught >= len(expected["flipped"]) / 2
     assert len(flagged) <= 3 * len(expected["flipped"])
     issue = found["label_issues"][0]
