@@ -187,14 +187,14 @@ def test_boxes_finds_sub_pixel_twice_boxed_self_intersecting_and_tiny_objects():
     twice = {**box, "topX": 0.101}
     thin = {"label": "car", "topX": 0.6, "topY": 0.6, "bottomX": 0.605, "bottomY": 0.9}  # 0.5 px wide at 100 px
     recs = [Record("a.png", parse_detection([box, twice, thin]), "d.jsonl:1")]
-    found = boxes(hp.DETECTION, recs, {"a.png": _fp()})
+    found = boxes(recs, {"a.png": _fp()})
     assert found["objects"] == 3 and found["degenerate_count"] == 1 and found["degenerate"][0]["object"] == 2
     assert found["duplicate_boxes"][0]["objects"] == [0, 1] and found["duplicate_boxes"][0]["line"] == "d.jsonl:1"
     # at 100x100 px the 40-px boxes are not tiny, the thin one is: a third of the objects, over the 30 % that tiles
     assert found["tiny_share"] == 0.3333 and any("tile_grid_size" in a for a in found["advice"])
-    assert "tile_grid_size" not in " ".join(boxes(hp.DETECTION, recs, {"a.png": _fp()}, "3x2")["advice"])
+    assert "tile_grid_size" not in " ".join(boxes(recs, {"a.png": _fp()}, "3x2")["advice"])
     bowtie = [{"label": "car", "polygon": [[0.1, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1, 0.9]]}]
-    seg = boxes(hp.SEGMENTATION, [Record("b.png", parse_segmentation(bowtie), "s.jsonl:7")], {"b.png": _fp(640, 480)})
+    seg = boxes([Record("b.png", parse_segmentation(bowtie), "s.jsonl:7")], {"b.png": _fp(640, 480)})
     assert seg["invalid_polygons_count"] == 1 and "Self-intersection" in seg["invalid_polygons"][0]["why"]
     assert seg["tiny_share"] == 0.0
 

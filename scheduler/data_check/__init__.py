@@ -26,11 +26,9 @@ from typing import Any, Callable, Sequence
 from scheduler.data_check.balance import balance
 from scheduler.data_check.boxes import boxes
 from scheduler.data_check.duplicates import NEAR_BITS, duplicates, leakage
-from trainers import hyperparameters as hp
 
 FILE = "data_check.json"
 LEVELS = ("off", "quick", "standard", "deep")
-LABEL_TASKS = (hp.MULTICLASS, hp.MULTILABEL)
 
 
 def check_data(task: str, train: Sequence[Any], valid: Sequence[Any], classes: Sequence[str], store: Any,
@@ -63,13 +61,13 @@ def check_data(task: str, train: Sequence[Any], valid: Sequence[Any], classes: S
         "duplicates": duplicates(train, fps, near),
         "leakage": leakage(train, valid, fps, near),
         "balance": balance(task, train, classes),
-        "boxes": boxes(task, (*train, *valid), fps, tile_grid_size),
+        "boxes": boxes((*train, *valid), fps, tile_grid_size),
         "unreadable": unreadable[:200], "unreadable_count": len(unreadable),
     }
     seconds["copies_balance_boxes"] = round(time.perf_counter() - t, 2)
-    if level == "deep" and task in LABEL_TASKS:
-        from scheduler.data_check import labels
+    from scheduler.data_check import labels
 
+    if level == "deep" and task in labels.SINGLE_LABEL:  # the tasks whose labels are class names
         t = time.perf_counter()
         readable = [r for r in train if not fps[r.image_url].error]
         if echo:

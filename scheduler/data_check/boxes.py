@@ -30,9 +30,9 @@ def _iou(a: Any, b: Any) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def boxes(task: str, records: Sequence[Any], fps: Mapping[str, Any], tile_grid_size: Any = None) -> dict[str, Any]:
+def boxes(records: Sequence[Any], fps: Mapping[str, Any], tile_grid_size: Any = None) -> dict[str, Any]:
     """The box and polygon findings of ``records`` (training and validation lines), each naming its line,
-    ``image_url`` and the object's index on that line."""
+    ``image_url`` and the object's index on that line; ``{}`` where no label holds a box (classification)."""
     if not any(isinstance(b, Box) for r in records if isinstance(r.label, tuple) for b in r.label):
         return {}  # labels without boxes (classification), or no object at all
     from shapely.geometry import Polygon

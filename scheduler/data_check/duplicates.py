@@ -55,16 +55,11 @@ def _place(r: Any) -> dict[str, str]:
 def duplicates(train: Sequence[Any], fps: Mapping[str, Any], near_bits: int | None) -> list[dict[str, Any]]:
     """Groups of training lines that hold the same image (``kind: exact``) or near copies of each other
     (``kind: near``, with the largest Hamming ``distance`` in the group), largest groups first."""
-    by_hash: dict[str, list[Any]] = defaultdict(list)
-    for r in train:
-        fp = fps.get(r.image_url)
-        if fp is not None and fp.sha256:
-            by_hash[fp.sha256].append(r)
+    by_hash = _by_hash(train, fps)
     groups = [{"kind": "exact", "image_urls": [r.image_url for r in rs], "lines": [r.source for r in rs]}
               for rs in by_hash.values() if len(rs) > 1]
     if near_bits is not None:
-        keys = [h for h, rs in by_hash.items() if fps[rs[0].image_url].phash is not None]
-        reps = [fps[by_hash[h][0].image_url] for h in keys]
+        keys, reps = _hashed(by_hash, fps)
         pairs = [(i, j, d) for i, j, d in near_pairs([f.phash for f in reps], None, near_bits)
                  if _close(reps[i], reps[j])]
         parent = list(range(len(keys)))
@@ -97,11 +92,7 @@ def leakage(train: Sequence[Any], valid: Sequence[Any], fps: Mapping[str, Any],
             near_bits: int | None) -> list[dict[str, Any]]:
     """(training line, validation line) pairs that hold the same image (``kind: exact``) or near copies
     (``kind: near``, with their Hamming ``distance``): a validation score measured on images the model trained on."""
-    by_hash: dict[str, list[Any]] = defaultdict(list)
-    for r in train:
-        fp = fps.get(r.image_url)
-        if fp is not None and fp.sha256:
-            by_hash[fp.sha256].append(r)
+    by_hash = _by_hash(train, fps)
     out = []
     exact_pairs = set()
     for v in valid:
@@ -110,9 +101,8 @@ def leakage(train: Sequence[Any], valid: Sequence[Any], fps: Mapping[str, Any],
             out.append(_pair(t, v, "exact", 0))
             exact_pairs.add((t.source, v.source))
     if near_bits is not None:
-        keys = [h for h, rs in by_hash.items() if fps[rs[0].image_url].phash is not None]
+        keys, reps = _hashed(by_hash, fps)
         vs = [v for v in valid if fps.get(v.image_url) is not None and fps[v.image_url].phash is not None]
-        reps = [fps[by_hash[h][0].image_url] for h in keys]
         for i, j, d in near_pairs([fps[v.image_url].phash for v in vs], [f.phash for f in reps], near_bits):
             if not _close(fps[vs[i].image_url], reps[j]):
                 continue
@@ -120,6 +110,22 @@ def leakage(train: Sequence[Any], valid: Sequence[Any], fps: Mapping[str, Any],
                 if (t.source, vs[i].source) not in exact_pairs:
                     out.append(_pair(t, vs[i], "near", d))
     return sorted(out, key=lambda p: (p["distance"], p["training_line"]))
+
+
+def _by_hash(train: Sequence[Any], fps: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The training lines by their image's content hash (unreadable images left out)."""
+    by_hash: dict[str, list[Any]] = defaultdict(list)
+    for r in train:
+        fp = fps.get(r.image_url)
+        if fp is not None and fp.sha256:
+            by_hash[fp.sha256].append(r)
+    return by_hash
+
+
+def _hashed(by_hash: Mapping[str, list[Any]], fps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """(content hashes with a perceptual hash, the fingerprint of each): one entry per distinct image."""
+    keys = [h for h, rs in by_hash.items() if fps[rs[0].image_url].phash is not None]
+    return keys, [fps[by_hash[h][0].image_url] for h in keys]
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -15,13 +15,13 @@ from trainers.errors import VisionsweepError
 log = logging.getLogger(__name__)
 
 
-OFF_ENV = "VISIONSWEEP_DATA_CHECK"  # a level that overrides the job's (the test suite's default: off)
+LEVEL_ENV = "VISIONSWEEP_DATA_CHECK"  # a level that overrides the job's (the test suite sets off)
 
 
 def check_prepared_data(ctx: RunContext, data: PreparedData) -> None:
-    level = os.environ.get(OFF_ENV, "").strip().lower() or ctx.job.spec.visionsweep.data_check
+    level = os.environ.get(LEVEL_ENV, "").strip().lower() or ctx.job.spec.visionsweep.data_check
     if level not in data_check.LEVELS:
-        raise VisionsweepError(f"${OFF_ENV}: expected one of {', '.join(data_check.LEVELS)}, but got {level!r}")
+        raise VisionsweepError(f"${LEVEL_ENV}: expected one of {', '.join(data_check.LEVELS)}, but got {level!r}")
     if level == "off" or ctx.resume and (ctx.run_dir / data_check.FILE).is_file():
         return
     with ctx.phase("data_check"):
