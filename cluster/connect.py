@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
 
 log = logging.getLogger(__name__)
 _embedded = False  # this process started the Ray it is connected to (no RAY_ADDRESS, not initialised before)
@@ -37,20 +36,21 @@ def connect(num_cpus: int | None = None, dashboard: bool = False) -> str:
     return f"{len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
 
 
-def release_embedded() -> threading.Thread | None:
-    """Shut down the embedded Ray this process started, in a background thread, and return it (None: Ray is a
-    cluster's or the caller's, and stays). A command that has no more use for Ray after its trials calls this:
-    stopping Ray's processes takes 1-2 s of waiting, which then passes while the command writes its results
-    instead of after them."""
+def release_embedded() -> bool:
+    """Shut down the embedded Ray this process started (False: Ray is a cluster's or the caller's, and stays). A
+    command with no more use for Ray after its trials calls this: Ray's processes are gone before the deployment
+    figures time anything, and the command ends without waiting on them. Synchronous, in the main thread, and the
+    caller re-arms its signal handlers after it: Ray's shutdown resets SIGTERM to the default action under Python's
+    handler (found by a SIGTERM during the figures, which then killed the command with no summary; a background
+    shutdown left that window open)."""
     global _embedded
     if not _embedded:
-        return None
+        return False
     import ray
 
     _embedded = False
-    t = threading.Thread(target=ray.shutdown, name="visionsweep-ray-shutdown", daemon=True)
-    t.start()
-    return t
+    ray.shutdown()
+    return True
 
 
 def _processes_apart():

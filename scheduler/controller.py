@@ -69,8 +69,8 @@ def run_job(job: Job, output: str | Path | RunStore | None = None, echo: Callabl
             resume: bool = False, datastores: str | None = None, data_assets: str | None = None,
             release_ray: bool = False) -> RunResult:
     """Run a validated job on the connected Ray cluster and write its run folder (a path or a storage URL).
-    ``release_ray``: an embedded Ray this call starts is shut down as soon as the trials are over (a command that
-    ends with the run; a notebook keeps it for the next job)."""
+    ``release_ray``: an embedded Ray this call starts is shut down as soon as the trials are over, before the
+    deployment figures time anything (a command that ends with the run; a notebook keeps it for the next job)."""
     echo = echo or _echo_default
     t0 = context.clock()  # limits.timeout_minutes covers the whole job: checks, data, Ray's start, trials
     check_supported(job)

@@ -20,13 +20,10 @@ from trainers.data import PreparedData
 
 def finish_sweep(ctx: RunContext, planned: Planned, outcome: Outcome, data: PreparedData) -> RunResult:
     plan, cancelled = planned.plan, outcome.cancelled
-    releasing = release_embedded() if ctx.release_ray else None  # nothing after the trials needs Ray
-    try:
-        result = finish_run(ctx.job, ctx.store, ctx.t0, outcome.timed_out, outcome.tracker, plan.notes, ctx.phase,
-                            data.store, cancelled)
-    finally:
-        if releasing is not None:
-            releasing.join()
+    if ctx.release_ray and release_embedded():  # nothing after the trials needs Ray
+        ctx.stops.arm()  # Ray's shutdown reset SIGTERM under the handler
+    result = finish_run(ctx.job, ctx.store, ctx.t0, outcome.timed_out, outcome.tracker, plan.notes, ctx.phase,
+                        data.store, cancelled)
     if plan.automode is not None:
         automode_actual(ctx.run_dir, plan.automode, ctx.elapsed_s(), outcome.timed_out)
     if cancelled:
