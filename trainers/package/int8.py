@@ -49,6 +49,11 @@ MIN_AGREEMENT = 0.95  # top-1 agreement with the package below which an INT8 exp
 CALIBRATION_COUNT = 100  # onnxruntime's guidance: a few hundred representative inputs at most
 CHECK_COUNT = 200
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
+#: the operators of a detector's graph that are quantised (None: every operator onnxruntime can): its convolutions.
+#: The box decoding and score arithmetic after them (multiplies, adds, sigmoids in pixel units) lose whole pixels in
+#: 8 bits: on the demo's YOLOv5 quantising every operator lost 0.044 mAP@0.5, the convolutions alone 0.012
+#: (bench/deployment_forms.py, bench/RESULTS.md, issue 28)
+DETECTOR_OPERATORS: tuple[str, ...] | None = ("Conv",)
 
 
 @dataclass
@@ -208,11 +213,13 @@ def seeded_sample(paths: list, n: int) -> list:
 
 def _preprocess(pkg, meta_input: dict[str, Any], where: str):
     """One image file -> the graph's input tensor (3, H, W), as the sidecar's ``input`` says: a classifier's
-    resize, center crop and (unless it is in the graph) normalisation; a detector's resize to the fixed input, RGB in
-    [0, 1]."""
+    resize, center crop and (unless it is in the graph) normalisation; a detector's resize to the fixed input (YOLOv5's
+    letterbox), RGB in [0, 1]."""
+    from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
     from trainers.data.images import read_image
+    from trainers.models.openmmlab import YOLO_PAD
 
     transform = make_task(pkg.task, pkg.classes).input_transform(pkg.settings, where)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -221,6 +228,12 @@ def _preprocess(pkg, meta_input: dict[str, Any], where: str):
 
     def prep(path: str) -> torch.Tensor:
         image = read_image(str(path))
+        if transform is None and meta_input.get("letterbox"):  # YOLOv5: calibrated on what it is given
+            s = int(w) / max(image.size)
+            size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
+            square = Image.new("RGB", (int(w), int(h)), (int(YOLO_PAD),) * 3)
+            square.paste(image.convert("RGB").resize(size), (0, 0))
+            return pil_to_tensor(square).float() / 255
         if transform is None:  # a detector: the whole image, resized to the graph's fixed input
             return pil_to_tensor(image.convert("RGB").resize((int(w), int(h)))).float() / 255
         x = transform(image)  # the package's own transform: normalised
@@ -268,10 +281,11 @@ def _quantize(src: Path, dst: Path, batches: list[np.ndarray], per_channel: bool
             except Exception as e:  # noqa: BLE001 - optional: quantisation works on the plain graph too
                 log.info("INT8 pre-processing of %s skipped (%s)", src, str(e).splitlines()[0][:200] if str(e) else e)
                 pre = src
+        ops = {"op_types_to_quantize": list(DETECTOR_OPERATORS)} if rows and DETECTOR_OPERATORS else {}
         try:
             quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            extra_options={"CalibTensorRangeSymmetric": False})
+                            extra_options={"CalibTensorRangeSymmetric": False}, **ops)
         except Exception as e:  # noqa: BLE001 - whatever onnxruntime says is the reason it cannot be quantised
             raise VisionsweepError(
                 f"{where}: onnxruntime cannot quantise the ONNX graph of {name} to INT8 ({type(e).__name__}: "

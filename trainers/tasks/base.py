@@ -131,7 +131,7 @@ class Task:
         """Why an exported graph of ``model_name`` cannot stand in for its package (:meth:`onnx_model`); None: it
         can. Asked before exporting, so that no export is made in vain."""
         return (f"an exported {self.name} graph of {model_name} cannot be measured by this version (classifiers "
-                "and torchvision's detectors can)")
+                "and torchvision's and YOLOv5's detectors can)")
 
     def onnx_model(self, session, meta: dict[str, Any], where: str) -> nn.Module:
         """An exported graph (``session``: onnxruntime's, ``meta``: its sidecar) called like the package's model

@@ -197,18 +197,18 @@ class DetectionTask(Task):
         return {"box_score_threshold": min(AP_SCORE_FLOOR, float(settings["box_score_threshold"]))}
 
     def unmeasurable(self, model_name: str) -> str | None:
-        """torchvision's detectors (``boxes_i``, ``labels_i``, ``scores_i`` graphs) can be measured; YOLOv5's (n, 6)
-        rows and MMDetection models not by this version."""
-        if model_name == "yolov5" or hp.model_backend(model_name) != "builtin":
+        """torchvision's detectors (``boxes_i``, ``labels_i``, ``scores_i`` graphs) and YOLOv5 (``output_i`` (n, 6)
+        rows) can be measured; MMDetection models have no ONNX export here (OpenMMLab's mmdeploy makes theirs)."""
+        if model_name != "yolov5" and hp.model_backend(model_name) != "builtin":
             return super().unmeasurable(model_name)
         return None
 
     def onnx_model(self, session, meta: dict[str, Any], where: str):
         if self.unmeasurable(meta["model_name"]):
             return super().onnx_model(session, meta, where)
-        from trainers.tasks.ort import OrtDetections
+        from trainers.tasks.ort import OrtDetections, OrtYolo
 
-        return OrtDetections(session, meta)
+        return (OrtYolo if meta["model_name"] == "yolov5" else OrtDetections)(session, meta)
 
     def input_transform(self, settings: dict[str, Any], where: str):
         try:

@@ -66,7 +66,8 @@ class PerImage(nn.Module):
 class YoloGraph(nn.Module):
     """YOLOv5 (mmyolo) as one traceable graph: letterboxed RGB [0, 1] in -> per image (n, 6)
     ``x0, y0, x1, y1, conf, class_id`` (clipped to the input) after class-wise NMS, conf = objectness x class
-    probability (§6.6), above ``box_score_threshold``, at most ``box_detections_per_image``. The head's own Python
+    probability (§6.6), above ``box_score_threshold``, at most ``box_detections_per_image``; a box may come once per
+    class it scores above the threshold for (the head's ``multi_label``, as the package predicts). The head's own Python
     post-processing (``predict_by_feat``) is not traceable; this is the same decoding in tensor operations."""
 
     def __init__(self, det: nn.Module, size: int, settings: dict[str, Any]):
@@ -96,12 +97,14 @@ class YoloGraph(nn.Module):
         cls = torch.cat([t.permute(0, 2, 3, 1).reshape(n, -1, c) for t in cls], 1).sigmoid()
         box = torch.cat([t.permute(0, 2, 3, 1).reshape(n, -1, 4) for t in box], 1)
         obj = torch.cat([t.permute(0, 2, 3, 1).reshape(n, -1) for t in obj], 1).sigmoid()
-        boxes = self.head.bbox_coder.decode(self.priors[None], box, self.strides).clamp(0, self.size)
-        conf, label = (cls * obj[..., None]).max(-1)
+        boxes = self.head.bbox_coder.decode(self.priors[None], box, self.strides)
+        conf = cls * obj[..., None]  # (n, priors, classes)
         outs = []
         for i in range(n):
-            keep = conf[i] > self.score
-            b, s, lab = boxes[i][keep], conf[i][keep], label[i][keep]
+            # multi-label, as the head's own test_cfg: a box is a candidate for every class it scores above the
+            # threshold, and NMS is class-wise on the unclipped boxes; clipped after, as the head clips them
+            prior, lab = (conf[i] > self.score).nonzero(as_tuple=True)
+            b, s = boxes[i][prior], conf[i][prior, lab]
             k = batched_nms(b, s, lab, self.iou)[: self.max_det]
-            outs.append(torch.cat([b[k], s[k, None], lab[k, None].float()], 1))
+            outs.append(torch.cat([b[k].clamp(0, self.size), s[k, None], lab[k, None].float()], 1))
         return tuple(outs)

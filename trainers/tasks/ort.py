@@ -65,3 +65,38 @@ class OrtDetections(nn.Module):
                                 if len(masks) else masks.new_zeros((0, 1, h, w)))
             outs.append(out)
         return outs
+
+
+class OrtYolo(nn.Module):
+    """A YOLOv5 graph (input ``input`` (1, 3, S, S) letterboxed RGB [0, 1], outputs ``output_i`` (n, 6) rows
+    ``x0, y0, x1, y1, conf, class_id`` in letterboxed pixels) called like the package's detector: a list of RGB
+    [0, 1] images in, torchvision's per-image dicts out. Each image is letterboxed as the package's model does it
+    (``trainers.models.openmmlab.MMDetector``: the long side resized to S, the rest grey 114 at the right and bottom)
+    and its boxes scaled back; labels are 1-based again. The score threshold is baked in at export, as for
+    :class:`OrtDetections`."""
+
+    score_thresh = 0.0
+
+    def __init__(self, session, meta: dict[str, Any]):
+        super().__init__()
+        self.session = session
+        self.name = session.get_inputs()[0].name
+        self.size = int(meta["input"]["shape"][-1])
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        from trainers.models.boxes import drop_degenerate
+        from trainers.models.openmmlab import YOLO_PAD
+
+        outs = []
+        for im in images:
+            h, w = im.shape[-2:]
+            s = self.size / max(h, w)
+            nh, nw = max(1, round(h * s)), max(1, round(w * s))
+            x = torch.full((1, 3, self.size, self.size), YOLO_PAD / 255.0)
+            x[:, :, :nh, :nw] = F.interpolate(im[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)
+            (rows,) = self.session.run(None, {self.name: x.numpy()})
+            rows = torch.from_numpy(rows).float()
+            boxes = rows[:, :4] / torch.tensor([nw / w, nh / h, nw / w, nh / h])
+            out = {"boxes": boxes, "scores": rows[:, 4], "labels": rows[:, 5].long() + 1}
+            outs.append(drop_degenerate(out, h, w))
+        return outs
