@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 _embedded = False  # this process started the Ray it is connected to (no RAY_ADDRESS, not initialised before)
@@ -105,8 +106,50 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+#: where a cluster's autoscaling config is read when Ray's GCS holds none (the v1 autoscaler of Ray's cluster
+#: launcher: ``ray up`` puts it on the head as ``~/ray_bootstrap_config.yaml``); the variable names another file
+CLUSTER_CONFIG_ENV = "VISIONSWEEP_CLUSTER_CONFIG"
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
 def gpus_per_node() -> float:
-    """GPUs of the cluster's largest GPU node (0 on a CPU-only cluster): what one node can give a trial."""
+    """GPUs of the cluster's largest GPU node (0 on a CPU-only cluster): what one node can give a trial. On an
+    autoscaling cluster that node may not run yet (GPU workers with ``min_workers: 0``): the node types the
+    autoscaler can launch count too, or a sweep would plan CPU trials that never make it add a GPU node."""
     import ray
 
-    return float(max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+    alive = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    return float(max([alive, *(t["resources"].get("GPU", 0) for t in autoscaler_node_types().values())]))
+
+
+def autoscaler_node_types() -> dict[str, dict]:
+    """{node type: {"resources": ..., "max_workers": n}} of the worker types the cluster's autoscaler can launch
+    (``max_workers`` > 0): from the cluster config the autoscaler reported to Ray's GCS (autoscaler v2, KubeRay),
+    else from the cluster launcher's file on the head (``VISIONSWEEP_CLUSTER_CONFIG``, default
+    ``~/ray_bootstrap_config.yaml``); empty where neither exists (a fixed cluster, an embedded Ray)."""
+    import yaml
+
+    if _embedded:
+        return {}
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - an older GCS or a client without the accessor: try the file
+        config = None
+    if config is not None and config.node_group_configs:
+        return {g.name: {"resources": dict(g.resources), "max_workers": g.max_count}
+                for g in config.node_group_configs if g.max_count != 0}
+    path = Path(os.path.expanduser(os.environ.get(CLUSTER_CONFIG_ENV) or BOOTSTRAP_CONFIG))
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text()
+        cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        types = cfg.get("available_node_types") or {}
+        head = cfg.get("head_node_type")
+        return {name: {"resources": dict(t.get("resources") or {}), "max_workers": int(t.get("max_workers", 0))}
+                for name, t in types.items() if name != head and int(t.get("max_workers", 0)) > 0}
+    except Exception as e:  # noqa: BLE001 - a config we cannot read plans for the nodes there are
+        log.warning("%s: cannot read the cluster's node types (%s); planning for the nodes that run now", path, e)
+        return {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +63,13 @@ class Group:
         return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
                                        resources_per_worker=resources,
                                        placement_strategy="SPREAD" if self.spread else "PACK")
+
+
+def declared_gpus_only() -> bool:
+    """This process runs on a cluster whose GPUs are declared resources with no CUDA behind them: Ray's fake
+    multi-node provider (``cluster.autoscaling``, which sets ``RAY_FAKE_CLUSTER`` on every process of it). Its GPU
+    workers reserve their GPU, so that the autoscaler and placement behave as on a GPU cluster, and train on the CPU."""
+    return bool(os.environ.get("RAY_FAKE_CLUSTER"))
 
 
 def _threads(cpus: float) -> None:
@@ -164,7 +172,7 @@ def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, 
                primary: str, credentials: EnvCredentials, log_level: str = "info") -> None:
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     loop = functools.partial(_worker_loop, h=h, data=data, init_package=init_package, weights=weights,
@@ -172,6 +180,8 @@ def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, 
     trainer = TorchTrainer(
         loop,
         scaling_config=group.scaling_config(),
+        # NCCL needs CUDA: a cluster whose GPUs are only declared trains its GPU workers on the CPU, over gloo
+        **({"torch_config": TorchConfig(backend="gloo")} if declared_gpus_only() else {}),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(), storage_path=group.storage_path,
             storage_filesystem=group.storage_filesystem, callbacks=[TuneReportCallback()],
@@ -194,6 +204,6 @@ def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], dat
     credentials.apply()
     ctx = ray.train.get_context()
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
+    device = "cpu" if declared_gpus_only() else str(ray.train.torch.get_device())
     _train_here(h, data, Session(ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint), workers,
-                group.cpus_per_worker, weights, init_package, device=str(ray.train.torch.get_device()),
-                log_level=log_level)
+                group.cpus_per_worker, weights, init_package, device=device, log_level=log_level)

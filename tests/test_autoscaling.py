@@ -1,0 +1,146 @@
+"""Clusters that grow and shrink (issue 30): a cluster YAML's node types launched and terminated by Ray's own
+autoscaler (cluster/autoscaling.py: the v1 monitor with the fake multi-node provider, real raylets on this
+machine), with a sweep of data-parallel trials that needs two GPU nodes the cluster does not have when it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.autoscaling import HEAD_TYPE, AutoscalingLocalCluster, autoscaler_config
+from cluster.local import MARKER_ENV, ClusterError
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = ROOT / "tests" / "fixtures" / "cluster" / "autoscaling.yaml"
+SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
+
+# Runs beside the sweep in a process of its own (this one may hold another Ray): every 0.2 s, one JSON line per
+# change of the cluster's GPU nodes: which are alive and how many of their GPUs are taken.
+WATCHER = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from ray._private.state import available_resources_per_node
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+    out, last = open(sys.argv[2], "a"), None
+    while True:
+        free = available_resources_per_node()
+        gpu = {n["NodeID"]: n["Resources"]["GPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
+        # (a resource with nothing left is missing from a node's available resources)
+        now = {n: {"gpus": g, "used": g - free[n].get("GPU", 0.0) if n in free else None} for n, g in gpu.items()}
+        if now != last:
+            out.write(json.dumps({"t": time.time(), "nodes": now}) + "\\n")
+            out.flush()
+            last = now
+        time.sleep(0.2)
+""")
+
+
+def _client_env(cluster: AutoscalingLocalCluster) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k not in ("RAY_ADDRESS", MARKER_ENV)}
+    return {**env, **cluster.env(), "VISIONSWEEP_DATA_CHECK": "off"}
+
+
+def _states(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(path: Path, what: str, ok, timeout: float = 120.0) -> list[dict]:
+    """Wait for the watcher to write a state that satisfies ``ok`` (the watcher's lines are the events waited
+    on; the bound only keeps a broken cluster from hanging the suite)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = _states(path)
+        if states and ok(states[-1]["nodes"]):
+            return states
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout:.0f} s for {what}; the watcher saw: {_states(path)[-5:]}")
+
+
+def test_the_autoscaling_config_keeps_the_yamls_node_types_and_drops_the_clouds_keys():
+    cfg = autoscaler_config(CLUSTER_YAML, "127.0.0.1:1234")
+    assert cfg["provider"]["type"] == "fake_multinode" and cfg["provider"]["gcs_address"] == "127.0.0.1:1234"
+    assert cfg["head_node_type"] == HEAD_TYPE
+    assert cfg["available_node_types"]["gpu-worker"]["resources"]["GPU"] == 1
+    assert cfg["available_node_types"]["gpu-worker"]["min_workers"] == 0
+    assert cfg["available_node_types"]["gpu-worker"]["max_workers"] == 2
+    assert cfg["idle_timeout_minutes"] == pytest.approx(0.1)
+    # the cloud files' node types, with their node_config and docker settings, read the same way
+    aws = autoscaler_config(ROOT / "cluster" / "aws-gpu.yaml", "h:1")
+    assert all(set(t) <= {"resources", "node_config", "min_workers", "max_workers"}
+               for t in aws["available_node_types"].values())
+    assert aws["available_node_types"][HEAD_TYPE]["max_workers"] == 0
+    with pytest.raises(ClusterError, match=r"head_node_type: expected one of"):
+        autoscaler_config({"available_node_types": {"a": {"resources": {"CPU": 1}}}, "head_node_type": "b"}, "h:1")
+    with pytest.raises(ClusterError, match=r"available_node_types\.w\.resources: expected"):
+        autoscaler_config({"available_node_types": {"h": {"resources": {"CPU": 1}}, "w": {}},
+                           "head_node_type": "h"}, "h:1")
+
+
+@pytest.mark.ray
+def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove_them_when_idle(tmp_path):
+    """The head has 1 CPU and no GPU; each trial is two data-parallel workers of 1 CPU + 1 GPU, one per node
+    (node_count_per_trial 2): only two "gpu-worker" nodes can hold one. The sweep plans GPU trials from the node
+    types the autoscaler can launch, the autoscaler launches two nodes, both trials train on them (each node's GPU
+    taken), and once the sweep is over the nodes go after the YAML's idle timeout (0.1 min)."""
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "job.yml").write_text(textwrap.dedent(f"""\
+        type: automl
+        task: image_classification
+        target_column_name: label
+        training_data: {{path: {SAMPLE / 'train'}, type: mltable}}
+        limits: {{max_trials: 2, max_concurrent_trials: 1}}
+        training_parameters: {{model_name: mobilenetv2, number_of_epochs: 1, training_batch_size: 32,
+                              training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
+        search_space:
+          - learning_rate: {{type: choice, values: [0.0003, 0.001]}}
+        sweep: {{sampling_algorithm: grid}}
+        properties: {{node_count_per_trial: "2"}}
+        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
+        """))
+    out = tmp_path / "run"
+    states = tmp_path / "nodes.jsonl"
+    with AutoscalingLocalCluster(tmp_path / "cluster", CLUSTER_YAML) as cluster:
+        env = _client_env(cluster)
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER, cluster.address, str(states)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(states, "the watcher's first look at the cluster", lambda nodes: True)
+            assert _states(states)[0]["nodes"] == {}, "the cluster starts with no GPU node"
+            started = time.time()
+            run = subprocess.run([str(Path(sys.executable).parent / "visionsweep"), "run", str(work / "job.yml"),
+                                  "--output", str(out)], env=env, cwd=work, capture_output=True, text=True,
+                                 timeout=1200)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+            seen = _states(states)
+            # the autoscaler launched exactly the two nodes a trial needs, and both trained (their GPU taken)
+            launched = {n for s in seen for n in s["nodes"]}
+            assert len(launched) == 2, seen
+            assert all(any(s["nodes"].get(n, {}).get("used") == 1 for s in seen) for n in launched), seen
+            assert any(all(v["used"] == 1 for v in s["nodes"].values()) and len(s["nodes"]) == 2 for s in seen)
+            # every trial trained as two workers and finished
+            rows = [json.loads(line) for t in sorted((out / "trials").iterdir())
+                    for line in (t / "metrics.jsonl").read_text().splitlines()]
+            assert len(list((out / "trials").iterdir())) == 2
+            assert rows and all(r.get("workers") == 2 for r in rows), rows
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["state"] == "finished" and summary["best_trial"]
+            # idle after the sweep: the autoscaler removes both nodes
+            ended = time.time()
+            seen = _wait_for(states, "the idle GPU nodes to be terminated", lambda nodes: nodes == {})
+            up = [s["t"] - started for s in seen if s["nodes"]]
+            print(f"\nautoscaling: first GPU node after {up[0]:.1f} s, both after "
+                  f"{min(s['t'] - started for s in seen if len(s['nodes']) == 2):.1f} s, the sweep took "
+                  f"{ended - started:.1f} s, no GPU node {seen[-1]['t'] - ended:.1f} s after it ended")
+        finally:
+            watcher.kill()
+            watcher.wait()
+    assert not cluster.pids(), "a process of the cluster outlived stop()"
