@@ -105,7 +105,11 @@ def run_trials(ctx: RunContext, checked: Checked, data: PreparedData, res: Trial
                     # resume can only go on from the last upload, so keep it as fresh as the local snapshot.
                     sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),
                     failure_config=tune.FailureConfig(max_failures=ext.trial_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=primary,
+                    # One by score: Tune keeps the best checkpoint and, whatever its score, the latest (what a
+                    # resume goes on from); and with num_to_keep 1 it snapshots its state after every trial
+                    # checkpoint instead of every STATE_SYNC_S, so a controller or head lost right after an
+                    # evaluation still resumes after it (tests/test_remote_run.py, issue 30)
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=primary,
                                                             checkpoint_score_order="max"),
                 ),
             )
