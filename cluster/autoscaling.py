@@ -109,12 +109,13 @@ class AutoscalingLocalCluster:
 
     def __init__(self, dir: str | os.PathLike, cluster_yaml: str | os.PathLike | dict[str, Any], *,
                  idle_timeout_minutes: float | None = None, update_interval_s: float = 1.0,
-                 start_timeout: float = 120.0):
+                 start_timeout: float = 120.0, extra_env: dict[str, str] | None = None):
         self.dir = Path(dir)
         self.cluster_yaml = cluster_yaml
         self.idle_timeout_minutes = idle_timeout_minutes
         self.update_interval_s = update_interval_s
         self.start_timeout = start_timeout
+        self.extra_env = dict(extra_env or {})  # added to every node's environment (e.g. RAY_<config> settings)
         self.marker = f"as-{secrets.token_hex(4)}"
         self.proc: subprocess.Popen | None = None
         self.sid: tuple[int, int | None] | None = None
@@ -156,7 +157,7 @@ class AutoscalingLocalCluster:
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": f"{self.update_interval_s:g}",
                     "RAY_enable_autoscaler_v2": "0", "RAY_USAGE_STATS_ENABLED": "0", MARKER_ENV: self.marker,
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)})
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path), **self.extra_env})
         cmd = [_ray_bin(), "start", "--head", "--block", f"--port={self.port}", f"--node-ip-address={HOST}",
                f"--temp-dir={self.temp}", f"--autoscaling-config={self.config_path}",
                f"--num-cpus={head.get('CPU', 0):g}", f"--num-gpus={head.get('GPU', 0):g}",
@@ -188,6 +189,40 @@ class AutoscalingLocalCluster:
         sid, started = self.sid
         live = _proc_start_time(sid)
         return _find_procs({sid} if live is None or live == started else set(), self.marker)
+
+    def node_pids(self, node_id: str) -> dict[int, int]:
+        """{pid: start time} of one autoscaler-launched node's processes (its raylet and what it started): what a
+        cloud ends when it takes the instance."""
+        from cluster.local import _proc_stat
+
+        needle = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
+        ours = self.pids()
+        found = {}
+        for pid, started in ours.items():
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if needle in env:
+                found[pid] = started
+        children: dict[int, list[int]] = {}
+        for pid in ours:
+            st = _proc_stat(pid)
+            if st:
+                children.setdefault(st[0], []).append(pid)
+        todo = list(found)
+        while todo:
+            for c in children.get(todo.pop(), []):
+                if c not in found:
+                    found[c] = ours[c]
+                    todo.append(c)
+        return found
+
+    def kill_node(self, node_id: str) -> None:
+        """End one autoscaler-launched node at once (SIGKILL), as a cloud takes a preempted instance."""
+        left = _kill_and_wait(self.node_pids(node_id), timeout=10.0, force=True)
+        if left:
+            raise ClusterError(f"processes of node {node_id} outlived SIGKILL: {left}")
 
     def stop(self) -> None:
         """End this cluster's processes (SIGKILL: a raylet given SIGTERM outlives its GCS for seconds) and remove

@@ -144,3 +144,87 @@ def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove
             watcher.kill()
             watcher.wait()
     assert not cluster.pids(), "a process of the cluster outlived stop()"
+
+
+@pytest.mark.ray
+def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoch_on_a_new_node(tmp_path):
+    """A spot node's notice, through Ray's drain API (reason preemption, 30 s deadline), mid-epoch: the trial's
+    workers stop at the next optimiser step with a step checkpoint; the cloud then takes the node (killed here);
+    Ray Train restarts the group, the autoscaler adds a node in its place, and the trial goes on from that step
+    (not from its last evaluation) and finishes, reporting each epoch once."""
+    import yaml
+
+    cfg = yaml.safe_load(CLUSTER_YAML.read_text())
+    cfg["max_workers"] = cfg["available_node_types"]["gpu-worker"]["max_workers"] = 3  # room for a replacement
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "job.yml").write_text(textwrap.dedent(f"""\
+        type: automl
+        task: image_classification
+        target_column_name: label
+        training_data: {{path: {SAMPLE / 'train'}, type: mltable}}
+        limits: {{max_trials: 1}}
+        training_parameters: {{model_name: mobilenetv2, number_of_epochs: 3, training_batch_size: 4,
+                              training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
+        properties: {{node_count_per_trial: "2"}}
+        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
+        """))
+    out = tmp_path / "run"
+    states = tmp_path / "nodes.jsonl"
+    # the head declares a killed node dead within seconds (default: tens of seconds)
+    fast_health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+    with AutoscalingLocalCluster(tmp_path / "cluster", cfg, extra_env=fast_health) as cluster:
+        env = _client_env(cluster)
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER, cluster.address, str(states)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.Popen([str(Path(sys.executable).parent / "visionsweep"), "run", str(work / "job.yml"),
+                                "--output", str(out)], env=env, cwd=work, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            # the first evaluation is in: epoch 2 has begun on both nodes
+            deadline = time.monotonic() + 600
+            while not list(out.glob("trials/*/metrics.jsonl")) or not \
+                    next(out.glob("trials/*/metrics.jsonl")).read_text().strip():
+                assert run.poll() is None, run.stderr.read()[-4000:]
+                assert time.monotonic() < deadline, "no evaluation within 10 minutes"
+                time.sleep(0.2)
+            trial = next(out.glob("trials/*/metrics.jsonl")).parent.name
+            training = _states(states)[-1]["nodes"]
+            assert len(training) == 2 and all(v["used"] == 1 for v in training.values()), training
+            leaving = sorted(training)[0]
+            drained_at = time.time()
+            drain = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address",
+                                    cluster.address, "--node-id", leaving, "--reason",
+                                    "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot instance notice",
+                                    "--deadline-remaining-seconds", "30"], env=env, capture_output=True,
+                                   text=True, timeout=120)
+            assert drain.returncode == 0, drain.stdout + drain.stderr
+            marker = out / "ray" / "train" / trial / "preempted" / "COMPLETE"
+            while not marker.exists():
+                assert run.poll() is None, run.stderr.read()[-4000:]
+                assert time.monotonic() < deadline, "no step checkpoint after the drain"
+                time.sleep(0.1)
+            checkpointed_at = marker.stat().st_mtime
+            cluster.kill_node(leaving)  # the deadline: the cloud takes the instance
+            stdout, stderr = run.communicate(timeout=900)
+            assert run.returncode == 0, stdout[-2000:] + stderr[-6000:]
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, 9)
+            watcher.kill()
+            watcher.wait()
+    metrics = [json.loads(line) for line in (out / "trials" / trial / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]  # each epoch reported once: one continuous trial
+    resumed = [m for m in metrics if "resumed_from_step" in m]
+    assert len(resumed) == 1 and resumed[0]["epoch"] == 2, metrics
+    steps_per_epoch = 40  # 320 training images, 2 workers x 4 a step
+    batch = resumed[0]["resumed_from_batch"]
+    assert 0 < batch < steps_per_epoch, "the checkpoint was taken mid-epoch"
+    assert resumed[0]["resumed_from_step"] == steps_per_epoch + batch
+    assert resumed[0]["resumed_from_epoch"] == 1
+    assert json.loads((out / "summary.json").read_text())["state"] == "finished"
+    nodes = {n for s in _states(states) for n in s["nodes"]}
+    assert leaving in nodes and len(nodes) == 3, "the autoscaler replaced the node that left"
+    print(f"\npreemption: step checkpoint {checkpointed_at - drained_at:.1f} s after the drain call (batch {batch} "
+          f"of epoch 2; steps trained twice: 0); training went on {resumed[0]['resumed_after_s']:.1f} s after "
+          "the step checkpoint was written")

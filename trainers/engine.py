@@ -211,7 +211,7 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any = None,
           device: str | None = None, resume_from: str | None = None,
-          workers: Workers = SINGLE) -> dict[str, Any]:
+          workers: Workers = SINGLE, leave: Any = None, steps: Any = None) -> dict[str, Any]:
     """Train one trial with resolved hyperparameters ``h``; returns a summary of the run.
 
     ``weights``: what to start from: an ``InitialWeights`` (published weights found by ``trainers.models.weights``), a
@@ -222,6 +222,9 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     ``workers``: this process's place in a data-parallel group (see the module docstring); every
     worker calls ``report`` with the same metrics, and only rank 0 gets a checkpoint writer.
     The first evaluation of a fresh start also reports ``initial_weights`` (where the weights came from).
+    ``leave`` (a ``trainers.preemption.LeaveNotice``) and ``steps`` (its ``StepStore``): a node told to leave
+    stops the trial at the next optimiser step with a step checkpoint in ``steps``, and a restarted trial goes on
+    from that step when it is newer than ``resume_from`` (see ``trainers.preemption``).
     """
     task = make_task(data.task, data.classes)
     task.check(h)
@@ -261,6 +264,13 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         last_periodic = st.get("last_periodic", 0)
         resumed_from = st["epoch"]
         log.info("resumed after epoch %d (best %s %.4f)", st["epoch"], primary, best)
+    step_from = _step_checkpoint(steps, resumed_from, model, opt, sched, scaler, dev)
+    if step_from is not None:
+        best, best_epoch, stale, n_evals, start = (step_from["best"], step_from["best_epoch"], step_from["stale"],
+                                                   step_from["n_evals"], step_from["epoch"])
+        last_periodic = step_from.get("last_periodic", 0)
+        resumed_from = step_from["epoch"] - 1
+    global_step = sched.last_epoch  # optimiser steps taken (LambdaLR steps once per update)
     net = model
     if workers.distributed:  # after loading: DDP broadcasts rank 0's weights to the others
         from torch.nn.parallel import DistributedDataParallel
@@ -272,22 +282,43 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     for epoch in range(start, epochs + 1):
         net.train()
         train_loader.sampler.set_epoch(epoch)
+        n_batches, done = len(train_loader), 0
         t0 = time.perf_counter()
         totals = torch.zeros(2, device=dev)  # loss sum, images: summed on the device, read once per epoch
+        if step_from is not None and epoch == step_from["epoch"]:  # the batches done before the node left
+            done = step_from["batches"]
+            train_loader.sampler.skip = done * h["training_batch_size"]
+            if workers.rank == 0:  # the whole group's partial sums, counted once
+                totals += torch.tensor([step_from["loss_sum"], step_from["images"]], device=dev)
+            step_from["resumed_after_s"] = time.time() - step_from["saved_at"]
+            log.info("resumed mid-epoch %d after batch %d of %d (optimiser step %d), %.1f s after the step "
+                     "checkpoint was written", epoch, done, n_batches, global_step, step_from["resumed_after_s"])
         opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(train_loader):
-            last = (i + 1) % accum == 0 or i + 1 == len(train_loader)
+        for i, batch in enumerate(train_loader, done):
+            last = (i + 1) % accum == 0 or i + 1 == n_batches
             sync = net.no_sync() if workers.distributed and not last else contextlib.nullcontext()
             with sync:
                 loss, n_images = task.loss(net, batch, rt)
                 scaler.scale(loss / accum).backward()
+            totals[0] += loss.detach() * n_images
+            totals[1] += n_images
             if last:
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-            totals[0] += loss.detach() * n_images
-            totals[1] += n_images
+                global_step += 1
+                if leave is not None and _leaving(leave, workers, dev):
+                    state = {"epoch": epoch, "batches": i + 1, "best": best, "best_epoch": best_epoch,
+                             "stale": stale, "n_evals": n_evals, "last_periodic": last_periodic,
+                             "global_step": global_step, "noticed_at": getattr(leave, "noticed_at", None)}
+                    _save_step(steps, state, workers.sum(totals.clone()), model, opt, sched, scaler, data, h,
+                               architecture, provenance, workers)
+                    from trainers.preemption import Preempted
+
+                    raise Preempted(f"the node is leaving: stopped at optimiser step {global_step} (epoch {epoch}, "
+                                    f"batch {i + 1} of {n_batches}) with a step checkpoint; the trial goes on "
+                                    "from it elsewhere")
         loss_sum, seen = workers.sum(totals).tolist()
         train_loss = loss_sum / max(1.0, seen)
         if not math.isfinite(train_loss):
@@ -305,6 +336,9 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
             m["workers"] = workers.world
         if resumed_from is not None:
             m["resumed_from_epoch"] = resumed_from
+        if step_from is not None:  # what the evaluation after a mid-epoch resume says about it (issue 30)
+            m.update(resumed_from_step=step_from["global_step"], resumed_from_batch=step_from["batches"],
+                     resumed_after_s=step_from["resumed_after_s"])
         value = m.get(primary)  # absent with validation_metric_type: none: the latest evaluation counts as best
         improved = value is None or value > best
         if value is None:
@@ -335,8 +369,66 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         if n_evals == 1 and resumed_from is None:
             m["initial_weights"] = provenance  # where the trial's weights came from (run folder, MLflow params)
         report(m, saver)
+        if step_from is not None:  # reported past it: a later restart goes on from this evaluation's checkpoint
+            step_from = None
+            if workers.rank == 0 and steps is not None:
+                steps.clear()
         if loop.early_stopping and n_evals > loop.delay:
             if stale >= loop.patience:
                 log.info("early stopping after epoch %d (best %s %.4f at epoch %d)", epoch, primary, best, best_epoch)
                 return {"best": best, "best_epoch": best_epoch, "epochs": epoch, "early_stopped": True}
     return {"best": best, "best_epoch": best_epoch, "epochs": epochs, "early_stopped": False}
+
+
+def _leaving(leave: Any, workers: Workers, dev: torch.device) -> bool:
+    """Whether the group stops at this step: any worker's node is leaving (one all-reduce, so that every worker
+    stops at the same step)."""
+    flag = torch.tensor([1.0 if leave.is_set() else 0.0], device=dev)
+    return bool(workers.sum(flag).item() > 0) if workers.distributed else bool(flag.item())
+
+
+def _save_step(steps: Any, state: dict[str, Any], totals: torch.Tensor, model, opt, sched, scaler,
+               data: PreparedData, h: dict[str, Any], architecture, provenance, workers: Workers) -> None:
+    """Rank 0 writes the step checkpoint (the model as a package, the loop's state, the group's partial loss sums);
+    every worker waits for it before it stops."""
+    import tempfile
+
+    if workers.rank == 0 and steps is not None:
+        with tempfile.TemporaryDirectory(prefix="visionsweep-step-") as tmp:
+            save_package(tmp, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics={},
+                         architecture=architecture, initial_weights=provenance)
+            loss_sum, images = totals.tolist()
+            torch.save({**state, "loss_sum": loss_sum, "images": images, "saved_at": time.time(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict()}, Path(tmp) / TRAINER_STATE)
+            steps.save(Path(tmp))
+        log.warning("step checkpoint written at optimiser step %d (epoch %d, batch %d)", state["global_step"],
+                    state["epoch"], state["batches"])
+    workers.sum(torch.zeros(1, device=totals.device))  # a barrier: no worker stops before it is written
+
+
+def _step_checkpoint(steps: Any, resumed_from: int | None, model, opt, sched, scaler,
+                     dev: torch.device) -> dict[str, Any] | None:
+    """The trial's step checkpoint loaded into the model, optimiser, scheduler and scaler, when there is one newer
+    than the checkpoint the trial resumed from (``resumed_from``: its epoch; None: a fresh start); its state, else
+    None. An older one (the trial reported past it before this restart) is left alone."""
+    import tempfile
+
+    if steps is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="visionsweep-step-") as tmp:
+        got = steps.fetch(Path(tmp) / "step")
+        if got is None:
+            return None
+        st = torch.load(got / TRAINER_STATE, map_location=dev, weights_only=True)
+        if st["epoch"] <= (resumed_from or 0):
+            return None
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(got / "model.safetensors")))
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    scaler.load_state_dict(st["scaler"])
+    log.info("step checkpoint found: epoch %d, batch %d, optimiser step %d", st["epoch"], st["batches"],
+             st["global_step"])
+    return st

@@ -14,6 +14,7 @@ is restarted from it by Train's ``FailureConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -47,6 +48,13 @@ class Group:
     sync_batchnorm: bool = True
     storage_path: str = ""  # Ray Train's storage for the group's checkpoints
     storage_filesystem: Any = None  # pyarrow filesystem for storage_path (Azure Blob), else None
+
+    def step_store(self, trial_id: str):
+        """Where the trial's step checkpoint goes when its node is told to leave (``trainers.preemption``): beside
+        its Ray Train checkpoints on the run's storage; None without storage (an in-process test)."""
+        from trainers.preemption import StepStore
+
+        return StepStore(self.storage_path, self.storage_filesystem, trial_id) if self.storage_path else None
 
     def engine_workers(self, rank: int = 0, world: int = 1) -> Workers:
         return Workers(rank, world, self.amp, self.channels_last, self.sync_batchnorm)
@@ -115,17 +123,20 @@ class Session:
 
 def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers: Workers, cpus: float,
                 weights: WeightsConfig, init_package: str | None, device: str | None = None,
-                log_level: str = "info") -> None:
+                log_level: str = "info", steps: Any = None) -> None:
     """The trial body, in this process: threads, this node's images, then the engine from the last checkpoint
     (a restarted trial or worker, §8.7) or from what a fresh trial starts from: an earlier model
-    (``checkpoint_run_id``) wins over the published weights, which are fetched here, once per node."""
+    (``checkpoint_run_id``) wins over the published weights, which are fetched here, once per node. ``steps``: the
+    trial's ``trainers.preemption.StepStore``: a node told to leave checkpoints there at the next step, and a
+    restart goes on from it."""
     # the engine, the models and the weights resolver import sklearn, timm and torchvision: only the trial's
     # process needs them, not the driver that pickles this trainable
     from trainers.engine import train
     from trainers.models.weights.resolve import initial_weights
     from trainers.package.folder import fetch_package
+    from trainers.preemption import LeaveNotice
 
-    with TrialOutput(log_level) as output:
+    with TrialOutput(log_level) as output, contextlib.closing(LeaveNotice.of_this_node()) as leave:
         _threads(cpus)
         reclaim()  # what trials stopped on this node before this one left behind
         _materialize(data)
@@ -138,11 +149,11 @@ def _train_here(h: dict[str, Any], data: PreparedData, session: Session, workers
             if init_package and is_remote(init_package):  # an earlier model on storage: once per node
                 init_package = str(fetch_package(init_package, data.storage_options))
             init = init_package or initial_weights(h, data.task, weights)
-            train(h, data, report, weights=init, device=device, workers=workers)
+            train(h, data, report, weights=init, device=device, workers=workers, leave=leave, steps=steps)
             return
         log.info("trial: goes on from its last checkpoint")
         with ckpt.as_directory() as d:
-            train(h, data, report, resume_from=d, device=device, workers=workers)
+            train(h, data, report, resume_from=d, device=device, workers=workers, leave=leave, steps=steps)
 
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, Any],
@@ -165,7 +176,8 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, fixed: dict[str, 
         _run_group(h, data, init_package, weights, group, primary, credentials, log_level)
         return
     _train_here(h, data, Session(tune.report, tune.Checkpoint, tune.get_checkpoint), group.engine_workers(), cpus,
-                weights, init_package, log_level=log_level)
+                weights, init_package, log_level=log_level,
+                steps=group.step_store(tune.get_context().get_trial_id()))
 
 
 def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, weights: WeightsConfig, group: Group,
@@ -176,7 +188,8 @@ def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     loop = functools.partial(_worker_loop, h=h, data=data, init_package=init_package, weights=weights,
-                             group=group, credentials=credentials, log_level=log_level)
+                             group=group, credentials=credentials, log_level=log_level,
+                             trial_id=tune.get_context().get_trial_id())
     trainer = TorchTrainer(
         loop,
         scaling_config=group.scaling_config(),
@@ -195,7 +208,7 @@ def _run_group(h: dict[str, Any], data: PreparedData, init_package: str | None, 
 
 def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], data: PreparedData,
                  init_package: str | None, weights: WeightsConfig, group: Group, credentials: EnvCredentials,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", trial_id: str = "") -> None:
     """One worker of a data-parallel trial (Ray Train has set up ``torch.distributed``)."""
     import ray.train
     import ray.train.torch
@@ -206,4 +219,5 @@ def _worker_loop(config: dict[str, Any] | None = None, *, h: dict[str, Any], dat
     workers = group.engine_workers(ctx.get_world_rank(), ctx.get_world_size())
     device = "cpu" if declared_gpus_only() else str(ray.train.torch.get_device())
     _train_here(h, data, Session(ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint), workers,
-                group.cpus_per_worker, weights, init_package, device=device, log_level=log_level)
+                group.cpus_per_worker, weights, init_package, device=device, log_level=log_level,
+                steps=group.step_store(trial_id))

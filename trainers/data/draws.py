@@ -36,11 +36,21 @@ def draw_seed(seed: int, epoch: int, index: int) -> int:
 
 class SeededSampler(DistributedSampler):
     """``DistributedSampler`` (one seeded permutation per epoch, split across the workers) yielding
-    :class:`SampleKey` s, so each sample's draws follow from the trial seed, the epoch and the sample alone."""
+    :class:`SampleKey` s, so each sample's draws follow from the trial seed, the epoch and the sample alone.
+    ``skip``: samples of this worker's share of the epoch not yielded again (a trial resumed mid-epoch from a step
+    checkpoint, ``trainers.preemption``: the same permutation, the done batches left out); :meth:`set_epoch`
+    resets it."""
+
+    skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.skip = 0
 
     def __iter__(self) -> Iterator[SampleKey]:
-        for i in super().__iter__():
-            yield SampleKey(i, draw_seed(self.seed, self.epoch, i))
+        for n, i in enumerate(super().__iter__()):
+            if n >= self.skip:
+                yield SampleKey(i, draw_seed(self.seed, self.epoch, i))
 
 
 def split_key(key) -> tuple[int, int | None]:

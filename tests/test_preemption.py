@@ -1,0 +1,94 @@
+"""Preemption without lost work (issue 30, trainers/preemption.py): a trial whose node is told to leave stops at the
+next optimiser step with a step checkpoint, and the restarted trial goes on from that step, not from its last
+evaluation, and ends where an uninterrupted trial ends.
+
+The loop-level tests give the engine a notice that is set after a number of steps (what ``LeaveNotice`` does when
+the GCS lists the node as draining) and a real ``StepStore`` on a local folder; the cluster test drains a node of a
+real autoscaling cluster with Ray's drain API (tests/test_autoscaling.py's cluster)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainers import hyperparameters as hp
+from trainers.data import prepare_data
+from trainers.engine import TRAINER_STATE, train
+from trainers.hyperparameters import resolve_hyperparameters
+from trainers.preemption import Preempted, StepStore
+
+# resnet18 has no dropout: its steps are a function of the weights and the batches, so the resumed trial must end
+# with the weights of the uninterrupted one
+FAST = {"model_name": "resnet18", "training_crop_size": 32, "validation_resize_size": 32,
+        "validation_crop_size": 32, "training_batch_size": 8, "validation_batch_size": 32, "number_of_epochs": 2,
+        "optimizer": "adamw", "learning_rate": 0.001, "early_stopping": False, "checkpoint_frequency": 1}
+
+
+class StepsThenLeave:
+    """A notice that is set once ``after`` optimiser steps have been asked about (the engine asks at each)."""
+
+    def __init__(self, after: int):
+        self.after, self.asked, self.noticed_at = after, 0, None
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.after
+
+
+@pytest.fixture
+def data(small_mltable):
+    return prepare_data(hp.MULTICLASS, "label", str(small_mltable), None, 0.2, 0)
+
+
+def _train(data, tmp_path, name, **kw):
+    h = resolve_hyperparameters(data.task, FAST, {})
+    reports = []
+
+    def report(m, save):
+        folder = tmp_path / name / f"epoch{m['epoch']}"
+        if save:
+            save(str(folder))
+        reports.append((m, folder))
+
+    train(h, data, report, device="cpu", **kw)
+    return reports
+
+
+def test_a_trial_told_to_leave_stops_at_the_next_step_and_goes_on_from_it(data, tmp_path):
+    torch.manual_seed(0)
+    whole = _train(data, tmp_path, "whole")
+    steps_per_epoch = torch.load(whole[0][1] / TRAINER_STATE, weights_only=True)["scheduler"]["last_epoch"]
+    assert steps_per_epoch >= 4
+
+    # told to leave in epoch 2, a few steps in: it stops at that step with a step checkpoint, reporting nothing
+    store = StepStore(str(tmp_path / "storage"), None, "trial_1")
+    at = steps_per_epoch + 3
+    with pytest.raises(Preempted, match=f"optimiser step {at} \\(epoch 2, batch 3 of {steps_per_epoch}\\)"):
+        _train(data, tmp_path, "first", leave=StepsThenLeave(at), steps=store)
+    assert store.exists()
+
+    # the restart resumes from its last evaluation's checkpoint (epoch 1) plus the step checkpoint
+    first = _train(data, tmp_path, "again", resume_from=str(whole[0][1]), steps=store)
+    (m,) = [m for m, _ in first]
+    assert m["epoch"] == 2 and m["resumed_from_step"] == at and m["resumed_from_batch"] == 3
+    assert m["resumed_from_epoch"] == 1 and m["resumed_after_s"] >= 0
+    assert not store.exists(), "the step checkpoint is cleared once the trial has reported past it"
+    # nothing trained twice, nothing left out: the same weights and the same epoch loss as without the notice
+    ref, got = load_file(whole[-1][1] / "model.safetensors"), load_file(first[-1][1] / "model.safetensors")
+    assert ref.keys() == got.keys()
+    assert all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref), "the resumed trial trained other steps"
+    assert m["train_loss"] == pytest.approx(whole[-1][0]["train_loss"], rel=1e-4)
+    final = torch.load(first[-1][1] / TRAINER_STATE, weights_only=True)
+    assert final["scheduler"]["last_epoch"] == 2 * steps_per_epoch
+
+
+def test_a_step_checkpoint_older_than_the_last_evaluation_is_not_used(data, tmp_path):
+    """A trial that reported past its step checkpoint (then failed for another reason) goes on from its evaluation."""
+    torch.manual_seed(0)
+    store = StepStore(str(tmp_path / "storage"), None, "trial_1")
+    with pytest.raises(Preempted):
+        _train(data, tmp_path, "first", leave=StepsThenLeave(2), steps=store)  # in epoch 1
+    whole = _train(data, tmp_path, "whole")
+    resumed = _train(data, tmp_path, "again", resume_from=str(whole[-1][1]), steps=store)
+    assert resumed == [] and store.exists()  # epoch 2 was the last: nothing left to train, the old one ignored
