@@ -64,6 +64,24 @@ def _wait_for(path: Path, what: str, ok, timeout: float = 120.0) -> list[dict]:
     raise AssertionError(f"waited {timeout:.0f} s for {what}; the watcher saw: {_states(path)[-5:]}")
 
 
+def _data_parallel_job(tmp_path: Path, limits: str, epochs: int, batch: int, extra: str = "") -> Path:
+    """A classification job of two data-parallel workers per trial (node_count_per_trial 2), 1 CPU + 1 GPU each."""
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "job.yml").write_text(textwrap.dedent(f"""\
+        type: automl
+        task: image_classification
+        target_column_name: label
+        training_data: {{path: {SAMPLE / 'train'}, type: mltable}}
+        limits: {limits}
+        training_parameters: {{model_name: mobilenetv2, number_of_epochs: {epochs}, training_batch_size: {batch},
+                              training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
+        properties: {{node_count_per_trial: "2"}}
+        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
+        """) + extra)
+    return work
+
+
 def test_the_autoscaling_config_keeps_the_yamls_node_types_and_drops_the_clouds_keys():
     cfg = autoscaler_config(CLUSTER_YAML, "127.0.0.1:1234")
     assert cfg["provider"]["type"] == "fake_multinode" and cfg["provider"]["gcs_address"] == "127.0.0.1:1234"
@@ -77,6 +95,10 @@ def test_the_autoscaling_config_keeps_the_yamls_node_types_and_drops_the_clouds_
     assert all(set(t) <= {"resources", "node_config", "min_workers", "max_workers"}
                for t in aws["available_node_types"].values())
     assert aws["available_node_types"][HEAD_TYPE]["max_workers"] == 0
+    # the cloud files have the test's shape: a gpu-worker type from zero nodes, with a GPU
+    for name in ("aws-gpu.yaml", "azure-gpu.yaml"):
+        worker = autoscaler_config(ROOT / "cluster" / name, "h:1")["available_node_types"]["gpu-worker"]
+        assert worker["min_workers"] == 0 and worker["resources"]["GPU"] >= 1 and worker["max_workers"] >= 2
     with pytest.raises(ClusterError, match=r"head_node_type: expected one of"):
         autoscaler_config({"available_node_types": {"a": {"resources": {"CPU": 1}}}, "head_node_type": "b"}, "h:1")
     with pytest.raises(ClusterError, match=r"available_node_types\.w\.resources: expected"):
@@ -90,22 +112,9 @@ def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove
     (node_count_per_trial 2): only two "gpu-worker" nodes can hold one. The sweep plans GPU trials from the node
     types the autoscaler can launch, the autoscaler launches two nodes, both trials train on them (each node's GPU
     taken), and once the sweep is over the nodes go after the YAML's idle timeout (0.1 min)."""
-    work = tmp_path / "job"
-    work.mkdir()
-    (work / "job.yml").write_text(textwrap.dedent(f"""\
-        type: automl
-        task: image_classification
-        target_column_name: label
-        training_data: {{path: {SAMPLE / 'train'}, type: mltable}}
-        limits: {{max_trials: 2, max_concurrent_trials: 1}}
-        training_parameters: {{model_name: mobilenetv2, number_of_epochs: 1, training_batch_size: 32,
-                              training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
-        search_space:
-          - learning_rate: {{type: choice, values: [0.0003, 0.001]}}
-        sweep: {{sampling_algorithm: grid}}
-        properties: {{node_count_per_trial: "2"}}
-        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
-        """))
+    work = _data_parallel_job(tmp_path, "{max_trials: 2, max_concurrent_trials: 1}", epochs=1, batch=32,
+                              extra="search_space:\n  - learning_rate: {type: choice, values: [0.0003, 0.001]}\n"
+                                    "sweep: {sampling_algorithm: grid}\n")
     out = tmp_path / "run"
     states = tmp_path / "nodes.jsonl"
     with AutoscalingLocalCluster(tmp_path / "cluster", CLUSTER_YAML) as cluster:
@@ -156,19 +165,7 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
 
     cfg = yaml.safe_load(CLUSTER_YAML.read_text())
     cfg["max_workers"] = cfg["available_node_types"]["gpu-worker"]["max_workers"] = 3  # room for a replacement
-    work = tmp_path / "job"
-    work.mkdir()
-    (work / "job.yml").write_text(textwrap.dedent(f"""\
-        type: automl
-        task: image_classification
-        target_column_name: label
-        training_data: {{path: {SAMPLE / 'train'}, type: mltable}}
-        limits: {{max_trials: 1}}
-        training_parameters: {{model_name: mobilenetv2, number_of_epochs: 3, training_batch_size: 4,
-                              training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
-        properties: {{node_count_per_trial: "2"}}
-        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
-        """))
+    work = _data_parallel_job(tmp_path, "{max_trials: 1}", epochs=3, batch=4)
     out = tmp_path / "run"
     states = tmp_path / "nodes.jsonl"
     # the head declares a killed node dead within seconds (default: tens of seconds)
@@ -224,7 +221,8 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
     assert resumed[0]["resumed_from_epoch"] == 1
     assert json.loads((out / "summary.json").read_text())["state"] == "finished"
     nodes = {n for s in _states(states) for n in s["nodes"]}
-    assert leaving in nodes and len(nodes) == 3, "the autoscaler replaced the node that left"
+    # a node in its place (the autoscaler may briefly add one more while the group's placement is pending)
+    assert leaving in nodes and len(nodes) >= 3, "the autoscaler replaced the node that left"
     print(f"\npreemption: step checkpoint {checkpointed_at - drained_at:.1f} s after the drain call (batch {batch} "
           f"of epoch 2; steps trained twice: 0); training went on {resumed[0]['resumed_after_s']:.1f} s after "
           "the step checkpoint was written")
