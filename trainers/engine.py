@@ -251,14 +251,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     best, best_epoch, stale, n_evals, start, last_periodic = -math.inf, 0, 0, 0, 1, 0
     resumed_from = None
     if resume_from:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(Path(resume_from) / "model.safetensors")))
-        st = torch.load(Path(resume_from) / TRAINER_STATE, map_location=dev, weights_only=True)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if "scaler" in st:
-            scaler.load_state_dict(st["scaler"])
+        st = _load_checkpoint(Path(resume_from), model, opt, sched, scaler, dev)
         best, best_epoch, stale, n_evals, start = (st["best"], st["best_epoch"], st["stale"], st["n_evals"],
                                                    st["epoch"] + 1)
         last_periodic = st.get("last_periodic", 0)
@@ -359,13 +352,10 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
                      "last_periodic": last_periodic}
 
             def saver(path: str, _m=dict(m), _state=state, _outputs=task.validation_outputs) -> None:
-                save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=_m,
-                             architecture=architecture, initial_weights=provenance)
+                _write_checkpoint(path, _m, _state, model, opt, sched, scaler, data, h, architecture, provenance)
                 if _outputs is not None:  # what this evaluation predicted: the report draws it (no second pass)
                     write_outputs(path, _outputs, [r.image_url for r in data.valid], _state["epoch"], data.classes,
                                   data.task, task.report_predictions)
-                torch.save({**_state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "scaler": scaler.state_dict()}, Path(path) / TRAINER_STATE)
         if n_evals == 1 and resumed_from is None:
             m["initial_weights"] = provenance  # where the trial's weights came from (run folder, MLflow params)
         report(m, saver)
@@ -380,11 +370,35 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
     return {"best": best, "best_epoch": best_epoch, "epochs": epochs, "early_stopped": False}
 
 
+def _write_checkpoint(path: str, metrics: dict[str, Any], state: dict[str, Any], model, opt, sched, scaler,
+                      data: PreparedData, h: dict[str, Any], architecture, provenance) -> None:
+    """A checkpoint folder: the model as a package, and the loop's ``state`` with the optimiser, scheduler and
+    gradient scaler (an evaluation's, or a step checkpoint's)."""
+    save_package(path, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics=metrics,
+                 architecture=architecture, initial_weights=provenance)
+    torch.save({**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict()}, Path(path) / TRAINER_STATE)
+
+
+def _load_checkpoint(folder: Path, model, opt, sched, scaler, dev: torch.device) -> dict[str, Any]:
+    """What :func:`_write_checkpoint` wrote, loaded into the model, optimiser, scheduler and scaler; its state."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    st = torch.load(folder / TRAINER_STATE, map_location=dev, weights_only=True)
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    if "scaler" in st:
+        scaler.load_state_dict(st["scaler"])
+    return st
+
+
 def _leaving(leave: Any, workers: Workers, dev: torch.device) -> bool:
-    """Whether the group stops at this step: any worker's node is leaving (one all-reduce, so that every worker
-    stops at the same step)."""
-    flag = torch.tensor([1.0 if leave.is_set() else 0.0], device=dev)
-    return bool(workers.sum(flag).item() > 0) if workers.distributed else bool(flag.item())
+    """Whether the trial stops at this step: its node is leaving; in a group, any worker's (one all-reduce of a
+    flag, so that every worker stops at the same step; a single worker reads its flag, no tensor)."""
+    if not workers.distributed:
+        return leave.is_set()
+    return bool(workers.sum(torch.tensor([1.0 if leave.is_set() else 0.0], device=dev)).item() > 0)
 
 
 def _save_step(steps: Any, state: dict[str, Any], totals: torch.Tensor, model, opt, sched, scaler,
@@ -395,12 +409,9 @@ def _save_step(steps: Any, state: dict[str, Any], totals: torch.Tensor, model, o
 
     if workers.rank == 0 and steps is not None:
         with tempfile.TemporaryDirectory(prefix="visionsweep-step-") as tmp:
-            save_package(tmp, model=model, task=data.task, classes=data.classes, hyperparameters=h, metrics={},
-                         architecture=architecture, initial_weights=provenance)
             loss_sum, images = totals.tolist()
-            torch.save({**state, "loss_sum": loss_sum, "images": images, "saved_at": time.time(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict()}, Path(tmp) / TRAINER_STATE)
+            _write_checkpoint(tmp, {}, {**state, "loss_sum": loss_sum, "images": images, "saved_at": time.time()},
+                              model, opt, sched, scaler, data, h, architecture, provenance)
             steps.save(Path(tmp))
         log.warning("step checkpoint written at optimiser step %d (epoch %d, batch %d)", state["global_step"],
                     state["epoch"], state["batches"])
@@ -420,15 +431,9 @@ def _step_checkpoint(steps: Any, resumed_from: int | None, model, opt, sched, sc
         got = steps.fetch(Path(tmp) / "step")
         if got is None:
             return None
-        st = torch.load(got / TRAINER_STATE, map_location=dev, weights_only=True)
-        if st["epoch"] <= (resumed_from or 0):
+        if torch.load(got / TRAINER_STATE, map_location="cpu", weights_only=True)["epoch"] <= (resumed_from or 0):
             return None
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(got / "model.safetensors")))
-    opt.load_state_dict(st["optimizer"])
-    sched.load_state_dict(st["scheduler"])
-    scaler.load_state_dict(st["scaler"])
+        st = _load_checkpoint(got, model, opt, sched, scaler, dev)
     log.info("step checkpoint found: epoch %d, batch %d, optimiser step %d", st["epoch"], st["batches"],
              st["global_step"])
     return st
