@@ -11,7 +11,9 @@ set on every process of such a cluster; ``trainers.launch`` trains on the CPU th
 Why hand-written: Ray ships the provider but not a usable launcher for it in 2.60 (``ray.cluster_utils
 .AutoscalingCluster`` reads an example file the wheel lacks and runs a global ``ray stop``). The cloud-only keys of
 the YAML (``provider``, ``node_config``, ``docker``, ``auth``, setup commands, file mounts) are left out; the head
-node type is renamed to the provider's fixed ``ray.head.default``.
+node type is renamed to the provider's fixed ``ray.head.default``. A node type's ``labels`` (``ray.io/market-type:
+spot``, ``cluster.capacity``) reach its nodes as the cluster launcher passes them: the provider starts each raylet
+with them, and the head gets its own through ``ray start --labels``.
 
 Processes are found and stopped as ``cluster.local`` does (a session of their own plus the marker
 ``VISIONSWEEP_LOCAL_CLUSTER`` in their environment, which the autoscaler's nodes inherit); never ``ray stop``.
@@ -79,12 +81,18 @@ def autoscaler_config(cluster_yaml: str | os.PathLike | dict[str, Any], gcs_addr
         if not res:
             raise ClusterError(f"{where}: available_node_types.{name}.resources: expected the node's resources "
                                "(e.g. {CPU: 4, GPU: 1}): the autoscaler launches a type by what it offers")
+        labels = dict((t or {}).get("labels") or {})  # e.g. ray.io/market-type: spot (cluster.capacity)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise ClusterError(f"{where}: available_node_types.{name}.labels: expected string keys and values "
+                               f"(e.g. {{ray.io/market-type: spot}}), but got {labels!r}")
         if name == head:
-            out_types[HEAD_TYPE] = {"resources": res, "node_config": {}, "max_workers": 0}
+            out_types[HEAD_TYPE] = {"resources": res, "node_config": {}, "max_workers": 0,
+                                    **({"labels": labels} if labels else {})}
             continue
         res.setdefault("object_store_memory", NODE_OBJECT_STORE)
         out_types[name] = {"resources": res, "node_config": {}, "min_workers": int(t.get("min_workers", 0)),
-                           "max_workers": int(t.get("max_workers", cfg.get("max_workers", 1)))}
+                           "max_workers": int(t.get("max_workers", cfg.get("max_workers", 1))),
+                           **({"labels": labels} if labels else {})}
     return {
         "cluster_name": cfg.get("cluster_name", "visionsweep-local"),
         "max_workers": int(cfg.get("max_workers", sum(t.get("max_workers", 0) for t in out_types.values()))),
@@ -150,7 +158,9 @@ class AutoscalingLocalCluster:
         self.port = _find_port_block(1)
         config = autoscaler_config(self.cluster_yaml, self.address, self.idle_timeout_minutes)
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
-        head = config["available_node_types"][HEAD_TYPE]["resources"]
+        head_type = config["available_node_types"][HEAD_TYPE]
+        head = head_type["resources"]
+        labels = ",".join(f"{k}={v}" for k, v in head_type.get("labels", {}).items())
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")}
         self.temp = Path(tempfile.mkdtemp(prefix="vsa-", dir="/tmp"))
         env = {k: v for k, v in os.environ.items() if k not in _NODE_ENV_DROP}
@@ -163,7 +173,7 @@ class AutoscalingLocalCluster:
                f"--num-cpus={head.get('CPU', 0):g}", f"--num-gpus={head.get('GPU', 0):g}",
                f"--object-store-memory={int(head.get('object_store_memory', NODE_OBJECT_STORE))}",
                "--include-dashboard=false", "--disable-usage-stats",
-               *([f"--resources={json.dumps(custom)}"] if custom else [])]
+               *([f"--resources={json.dumps(custom)}"] if custom else []), *([f"--labels={labels}"] if labels else [])]
         log = self.dir / "ray-start-head.log"
         out = open(log, "wb")
         out.write(("$ " + shlex.join(cmd) + "\n").encode())

@@ -123,10 +123,11 @@ def gpus_per_node() -> float:
 
 
 def autoscaler_node_types() -> dict[str, dict]:
-    """{node type: {"resources": ..., "max_workers": n}} of the worker types the cluster's autoscaler can launch
-    (``max_workers`` > 0): from the cluster config the autoscaler reported to Ray's GCS (autoscaler v2, KubeRay),
-    else from the cluster launcher's file on the head (``VISIONSWEEP_CLUSTER_CONFIG``, default
-    ``~/ray_bootstrap_config.yaml``); empty where neither exists (a fixed cluster, an embedded Ray)."""
+    """{node type: {"resources": ..., "max_workers": n, "labels": ...}} of the worker types the cluster's autoscaler
+    can launch (``max_workers`` > 0): from the cluster config the autoscaler reported to Ray's GCS (autoscaler v2,
+    KubeRay; it holds no labels: a spot group is known by its nodes' labels once they run), else from the cluster
+    launcher's file on the head (``VISIONSWEEP_CLUSTER_CONFIG``, default ``~/ray_bootstrap_config.yaml``); empty where
+    neither exists (a fixed cluster, an embedded Ray)."""
     import yaml
 
     if _embedded:
@@ -138,7 +139,7 @@ def autoscaler_node_types() -> dict[str, dict]:
     except Exception:  # noqa: BLE001 - an older GCS or a client without the accessor: try the file
         config = None
     if config is not None and config.node_group_configs:
-        return {g.name: {"resources": dict(g.resources), "max_workers": g.max_count}
+        return {g.name: {"resources": dict(g.resources), "max_workers": g.max_count, "labels": {}}
                 for g in config.node_group_configs if g.max_count != 0}
     path = Path(os.path.expanduser(os.environ.get(CLUSTER_CONFIG_ENV) or BOOTSTRAP_CONFIG))
     if not path.is_file():
@@ -148,7 +149,8 @@ def autoscaler_node_types() -> dict[str, dict]:
         cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         types = cfg.get("available_node_types") or {}
         head = cfg.get("head_node_type")
-        return {name: {"resources": dict(t.get("resources") or {}), "max_workers": int(t.get("max_workers", 0))}
+        return {name: {"resources": dict(t.get("resources") or {}), "max_workers": int(t.get("max_workers", 0)),
+                       "labels": dict(t.get("labels") or {})}
                 for name, t in types.items() if name != head and int(t.get("max_workers", 0)) > 0}
     except Exception as e:  # noqa: BLE001 - a config we cannot read plans for the nodes there are
         log.warning("%s: cannot read the cluster's node types (%s); planning for the nodes that run now", path, e)

@@ -4,6 +4,7 @@ workers (nodes x workers per node), what each reserves, and what the Tune trial 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from scheduler.runstore import TRAIN, RunStore
 from scheduler.spec import Job
@@ -46,6 +47,19 @@ class TrialResources:
     cpus: float
     gpus: float
     has_gpu: bool
+
+    def placement(self) -> Any:
+        """What the Tune trial reserves (``tune.with_resources``). A data-parallel trial's driver (and Ray Train's
+        controller, which Ray places beside it) only waits on its workers, and is what a lost node would take the
+        trial's bookkeeping with: it goes on a node that is not spot (``cluster.capacity``); a one-worker trial
+        trains itself and goes where its GPU is, spot or not."""
+        if self.group.workers > 1:
+            from ray import tune
+
+            from cluster.capacity import OFF_SPOT
+
+            return tune.PlacementGroupFactory([{"CPU": self.cpus}], bundle_label_selector=[OFF_SPOT])
+        return {"cpu": self.cpus, "gpu": self.gpus}
 
     def describe(self) -> str:
         g = self.group

@@ -53,6 +53,16 @@ class TrialRow:
     best: float | None
     decision: str
     time_s: float | None
+    capacity: str | None = None  # spot | on-demand | "k/n spot": where its workers ran at its latest evaluation
+
+
+def capacity(metrics: dict[str, Any]) -> str | None:
+    """Where a trial's evaluation says its workers ran (``spot_workers`` of ``workers``, ``cluster.capacity``);
+    None where it does not say (a run before it was recorded, a trial outside Ray)."""
+    spot, workers = metrics.get("spot_workers"), metrics.get("workers", 1)
+    if not finite(spot) or not finite(workers):
+        return None
+    return "on-demand" if spot <= 0 else "spot" if spot >= workers else f"{int(spot)}/{int(workers)} spot"
 
 
 @dataclass
@@ -109,7 +119,8 @@ def read_status(run_dir: Path, where: str | None = None, now: float | None = Non
         end = rec.ended if finite(rec.ended) else now
         row = TrialRow(rec.trial_id, status, epoch, epochs, scores[-1] if scores else None,
                        max(scores) if scores else None, _decision(run, rec.trial_id, status, rec.error),
-                       round(end - rec.started, 1) if finite(rec.started) else None)
+                       round(end - rec.started, 1) if finite(rec.started) else None,
+                       capacity(rec.metrics[-1]) if rec.metrics else None)
         rows.append(row)
         if row.best is not None and better(row.best, row.trial_id, best):
             best = (row.best, row.trial_id)
@@ -163,12 +174,20 @@ def format_status(st: Status, limit: int = 30) -> str:
         lines.append(f"best: {st.best_trial} ({st.primary_metric} {_score(st.best_metric)})")
     if st.note:
         lines.append(st.note)
-    cols = f"{'trial':<14} {'state':<22} {'epoch':>7} {'latest':>8} {'best':>8}  {'time':>9}  decision"
+    spot = [r for r in st.trials if r.capacity not in (None, "on-demand")]
+    if spot:  # a sweep that ran nothing on spot capacity shows no column for it
+        on = [r.trial_id for r in spot if r.status == "running"]
+        lines.append(f"spot capacity: {len(spot)} trial(s) trained on spot nodes" +
+                     (f", {len(on)} running now ({', '.join(on[:5])}{' ...' if len(on) > 5 else ''})" if on else "") +
+                     "; a node told to leave checkpoints its trials at the next step")
+    where = f" {'capacity':<10}" if spot else ""
+    cols = f"{'trial':<14} {'state':<22} {'epoch':>7} {'latest':>8} {'best':>8}  {'time':>9}{where}  decision"
     lines += ["", cols, "-" * len(cols)]
     for r in st.trials[:limit]:
         epoch = f"{r.epoch or 0}/{r.epochs}" if r.epochs else str(r.epoch or "-")
+        market = f" {(r.capacity or '-')[:10]:<10}" if spot else ""
         lines.append(f"{r.trial_id:<14} {r.status[:22]:<22} {epoch:>7} {_score(r.latest):>8} {_score(r.best):>8}  "
-                     f"{duration(r.time_s):>9}  {r.decision[:70]}")
+                     f"{duration(r.time_s):>9}{market}  {r.decision[:70]}")
     if len(st.trials) > limit:
         lines.append(f"... and {len(st.trials) - limit} more trials (--limit N, or --json for all)")
     return "\n".join(lines)

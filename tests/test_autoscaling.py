@@ -16,28 +16,37 @@ import pytest
 
 from cluster.autoscaling import HEAD_TYPE, AutoscalingLocalCluster, autoscaler_config
 from cluster.local import MARKER_ENV, ClusterError
+from tests.metadata_server import MetadataServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "tests" / "fixtures" / "cluster" / "autoscaling.yaml"
 SAMPLE = ROOT / "trainers" / "sample_data" / "fashion_mnist"
 
 # Runs beside the sweep in a process of its own (this one may hold another Ray): every 0.2 s, one JSON line per
-# change of the cluster's GPU nodes: which are alive and how many of their GPUs are taken.
+# change of the cluster's GPU nodes (which are alive, how many of their GPUs are taken, their market label) or of
+# its placement groups (each created group's bundles and the node of each; "head": the head node's id).
 WATCHER = textwrap.dedent("""
     import json, sys, time
     import ray
     from ray._private.state import available_resources_per_node
+    from ray.util.placement_group import placement_group_table
     ray.init(address=sys.argv[1], logging_level="ERROR")
     out, last = open(sys.argv[2], "a"), None
     while True:
         free = available_resources_per_node()
-        gpu = {n["NodeID"]: n["Resources"]["GPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        gpu = {n["NodeID"]: n for n in alive if n["Resources"].get("GPU")}
         # (a resource with nothing left is missing from a node's available resources)
-        now = {n: {"gpus": g, "used": g - free[n].get("GPU", 0.0) if n in free else None} for n, g in gpu.items()}
-        if now != last:
-            out.write(json.dumps({"t": time.time(), "nodes": now}) + "\\n")
+        nodes = {i: {"gpus": n["Resources"]["GPU"],
+                     "used": n["Resources"]["GPU"] - free[i].get("GPU", 0.0) if i in free else None,
+                     "market": n.get("Labels", {}).get("ray.io/market-type")} for i, n in gpu.items()}
+        pgs = {i: [{"resources": b, "node": pg["bundles_to_node_id"].get(k)} for k, b in pg["bundles"].items()]
+               for i, pg in placement_group_table().items() if pg["state"] == "CREATED"}
+        head = next((n["NodeID"] for n in alive if "node:__internal_head__" in n["Resources"]), None)
+        if (nodes, pgs) != last:
+            out.write(json.dumps({"t": time.time(), "nodes": nodes, "pgs": pgs, "head": head}) + "\\n")
             out.flush()
-            last = now
+            last = (nodes, pgs)
         time.sleep(0.2)
 """)
 
@@ -92,13 +101,25 @@ def test_the_autoscaling_config_keeps_the_yamls_node_types_and_drops_the_clouds_
     assert cfg["idle_timeout_minutes"] == pytest.approx(0.1)
     # the cloud files' node types, with their node_config and docker settings, read the same way
     aws = autoscaler_config(ROOT / "cluster" / "aws-gpu.yaml", "h:1")
-    assert all(set(t) <= {"resources", "node_config", "min_workers", "max_workers"}
+    assert all(set(t) <= {"resources", "node_config", "min_workers", "max_workers", "labels"}
                for t in aws["available_node_types"].values())
     assert aws["available_node_types"][HEAD_TYPE]["max_workers"] == 0
-    # the cloud files have the test's shape: a gpu-worker type from zero nodes, with a GPU
+    # node types keep their labels: spot capacity is marked there (cluster/capacity.py)
+    assert cfg["available_node_types"]["gpu-worker"]["labels"] == {"ray.io/market-type": "spot"}
+    assert cfg["available_node_types"][HEAD_TYPE]["labels"] == {"ray.io/market-type": "on-demand"}
+    # the cloud files have the test's shape: a gpu-worker type from zero nodes, with a GPU, and a spot GPU type
     for name in ("aws-gpu.yaml", "azure-gpu.yaml"):
-        worker = autoscaler_config(ROOT / "cluster" / name, "h:1")["available_node_types"]["gpu-worker"]
+        types = autoscaler_config(ROOT / "cluster" / name, "h:1")["available_node_types"]
+        worker = types["gpu-worker"]
         assert worker["min_workers"] == 0 and worker["resources"]["GPU"] >= 1 and worker["max_workers"] >= 2
+        assert worker["labels"] == {"ray.io/market-type": "on-demand"}
+        spot = [t for t in types.values() if t.get("labels", {}).get("ray.io/market-type") == "spot"]
+        assert spot and all(t["min_workers"] == 0 and t["resources"]["GPU"] >= 1 for t in spot), name
+        assert types[HEAD_TYPE]["labels"] == {"ray.io/market-type": "on-demand"}, name
+    with pytest.raises(ClusterError, match=r"available_node_types\.w\.labels: expected string keys and values"):
+        autoscaler_config({"available_node_types": {"h": {"resources": {"CPU": 1}},
+                                                    "w": {"resources": {"CPU": 1}, "labels": {"spot": True}}},
+                           "head_node_type": "h"}, "h:1")
     with pytest.raises(ClusterError, match=r"head_node_type: expected one of"):
         autoscaler_config({"available_node_types": {"a": {"resources": {"CPU": 1}}}, "head_node_type": "b"}, "h:1")
     with pytest.raises(ClusterError, match=r"available_node_types\.w\.resources: expected"):
@@ -144,6 +165,20 @@ def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove
             assert rows and all(r.get("workers") == 2 for r in rows), rows
             summary = json.loads((out / "summary.json").read_text())
             assert summary["state"] == "finished" and summary["best_trial"]
+            # spot capacity: the GPU nodes are labelled spot, the workers trained there and each evaluation says so;
+            # every trial's driver (its placement group of one CPU-only bundle) stayed on the on-demand head
+            assert all(v["market"] == "spot" for s in seen for v in s["nodes"].values()), seen
+            assert all(r.get("spot_workers") == 2 for r in rows), rows
+            groups = [(s["head"], g) for s in seen for g in s["pgs"].values()]
+            drivers = [(head, g) for head, g in groups if all("GPU" not in b["resources"] for b in g)]
+            workers = [b for _, g in groups for b in g if "GPU" in b["resources"]]
+            assert drivers and all(b["node"] == head for head, g in drivers for b in g), groups
+            assert workers and all(b["node"] in launched for b in workers), groups
+            assert "spot capacity: node type gpu-worker" in run.stderr, run.stderr[-3000:]
+            status = subprocess.run([str(Path(sys.executable).parent / "visionsweep"), "status", str(out), "--json"],
+                                    env=env, capture_output=True, text=True, timeout=120)
+            assert status.returncode == 0, status.stderr
+            assert [t["capacity"] for t in json.loads(status.stdout)["trials"]] == ["spot", "spot"]
             # idle after the sweep: the autoscaler removes both nodes
             ended = time.time()
             seen = _wait_for(states, "the idle GPU nodes to be terminated", lambda nodes: nodes == {})
@@ -159,8 +194,10 @@ def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove
 
 @pytest.mark.ray
 def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoch_on_a_new_node(tmp_path):
-    """A spot node's notice, through Ray's drain API (reason preemption, 30 s deadline), mid-epoch: the trial's
-    workers stop at the next optimiser step with a step checkpoint; the cloud then takes the node (killed here);
+    """A spot node's notice mid-epoch: the cloud's metadata endpoint says the VM goes in 30 s (AWS's
+    ``spot/instance-action``, a local stand-in), the node's watcher (``cluster.notice``) drains it through Ray's API
+    with the preemption reason, and the trial's workers stop at the next optimiser step with a step checkpoint; the
+    cloud then takes the node (killed here);
     Ray Train restarts the group, the autoscaler adds a node in its place, and the trial goes on from that step
     (not from its last evaluation) and finishes, reporting each epoch once."""
     import yaml
@@ -172,7 +209,8 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
     states = tmp_path / "nodes.jsonl"
     # the head declares a killed node dead within seconds (default: tens of seconds)
     fast_health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-    with AutoscalingLocalCluster(tmp_path / "cluster", cfg, extra_env=fast_health) as cluster:
+    with AutoscalingLocalCluster(tmp_path / "cluster", cfg, extra_env=fast_health) as cluster, \
+            MetadataServer(lead_s=30) as metadata:
         env = _client_env(cluster)
         watcher = subprocess.Popen([sys.executable, "-c", WATCHER, cluster.address, str(states)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,13 +229,22 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
             training = _states(states)[-1]["nodes"]
             assert len(training) == 2 and all(v["used"] == 1 for v in training.values()), training
             leaving = sorted(training)[0]
+            notice = [sys.executable, "-m", "cluster.notice", "--cloud", "aws", "--address", cluster.address,
+                      "--metadata-url", metadata.url, "--poll-s", "0.5", "--node-id"]
+            # the watcher of an on-demand node (the head) has nothing to watch
+            head = _states(states)[-1]["head"]
+            quiet = subprocess.run(notice + [head], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert quiet.returncode == 0 and "not labelled spot" in quiet.stderr, quiet.stderr
+            # the spot node's watcher reads AWS's notice (two minutes ahead; 30 s here) and drains its node
+            watcher_of_node = subprocess.Popen(notice + [leaving], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True)
+            while metadata.reads == 0:  # it polls the endpoint
+                assert watcher_of_node.poll() is None, watcher_of_node.stderr.read()
+                time.sleep(0.1)
             drained_at = time.time()
-            drain = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address",
-                                    cluster.address, "--node-id", leaving, "--reason",
-                                    "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot instance notice",
-                                    "--deadline-remaining-seconds", "30"], env=env, capture_output=True,
-                                   text=True, timeout=120)
-            assert drain.returncode == 0, drain.stdout + drain.stderr
+            metadata.preempt()
+            assert watcher_of_node.wait(timeout=120) == 0, watcher_of_node.stderr.read()
+            assert "drained" in watcher_of_node.stderr.read()
             marker = out / "ray" / "train" / trial / "preempted" / "COMPLETE"
             while not marker.exists():
                 assert run.poll() is None, run.stderr.read()[-4000:]
@@ -225,6 +272,6 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
     nodes = {n for s in _states(states) for n in s["nodes"]}
     # a node in its place (the autoscaler may briefly add one more while the group's placement is pending)
     assert leaving in nodes and len(nodes) >= 3, "the autoscaler replaced the node that left"
-    print(f"\npreemption: step checkpoint {checkpointed_at - drained_at:.1f} s after the drain call (batch {batch} "
+    print(f"\npreemption: step checkpoint {checkpointed_at - drained_at:.1f} s after the cloud's notice (batch {batch} "
           f"of epoch 2; steps trained twice: 0); training went on {resumed[0]['resumed_after_s']:.1f} s after "
           "the step checkpoint was written")

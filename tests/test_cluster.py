@@ -270,6 +270,10 @@ def test_cluster_launcher_yamls_validate():
         assert any("visionsweep" in c for c in cfg["setup_commands"])
         workers = [t for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
         assert workers and all(t["max_workers"] > t.get("min_workers", 0) for t in workers)   # autoscaling
+        # spot capacity: a spot-labelled GPU type, and the cloud's notice watcher started on every worker
+        assert any(t.get("labels", {}).get("ray.io/market-type") == "spot" and t["resources"].get("GPU")
+                   for t in workers)
+        assert any(f"cluster.notice --cloud {provider}" in c for c in cfg["worker_start_ray_commands"])
         # no secrets in the file: credentials come from the job's runtime_env or the nodes' identity
         assert not re.search(r"AccountKey=|AWS_SECRET_ACCESS_KEY\s*[:=]\s*\S|sig=", text)
 
@@ -283,6 +287,9 @@ def test_kuberay_manifest():
         workers = spec["workerGroupSpecs"]
         assert any(c["resources"]["limits"].get("nvidia.com/gpu")
                    for w in workers for c in w["template"]["spec"]["containers"])
+    spot = [w for w in kinds["RayCluster"]["spec"]["workerGroupSpecs"]
+            if w["rayStartParams"].get("labels") == "ray.io/market-type=spot"]
+    assert spot and all(w["minReplicas"] == 0 for w in spot)
     job = kinds["RayJob"]["spec"]
     assert job["entrypoint"] == "visionsweep run job.yml --output az://runs/my-sweep"
     envs = [e for c in job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]

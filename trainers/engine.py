@@ -264,6 +264,7 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
         last_periodic = step_from.get("last_periodic", 0)
         resumed_from = step_from["epoch"] - 1
     global_step = sched.last_epoch  # optimiser steps taken (LambdaLR steps once per update)
+    spot_workers = _spot_workers(leave, workers, dev)
     net = model
     if workers.distributed:  # after loading: DDP broadcasts rank 0's weights to the others
         from torch.nn.parallel import DistributedDataParallel
@@ -327,6 +328,8 @@ def train(h: dict[str, Any], data: PreparedData, report: Report, *, weights: Any
                  trainer_pid=os.getpid())  # the process that trained it (rank 0's): what a fault test kills
         if workers.distributed:
             m["workers"] = workers.world
+        if spot_workers is not None:  # how many of the workers run on spot nodes (`visionsweep status` shows it)
+            m["spot_workers"] = spot_workers
         if resumed_from is not None:
             m["resumed_from_epoch"] = resumed_from
         if step_from is not None:  # what the evaluation after a mid-epoch resume says about it (issue 30)
@@ -391,6 +394,16 @@ def _load_checkpoint(folder: Path, model, opt, sched, scaler, dev: torch.device)
     if "scaler" in st:
         scaler.load_state_dict(st["scaler"])
     return st
+
+
+def _spot_workers(leave: Any, workers: Workers, dev: torch.device) -> int | None:
+    """Workers of the group on spot nodes (``cluster.capacity``; one all-reduce per start in a group); None outside
+    Ray."""
+    if leave is None or getattr(leave, "spot", None) is None:
+        return None
+    if not workers.distributed:
+        return int(leave.spot)
+    return int(workers.sum(torch.tensor([1.0 if leave.spot else 0.0], device=dev)).item())
 
 
 def _leaving(leave: Any, workers: Workers, dev: torch.device) -> bool:

@@ -29,9 +29,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: a node's Ray label that says whether the cloud may take it back (``spot``) or not (``on-demand``; a node without
+#: the label counts as on-demand); ``cluster.capacity`` keeps a sweep's bookkeeping off spot nodes by it
+MARKET_LABEL = "ray.io/market-type"  # Ray's own key (ray._raylet.RAY_NODE_MARKET_TYPE_KEY)
+SPOT, ON_DEMAND = "spot", "on-demand"
 POLL_S = 1.0  # how often the GCS's draining nodes are read: well inside any cloud's notice
 STEP_DIR = "preempted"  # the step checkpoint's folder under the trial's Ray Train storage
 COMPLETE = "COMPLETE"  # written last into it
+
+
+def market(labels: Any) -> str:
+    """``spot`` or ``on-demand`` for a node's Ray labels."""
+    return SPOT if str((labels or {}).get(MARKET_LABEL, "")).lower() == SPOT else ON_DEMAND
 
 
 class Preempted(RuntimeError):
@@ -40,13 +49,15 @@ class Preempted(RuntimeError):
 
 class LeaveNotice:
     """Set once this process's Ray node is draining (see the module docstring); ``deadline_ms`` is when the node
-    will be taken (0: no deadline given). A daemon thread reads the GCS every ``poll_s`` seconds; reads that fail
-    (the GCS restarting) are skipped."""
+    will be taken (0: no deadline given); ``spot``: whether the node is labelled spot (None outside Ray). A daemon
+    thread reads the GCS every ``poll_s`` seconds; reads that fail (the GCS restarting) are skipped."""
 
     def __init__(self, poll_s: float = POLL_S):
         import ray
 
-        self.node_id = ray.get_runtime_context().get_node_id()
+        ctx = ray.get_runtime_context()
+        self.node_id = ctx.get_node_id()
+        self.spot: bool | None = market(ctx.get_node_labels()) == SPOT  # a spot node (cluster.capacity)
         self.deadline_ms: int | None = None
         self.noticed_at: float | None = None
         self._event = threading.Event()
@@ -77,7 +88,7 @@ class LeaveNotice:
 
         if not ray.is_initialized():
             notice = cls.__new__(cls)
-            notice.node_id, notice.deadline_ms, notice.noticed_at = "", None, None
+            notice.node_id, notice.deadline_ms, notice.noticed_at, notice.spot = "", None, None, None
             notice._event, notice._stop = threading.Event(), threading.Event()
             return notice
         return cls(poll_s)

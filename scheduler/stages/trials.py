@@ -52,7 +52,7 @@ def run_trials(ctx: RunContext, checked: Checked, data: PreparedData, res: Trial
                              credentials=EnvCredentials.from_environ(), log_level=spec.log_verbosity,
                              failed={t.trial_id: t.error or "failed" for t in read_trials(run_dir).values()
                                      if t.status == "error" and not t.retry}),
-        {"cpu": res.cpus, "gpu": res.gpus},
+        res.placement(),
     )
     budget_s = spec.limits.timeout_minutes * 60
     left_s = ctx.left_s()  # what data preparation and the cluster's start left to the trials
