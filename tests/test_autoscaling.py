@@ -73,7 +73,8 @@ def _wait_for(path: Path, what: str, ok, timeout: float = 120.0) -> list[dict]:
     raise AssertionError(f"waited {timeout:.0f} s for {what}; the watcher saw: {_states(path)[-5:]}")
 
 
-def _data_parallel_job(tmp_path: Path, limits: str, epochs: int, batch: int, extra: str = "") -> Path:
+def _data_parallel_job(tmp_path: Path, limits: str, epochs: int, batch: int, extra: str = "",
+                       visionsweep: str = "") -> Path:
     """A classification job of two data-parallel workers per trial (node_count_per_trial 2), 1 CPU + 1 GPU each."""
     work = tmp_path / "job"
     work.mkdir()
@@ -86,7 +87,7 @@ def _data_parallel_job(tmp_path: Path, limits: str, epochs: int, batch: int, ext
         training_parameters: {{model_name: mobilenetv2, number_of_epochs: {epochs}, training_batch_size: {batch},
                               training_crop_size: 32, validation_resize_size: 32, validation_crop_size: 32}}
         properties: {{node_count_per_trial: "2"}}
-        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0}}
+        visionsweep: {{weights_store: {ROOT / '.weights'}, cpus_per_trial: 1, deploy_top_k: 0{visionsweep}}}
         """) + extra)
     return work
 
@@ -196,21 +197,22 @@ def test_a_data_parallel_sweep_makes_the_autoscaler_add_two_gpu_nodes_and_remove
 def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoch_on_a_new_node(tmp_path):
     """A spot node's notice mid-epoch: the cloud's metadata endpoint says the VM goes in 30 s (AWS's
     ``spot/instance-action``, a local stand-in), the node's watcher (``cluster.notice``) drains it through Ray's API
-    with the preemption reason, and the trial's workers stop at the next optimiser step with a step checkpoint; the
-    cloud then takes the node (killed here);
-    Ray Train restarts the group, the autoscaler adds a node in its place, and the trial goes on from that step
-    (not from its last evaluation) and finishes, reporting each epoch once."""
+    with the preemption reason, and the trial's workers stop at the next optimiser step with a step checkpoint. Ray
+    Train counts a preemption, not a failure (the job allows no retries); the cloud takes the node at its deadline
+    (killed here), the autoscaler adds one in its place, and the trial goes on from that step (not from its last
+    evaluation) and finishes, reporting each epoch once."""
     import yaml
 
     cfg = yaml.safe_load(CLUSTER_YAML.read_text())
     cfg["max_workers"] = cfg["available_node_types"]["gpu-worker"]["max_workers"] = 3  # room for a replacement
-    work = _data_parallel_job(tmp_path, "{max_trials: 1}", epochs=3, batch=4)
+    # no retries: a preemption is not a failure (Ray Train counts it apart: trainers.preemption.Preempted)
+    work = _data_parallel_job(tmp_path, "{max_trials: 1}", epochs=3, batch=4, visionsweep=", trial_retries: 0")
     out = tmp_path / "run"
     states = tmp_path / "nodes.jsonl"
     # the head declares a killed node dead within seconds (default: tens of seconds)
     fast_health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     with AutoscalingLocalCluster(tmp_path / "cluster", cfg, extra_env=fast_health) as cluster, \
-            MetadataServer(lead_s=30) as metadata:
+            MetadataServer(lead_s=20) as metadata:
         env = _client_env(cluster)
         watcher = subprocess.Popen([sys.executable, "-c", WATCHER, cluster.address, str(states)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -235,14 +237,14 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
             head = _states(states)[-1]["head"]
             quiet = subprocess.run(notice + [head], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
             assert quiet.returncode == 0 and "not labelled spot" in quiet.stderr, quiet.stderr
-            # the spot node's watcher reads AWS's notice (two minutes ahead; 30 s here) and drains its node
+            # the spot node's watcher reads AWS's notice (two minutes ahead; 20 s here) and drains its node
             watcher_of_node = subprocess.Popen(notice + [leaving], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE, text=True)
             while metadata.reads == 0:  # it polls the endpoint
                 assert watcher_of_node.poll() is None, watcher_of_node.stderr.read()
                 time.sleep(0.1)
             drained_at = time.time()
-            metadata.preempt()
+            taken_at = metadata.preempt()
             assert watcher_of_node.wait(timeout=120) == 0, watcher_of_node.stderr.read()
             assert "drained" in watcher_of_node.stderr.read()
             marker = out / "ray" / "train" / trial / "preempted" / "COMPLETE"
@@ -251,7 +253,12 @@ def test_a_drained_nodes_trial_checkpoints_at_the_next_step_and_resumes_mid_epoc
                 assert time.monotonic() < deadline, "no step checkpoint after the drain"
                 time.sleep(0.1)
             checkpointed_at = marker.stat().st_mtime
-            cluster.kill_node(leaving)  # the deadline: the cloud takes the instance
+            # the group has stopped; Ray Train counts a preemption (no retry spent: trial_retries is 0) and waits
+            # for room, which the autoscaler makes once the cloud has taken the node at the notice's deadline
+            while time.time() < taken_at:  # the stand-in cloud's clock: the instance goes at the announced time
+                assert run.poll() is None, run.stderr.read()[-6000:]
+                time.sleep(0.2)
+            cluster.kill_node(leaving)
             stdout, stderr = run.communicate(timeout=900)
             assert run.returncode == 0, stdout[-2000:] + stderr[-6000:]
         finally:

@@ -92,3 +92,34 @@ def test_a_step_checkpoint_older_than_the_last_evaluation_is_not_used(data, tmp_
     whole = _train(data, tmp_path, "whole")
     resumed = _train(data, tmp_path, "again", resume_from=str(whole[-1][1]), steps=store)
     assert resumed == [] and store.exists()  # epoch 2 was the last: nothing left to train, the old one ignored
+
+
+@pytest.mark.ray
+def test_a_preempted_trial_is_restarted_without_using_up_its_retries(ray_session, tmp_path):
+    """Tune restarts a trial that stopped for its node's notice (``Preempted``) as it does one whose process a
+    preempted node took: without counting a failure. With no retries at all (``trial_retries: 0``) a trial
+    preempted twice still goes on, and a real error still ends it at once."""
+    from ray import tune
+
+    attempts = tmp_path / "attempts"
+
+    def trainable(config):
+        n = len(attempts.read_text()) if attempts.exists() else 0
+        attempts.write_text("x" * (n + 1))
+        tune.report({"attempt": n + 1})
+        if n < 2:
+            raise Preempted("the node is leaving")
+        if config["fail"]:
+            raise ValueError("a real error")
+
+    results = {}
+    for fail in (False, True):
+        attempts.unlink(missing_ok=True)
+        grid = tune.Tuner(trainable, param_space={"fail": fail}, run_config=tune.RunConfig(
+            storage_path=str(tmp_path / f"tune-{fail}"), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0))).fit()
+        results[fail] = (grid[0].metrics.get("attempt"), type(grid[0].error).__name__ if grid[0].error else None)
+    assert results[False] == (3, None)  # two preemptions, then it finished
+    assert results[True][0] == 3 and results[True][1] is not None  # the real error counted: no retry left
+    p = Preempted("stopped at optimiser step 7")
+    assert p.preempted and str(p) == "stopped at optimiser step 7"

@@ -3,19 +3,21 @@ and each trial goes on from that step on another node.
 
 A cloud's spot or preemptible VM gets a notice (30 s to 2 min) before it is taken; Ray's way of passing it on is the
 drain API (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds N``, what autoscaler
-v2 and KubeRay call; a cloud notice handler on the node calls the same). From then on the node takes no new work,
+v2 and KubeRay call; ``cluster.notice`` calls the same on a cloud's notice). From then on the node takes no new work,
 and the GCS lists it among the draining nodes. :class:`LeaveNotice` watches that list for the training process's own
 node. The engine (``trainers.engine.train``) asks it at every optimiser-step boundary (a data-parallel group agrees
 through one all-reduce, as every worker must stop at the same step); when it is set, rank 0 writes a *step
 checkpoint* (the model, optimiser, scheduler, gradient scaler, the loop's counters and how many batches of the
 epoch are done) into :class:`StepStore`, beside the trial's Ray Train checkpoints on the run's storage, and every
-worker raises :class:`Preempted`. The trial fails, Tune / Train restart it (``visionsweep.trial_retries``) where
-there is room (not on the draining node), and the engine goes on from the step checkpoint: the same epoch, the
-same sampler permutation with the done batches skipped, so nothing is trained twice. It is not reported to Tune:
-the policies see one continuous trial, whose next evaluation says where it resumed (``resumed_from_step``).
+worker raises :class:`Preempted`. Tune / Train restart the trial where there is room (not on the draining node),
+counting a preemption, not one of its ``visionsweep.trial_retries``, and the engine goes on from the step
+checkpoint: the same epoch, the same sampler permutation with the done batches skipped, so nothing is trained twice.
+It is not reported to Tune: the policies see one continuous trial, whose next evaluation says where it resumed
+(``resumed_from_step``).
 
-Hand-written because Ray Train checkpoints only what a training function reports, at its reports (here: the
-evaluations), and has no notice of a node leaving (ray#50187, the RFC ray#63968).
+Hand-written because Tune's one-worker trials (most of a sweep's) get no notice of a node leaving, and Ray Train's
+(``ray.train.get_preemption_info``, for the workers of a group) is read every 5 s through a barrier and leaves the
+checkpoint to the training function, through a report that Tune's policies would see. One notice serves both here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ray.exceptions import RayActorError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,17 @@ def market(labels: Any) -> str:
     return SPOT if str((labels or {}).get(MARKET_LABEL, "")).lower() == SPOT else ON_DEMAND
 
 
-class Preempted(RuntimeError):
-    """The trial stopped at a step boundary because its node is leaving; its step checkpoint is written."""
+class Preempted(RayActorError):
+    """The trial stopped at a step boundary because its node is leaving; its step checkpoint is written.
+
+    Ray's own error for an actor its node took with it, with ``preempted`` set: Tune then restarts the trial without
+    counting a failure, as it does when a preempted node ends the trial's process (so ``visionsweep.trial_retries``
+    is kept for real failures, and a trial preempted five times still goes on). Ray Train reads a data-parallel
+    group's stop the same way: a preemption, retried within ``FailureConfig.max_preemption_failures`` (unlimited),
+    not one of ``max_failures``."""
+
+    def __init__(self, message: str = "the node is leaving"):
+        super().__init__(error_msg=message, preempted=True)
 
 
 class LeaveNotice:
