@@ -134,7 +134,11 @@ def watch(cloud: str, address: str, node_id: str | None = None, metadata_url: st
 
     read, default = CLOUDS[cloud]
     base = (metadata_url or default).rstrip("/")
-    gcs = GcsClient(address=services.canonicalize_bootstrap_address_or_die(address))
+    try:
+        gcs = GcsClient(address=services.canonicalize_bootstrap_address_or_die(address))
+    except Exception as e:  # noqa: BLE001 - no cluster there: say so, not Ray's traceback
+        raise SystemExit(f"--address {address}: no Ray cluster answers there ({str(e).splitlines()[0]}); start Ray "
+                         "on this node first (the cluster files start this watcher after `ray start`)") from None
     node, labels = _node(gcs, node_id)
     if only_spot and market(labels) != SPOT:
         log.info("node %s is not labelled spot: no notice to watch", node[:12])
@@ -169,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--any-node", action="store_true", help="watch a node not labelled spot too")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s notice: %(message)s")
-    return watch(a.cloud, a.address, a.node_id, a.metadata_url, a.poll_s, only_spot=not a.any_node)
+    try:
+        return watch(a.cloud, a.address, a.node_id, a.metadata_url, a.poll_s, only_spot=not a.any_node)
+    except KeyboardInterrupt:  # stopped by hand: nothing to clean up
+        return 130
 
 
 if __name__ == "__main__":
