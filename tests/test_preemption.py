@@ -8,6 +8,8 @@ real autoscaling cluster with Ray's drain API (tests/test_autoscaling.py's clust
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -123,3 +125,90 @@ def test_a_preempted_trial_is_restarted_without_using_up_its_retries(ray_session
     assert results[True][0] == 3 and results[True][1] is not None  # the real error counted: no retry left
     p = Preempted("stopped at optimiser step 7")
     assert p.preempted and str(p) == "stopped at optimiser step 7"
+
+
+# On the node that gets SIGTERM: a process holding a CPU of it, with the leave notice of its node; prints when the
+# notice is set. (Run by the test below in a process of its own: this one may hold another Ray.)
+PROBE = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+
+    @ray.remote(num_cpus=1, resources={"leaving": 1})
+    class Trial:
+        def __init__(self):
+            from trainers.preemption import LeaveNotice
+            self.notice = LeaveNotice.of_this_node()
+        def ready(self):
+            return self.notice.spot
+        def wait(self):
+            while not self.notice.is_set():
+                time.sleep(0.05)
+            return time.time(), self.notice.deadline_ms
+
+    trial = Trial.remote()
+    print(json.dumps({"spot": ray.get(trial.ready.remote())}), flush=True)
+    at, deadline_ms = ray.get(trial.wait.remote())
+    print(json.dumps({"noticed_at": at, "deadline_ms": deadline_ms}), flush=True)
+""")
+
+
+def _json_line(proc) -> dict:
+    """The next line of ``proc``'s stdout that is a JSON object ({} at its end): Ray may print there too."""
+    import json
+
+    for line in proc.stdout:
+        if line.startswith("{"):
+            return json.loads(line)
+    return {}
+
+
+@pytest.mark.ray
+def test_sigterm_to_a_nodes_ray_start_is_a_leave_notice(tmp_path):
+    """A VM shut down by its cloud, or a Kubernetes pod deleted, gets SIGTERM; its Ray node runs as
+    ``ray start --block``, which Ray then drains with the preemption reason for up to
+    ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S`` before it stops. The trial on it sees the same leave notice as for a
+    drain through the API (and checkpoints at its next step, as tests/test_autoscaling.py shows)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from cluster.autoscaling import AutoscalingLocalCluster
+    from cluster.local import MARKER_ENV
+
+    root = Path(__file__).resolve().parent.parent
+    with AutoscalingLocalCluster(tmp_path / "cluster", root / "tests" / "fixtures" / "cluster" / "autoscaling.yaml") \
+            as cluster:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"},
+               **cluster.env()}
+        node_env = {**env, MARKER_ENV: cluster.marker, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "20"}
+        node = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block",
+                                 f"--address={cluster.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                                 '--resources={"leaving": 1}', "--labels=ray.io/market-type=spot",
+                                 "--disable-usage-stats"], env=node_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        probe = subprocess.Popen([sys.executable, "-c", PROBE, cluster.address], env=env, cwd=root,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = _json_line(probe)  # the trial runs on the node
+            assert first == {"spot": True}, probe.stderr.read()[-3000:]
+            signalled = time.time()
+            os.kill(node.pid, signal.SIGTERM)
+            seen = _json_line(probe)
+            assert seen, probe.stderr.read()[-3000:]
+            assert seen["noticed_at"] >= signalled
+            # the notice carries the drain's deadline: the time the trial has to checkpoint
+            assert seen["deadline_ms"] / 1000 == pytest.approx(signalled + 20, abs=5)
+            print(f"\nSIGTERM to `ray start --block` -> leave notice {seen['noticed_at'] - signalled:.2f} s")
+            probe.kill()  # the trial gone, the drained node is idle and stops
+            node.wait(timeout=120)
+        finally:
+            probe.kill()
+            probe.wait()
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    assert not cluster.pids(), "a process of the cluster outlived stop()"
