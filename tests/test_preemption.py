@@ -147,8 +147,8 @@ PROBE = textwrap.dedent("""
             return time.time(), self.notice.deadline_ms
 
     trial = Trial.remote()
-    print(json.dumps({"spot": ray.get(trial.ready.remote())}), flush=True)
-    at, deadline_ms = ray.get(trial.wait.remote())
+    print(json.dumps({"spot": ray.get(trial.ready.remote(), timeout=300)}), flush=True)
+    at, deadline_ms = ray.get(trial.wait.remote(), timeout=300)  # (a notice that never comes fails the test)
     print(json.dumps({"noticed_at": at, "deadline_ms": deadline_ms}), flush=True)
 """)
 
