@@ -187,9 +187,12 @@ visionsweep: {{tracking: {{uri: "{mlflow_server}"}}}}
         snapshot = tmp_path / "live.html"
 
         def live_page():
+            # a live page written after the first evaluation (on a loaded machine the page on disk can still be the
+            # one the live view wrote before it: the next rewrite comes within VISIONSWEEP_REPORT_S of idle CPU)
             page = run / "report.html"
-            if page.is_file() and 'id="live"' in page.read_text(encoding="utf-8"):
-                shutil.copyfile(page, snapshot)
+            text = page.read_text(encoding="utf-8") if page.is_file() else ""
+            if 'id="live"' in text and "No evaluation has been recorded yet" not in text:
+                snapshot.write_text(text, encoding="utf-8")  # the page read, not a later one
                 return True
             return False
         _wait(live_page, "the live report", sweep)
