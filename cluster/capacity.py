@@ -24,29 +24,18 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from trainers.preemption import MARKET_LABEL, ON_DEMAND, SPOT, market
+from trainers.preemption import MARKET_LABEL, SPOT, market
 
-__all__ = ["MARKET_LABEL", "OFF_SPOT", "ON_DEMAND", "SPOT", "controller_problem", "driver_places", "live_spot_nodes",
-           "market", "spot_node_types", "this_node_market"]
+__all__ = ["MARKET_LABEL", "OFF_SPOT", "SPOT", "controller_problem", "driver_places", "market", "spot_node_types",
+           "spot_nodes"]
 
 #: Ray's label selector for "any node that is not spot" (a node without the label matches it)
 OFF_SPOT = {MARKET_LABEL: f"!{SPOT}"}
 
 
-def this_node_market() -> str | None:
-    """The market of the node this Ray process runs on; None outside Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    return market(ray.get_runtime_context().get_node_labels())
-
-
-def live_spot_nodes() -> list[str]:
-    """Node ids of the live nodes labelled spot."""
-    import ray
-
-    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and market(n.get("Labels")) == SPOT]
+def spot_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Node ids of the live nodes (``ray.nodes()``) labelled spot."""
+    return [n["NodeID"] for n in nodes if n.get("Alive") and market(n.get("Labels")) == SPOT]
 
 
 def spot_node_types(node_types: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cluster.capacity import OFF_SPOT, controller_problem, driver_places, market, spot_node_types
+from cluster.capacity import OFF_SPOT, controller_problem, driver_places, market, spot_node_types, spot_nodes
 from cluster.notice import CLOUDS
 from scheduler.resources import DRIVER_CPUS, TrialResources
 from scheduler.status import capacity, format_status, read_status
@@ -51,6 +51,7 @@ def test_a_driver_needs_an_on_demand_place_running_or_launchable():
              {"NodeID": "s1", "Alive": True, "Labels": SPOT, "Resources": {"CPU": 8, "GPU": 1}},
              {"NodeID": "d1", "Alive": False, "Labels": {}, "Resources": {"CPU": 8}}]
     types = {"gpu-worker-spot": {"resources": {"CPU": 8, "GPU": 1}, "labels": SPOT}}
+    assert spot_nodes(nodes) == ["s1"]
     assert driver_places(nodes, types, DRIVER_CPUS) == []  # a head without CPUs, a spot node, a dead node
     types["cpu-worker"] = {"resources": {"CPU": 2}, "labels": {}}
     assert driver_places(nodes, types, DRIVER_CPUS) == ["cpu-worker"]

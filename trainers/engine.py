@@ -383,12 +383,15 @@ def _write_checkpoint(path: str, metrics: dict[str, Any], state: dict[str, Any],
                 "scaler": scaler.state_dict()}, Path(path) / TRAINER_STATE)
 
 
-def _load_checkpoint(folder: Path, model, opt, sched, scaler, dev: torch.device) -> dict[str, Any]:
-    """What :func:`_write_checkpoint` wrote, loaded into the model, optimiser, scheduler and scaler; its state."""
+def _load_checkpoint(folder: Path, model, opt, sched, scaler, dev: torch.device,
+                     st: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`_write_checkpoint` wrote, loaded into the model, optimiser, scheduler and scaler; its state
+    (``st``: that state, already read by the caller)."""
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    st = torch.load(folder / TRAINER_STATE, map_location=dev, weights_only=True)
+    if st is None:
+        st = torch.load(folder / TRAINER_STATE, map_location=dev, weights_only=True)
     opt.load_state_dict(st["optimizer"])
     sched.load_state_dict(st["scheduler"])
     if "scaler" in st:
@@ -444,9 +447,10 @@ def _step_checkpoint(steps: Any, resumed_from: int | None, model, opt, sched, sc
         got = steps.fetch(Path(tmp) / "step")
         if got is None:
             return None
-        if torch.load(got / TRAINER_STATE, map_location="cpu", weights_only=True)["epoch"] <= (resumed_from or 0):
+        st = torch.load(got / TRAINER_STATE, map_location=dev, weights_only=True)
+        if st["epoch"] <= (resumed_from or 0):
             return None
-        st = _load_checkpoint(got, model, opt, sched, scaler, dev)
+        _load_checkpoint(got, model, opt, sched, scaler, dev, st)
     log.info("step checkpoint found: epoch %d, batch %d, optimiser step %d", st["epoch"], st["batches"],
              st["global_step"])
     return st

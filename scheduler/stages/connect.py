@@ -44,8 +44,8 @@ def _spot_capacity(ctx: RunContext, res: TrialResources) -> None:
         raise VisionsweepError(problem[1])
     if problem:
         ctx.echo(f"warning: {problem[1]}")
-    types = autoscaler_node_types()
-    spot_types, spot_nodes = capacity.spot_node_types(types), capacity.live_spot_nodes()
+    types, nodes = autoscaler_node_types(), ray.nodes()
+    spot_types, spot_nodes = capacity.spot_node_types(types), capacity.spot_nodes(nodes)
     if not spot_types and not spot_nodes:
         return
     kinds = ", ".join([*(f"node type {t}" for t in spot_types), *([f"{len(spot_nodes)} running node(s)"]
@@ -53,7 +53,7 @@ def _spot_capacity(ctx: RunContext, res: TrialResources) -> None:
     drivers = ""
     if res.group.workers > 1:
         drivers = "; data-parallel trial drivers are kept on on-demand nodes"
-        if not capacity.driver_places(ray.nodes(), types, res.cpus):
+        if not capacity.driver_places(nodes, types, res.cpus):
             ctx.echo(f"warning: a data-parallel trial's driver needs {res.cpus:g} CPU on a node that is not spot "
                      f"({capacity.MARKET_LABEL}), and the cluster has and can launch none: trials wait until one "
                      "joins (give the head CPUs, or add an on-demand node type)")
